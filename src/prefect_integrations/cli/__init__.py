@@ -1,0 +1,130 @@
+"""The ``prefect-integrations`` command line (typer).
+
+Every command fails with one clear line ``error[code]: message`` and exit code 1 for
+errors of the package, never a traceback, and never prints a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import typer
+
+from prefect_integrations.cli import (
+    audit_commands,
+    db_commands,
+    definitions_commands,
+    instances_commands,
+    keys_commands,
+)
+from prefect_integrations.cli._common import runtime
+from prefect_integrations.exceptions import IntegrationError
+
+__all__ = ["app", "main", "run"]
+
+app = typer.Typer(
+    name="prefect-integrations",
+    help="Standardized, secure connections to external services for Prefect.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(db_commands.app, name="db")
+app.add_typer(definitions_commands.app, name="definitions")
+app.add_typer(instances_commands.app, name="instances")
+app.add_typer(keys_commands.app, name="keys")
+app.add_typer(audit_commands.app, name="audit")
+
+
+@app.command()
+def up() -> None:
+    """Bring the store up and print a summary of definitions and instances.
+
+    Starts the embedded database when no URL is set, migrates, grants roles, syncs the
+    definitions.
+    """
+    from prefect_integrations import db as dbmod
+    from prefect_integrations.cli._common import echo_table
+    from prefect_integrations.store import audit
+    from prefect_integrations.store.definitions import list_definitions, sync_definitions
+    from prefect_integrations.store.instances import list_instances
+
+    rt = runtime()
+    database = rt.db
+    typer.echo(f"database: {dbmod.redact_url(database.url)}")
+    dbmod.upgrade(database)
+    typer.echo(f"schema:   revision {dbmod.current_revision(database)}")
+    if rt.settings.embedded:
+        dbmod.apply_grants(database)
+    keyring = rt.keyring
+    typer.echo(f"keyring:  {len(keyring.ids)} key(s), primary '{keyring.primary_id}'")
+    registry = rt.registry
+    with rt.transaction("sync definitions") as session:
+        report = sync_definitions(session, registry, actor=rt.actor)
+    typer.echo(
+        f"definitions: {len(report.created)} created, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged, {len(report.removed)} removed"
+    )
+    for integration_id, count in sorted(report.orphaned.items()):
+        typer.echo(
+            f"warning: '{integration_id}' is gone from the files but has {count} instance(s); kept",
+            err=True,
+        )
+    with rt.transaction("summarise the store") as session:
+        stored = list_definitions(session)
+        found = list_instances(session)
+        chain = audit.verify(session)
+    typer.echo("")
+    echo_table(
+        ["INTEGRATION", "VERSION", "AUTH", "METHODS", "INSTANCES"],
+        [
+            [
+                d.id,
+                d.version,
+                d.definition.get("authType"),
+                len(d.definition.get("methods", [])),
+                d.instance_count,
+            ]
+            for d in stored
+        ],
+    )
+    typer.echo("")
+    by_state: dict[str, int] = {}
+    for inst in found:
+        by_state[inst.state] = by_state.get(inst.state, 0) + 1
+    states = ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "none yet"
+    typer.echo(f"instances: {len(found)} ({states})")
+    typer.echo(f"audit log: {chain.rows} rows, chain {'intact' if chain.ok else 'BROKEN'}")
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv``; return the exit code (errors become one clear line).
+
+    Usage errors are typer's (usage and the problem, exit 2); errors of the package are
+    one line ``error[code]: message`` with exit 1.
+    """
+    try:
+        app(args=list(argv) if argv is not None else None, standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except IntegrationError as exc:
+        typer.echo(f"error[{exc.code}]: {exc}", err=True)
+        return 1
+    except Exception as exc:
+        if os.environ.get("PREFECT_INTEGRATIONS_DEBUG"):
+            raise
+        typer.echo(
+            f"error[unexpected]: {type(exc).__name__} "
+            "(set PREFECT_INTEGRATIONS_DEBUG=1 to see the traceback)",
+            err=True,
+        )
+        return 1
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

@@ -1,0 +1,145 @@
+"""Shared plumbing of the CLI: lazily built database, registry and keyring; output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import typer
+from sqlalchemy.orm import Session
+
+from prefect_integrations.db import Database
+from prefect_integrations.exceptions import ConfigurationError, ValidationError
+from prefect_integrations.keyring import Keyring, load_keyring
+from prefect_integrations.registry import Registry, load_registry
+from prefect_integrations.settings import Settings, current_actor, get_settings
+
+__all__ = ["Runtime", "echo_table", "emit_json", "parse_json_option", "read_json_file", "runtime"]
+
+
+class Runtime:
+    """What a command needs, built on first use so that `--help` touches nothing."""
+
+    @cached_property
+    def settings(self) -> Settings:
+        """The settings from the environment."""
+        return get_settings()
+
+    @cached_property
+    def db(self) -> Database:
+        """The configured database (the embedded cluster is started when needed)."""
+        return Database.from_settings(self.settings)
+
+    @cached_property
+    def registry(self) -> Registry:
+        """Shipped plus configured extra definitions."""
+        return load_registry(self.settings.extra_definition_paths)
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        """The encryption keyring."""
+        return load_keyring(self.settings)
+
+    @cached_property
+    def actor(self) -> str:
+        """Who acts, for the audit log."""
+        return current_actor(self.settings)
+
+    @contextmanager
+    def transaction(self, operation: str) -> Iterator[Session]:
+        """A session in one transaction."""
+        with self.db.transaction(operation) as session:
+            yield session
+
+    def require_embedded(self, command: str) -> None:
+        """Refuse commands that only make sense for the embedded cluster."""
+        if not self.settings.embedded:
+            raise ConfigurationError(
+                f"`{command}` manages the embedded cluster, but "
+                "PREFECT_INTEGRATIONS_DATABASE_URL points at another database"
+            )
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The process-wide `Runtime`."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime()
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget the cached runtime (tests change the environment between invocations)."""
+    global _runtime
+    if _runtime is not None and "db" in _runtime.__dict__:
+        _runtime.db.dispose()
+    _runtime = None
+    get_settings.cache_clear()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _loads(text: str, subject: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            subject, [], f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    except ValueError as exc:  # NaN / Infinity
+        raise ValidationError(subject, [], f"not valid JSON ({exc})") from None
+
+
+def parse_json_option(text: str, *, option: str) -> Any:
+    """Parse a JSON command-line option; errors name the option and the position."""
+    return _loads(text, option)
+
+
+def read_json_file(path: str, *, what: str) -> Any:
+    """Read JSON from a file, or from standard input when ``path`` is ``-``.
+
+    Error messages give the position of a syntax error, never the content.
+    """
+    label = "standard input" if path == "-" else path
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            file = Path(path)
+            if file.is_dir():
+                raise ValidationError(f"{what} file '{label}'", [], "is a folder, not a file")
+            if not file.is_file():
+                raise ValidationError(f"{what} file '{label}'", [], "no such file")
+            text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            f"{what} from {label}", [], f"not UTF-8 text (byte {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise ValidationError(f"{what} file '{label}'", [], exc.strerror or "unreadable") from None
+    return _loads(text, f"{what} from {label}")
+
+
+def emit_json(value: Any) -> None:
+    """Print a value as indented JSON."""
+    typer.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print a plain aligned table."""
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        if index == 0:
+            typer.echo("  ".join("-" * w for w in widths))

@@ -1,0 +1,60 @@
+"""`prefect-integrations audit ...`: read and verify the audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from prefect_integrations.cli._common import echo_table, emit_json, runtime
+from prefect_integrations.store import audit
+
+app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
+
+
+@app.command()
+def tail(
+    limit: Annotated[int, typer.Option("-n", "--limit", min=1, max=10000)] = 20,
+    instance: Annotated[str | None, typer.Option(help="Only this instance")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show the newest audit rows."""
+    rt = runtime()
+    with rt.transaction("read the audit log") as session:
+        rows = audit.tail(session, limit=limit, instance_id=instance, action=action)
+    if as_json:
+        emit_json([r.as_dict() for r in rows])
+        return
+    echo_table(
+        ["ID", "TIME", "ACTOR", "ACTION", "INSTANCE", "OUTCOME", "DETAILS"],
+        [
+            [
+                r.id,
+                r.occurred_at.isoformat(timespec="seconds"),
+                r.actor,
+                r.action,
+                r.instance_id or r.integration_id,
+                r.outcome,
+                dict(r.details) or "",
+            ]
+            for r in rows
+        ],
+    )
+
+
+@app.command()
+def verify() -> None:
+    """Recompute the hash chain; exit 1 if any row was altered or removed."""
+    rt = runtime()
+    with rt.transaction("verify the audit log") as session:
+        report = audit.verify(session)
+    if report.ok:
+        typer.echo(f"audit log intact: {report.rows} rows, last hash {report.last_hash}")
+        return
+    if report.broken:
+        typer.echo(f"altered rows: {', '.join(map(str, report.broken))}", err=True)
+    if report.missing:
+        typer.echo(f"missing rows: {', '.join(map(str, report.missing))}", err=True)
+    typer.echo(f"audit log BROKEN ({report.rows} rows checked)", err=True)
+    raise typer.Exit(1)

@@ -1,0 +1,118 @@
+"""`prefect-integrations db ...`: the embedded cluster, migrations and grants."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from prefect_integrations import db as dbmod
+from prefect_integrations.cli._common import runtime
+from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
+
+app = typer.Typer(help="The database: embedded cluster, migrations, roles.", no_args_is_help=True)
+
+
+@app.command()
+def start() -> None:
+    """Initialise (first time) and start the embedded PostgreSQL cluster."""
+    rt = runtime()
+    rt.require_embedded("db start")
+    cluster = dbmod.embedded_cluster(rt.settings)
+    url = cluster.ensure_running()
+    typer.echo(f"Embedded PostgreSQL running: {url}")
+
+
+@app.command()
+def stop() -> None:
+    """Stop the embedded PostgreSQL cluster."""
+    rt = runtime()
+    rt.require_embedded("db stop")
+    stopped = dbmod.embedded_cluster(rt.settings).stop()
+    typer.echo("Embedded PostgreSQL stopped" if stopped else "Embedded PostgreSQL was not running")
+
+
+@app.command()
+def status() -> None:
+    """Show where the database is and whether it runs."""
+    rt = runtime()
+    if not rt.settings.embedded:
+        assert rt.settings.database_url is not None
+        typer.echo(
+            f"External database: {dbmod.redact_url(rt.settings.database_url.get_secret_value())}"
+        )
+        return
+    st = dbmod.embedded_cluster(rt.settings).status()
+    typer.echo(f"initialized: {st.initialized}")
+    typer.echo(f"running:     {st.running}")
+    typer.echo(f"data dir:    {st.data_dir}")
+    typer.echo(f"socket dir:  {st.socket_dir}")
+    typer.echo(f"log file:    {st.log_file}")
+    if st.run_as:
+        typer.echo(f"runs as:     {st.run_as}")
+    if not st.running:
+        raise typer.Exit(3)
+
+
+@app.command()
+def url(
+    role: Annotated[
+        str, typer.Option(help="owner | admin | runtime: the role the URL connects as")
+    ] = "owner",
+) -> None:
+    """Print the database URL (password hidden)."""
+    rt = runtime()
+    if not rt.settings.embedded:
+        assert rt.settings.database_url is not None
+        typer.echo(dbmod.redact_url(rt.settings.database_url.get_secret_value()))
+        return
+    users = {"admin": ADMIN_ROLE, "runtime": RUNTIME_ROLE}
+    cluster = dbmod.embedded_cluster(rt.settings)
+    if role == "owner":
+        typer.echo(cluster.url())
+    elif role in users:
+        typer.echo(cluster.url(user=users[role]))
+    else:
+        raise typer.BadParameter("use owner, admin or runtime", param_hint="--role")
+
+
+@app.command()
+def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations (default: to the newest)."""
+    rt = runtime()
+    dbmod.upgrade(rt.db, revision)
+    typer.echo(f"Database at revision {dbmod.current_revision(rt.db)}")
+
+
+@app.command()
+def downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision, '-1', or 'base'")],
+) -> None:
+    """Revert migrations down to REVISION ('base' removes every table of the package)."""
+    rt = runtime()
+    dbmod.downgrade(rt.db, revision)
+    typer.echo(f"Database at revision {dbmod.current_revision(rt.db) or 'base'}")
+
+
+@app.command()
+def current() -> None:
+    """Print the revision the database is at and the newest shipped one."""
+    rt = runtime()
+    revision = dbmod.current_revision(rt.db)
+    head = dbmod.head_revision()
+    typer.echo(f"current: {revision or 'base (no migrations applied)'}")
+    typer.echo(f"head:    {head}")
+    if revision != head:
+        raise typer.Exit(3)
+
+
+@app.command()
+def grant(
+    admin_role: Annotated[str, typer.Option(help="Role that manages instances")] = ADMIN_ROLE,
+    runtime_role: Annotated[str, typer.Option(help="Role flows run as")] = RUNTIME_ROLE,
+    login: Annotated[bool, typer.Option(help="Create missing roles with LOGIN")] = True,
+) -> None:
+    """Create the admin and runtime roles if missing and grant their privileges."""
+    rt = runtime()
+    dbmod.apply_grants(rt.db, admin_role=admin_role, runtime_role=runtime_role, login=login)
+    typer.echo(f"Granted: admin role '{admin_role}', runtime role '{runtime_role}'")

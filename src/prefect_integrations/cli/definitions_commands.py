@@ -1,0 +1,106 @@
+"""`prefect-integrations definitions ...`: validate, list and sync definition files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prefect_integrations.cli._common import echo_table, emit_json, runtime
+from prefect_integrations.registry import collect, shipped_definitions_dir
+from prefect_integrations.store.definitions import list_definitions, sync_definitions
+
+app = typer.Typer(help="Integration definitions (JSON files).", no_args_is_help=True)
+
+
+@app.command()
+def validate(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Files or folders; default: shipped and configured definitions"),
+    ] = None,
+) -> None:
+    """Validate definition files; list every problem and exit non-zero if any."""
+    rt = runtime()
+    targets = list(paths or [shipped_definitions_dir(), *rt.settings.extra_definition_paths])
+    found, problems = collect(targets)
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+    if problems:
+        typer.echo(f"{len(problems)} problem(s) in definitions", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{len(found)} definition(s) valid: {', '.join(d.id for d in found)}")
+
+
+@app.command("list")
+def list_(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """List the definitions in the files."""
+    rt = runtime()
+    rows = [
+        {
+            "id": d.id,
+            "name": d.name,
+            "version": d.version,
+            "auth_type": d.auth_type,
+            "methods": list(d.methods),
+            "source": d.source,
+        }
+        for d in rt.registry
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    echo_table(
+        ["ID", "NAME", "VERSION", "AUTH", "METHODS"],
+        [[r["id"], r["name"], r["version"], r["auth_type"], len(r["methods"])] for r in rows],
+    )
+
+
+@app.command()
+def sync() -> None:
+    """Upsert the definition files into the database (idempotent)."""
+    rt = runtime()
+    registry = rt.registry
+    with rt.transaction("sync definitions") as session:
+        report = sync_definitions(session, registry, actor=rt.actor)
+    typer.echo(
+        f"created {len(report.created)}, updated {len(report.updated)}, "
+        f"unchanged {len(report.unchanged)}, removed {len(report.removed)}"
+    )
+    for integration_id, count in sorted(report.orphaned.items()):
+        typer.echo(
+            f"warning: definition '{integration_id}' is no longer in the files but has "
+            f"{count} instance(s); kept",
+            err=True,
+        )
+
+
+@app.command()
+def stored(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """List the definitions stored in the database with their instance counts."""
+    rt = runtime()
+    with rt.transaction("list definitions") as session:
+        rows = list_definitions(session)
+    if as_json:
+        emit_json(
+            [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "version": r.version,
+                    "instances": r.instance_count,
+                    "updated_at": r.updated_at,
+                }
+                for r in rows
+            ]
+        )
+        return
+    echo_table(
+        ["ID", "NAME", "VERSION", "INSTANCES", "UPDATED"],
+        [[r.id, r.name, r.version, r.instance_count, r.updated_at] for r in rows],
+    )

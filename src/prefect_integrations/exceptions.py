@@ -1,0 +1,284 @@
+"""The exception tree of prefect-integrations.
+
+Every error the package raises on purpose derives from `IntegrationError` and carries a
+stable machine-readable ``code``. Messages name the object concerned and, where there is
+one, the path inside it; they never contain credentials or keys.
+
+    IntegrationError
+    ├── ConfigurationError            settings, keyring or environment are unusable
+    │   ├── KeyringError              keyring malformed or missing
+    │   └── PostgresNotFound          no PostgreSQL binaries for the embedded cluster
+    ├── DatabaseError
+    │   ├── DatabaseUnavailable       cannot connect to PostgreSQL
+    │   └── PermissionDenied          the database role may not do this
+    ├── DefinitionError               a definition file is malformed or invalid
+    │   └── UnknownIntegration        no definition with that id
+    ├── ValidationError               config / credentials / status / input breaks its schema
+    ├── InstanceError
+    │   ├── InstanceNotFound          no such instance (or not visible in this context)
+    │   ├── InstanceExists            duplicate instance id
+    │   ├── InstanceUnavailable       the chosen instance is in error or inactive
+    │   ├── AmbiguousInstance         several instances match at the winning scope
+    │   └── NoInstanceFound           nothing matches the integration in this context
+    ├── CredentialsError
+    │   ├── NoCredentials             the instance has no stored credentials
+    │   ├── DecryptionError           wrong key or corrupt ciphertext
+    │   └── UnknownKeyId              the row's key id is not in the keyring
+    └── AuditError
+        └── AuditChainBroken          `audit verify` found an altered or missing row
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AmbiguousInstance",
+    "AuditChainBroken",
+    "AuditError",
+    "ConfigurationError",
+    "CredentialsError",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "DecryptionError",
+    "DefinitionError",
+    "DefinitionProblem",
+    "InstanceError",
+    "InstanceExists",
+    "InstanceNotFound",
+    "InstanceUnavailable",
+    "IntegrationError",
+    "KeyringError",
+    "NoCredentials",
+    "NoInstanceFound",
+    "PermissionDenied",
+    "PostgresNotFound",
+    "UnknownIntegration",
+    "UnknownKeyId",
+    "ValidationError",
+    "format_json_path",
+]
+
+
+def format_json_path(path: Sequence[str | int]) -> str:
+    """Render a JSON path as ``$.methods[0].inputSchema`` (``$`` alone for the root)."""
+    out = "$"
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.isidentifier():
+            out += f".{part}"
+        else:
+            escaped = part.replace("\\", "\\\\").replace("'", "\\'")
+            out += f"['{escaped}']"
+    return out
+
+
+class IntegrationError(Exception):
+    """Base class of every error raised by prefect-integrations on purpose."""
+
+    code: str = "integration_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(IntegrationError):
+    """Settings, the keyring or the environment cannot be used as they are."""
+
+    code = "configuration_error"
+
+
+class KeyringError(ConfigurationError):
+    """The encryption keyring is missing or malformed."""
+
+    code = "keyring_error"
+
+
+class PostgresNotFound(ConfigurationError):
+    """The PostgreSQL server binaries needed for the embedded cluster are not installed."""
+
+    code = "postgres_not_found"
+
+
+class DatabaseError(IntegrationError):
+    """A database operation failed for a reason the caller should see."""
+
+    code = "database_error"
+
+
+class DatabaseUnavailable(DatabaseError):
+    """PostgreSQL cannot be reached."""
+
+    code = "database_unavailable"
+
+
+class PermissionDenied(DatabaseError):
+    """The connected database role is not allowed to perform the operation."""
+
+    code = "permission_denied"
+
+
+class DefinitionProblem:
+    """One problem found in a definition file: where it is and what is wrong."""
+
+    __slots__ = ("message", "path", "source")
+
+    def __init__(self, *, source: str, path: Sequence[str | int], message: str) -> None:
+        self.source = source
+        self.path = tuple(path)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.source}: {format_json_path(self.path)}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"DefinitionProblem({self!s})"
+
+
+class DefinitionError(IntegrationError):
+    """One or more definition files are malformed or break the meta-schema."""
+
+    code = "definition_invalid"
+
+    def __init__(self, problems: Sequence[DefinitionProblem] | str) -> None:
+        if isinstance(problems, str):
+            self.problems: tuple[DefinitionProblem, ...] = ()
+            super().__init__(problems)
+            return
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            message = f"Invalid definition: {self.problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            message = f"{len(self.problems)} problems in definitions:\n{lines}"
+        super().__init__(message)
+
+
+class UnknownIntegration(DefinitionError):
+    """No definition with the given integration id is known."""
+
+    code = "unknown_integration"
+
+    def __init__(self, integration_id: str, *, known: Sequence[str] = ()) -> None:
+        self.integration_id = integration_id
+        hint = f" (known: {', '.join(sorted(known))})" if known else ""
+        super().__init__(f"Unknown integration '{integration_id}'{hint}")
+
+
+class ValidationError(IntegrationError):
+    """A value breaks its JSON Schema (config, credentials, status, method input or output)."""
+
+    code = "validation_error"
+
+    def __init__(self, subject: str, path: Sequence[str | int], reason: str) -> None:
+        self.subject = subject
+        self.path = tuple(path)
+        self.reason = reason
+        super().__init__(f"{subject} is invalid at {format_json_path(self.path)}: {reason}")
+
+
+class InstanceError(IntegrationError):
+    """A problem with an integration instance."""
+
+    code = "instance_error"
+
+
+class InstanceNotFound(InstanceError):
+    """No instance with that id exists, or it is not visible in the current context."""
+
+    code = "instance_not_found"
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(f"Instance '{instance_id}' not found")
+
+
+class InstanceExists(InstanceError):
+    """An instance with that id already exists."""
+
+    code = "instance_exists"
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(f"Instance '{instance_id}' already exists")
+
+
+class InstanceUnavailable(InstanceError):
+    """The instance that would be used is in `error` or `inactive` state."""
+
+    code = "instance_unavailable"
+
+
+class AmbiguousInstance(InstanceError):
+    """Several instances match at the most specific scope."""
+
+    code = "ambiguous_instance"
+
+    def __init__(self, integration_id: str, scope: str, instance_ids: Sequence[str]) -> None:
+        self.integration_id = integration_id
+        self.scope = scope
+        self.instance_ids = tuple(instance_ids)
+        names = ", ".join(f"'{i}'" for i in self.instance_ids)
+        super().__init__(
+            f"{len(self.instance_ids)} active '{integration_id}' instances match at scope "
+            f"'{scope}': {names}; pass an explicit instance id"
+        )
+
+
+class NoInstanceFound(InstanceError):
+    """No usable instance of the integration is visible in the context."""
+
+    code = "no_instance"
+
+
+class CredentialsError(IntegrationError):
+    """Stored credentials cannot be used."""
+
+    code = "credentials_error"
+
+
+class NoCredentials(CredentialsError):
+    """The instance has no stored credentials."""
+
+    code = "no_credentials"
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(f"Instance '{instance_id}' has no stored credentials")
+
+
+class DecryptionError(CredentialsError):
+    """The credentials could not be decrypted (wrong key or corrupt data) or fail the binding."""
+
+    code = "decryption_failed"
+
+
+class UnknownKeyId(CredentialsError):
+    """The key id recorded with the credentials is not in the keyring."""
+
+    code = "unknown_key_id"
+
+    def __init__(self, instance_id: str, key_id: str) -> None:
+        self.instance_id = instance_id
+        self.key_id = key_id
+        super().__init__(
+            f"Instance '{instance_id}' is encrypted with key '{key_id}', "
+            "which is not in the keyring (PREFECT_INTEGRATIONS_KEYS)"
+        )
+
+
+class AuditError(IntegrationError):
+    """The audit log cannot be written or read."""
+
+    code = "audit_error"
+
+
+class AuditChainBroken(AuditError):
+    """`audit verify` found rows whose hash chain does not match their content."""
+
+    code = "audit_chain_broken"

@@ -1,0 +1,101 @@
+"""SQLAlchemy Core tables of the store (the migrations in ``migrations/`` create them)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import BYTEA, JSONB, UUID
+
+__all__ = [
+    "ADMIN_ROLE",
+    "RUNTIME_ROLE",
+    "RUNTIME_UPDATABLE_COLUMNS",
+    "audit_log",
+    "definitions",
+    "instances",
+    "metadata",
+]
+
+metadata = sa.MetaData()
+
+ADMIN_ROLE = "prefect_integrations_admin"
+RUNTIME_ROLE = "prefect_integrations_runtime"
+
+definitions = sa.Table(
+    "integration_definitions",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("version", sa.String(50), nullable=False),
+    sa.Column("definition", JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+instances = sa.Table(
+    "integration_instances",
+    metadata,
+    sa.Column(
+        "id", UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")
+    ),
+    sa.Column("instance_id", sa.String(255), nullable=False, unique=True),
+    sa.Column(
+        "integration_id",
+        sa.String(255),
+        sa.ForeignKey("integration_definitions.id"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("context_type", sa.String(20), nullable=False),
+    sa.Column("context_id", sa.String(255)),
+    sa.Column("config", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("credentials", JSONB),
+    sa.Column(
+        "status",
+        JSONB,
+        nullable=False,
+        server_default=sa.text("""'{"state": "inactive"}'::jsonb"""),
+    ),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    # Extra columns: key id of the credentials, OAuth token expiry, optimistic version
+    # for compare-and-swap writes, refresh lease.
+    sa.Column("key_id", sa.String(64)),
+    sa.Column("token_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("credentials_version", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("refresh_lease_until", sa.DateTime(timezone=True)),
+)
+
+audit_log = sa.Table(
+    "integration_audit_log",
+    metadata,
+    # id, occurred_at, db_role, prev_hash and hash are set by the append trigger.
+    sa.Column(
+        "id", sa.BigInteger, primary_key=True, autoincrement=False, server_default=sa.FetchedValue()
+    ),
+    sa.Column(
+        "occurred_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.FetchedValue()
+    ),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("db_role", sa.Text, nullable=False, server_default=sa.FetchedValue()),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("instance_id", sa.String(255)),
+    sa.Column("integration_id", sa.String(255)),
+    sa.Column("outcome", sa.String(20), nullable=False),
+    sa.Column("details", JSONB, nullable=False),
+    sa.Column("prev_hash", BYTEA),
+    sa.Column("hash", BYTEA, nullable=False, server_default=sa.FetchedValue()),
+)
+
+#: Columns of integration_instances the runtime role may update.
+RUNTIME_UPDATABLE_COLUMNS = (
+    "status",
+    "credentials",
+    "key_id",
+    "credentials_version",
+    "token_expires_at",
+    "refresh_lease_until",
+    "last_used_at",
+    "updated_at",
+)

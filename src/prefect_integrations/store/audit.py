@@ -1,0 +1,232 @@
+"""The append-only, hash-chained audit log.
+
+A trigger numbers each row, stamps it and chains it to the previous row with
+``sha256(prev_hash || row)``; UPDATE, DELETE and TRUNCATE are refused. `verify`
+recomputes the chain in the database and reports the first row that does not match.
+Details never hold secrets: callers pass names and counts, not values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from prefect_integrations.db import translate_errors
+from prefect_integrations.models import audit_log
+
+__all__ = [
+    "AUDIT_LOCK_KEY",
+    "AuditEntry",
+    "Outcome",
+    "VerifyReport",
+    "holds_audit_lock",
+    "record",
+    "record_outside",
+    "tail",
+    "verify",
+]
+
+Outcome = Literal["success", "failure", "denied"]
+#: Advisory lock key the append trigger takes (see the initial migration).
+AUDIT_LOCK_KEY = 0x5049_4155
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit row."""
+
+    id: int
+    occurred_at: datetime
+    actor: str
+    db_role: str
+    action: str
+    instance_id: str | None
+    integration_id: str | None
+    outcome: str
+    details: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "id": self.id,
+            "occurred_at": self.occurred_at.isoformat(),
+            "actor": self.actor,
+            "db_role": self.db_role,
+            "action": self.action,
+            "instance_id": self.instance_id,
+            "integration_id": self.integration_id,
+            "outcome": self.outcome,
+            "details": dict(self.details),
+        }
+
+
+def _values(
+    *,
+    action: str,
+    actor: str,
+    outcome: Outcome,
+    instance_id: str | None,
+    integration_id: str | None,
+    details: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "action": action,
+        "actor": actor,
+        "outcome": outcome,
+        "instance_id": instance_id,
+        "integration_id": integration_id,
+        "details": dict(details or {}),
+    }
+
+
+def record(
+    session: Session | Connection,
+    *,
+    action: str,
+    actor: str,
+    outcome: Outcome = "success",
+    instance_id: str | None = None,
+    integration_id: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Append one row in the caller's transaction (it commits or rolls back with it)."""
+    values = _values(
+        action=action,
+        actor=actor,
+        outcome=outcome,
+        instance_id=instance_id,
+        integration_id=integration_id,
+        details=details,
+    )
+    with translate_errors(f"write the audit log ({action})"):
+        session.execute(sa.insert(audit_log).values(**values))
+
+
+def holds_audit_lock(session: Session) -> bool:
+    """True when this session's transaction has appended to the audit log (holds its lock)."""
+    return bool(
+        session.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid() AND granted AND classid = 0 AND objid = :key)"
+            ),
+            {"key": AUDIT_LOCK_KEY},
+        ).scalar()
+    )
+
+
+def record_outside(
+    session: Session,
+    *,
+    action: str,
+    actor: str,
+    outcome: Outcome,
+    instance_id: str | None = None,
+    integration_id: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Record a failure so that it survives the caller's rollback.
+
+    Written in its own transaction on another connection, unless the caller's transaction
+    already holds the audit lock (waiting for it would deadlock): then in the caller's.
+    """
+    kwargs = _values(
+        action=action,
+        actor=actor,
+        outcome=outcome,
+        instance_id=instance_id,
+        integration_id=integration_id,
+        details=details,
+    )
+    if holds_audit_lock(session):
+        record(session, **kwargs)
+        return
+    bind = session.get_bind()
+    engine: Engine = bind.engine
+    with engine.begin() as connection:
+        record(connection, **kwargs)
+
+
+def _entry(row: sa.Row[Any]) -> AuditEntry:
+    return AuditEntry(
+        id=row.id,
+        occurred_at=row.occurred_at,
+        actor=row.actor,
+        db_role=row.db_role,
+        action=row.action,
+        instance_id=row.instance_id,
+        integration_id=row.integration_id,
+        outcome=row.outcome,
+        details=row.details if isinstance(row.details, dict) else json.loads(row.details),
+    )
+
+
+def tail(
+    session: Session,
+    *,
+    limit: int = 20,
+    instance_id: str | None = None,
+    action: str | None = None,
+) -> list[AuditEntry]:
+    """The newest ``limit`` rows (optionally of one instance or action), oldest first."""
+    query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+    if instance_id is not None:
+        query = query.where(audit_log.c.instance_id == instance_id)
+    if action is not None:
+        query = query.where(audit_log.c.action == action)
+    with translate_errors("read the audit log"):
+        rows = session.execute(query).all()
+    return [_entry(r) for r in reversed(rows)]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The result of `verify`: rows checked, broken rows, the hash of the last row."""
+
+    rows: int
+    broken: tuple[int, ...]
+    missing: tuple[int, ...]
+    last_hash: str | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the whole chain matches."""
+        return not self.broken and not self.missing
+
+
+_VERIFY = sa.text(
+    """
+    SELECT id,
+           hash = integration_audit_hash(lag(hash) OVER w, l)
+             AND prev_hash IS NOT DISTINCT FROM lag(hash) OVER w AS ok,
+           id - coalesce(lag(id) OVER w, 0) AS gap,
+           encode(hash, 'hex') AS hex
+      FROM integration_audit_log l
+    WINDOW w AS (ORDER BY id)
+     ORDER BY id
+    """
+)
+
+
+def verify(session: Session) -> VerifyReport:
+    """Recompute the hash chain; report rows whose content or link does not match."""
+    broken: list[int] = []
+    missing: list[int] = []
+    rows = 0
+    last: str | None = None
+    with translate_errors("verify the audit log"):
+        for row in session.execute(_VERIFY):
+            rows += 1
+            if not row.ok:
+                broken.append(row.id)
+            if row.gap != 1:
+                missing.extend(range(row.id - row.gap + 1, row.id))
+            last = row.hex
+    return VerifyReport(rows=rows, broken=tuple(broken), missing=tuple(missing), last_hash=last)

@@ -1,0 +1,423 @@
+"""Integration instances: one connected account each, scoped global / client / user.
+
+Every write validates its input first (config against the definition's configSchema,
+credentials against the credentials schema of the definition's authType, status against
+the status schema) and appends an audit row in the caller's transaction, so a failure
+leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from prefect_integrations.credentials import EncryptedCredentials
+from prefect_integrations.db import translate_errors
+from prefect_integrations.exceptions import (
+    DefinitionError,
+    InstanceExists,
+    InstanceNotFound,
+    ValidationError,
+)
+from prefect_integrations.keyring import Keyring
+from prefect_integrations.models import instances
+from prefect_integrations.registry import Definition, Registry
+from prefect_integrations.scope import ContextType, Scope
+from prefect_integrations.store import audit, vault
+from prefect_integrations.validation import (
+    check_storable,
+    credentials_validator,
+    status_validator,
+    validate,
+)
+
+__all__ = [
+    "Instance",
+    "create_instance",
+    "delete_instance",
+    "get_instance",
+    "instance_from_row",
+    "list_instances",
+    "require_instance",
+    "set_credentials",
+    "update_instance",
+    "validate_credentials",
+    "validate_status",
+]
+
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A stored instance, without its ciphertext."""
+
+    uuid: uuid.UUID
+    instance_id: str
+    integration_id: str
+    name: str
+    scope: Scope
+    config: dict[str, Any]
+    status: dict[str, Any]
+    credentials: EncryptedCredentials | None = field(repr=False)
+    created_at: datetime | None
+    updated_at: datetime | None
+    last_used_at: datetime | None
+    token_expires_at: datetime | None
+    credentials_version: int
+
+    @property
+    def state(self) -> str:
+        """``active``, ``inactive`` or ``error``."""
+        return str(self.status.get("state", "inactive"))
+
+    @property
+    def has_credentials(self) -> bool:
+        """True when credentials are stored."""
+        return self.credentials is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view; credentials appear only as key id and non-secret metadata."""
+        creds = None
+        if self.credentials is not None:
+            creds = {"key_id": self.credentials.key_id, **dict(self.credentials.metadata)}
+        return {
+            "instance_id": self.instance_id,
+            "integration_id": self.integration_id,
+            "name": self.name,
+            "context": str(self.scope),
+            "context_type": self.scope.context_type,
+            "context_id": self.scope.context_id,
+            "config": self.config,
+            "status": self.status,
+            "credentials": creds,
+            "credentials_version": self.credentials_version,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "last_used_at": _iso(self.last_used_at),
+            "token_expires_at": _iso(self.token_expires_at),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def instance_from_row(row: sa.Row[Any]) -> Instance:
+    """Build an `Instance` from a row of ``integration_instances``."""
+    envelope = row.credentials
+    return Instance(
+        uuid=row.id,
+        instance_id=row.instance_id,
+        integration_id=row.integration_id,
+        name=row.name,
+        scope=Scope(cast(ContextType, row.context_type), row.context_id),
+        config=dict(row.config or {}),
+        status=dict(row.status or {}),
+        credentials=EncryptedCredentials.from_envelope(envelope) if envelope else None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_used_at=row.last_used_at,
+        token_expires_at=row.token_expires_at,
+        credentials_version=int(row.credentials_version),
+    )
+
+
+def _check_instance_id(instance_id: str) -> None:
+    if not _INSTANCE_ID.match(instance_id):
+        raise ValidationError(
+            "Instance id",
+            [],
+            f"{instance_id[:80]!r} must be 1-255 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+        )
+
+
+def _check_name(instance_id: str, name: str) -> str:
+    subject = f"Instance '{instance_id}'"
+    if not name.strip():
+        raise ValidationError(subject, ["name"], "name must not be empty")
+    if len(name) > 255:
+        raise ValidationError(subject, ["name"], "name must be at most 255 characters")
+    check_storable(name, subject=f"Name of instance '{instance_id}'")
+    return name
+
+
+def _check_config(
+    definition: Definition, instance_id: str, config: Mapping[str, Any]
+) -> dict[str, Any]:
+    subject = f"Config of instance '{instance_id}'"
+    definition.validate_config(dict(config), subject=subject)
+    check_storable(config, subject=subject)
+    return dict(config)
+
+
+def _credential_kind(values: Mapping[str, Any]) -> str | None:
+    if "api_key" in values:
+        return "apikey"
+    if "access_token" in values or "refresh_token" in values or "oauth2" in values:
+        return "oauth2"
+    return None
+
+
+def validate_credentials(
+    definition: Definition, instance_id: str, values: object
+) -> dict[str, Any]:
+    """Check credentials against the schema of the definition's authType; return them."""
+    subject = f"Credentials of instance '{instance_id}'"
+    if not isinstance(values, Mapping):
+        raise ValidationError(subject, [], "credentials must be a JSON object")
+    kind = _credential_kind(values)
+    if kind is not None and definition.auth_type != "custom" and kind != definition.auth_type:
+        raise ValidationError(
+            subject,
+            [],
+            f"these are {kind} credentials but integration '{definition.id}' uses authType "
+            f"'{definition.auth_type}'",
+        )
+    validate(credentials_validator(definition.auth_type), values, subject=subject, secret=True)
+    check_storable(values, subject=subject)
+    return dict(values)
+
+
+def validate_status(instance_id: str, status: object) -> dict[str, Any]:
+    """Check a status document against the status schema; return it."""
+    subject = f"Status of instance '{instance_id}'"
+    validate(status_validator(), status, subject=subject)
+    check_storable(status, subject=subject)
+    return dict(cast(Mapping[str, Any], status))
+
+
+def _usable(definition: Definition, credentials: Mapping[str, Any] | None) -> bool:
+    if not credentials:
+        return False
+    if definition.auth_type == "oauth2":
+        return "access_token" in credentials
+    return True
+
+
+def get_instance(session: Session, instance_id: str) -> Instance | None:
+    """The instance with that id, or None."""
+    with translate_errors(f"read instance '{instance_id}'"):
+        row = session.execute(
+            sa.select(instances).where(instances.c.instance_id == instance_id)
+        ).first()
+    return instance_from_row(row) if row else None
+
+
+def require_instance(session: Session, instance_id: str) -> Instance:
+    """The instance with that id; `InstanceNotFound` otherwise."""
+    found = get_instance(session, instance_id)
+    if found is None:
+        raise InstanceNotFound(instance_id)
+    return found
+
+
+def list_instances(
+    session: Session,
+    *,
+    integration_id: str | None = None,
+    scope: Scope | None = None,
+    context_type: ContextType | None = None,
+    state: str | None = None,
+) -> list[Instance]:
+    """Instances matching every filter given, ordered by instance id."""
+    query = sa.select(instances).order_by(instances.c.instance_id)
+    if integration_id is not None:
+        query = query.where(instances.c.integration_id == integration_id)
+    if scope is not None:
+        query = query.where(instances.c.context_type == scope.context_type)
+        query = query.where(instances.c.context_id.is_not_distinct_from(scope.context_id))
+    if context_type is not None:
+        query = query.where(instances.c.context_type == context_type)
+    if state is not None:
+        query = query.where(instances.c.status.contains({"state": state}))
+    with translate_errors("list instances"):
+        return [instance_from_row(r) for r in session.execute(query)]
+
+
+def create_instance(
+    session: Session,
+    registry: Registry,
+    keyring: Keyring | None,
+    *,
+    instance_id: str,
+    integration_id: str,
+    name: str,
+    scope: Scope,
+    config: Mapping[str, Any] | None = None,
+    credentials: Mapping[str, Any] | None = None,
+    status: Mapping[str, Any] | None = None,
+    actor: str,
+) -> Instance:
+    """Create an instance (credentials encrypted when given) and audit it.
+
+    The state starts ``active`` when usable credentials are given (an API key, an access
+    token) and ``inactive`` otherwise (e.g. OAuth2 waiting to be connected), unless
+    ``status`` says otherwise.
+    """
+    _check_instance_id(instance_id)
+    _check_name(instance_id, name)
+    definition = registry.get(integration_id)
+    config = _check_config(definition, instance_id, config or {})
+    creds = None
+    if credentials is not None:
+        creds = validate_credentials(definition, instance_id, credentials)
+        if keyring is None:
+            raise ValidationError(
+                f"Instance '{instance_id}'", ["credentials"], "no keyring to encrypt with"
+            )
+    if status is None:
+        state = "active" if _usable(definition, creds) else "inactive"
+        status = {"state": state}
+    status_doc = validate_status(instance_id, status)
+
+    values = {
+        "instance_id": instance_id,
+        "integration_id": integration_id,
+        "name": name,
+        "context_type": scope.context_type,
+        "context_id": scope.context_id,
+        "config": config,
+        "status": status_doc,
+    }
+    with translate_errors(f"create instance '{instance_id}'"):
+        try:
+            with session.begin_nested():
+                session.execute(sa.insert(instances).values(**values))
+        except sa_exc.IntegrityError as exc:
+            constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", "")
+            if constraint == "uq_integration_instances_instance_id":
+                raise InstanceExists(instance_id) from None
+            if constraint == "fk_integration_instances_definition":
+                raise DefinitionError(
+                    f"Integration '{integration_id}' is not in the database yet; "
+                    "run `prefect-integrations definitions sync`"
+                ) from None
+            raise
+    if creds is not None and keyring is not None:
+        vault.store_credentials(session, keyring, instance_id, creds)
+    audit.record(
+        session,
+        action="instance.create",
+        actor=actor,
+        instance_id=instance_id,
+        integration_id=integration_id,
+        details={
+            "context": str(scope),
+            "config_keys": sorted(config),
+            "credentials_fields": sorted(creds) if creds else [],
+            "state": status_doc["state"],
+        },
+    )
+    return require_instance(session, instance_id)
+
+
+def update_instance(
+    session: Session,
+    registry: Registry,
+    instance_id: str,
+    *,
+    name: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    status: Mapping[str, Any] | None = None,
+    scope: Scope | None = None,
+    actor: str,
+) -> Instance:
+    """Change the name, config, status or scope of an instance; audited."""
+    current = require_instance(session, instance_id)
+    changes: dict[str, Any] = {}
+    if name is not None:
+        changes["name"] = _check_name(instance_id, name)
+    if config is not None:
+        definition = registry.get(current.integration_id)
+        changes["config"] = _check_config(definition, instance_id, config)
+    if status is not None:
+        changes["status"] = validate_status(instance_id, status)
+    if scope is not None:
+        changes["context_type"] = scope.context_type
+        changes["context_id"] = scope.context_id
+    if not changes:
+        return current
+    changes["updated_at"] = sa.func.now()
+    with translate_errors(f"update instance '{instance_id}'"):
+        session.execute(
+            sa.update(instances).where(instances.c.instance_id == instance_id).values(**changes)
+        )
+    audit.record(
+        session,
+        action="instance.update",
+        actor=actor,
+        instance_id=instance_id,
+        integration_id=current.integration_id,
+        details={"fields": sorted(k for k in changes if k != "updated_at")},
+    )
+    return require_instance(session, instance_id)
+
+
+def set_credentials(
+    session: Session,
+    registry: Registry,
+    keyring: Keyring,
+    instance_id: str,
+    credentials: Mapping[str, Any],
+    *,
+    actor: str,
+    activate: bool = True,
+) -> Instance:
+    """Validate, encrypt and store new credentials; audited.
+
+    With ``activate``, an instance that was ``inactive`` becomes ``active`` when the new
+    credentials are usable.
+    """
+    current = require_instance(session, instance_id)
+    definition = registry.get(current.integration_id)
+    creds = validate_credentials(definition, instance_id, credentials)
+    version = vault.store_credentials(session, keyring, instance_id, creds)
+    if activate and current.state == "inactive" and _usable(definition, creds):
+        with translate_errors(f"update instance '{instance_id}'"):
+            session.execute(
+                sa.update(instances)
+                .where(instances.c.instance_id == instance_id)
+                .values(status={**current.status, "state": "active"})
+            )
+    audit.record(
+        session,
+        action="credentials.set",
+        actor=actor,
+        instance_id=instance_id,
+        integration_id=current.integration_id,
+        details={
+            "fields": sorted(creds),
+            "key_id": keyring.primary_id,
+            "credentials_version": version,
+        },
+    )
+    return require_instance(session, instance_id)
+
+
+def delete_instance(session: Session, instance_id: str, *, actor: str) -> None:
+    """Delete an instance and its credentials; audited."""
+    with translate_errors(f"delete instance '{instance_id}'"):
+        integration_id = session.execute(
+            sa.delete(instances)
+            .where(instances.c.instance_id == instance_id)
+            .returning(instances.c.integration_id)
+        ).scalar()
+    if integration_id is None:
+        raise InstanceNotFound(instance_id)
+    audit.record(
+        session,
+        action="instance.delete",
+        actor=actor,
+        instance_id=instance_id,
+        integration_id=integration_id,
+    )

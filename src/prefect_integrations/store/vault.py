@@ -1,0 +1,209 @@
+"""The credentials vault: pgcrypto encryption with a keyring, one key id per row.
+
+Credentials are encrypted with ``pgp_sym_encrypt(plaintext, key, 'cipher-algo=aes256,
+s2k-mode=1')`` (an authenticated OpenPGP message; never raw ``encrypt()``). Keys travel
+only as bind parameters and the engine hides parameters in errors. The plaintext binds
+the row's ``instance_id``, checked after decryption, so a ciphertext copied to another
+row is refused. Each successful decrypt appends an audit row in the same statement;
+each failure is audited so that it survives the caller's rollback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from prefect_integrations.credentials import Credentials, credentials_metadata
+from prefect_integrations.db import translate_errors
+from prefect_integrations.exceptions import (
+    DecryptionError,
+    InstanceNotFound,
+    NoCredentials,
+    UnknownKeyId,
+)
+from prefect_integrations.keyring import Keyring
+from prefect_integrations.store import audit
+
+__all__ = ["ENVELOPE_VERSION", "PGP_OPTIONS", "fetch_credentials", "store_credentials"]
+
+ENVELOPE_VERSION = 1
+PGP_OPTIONS = "cipher-algo=aes256, s2k-mode=1"
+
+_STORE = sa.text(
+    """
+    UPDATE integration_instances SET
+      credentials = jsonb_build_object(
+        'v', CAST(:v AS integer),
+        'kid', CAST(:kid AS text),
+        'ct', encode(pgp_sym_encrypt(CAST(:pt AS text), CAST(:key AS text),
+                                     CAST(:opts AS text)), 'base64'),
+        'meta', CAST(:meta AS jsonb)),
+      key_id = CAST(:kid AS text),
+      token_expires_at = CAST(:expires AS timestamptz),
+      credentials_version = credentials_version + 1,
+      updated_at = now()
+    WHERE instance_id = :iid
+    RETURNING credentials_version
+    """
+)
+
+# One round trip: pick the row's key from the keyring, decrypt (NULL instead of an error
+# on a wrong key, so the caller's transaction stays usable), check the instance binding,
+# and append the audit row of a successful decrypt.
+_FETCH = sa.text(
+    """
+    WITH k AS MATERIALIZED (
+      SELECT i.instance_id, i.integration_id, i.credentials,
+             (CAST(:keys AS text[]))[array_position(CAST(:kids AS text[]),
+                                                    i.credentials->>'kid')] AS key
+        FROM integration_instances i
+       WHERE i.instance_id = :iid
+    ), d AS MATERIALIZED (
+      SELECT k.instance_id, k.integration_id,
+             k.credentials IS NOT NULL AS has_credentials,
+             k.credentials->>'kid' AS kid,
+             k.key IS NOT NULL AS key_known,
+             integration_try_decrypt(decode(k.credentials->>'ct', 'base64'), k.key) AS pt
+        FROM k
+    ), a AS (
+      INSERT INTO integration_audit_log (actor, action, instance_id, integration_id,
+                                         outcome, details)
+      SELECT :actor, 'credentials.decrypt', d.instance_id, d.integration_id, 'success',
+             jsonb_build_object('purpose', CAST(:purpose AS text), 'key_id', d.kid)
+        FROM d
+       WHERE d.pt IS NOT NULL AND (d.pt::jsonb ->> 'instance_id') = d.instance_id
+    )
+    SELECT instance_id, integration_id, has_credentials, kid, key_known, pt FROM d
+    """
+)
+
+
+def _expires_at(values: Mapping[str, Any]) -> datetime | None:
+    expires = values.get("expires_at")
+    if isinstance(expires, int | float) and not isinstance(expires, bool):
+        return datetime.fromtimestamp(expires, tz=UTC)
+    return None
+
+
+def store_credentials(
+    session: Session,
+    keyring: Keyring,
+    instance_id: str,
+    values: Mapping[str, Any],
+) -> int:
+    """Encrypt ``values`` under the primary key into the instance's row.
+
+    Validation and auditing are the caller's (see `instances.set_credentials`). Returns
+    the new ``credentials_version``.
+    """
+    plaintext = json.dumps(
+        {"instance_id": instance_id, "credentials": dict(values)}, separators=(",", ":")
+    )
+    params = {
+        "v": ENVELOPE_VERSION,
+        "kid": keyring.primary_id,
+        "pt": plaintext,
+        "key": keyring.primary.get_secret_value(),
+        "opts": PGP_OPTIONS,
+        "meta": json.dumps(credentials_metadata(values)),
+        "expires": _expires_at(values),
+        "iid": instance_id,
+    }
+    with translate_errors(f"store credentials of instance '{instance_id}'"):
+        version = session.execute(_STORE, params).scalar()
+    if version is None:
+        raise InstanceNotFound(instance_id)
+    return int(version)
+
+
+def fetch_credentials(
+    session: Session,
+    keyring: Keyring,
+    instance_id: str,
+    *,
+    actor: str,
+    purpose: str,
+) -> Credentials:
+    """Decrypt the credentials of one instance; audited, success or failure.
+
+    Raises `InstanceNotFound`, `NoCredentials`, `UnknownKeyId` (the row's key id is not
+    in the keyring) or `DecryptionError` (wrong key, corrupt data, or a ciphertext that
+    belongs to another instance). Messages name the instance and key id, never a key.
+    """
+    kids = keyring.ids
+    params = {
+        "iid": instance_id,
+        "kids": kids,
+        "keys": [key.get_secret_value() for _, key in keyring],
+        "actor": actor,
+        "purpose": purpose,
+    }
+    with translate_errors(f"read credentials of instance '{instance_id}'"):
+        row = session.execute(_FETCH, params).first()
+    if row is None:
+        raise InstanceNotFound(instance_id)
+    if not row.has_credentials:
+        _fail(session, instance_id, actor, purpose, "no_credentials", None, row.integration_id)
+        raise NoCredentials(instance_id)
+    if not row.key_known:
+        _fail(session, instance_id, actor, purpose, "unknown_key_id", row.kid, row.integration_id)
+        raise UnknownKeyId(instance_id, row.kid or "<none>")
+    if row.pt is None:
+        _fail(
+            session,
+            instance_id,
+            actor,
+            purpose,
+            "wrong_key_or_corrupt",
+            row.kid,
+            row.integration_id,
+        )
+        raise DecryptionError(
+            f"Credentials of instance '{instance_id}' cannot be decrypted with key "
+            f"'{row.kid}': wrong key or corrupt data"
+        )
+    try:
+        document = json.loads(row.pt)
+        bound_to = document.get("instance_id") if isinstance(document, dict) else None
+    except ValueError:
+        bound_to = None
+    if bound_to != instance_id or not isinstance(document.get("credentials"), dict):
+        _fail(
+            session,
+            instance_id,
+            actor,
+            purpose,
+            "instance_binding_mismatch",
+            row.kid,
+            row.integration_id,
+        )
+        raise DecryptionError(
+            f"Credentials stored in instance '{instance_id}' are bound to another instance; "
+            "refusing to use them"
+        )
+    return Credentials(instance_id=instance_id, key_id=row.kid, values=document["credentials"])
+
+
+def _fail(
+    session: Session,
+    instance_id: str,
+    actor: str,
+    purpose: str,
+    reason: str,
+    key_id: str | None,
+    integration_id: str | None = None,
+) -> None:
+    audit.record_outside(
+        session,
+        action="credentials.decrypt",
+        actor=actor,
+        outcome="failure",
+        instance_id=instance_id,
+        integration_id=integration_id,
+        details={"purpose": purpose, "reason": reason, "key_id": key_id},
+    )

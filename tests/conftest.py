@@ -1,0 +1,191 @@
+"""Shared fixtures: a throwaway PostgreSQL cluster and one fresh database per test.
+
+The cluster is the package's own embedded cluster (fsync off), started once per test
+session in a temporary home. A migrated, granted template database is made once; each
+test gets a copy of it (``CREATE DATABASE ... TEMPLATE``), so tests never share rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from prefect_integrations import db as dbmod
+from prefect_integrations.cli._common import reset_runtime
+from prefect_integrations.db import Database
+from prefect_integrations.embedded import EmbeddedCluster
+from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
+from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
+from prefect_integrations.registry import Registry, load_registry
+from prefect_integrations.store.definitions import sync_definitions
+
+TEMPLATE = "pi_template"
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[EmbeddedCluster]:
+    home = Path(tempfile.mkdtemp(prefix="pi-test-"))
+    home.chmod(0o755)  # reachable by the unprivileged user the cluster runs as under root
+    embedded = EmbeddedCluster(home, durable=False)
+    try:
+        url = embedded.ensure_running(database=TEMPLATE)
+        template = Database.from_url(url)
+        dbmod.upgrade(template)
+        dbmod.apply_grants(template)
+        template.dispose()
+        yield embedded
+    finally:
+        try:
+            embedded.stop()
+        finally:
+            shutil.rmtree(embedded.base_dir, ignore_errors=True)
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _create_from_template(cluster: EmbeddedCluster, name: str) -> None:
+    with psycopg.connect(cluster.dsn(database="postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE)
+            )
+        )
+
+
+@pytest.fixture
+def database_name(cluster: EmbeddedCluster) -> Iterator[str]:
+    name = f"pi_test_{os.getpid()}_{next(_counter)}"
+    _create_from_template(cluster, name)
+    yield name
+    cluster.drop_database(name)
+
+
+@pytest.fixture
+def db(cluster: EmbeddedCluster, database_name: str) -> Iterator[Database]:
+    """The test database, connected as the owner (superuser of the test cluster)."""
+    database = Database.from_url(cluster.url(database=database_name))
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def admin_db(cluster: EmbeddedCluster, database_name: str) -> Iterator[Database]:
+    """The test database, connected as the admin role."""
+    database = Database.from_url(cluster.url(database=database_name, user=ADMIN_ROLE))
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def runtime_db(cluster: EmbeddedCluster, database_name: str) -> Iterator[Database]:
+    """The test database, connected as the runtime role."""
+    database = Database.from_url(cluster.url(database=database_name, user=RUNTIME_ROLE))
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return load_registry()
+
+
+@pytest.fixture(scope="session")
+def test_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """Shipped definitions plus an apikey and a custom integration for tests."""
+    folder = tmp_path_factory.mktemp("definitions")
+    (folder / "acme.json").write_text(ACME_DEFINITION)
+    (folder / "signer.json").write_text(SIGNER_DEFINITION)
+    return load_registry([folder])
+
+
+@pytest.fixture
+def synced(db: Database, test_registry: Registry) -> Database:
+    """The test database with every test definition synced."""
+    with db.transaction() as session:
+        sync_definitions(session, test_registry, actor="tests")
+    return db
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return parse_keyring(f"k1:{generate_key()}")
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch, db: Database, keyring: Keyring, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    """Environment for CLI runs against the test database."""
+    key_text = ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in keyring)
+    env = {
+        "PREFECT_INTEGRATIONS_DATABASE_URL": db.url,
+        "PREFECT_INTEGRATIONS_KEYS": key_text,
+        "PREFECT_INTEGRATIONS_HOME": str(tmp_path / "home"),
+        "PREFECT_INTEGRATIONS_ACTOR": "cli-tests",
+        "PREFECT_INTEGRATIONS_DEFINITIONS_PATH": "",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_runtime()
+    yield env
+    reset_runtime()
+
+
+ACME_DEFINITION = """
+{
+  "id": "acme",
+  "name": "Acme API",
+  "description": "An API-key integration used by the tests.",
+  "version": "1.2.3",
+  "authType": "apikey",
+  "configSchema": {
+    "type": "object",
+    "properties": {
+      "base_url": {"type": "string", "format": "uri"},
+      "region": {"enum": ["eu", "us"]},
+      "limits": {
+        "type": "object",
+        "properties": {"per_minute": {"type": "integer", "minimum": 1}}
+      }
+    },
+    "additionalProperties": false
+  },
+  "methods": [
+    {
+      "id": "ping",
+      "name": "Ping",
+      "description": "Check the connection.",
+      "inputSchema": {"type": "object", "properties": {}},
+      "outputSchema": {"type": "object"}
+    }
+  ]
+}
+"""
+
+SIGNER_DEFINITION = """
+{
+  "id": "signer",
+  "name": "Signer",
+  "description": "A custom-auth integration used by the tests.",
+  "version": "0.1.0",
+  "authType": "custom",
+  "configSchema": {"type": "object"},
+  "methods": [
+    {
+      "id": "sign",
+      "name": "Sign",
+      "description": "Sign something.",
+      "inputSchema": {"type": "object"},
+      "outputSchema": {"type": "object"}
+    }
+  ]
+}
+"""

@@ -1,0 +1,260 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from prefect_integrations.db import Database
+from prefect_integrations.exceptions import (
+    DefinitionError,
+    InstanceExists,
+    InstanceNotFound,
+    UnknownIntegration,
+    ValidationError,
+)
+from prefect_integrations.keyring import Keyring
+from prefect_integrations.registry import Registry
+from prefect_integrations.scope import Scope, parse_scope
+from prefect_integrations.store import audit, instances
+
+XERO_CONFIG = {"tenant_id": "0ce8d8d2-4b0c-4d8a-9f2f-3a1e5b7a9c11"}
+
+
+def _counts(db: Database) -> tuple[int, int]:
+    with db.transaction() as s:
+        n_inst = s.execute(sa.text("SELECT count(*) FROM integration_instances")).scalar_one()
+        n_audit = s.execute(sa.text("SELECT count(*) FROM integration_audit_log")).scalar_one()
+    return int(n_inst), int(n_audit)
+
+
+def _create(db: Database, registry: Registry, keyring: Keyring | None, **kw: Any) -> Any:
+    args: dict[str, Any] = {
+        "instance_id": "xero_main",
+        "integration_id": "xero",
+        "name": "Main Xero",
+        "scope": Scope("global"),
+        "config": XERO_CONFIG,
+        "actor": "tester",
+    }
+    args.update(kw)
+    with db.transaction() as s:
+        return instances.create_instance(s, registry, keyring, **args)
+
+
+def test_create_read_list_update_delete(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    created = _create(
+        synced,
+        test_registry,
+        keyring,
+        credentials={"access_token": "at", "refresh_token": "rt", "expires_at": 1_900_000_000},
+    )
+    assert created.state == "active"
+    assert created.credentials is not None and created.credentials.key_id == "k1"
+    assert created.credentials.metadata["has_refresh_token"] is True
+    assert created.token_expires_at is not None
+    assert created.credentials_version == 1
+    _create(synced, test_registry, None, instance_id="xero_acme", scope=Scope("client", "acme"))
+    with synced.transaction() as s:
+        assert instances.get_instance(s, "nope") is None
+        listed = instances.list_instances(s, integration_id="xero")
+        assert [i.instance_id for i in listed] == ["xero_acme", "xero_main"]
+        assert [i.instance_id for i in instances.list_instances(s, state="inactive")] == [
+            "xero_acme"
+        ]
+        assert [
+            i.instance_id for i in instances.list_instances(s, scope=Scope("client", "acme"))
+        ] == ["xero_acme"]
+        updated = instances.update_instance(
+            s,
+            test_registry,
+            "xero_acme",
+            name="Acme Xero",
+            config={"tenant_id": "t2"},
+            status={"state": "error", "error": "boom"},
+            scope=Scope("user", "u1"),
+            actor="tester",
+        )
+    assert (updated.name, updated.config, updated.state, str(updated.scope)) == (
+        "Acme Xero",
+        {"tenant_id": "t2"},
+        "error",
+        "user:u1",
+    )
+    with synced.transaction() as s:
+        instances.delete_instance(s, "xero_acme", actor="tester")
+        assert instances.get_instance(s, "xero_acme") is None
+        with pytest.raises(InstanceNotFound):
+            instances.delete_instance(s, "xero_acme", actor="tester")
+        actions = [
+            (r.action, r.instance_id)
+            for r in audit.tail(s, limit=100)
+            if r.action.startswith("instance.")
+        ]
+    assert actions == [
+        ("instance.create", "xero_main"),
+        ("instance.create", "xero_acme"),
+        ("instance.update", "xero_acme"),
+        ("instance.delete", "xero_acme"),
+    ]
+
+
+def test_oauth_instance_without_tokens_stays_inactive_until_credentials(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    inst = _create(
+        synced,
+        test_registry,
+        keyring,
+        credentials={"oauth2": {"client_id": "cid", "client_secret": "cs"}},
+    )
+    assert inst.state == "inactive"
+    with synced.transaction() as s:
+        after = instances.set_credentials(
+            s,
+            test_registry,
+            keyring,
+            "xero_main",
+            {"access_token": "a", "oauth2": {"client_id": "cid", "client_secret": "cs"}},
+            actor="tester",
+        )
+    assert after.state == "active" and after.credentials_version == 2
+
+
+def test_base_url_and_oauth_overrides_allowed_in_config(
+    synced: Database, test_registry: Registry
+) -> None:
+    config = {
+        **XERO_CONFIG,
+        "base_url": "http://127.0.0.1:8080",
+        "authorization_url": "http://127.0.0.1:9000/authorize",
+        "token_url": "http://127.0.0.1:9000/token",
+    }
+    assert _create(synced, test_registry, None, config=config).config == config
+    acme = _create(
+        synced,
+        test_registry,
+        None,
+        instance_id="a1",
+        integration_id="acme",
+        config={"base_url": "http://localhost:1"},
+    )
+    assert acme.config["base_url"] == "http://localhost:1"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"integration_id": "nope"}, UnknownIntegration, "Unknown integration 'nope'"),
+        (
+            {"config": {}},
+            ValidationError,
+            "Config of instance 'xero_main' is invalid at $: 'tenant_id' is a required property",
+        ),
+        (
+            {"integration_id": "acme", "config": {"region": "mars"}},
+            ValidationError,
+            "Config of instance 'xero_main' is invalid at $.region",
+        ),
+        (
+            {"integration_id": "acme", "config": {"limits": {"per_minute": 0}}},
+            ValidationError,
+            "is invalid at $.limits.per_minute",
+        ),
+        (
+            {"credentials": {"api_key": "k-SECRET"}},
+            ValidationError,
+            "apikey credentials but integration 'xero' uses authType 'oauth2'",
+        ),
+        (
+            {"integration_id": "acme", "config": {}, "credentials": {"access_token": "t-SECRET"}},
+            ValidationError,
+            "oauth2 credentials but integration 'acme' uses authType 'apikey'",
+        ),
+        (
+            {"credentials": {"access_token": ""}},
+            ValidationError,
+            "Credentials of instance 'xero_main' is invalid at $.access_token",
+        ),
+        (
+            {"credentials": {"access_token": "t-SECRET", "oauth2": {"client_secret": "c-SECRET"}}},
+            ValidationError,
+            "at $.oauth2: 'client_id' is a required property",
+        ),
+        (
+            {"integration_id": "acme", "config": {}, "credentials": {"api_key": 5}},
+            ValidationError,
+            "at $.api_key",
+        ),
+        (
+            {"status": {"state": "broken"}},
+            ValidationError,
+            "Status of instance 'xero_main' is invalid at $.state",
+        ),
+        (
+            {"status": {"state": "active", "lastChecked": "yesterday"}},
+            ValidationError,
+            "at $.lastChecked",
+        ),
+        ({"instance_id": "bad id!"}, ValidationError, "Instance id is invalid"),
+        ({"name": "  "}, ValidationError, "name must not be empty"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_written(
+    synced: Database,
+    test_registry: Registry,
+    keyring: Keyring,
+    kwargs: dict[str, Any],
+    error: type[Exception],
+    message: str,
+) -> None:
+    before = _counts(synced)
+    with pytest.raises(error) as info:
+        _create(synced, test_registry, keyring, **kwargs)
+    assert message in str(info.value)
+    assert "SECRET" not in str(info.value)
+    assert _counts(synced) == before
+
+
+def test_duplicate_instance_id_rolls_back_everything(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    _create(synced, test_registry, keyring, credentials={"access_token": "a"})
+    before = _counts(synced)
+    with pytest.raises(InstanceExists, match="Instance 'xero_main' already exists"):
+        _create(synced, test_registry, keyring, credentials={"access_token": "b"})
+    assert _counts(synced) == before
+    with synced.transaction() as s:
+        assert instances.require_instance(s, "xero_main").credentials_version == 1
+
+
+def test_definition_not_synced_is_a_clear_error(db: Database, test_registry: Registry) -> None:
+    with pytest.raises(DefinitionError, match="run `prefect-integrations definitions sync`"):
+        _create(db, test_registry, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tenant:1", "unknown context type 'tenant'"),
+        ("client", "a client instance needs a context id"),
+        ("user:", "a user instance needs a context id"),
+        ("global:x", "a global instance has no context id"),
+    ],
+)
+def test_bad_context(text: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        parse_scope(text)
+
+
+def test_scope_constraint_in_database(synced: Database) -> None:
+    with pytest.raises(sa.exc.IntegrityError), synced.transaction() as s:
+        s.execute(
+            sa.text(
+                "INSERT INTO integration_instances "
+                "(instance_id, integration_id, name, context_type) "
+                "VALUES ('x', 'xero', 'x', 'client')"
+            )
+        )

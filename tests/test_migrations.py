@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from prefect_integrations import db as dbmod
+from prefect_integrations.db import Database
+from prefect_integrations.embedded import EmbeddedCluster
+
+SCHEMA = {
+    "integration_definitions": {
+        "id": ("character varying", 255, "NO"),
+        "name": ("character varying", 255, "NO"),
+        "description": ("text", None, "YES"),
+        "version": ("character varying", 50, "NO"),
+        "definition": ("jsonb", None, "NO"),
+        "created_at": ("timestamp with time zone", None, "YES"),
+        "updated_at": ("timestamp with time zone", None, "YES"),
+    },
+    "integration_instances": {
+        "id": ("uuid", None, "NO"),
+        "instance_id": ("character varying", 255, "NO"),
+        "integration_id": ("character varying", 255, "NO"),
+        "name": ("character varying", 255, "NO"),
+        "context_type": ("character varying", 20, "NO"),
+        "context_id": ("character varying", 255, "YES"),
+        "config": ("jsonb", None, "NO"),
+        "credentials": ("jsonb", None, "YES"),
+        "status": ("jsonb", None, "NO"),
+        "created_at": ("timestamp with time zone", None, "YES"),
+        "updated_at": ("timestamp with time zone", None, "YES"),
+        "last_used_at": ("timestamp with time zone", None, "YES"),
+        "key_id": ("character varying", 64, "YES"),
+        "token_expires_at": ("timestamp with time zone", None, "YES"),
+        "credentials_version": ("bigint", None, "NO"),
+        "refresh_lease_until": ("timestamp with time zone", None, "YES"),
+    },
+}
+INDEXES = {
+    "idx_integration_instances_integration_id": "btree (integration_id)",
+    "idx_integration_instances_context": "btree (context_type, context_id)",
+    "idx_integration_instances_status": "gin (status)",
+    "idx_integration_instances_last_used_at": "btree (last_used_at)",
+    "idx_integration_definitions_name": "btree (name)",
+    "idx_integration_instances_key_id": "btree (key_id)",
+    "idx_integration_instances_token_expires_at": "btree (token_expires_at) WHERE",
+}
+
+
+@pytest.fixture
+def empty_db(cluster: EmbeddedCluster) -> Iterator[Database]:
+    name = "pi_empty_migrations"
+    cluster.drop_database(name)
+    url = cluster.ensure_running(database=name)
+    database = Database.from_url(url)
+    yield database
+    database.dispose()
+    cluster.drop_database(name)
+
+
+def _columns(db: Database) -> dict[str, dict[str, tuple[str, int | None, str]]]:
+    with db.transaction() as s:
+        rows = s.execute(
+            sa.text(
+                "SELECT table_name, column_name, data_type, character_maximum_length, is_nullable "
+                "FROM information_schema.columns WHERE table_name IN "
+                "('integration_definitions', 'integration_instances')"
+            )
+        ).all()
+    out: dict[str, dict[str, tuple[str, int | None, str]]] = {}
+    for r in rows:
+        out.setdefault(r.table_name, {})[r.column_name] = (
+            r.data_type,
+            r.character_maximum_length,
+            r.is_nullable,
+        )
+    return out
+
+
+def _indexes(db: Database) -> dict[str, str]:
+    with db.transaction() as s:
+        rows = s.execute(
+            sa.text(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN "
+                "('integration_definitions', 'integration_instances')"
+            )
+        ).all()
+    return {r.indexname: r.indexdef for r in rows}
+
+
+def _tables(db: Database) -> set[str]:
+    with db.transaction() as s:
+        return set(
+            s.execute(
+                sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            ).scalars()
+        )
+
+
+def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
+    assert dbmod.current_revision(empty_db) is None
+    dbmod.upgrade(empty_db)
+    assert dbmod.current_revision(empty_db) == dbmod.head_revision()
+    assert _columns(empty_db) == SCHEMA
+    indexes = _indexes(empty_db)
+    for name, shape in INDEXES.items():
+        assert shape in indexes[name], (name, indexes.get(name))
+    with empty_db.transaction() as s:
+        assert (
+            s.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'pgcrypto'")).scalar()
+            == 1
+        )
+
+    dbmod.downgrade(empty_db, "base")
+    assert dbmod.current_revision(empty_db) is None
+    assert _tables(empty_db) == {"prefect_integrations_alembic_version"}
+
+    dbmod.upgrade(empty_db)
+    dbmod.apply_grants(empty_db)  # roles exist already: grants are idempotent
+    assert _columns(empty_db) == SCHEMA
+    assert set(INDEXES) <= set(_indexes(empty_db))
+    assert {"integration_definitions", "integration_instances", "integration_audit_log"} <= _tables(
+        empty_db
+    )
+
+
+def test_missing_schema_is_a_clear_error(empty_db: Database) -> None:
+    from prefect_integrations.exceptions import DatabaseError
+    from prefect_integrations.store.instances import list_instances
+
+    with (
+        pytest.raises(DatabaseError, match="run `prefect-integrations db upgrade`"),
+        empty_db.transaction() as s,
+    ):
+        list_instances(s)
