@@ -27,6 +27,9 @@ from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
 from prefect_integrations.registry import Registry, load_registry
 from prefect_integrations.store.definitions import sync_definitions
 
+from .definitions import write_echo_definitions
+from .provider import FakeProvider, serve
+
 TEMPLATE = "pi_template"
 _counter = itertools.count(1)
 
@@ -106,6 +109,33 @@ def test_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     return load_registry([folder])
 
 
+@pytest.fixture(scope="session")
+def echo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of definitions of providers the tests serve (see tests/definitions.py)."""
+    return write_echo_definitions(tmp_path_factory.mktemp("echo-definitions"))
+
+
+@pytest.fixture(scope="session")
+def echo_registry(echo_dir: Path) -> Registry:
+    """Shipped definitions plus the echo definitions."""
+    return load_registry([echo_dir])
+
+
+@pytest.fixture
+def echo_db(db: Database, echo_registry: Registry) -> Database:
+    """The test database with shipped and echo definitions synced."""
+    with db.transaction() as s:
+        sync_definitions(s, echo_registry, actor="tests")
+    return db
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    """A real HTTP server on loopback playing the provider."""
+    with serve() as fake:
+        yield fake
+
+
 @pytest.fixture
 def synced(db: Database, test_registry: Registry) -> Database:
     """The test database with every test definition synced."""
@@ -158,13 +188,15 @@ ACME_DEFINITION = """
     },
     "additionalProperties": false
   },
+  "baseUrl": "https://api.acme.example/v1",
   "methods": [
     {
       "id": "ping",
       "name": "Ping",
       "description": "Check the connection.",
       "inputSchema": {"type": "object", "properties": {}},
-      "outputSchema": {"type": "object"}
+      "outputSchema": {"type": "object"},
+      "http": {"method": "GET", "path": "/ping"}
     }
   ]
 }
@@ -177,14 +209,17 @@ SIGNER_DEFINITION = """
   "description": "A custom-auth integration used by the tests.",
   "version": "0.1.0",
   "authType": "custom",
+  "auth": {"custom": {"scheme": "hmac_sha256"}},
   "configSchema": {"type": "object"},
+  "baseUrl": "https://api.signer.example",
   "methods": [
     {
       "id": "sign",
       "name": "Sign",
       "description": "Sign something.",
       "inputSchema": {"type": "object"},
-      "outputSchema": {"type": "object"}
+      "outputSchema": {"type": "object"},
+      "http": {"method": "POST", "path": "/sign", "body": {"json": "{{ inputs }}"}}
     }
   ]
 }

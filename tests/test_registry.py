@@ -53,6 +53,7 @@ def demo_document(integration_id: str = "demo", *, auth: str = "apikey") -> dict
             "additionalProperties": False,
             "properties": {"base_url": {"type": "string", "format": "uri"}},
         },
+        "baseUrl": "https://api.example.com/v1",
         "methods": [
             {
                 "id": "ping",
@@ -60,6 +61,7 @@ def demo_document(integration_id: str = "demo", *, auth: str = "apikey") -> dict
                 "description": "Check the connection.",
                 "inputSchema": {"type": "object", "properties": {}},
                 "outputSchema": {"type": "object"},
+                "http": {"method": "GET", "path": "/ping"},
             },
             {
                 "id": "echo",
@@ -72,6 +74,12 @@ def demo_document(integration_id: str = "demo", *, auth: str = "apikey") -> dict
                 },
                 "outputSchema": {"type": "object", "properties": {"x": {"type": "integer"}}},
                 "requiredScopes": ["read"],
+                "http": {
+                    "method": "POST",
+                    "path": "/echo",
+                    "body": {"json": {"x": "{{ inputs.x }}"}},
+                    "output": {"x": "{{ response.x }}"},
+                },
             },
         ],
     }
@@ -121,8 +129,9 @@ def test_meta_schema_is_a_valid_draft_2020_12_schema() -> None:
 def test_meta_schema_refuses_unknown_fields_at_every_level() -> None:
     schema = registry.meta_schema()
     assert schema["additionalProperties"] is False
-    for name in ("oauth2Config", "method"):
+    for name in ("oauth2Config", "method", "auth", "errors", "healthCheck", "http"):
         assert schema["$defs"][name]["additionalProperties"] is False
+    assert schema["$defs"]["http"]["properties"]["body"]["additionalProperties"] is False
 
 
 def test_shipped_definitions_load(shipped: Registry) -> None:
@@ -147,7 +156,7 @@ def test_shipped_definition_files_validate(integration_id: str) -> None:
 @pytest.mark.parametrize("integration_id", SHIPPED)
 def test_shipped_definition_conventions(shipped: Registry, integration_id: str) -> None:
     definition = shipped.get(integration_id)
-    assert definition.version == "1.0.0"
+    assert definition.version == "1.1.0"
     assert definition.description
     assert definition.documentation_url is not None
     assert definition.documentation_url.startswith("https://")

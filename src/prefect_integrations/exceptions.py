@@ -24,8 +24,11 @@ one, the path inside it; they never contain credentials or keys.
     │   ├── NoCredentials             the instance has no stored credentials
     │   ├── DecryptionError           wrong key or corrupt ciphertext
     │   └── UnknownKeyId              the row's key id is not in the keyring
-    └── AuditError
-        └── AuditChainBroken          `audit verify` found an altered or missing row
+    ├── AuditError
+    │   └── AuditChainBroken          `audit verify` found an altered or missing row
+    └── ProviderError                 the external service answered with an error
+        ├── ProviderUnavailable       connection failures, timeouts, 429/5xx after retries
+        └── ProviderAuthError         401/403 from the provider
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ __all__ = [
     "NoInstanceFound",
     "PermissionDenied",
     "PostgresNotFound",
+    "ProviderAuthError",
+    "ProviderError",
+    "ProviderUnavailable",
     "UnknownIntegration",
     "UnknownKeyId",
     "ValidationError",
@@ -282,3 +288,51 @@ class AuditChainBroken(AuditError):
     """`audit verify` found rows whose hash chain does not match their content."""
 
     code = "audit_chain_broken"
+
+
+class ProviderError(IntegrationError):
+    """The external service answered a call with an error.
+
+    Carries the HTTP status, the provider's own error code and message (never request
+    headers, tokens or input values).
+    """
+
+    code = "provider_error"
+
+    def __init__(
+        self,
+        *,
+        integration_id: str,
+        method_id: str,
+        status: int | None,
+        provider_code: str | None = None,
+        provider_message: str | None = None,
+        instance_id: str | None = None,
+    ) -> None:
+        self.integration_id = integration_id
+        self.method_id = method_id
+        self.status = status
+        self.provider_code = provider_code
+        self.provider_message = provider_message
+        self.instance_id = instance_id
+        where = f"'{integration_id}.{method_id}'"
+        if instance_id:
+            where += f" on instance '{instance_id}'"
+        what = f"HTTP {status}" if status is not None else "no response"
+        if provider_code:
+            what += f" [{provider_code}]"
+        if provider_message:
+            what += f": {provider_message[:500]}"
+        super().__init__(f"{where} failed: {what}")
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider could not be reached or kept failing (network, timeout, 429, 5xx)."""
+
+    code = "provider_unavailable"
+
+
+class ProviderAuthError(ProviderError):
+    """The provider refused the credentials (HTTP 401 or 403)."""
+
+    code = "provider_auth_failed"

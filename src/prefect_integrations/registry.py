@@ -4,8 +4,8 @@ A definition is a JSON file (``definitions/<id>.json``) describing one integrati
 authenticates and which methods it offers, each with an input and an output JSON Schema.
 This module checks definition files against the meta-schema
 (``schemas/definition.schema.json``) and the rules the meta-schema cannot express, and
-compiles every embedded JSON Schema once, so that callers validate values with ready
-validators:
+compiles every embedded JSON Schema and every HTTP binding template (`binding`) once, so
+that callers validate values with ready validators and build requests without compiling:
 
     registry = load_registry()
     method = registry.get("xero").method("create_invoice")
@@ -36,6 +36,16 @@ from jsonschema import ValidationError as SchemaValidationError
 from jsonschema.exceptions import SchemaError, best_match
 
 from prefect_integrations._resources import bundled_path
+from prefect_integrations.binding import (
+    ApiKeyPlacement,
+    CustomAuth,
+    DefinitionBinding,
+    HealthCheck,
+    HttpBinding,
+    MethodBinding,
+    MethodHandler,
+    compile_definition,
+)
 from prefect_integrations.exceptions import (
     DefinitionError,
     DefinitionProblem,
@@ -105,8 +115,8 @@ def _raise_first_error(validator: Draft202012Validator, value: object, subject: 
 class Method:
     """One operation of an integration, with its input and output validators compiled once.
 
-    ``raw`` is the method's object as written in the definition file, so fields added to the
-    format later (HTTP bindings, for instance) are reachable before they get typed attributes.
+    ``raw`` is the method's object as written in the definition file. ``binding`` is its
+    compiled HTTP binding (`http` or `handler`), used by `prefect_integrations.binding`.
     """
 
     integration_id: str
@@ -117,6 +127,7 @@ class Method:
     output_schema: dict[str, Any] = field(repr=False)
     required_scopes: tuple[str, ...]
     raw: dict[str, Any] = field(repr=False)
+    binding: MethodBinding | None = field(default=None, repr=False, compare=False)
     input_validator: Draft202012Validator = field(init=False, repr=False, compare=False)
     output_validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
@@ -132,6 +143,16 @@ class Method:
         """``<integration>.<method>``, e.g. ``xero.create_invoice``."""
         return f"{self.integration_id}.{self.id}"
 
+    @property
+    def http(self) -> HttpBinding | None:
+        """The compiled declarative binding (``http``), or None for a handler method."""
+        return self.binding.http if self.binding is not None else None
+
+    @property
+    def handler(self) -> MethodHandler | None:
+        """The loaded handler object (``handler``), or None for an ``http`` method."""
+        return self.binding.handler if self.binding is not None else None
+
     def validate_input(self, value: object, *, subject: str | None = None) -> None:
         """Raise `ValidationError` if ``value`` breaks the input schema."""
         _raise_first_error(
@@ -145,7 +166,9 @@ class Method:
         )
 
     @classmethod
-    def from_document(cls, integration_id: str, raw: dict[str, Any]) -> Method:
+    def from_document(
+        cls, integration_id: str, raw: dict[str, Any], *, binding: MethodBinding | None = None
+    ) -> Method:
         """Build a method from its (already validated) object in a definition document."""
         return cls(
             integration_id=integration_id,
@@ -156,6 +179,7 @@ class Method:
             output_schema=raw["outputSchema"],
             required_scopes=tuple(raw.get("requiredScopes", ())),
             raw=raw,
+            binding=binding,
         )
 
 
@@ -170,7 +194,8 @@ class Definition:
 
     ``methods`` is a read-only mapping ordered as in the file; ``raw`` is the whole parsed
     document and ``content_hash`` the SHA-256 of its canonical JSON, so a stored copy can be
-    compared with the file without comparing field by field.
+    compared with the file without comparing field by field. ``binding`` holds the compiled
+    integration-level binding (base URL, auth placement, headers, errors, health check).
     """
 
     id: str
@@ -185,6 +210,7 @@ class Definition:
     source: str
     documentation_url: str | None = field(default=None, repr=False)
     logo_url: str | None = field(default=None, repr=False)
+    binding: DefinitionBinding | None = field(default=None, repr=False, compare=False)
     content_hash: str = field(init=False)
     config_validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
@@ -195,6 +221,21 @@ class Definition:
 
     def __hash__(self) -> int:
         return hash((self.id, self.content_hash))
+
+    @property
+    def base_url(self) -> str | None:
+        """``baseUrl`` without a trailing ``/`` (an instance's ``base_url`` config replaces it)."""
+        return self.binding.base_url if self.binding is not None else None
+
+    @property
+    def auth(self) -> ApiKeyPlacement | CustomAuth | None:
+        """Credential placement: `ApiKeyPlacement` (apikey), `CustomAuth` (custom), or None."""
+        return self.binding.auth if self.binding is not None else None
+
+    @property
+    def health_check(self) -> HealthCheck | None:
+        """The method and inputs that check an instance works (``healthCheck``), if any."""
+        return self.binding.health_check if self.binding is not None else None
 
     def method(self, method_id: str) -> Method:
         """Return the method ``method_id``; raise `DefinitionError` listing the known ones."""
@@ -226,7 +267,13 @@ class Definition:
 def _build(document: dict[str, Any], *, source: str) -> Definition:
     """Build a `Definition` from a document that passed `validate_document`."""
     integration_id: str = document["id"]
-    methods = {m["id"]: Method.from_document(integration_id, m) for m in document["methods"]}
+    binding, method_bindings, problems = compile_definition(document)
+    if problems:  # pragma: no cover - validate_document reported them already
+        raise DefinitionError([_problem(source, path, message) for path, message in problems])
+    methods = {
+        m["id"]: Method.from_document(integration_id, m, binding=method_bindings.get(m["id"]))
+        for m in document["methods"]
+    }
     return Definition(
         id=integration_id,
         name=document["name"],
@@ -240,6 +287,7 @@ def _build(document: dict[str, Any], *, source: str) -> Definition:
         source=source,
         documentation_url=document.get("documentationUrl"),
         logo_url=document.get("logoUrl"),
+        binding=binding,
     )
 
 
@@ -536,12 +584,116 @@ def _rule_problems(document: Mapping[str, Any], source: str) -> list[DefinitionP
     return problems
 
 
+def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[DefinitionProblem]:
+    """Check the binding rules the meta-schema does not express, and compile the templates."""
+    problems: list[DefinitionProblem] = []
+    methods = document.get("methods")
+    method_list = [m for m in methods if isinstance(m, dict)] if isinstance(methods, list) else []
+
+    # Each method is bound exactly once: declaratively ('http') or by a handler.
+    all_handlers = bool(method_list)
+    for index, method in enumerate(methods if isinstance(methods, list) else []):
+        if not isinstance(method, dict):
+            continue
+        has_http, has_handler = "http" in method, "handler" in method
+        all_handlers = all_handlers and has_handler
+        if has_http == has_handler:
+            message = (
+                "'http' and 'handler' are mutually exclusive (use one)"
+                if has_http
+                else "needs a binding: exactly one of 'http' or 'handler' is required"
+            )
+            problems.append(_problem(source, ("methods", index), message))
+        http = method.get("http")
+        body = http.get("body") if isinstance(http, dict) else None
+        if isinstance(body, dict):
+            location: _JsonPath = ("methods", index, "http", "body")
+            kinds = [kind for kind in ("json", "form", "raw") if kind in body]
+            if len(kinds) != 1:
+                problems.append(
+                    _problem(source, location, "exactly one of 'json', 'form' or 'raw' is required")
+                )
+            if "contentType" in body and "raw" not in body:
+                problems.append(
+                    _problem(source, (*location, "contentType"), "only allowed with 'raw'")
+                )
+            if http.get("method") == "GET":  # type: ignore[union-attr]
+                problems.append(_problem(source, location, "a GET request has no body"))
+    if "baseUrl" not in document and not all_handlers:
+        problems.append(
+            _problem(source, ("baseUrl",), "required unless every method has a 'handler'")
+        )
+
+    # Credential placement must match authType.
+    auth_type = document.get("authType")
+    auth = document.get("auth")
+    if isinstance(auth, dict):
+        if "apikey" in auth and auth_type != "apikey":
+            problems.append(
+                _problem(
+                    source,
+                    ("auth", "apikey"),
+                    f"only allowed when authType is 'apikey' (authType is {auth_type!r})",
+                )
+            )
+        if "custom" in auth and auth_type != "custom":
+            problems.append(
+                _problem(
+                    source,
+                    ("auth", "custom"),
+                    f"only allowed when authType is 'custom' (authType is {auth_type!r})",
+                )
+            )
+    if auth_type == "custom" and not (isinstance(auth, dict) and "custom" in auth):
+        problems.append(_problem(source, ("auth", "custom"), "required when authType is 'custom'"))
+
+    # The health check names a method of this definition with inputs valid for it.
+    health = document.get("healthCheck")
+    if isinstance(health, dict) and isinstance(health.get("method"), str):
+        by_id = {m.get("id"): m for m in method_list}
+        target = by_id.get(health["method"])
+        if target is None:
+            known = ", ".join(str(m.get("id")) for m in method_list) or "none"
+            problems.append(
+                _problem(
+                    source,
+                    ("healthCheck", "method"),
+                    f"unknown method '{health['method']}' (known: {known})",
+                )
+            )
+        else:
+            schema = target.get("inputSchema")
+            value = health.get("input", {})
+            if (
+                isinstance(schema, dict)
+                and isinstance(value, dict)
+                and _check_schema(schema) is None
+            ):
+                error = best_match(_compile(schema).iter_errors(value))
+                if error is not None:
+                    problems.append(
+                        _problem(
+                            source,
+                            ("healthCheck", "input", *error.absolute_path),
+                            f"not a valid input of method '{health['method']}': {_reason(error)}",
+                        )
+                    )
+
+    # Templates compile and use known variables; handlers import.
+    _, _, compile_problems = compile_definition(document)
+    problems.extend(_problem(source, path, message) for path, message in compile_problems)
+    return problems
+
+
 def validate_document(document: object, *, source: str) -> list[DefinitionProblem]:
     """Return every problem of a parsed definition document (``[]`` if it is valid).
 
     Checks the meta-schema (all errors, sorted by path), that each embedded schema is a valid
     draft 2020-12 JSON Schema, that method ids are unique, that ``oauth2Config`` is present
-    exactly when ``authType`` is ``oauth2`` and that required scopes are requested.
+    exactly when ``authType`` is ``oauth2``, that required scopes are requested, and the
+    bindings: one of ``http``/``handler`` per method, ``baseUrl`` unless all are handlers,
+    ``auth`` matching ``authType``, the health check's method and inputs, every template
+    compiling (with known variables) and every handler importing.
     """
     if not isinstance(document, dict):
         return [
@@ -551,6 +703,7 @@ def validate_document(document: object, *, source: str) -> list[DefinitionProble
     for error in _meta_validator().iter_errors(document):
         problems.extend(_meta_error_problems(error, source))
     problems.extend(_rule_problems(document, source))
+    problems.extend(_binding_rule_problems(document, source))
     problems.sort(key=lambda p: (_path_key(p.path), p.message))
     return problems
 

@@ -14,6 +14,7 @@ import typer
 
 from prefect_integrations.cli import (
     audit_commands,
+    call_commands,
     db_commands,
     definitions_commands,
     instances_commands,
@@ -36,6 +37,8 @@ app.add_typer(definitions_commands.app, name="definitions")
 app.add_typer(instances_commands.app, name="instances")
 app.add_typer(keys_commands.app, name="keys")
 app.add_typer(audit_commands.app, name="audit")
+app.add_typer(call_commands.blocks_app, name="blocks")
+app.command("call")(call_commands.call)
 
 
 @app.command()

@@ -1,88 +1,27 @@
-"""Shared plumbing of the CLI: lazily built database, registry and keyring; output."""
+"""Shared plumbing of the CLI: input parsing and output."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from functools import cached_property
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
-from sqlalchemy.orm import Session
 
-from prefect_integrations.db import Database
-from prefect_integrations.exceptions import ConfigurationError, ValidationError
-from prefect_integrations.keyring import Keyring, load_keyring
-from prefect_integrations.registry import Registry, load_registry
-from prefect_integrations.settings import Settings, current_actor, get_settings
+from prefect_integrations.exceptions import ValidationError
+from prefect_integrations.runtime import Runtime, reset_runtime, runtime
 
-__all__ = ["Runtime", "echo_table", "emit_json", "parse_json_option", "read_json_file", "runtime"]
-
-
-class Runtime:
-    """What a command needs, built on first use so that `--help` touches nothing."""
-
-    @cached_property
-    def settings(self) -> Settings:
-        """The settings from the environment."""
-        return get_settings()
-
-    @cached_property
-    def db(self) -> Database:
-        """The configured database (the embedded cluster is started when needed)."""
-        return Database.from_settings(self.settings)
-
-    @cached_property
-    def registry(self) -> Registry:
-        """Shipped plus configured extra definitions."""
-        return load_registry(self.settings.extra_definition_paths)
-
-    @cached_property
-    def keyring(self) -> Keyring:
-        """The encryption keyring."""
-        return load_keyring(self.settings)
-
-    @cached_property
-    def actor(self) -> str:
-        """Who acts, for the audit log."""
-        return current_actor(self.settings)
-
-    @contextmanager
-    def transaction(self, operation: str) -> Iterator[Session]:
-        """A session in one transaction."""
-        with self.db.transaction(operation) as session:
-            yield session
-
-    def require_embedded(self, command: str) -> None:
-        """Refuse commands that only make sense for the embedded cluster."""
-        if not self.settings.embedded:
-            raise ConfigurationError(
-                f"`{command}` manages the embedded cluster, but "
-                "PREFECT_INTEGRATIONS_DATABASE_URL points at another database"
-            )
-
-
-_runtime: Runtime | None = None
-
-
-def runtime() -> Runtime:
-    """The process-wide `Runtime`."""
-    global _runtime
-    if _runtime is None:
-        _runtime = Runtime()
-    return _runtime
-
-
-def reset_runtime() -> None:
-    """Forget the cached runtime (tests change the environment between invocations)."""
-    global _runtime
-    if _runtime is not None and "db" in _runtime.__dict__:
-        _runtime.db.dispose()
-    _runtime = None
-    get_settings.cache_clear()
+__all__ = [
+    "Runtime",
+    "echo_table",
+    "emit_json",
+    "parse_json_option",
+    "read_json_file",
+    "reset_runtime",
+    "runtime",
+]
 
 
 def _refuse_constant(name: str) -> Any:

@@ -1,0 +1,495 @@
+"""Jinja2 templates of the HTTP bindings: sandboxed, native-typed, compiled once.
+
+A *template* is a string containing ``{{``, ``{%`` or ``{#``. A *template tree* is any JSON
+value whose strings may be templates: objects and arrays are walked, templates rendered,
+other values kept. Rendering follows three rules:
+
+- a template that is exactly one ``{{ expression }}`` yields the expression's native value
+  (list, dict, number, bool, None); a template mixing text and expressions yields a string
+  (None and undefined values print as nothing, booleans as ``true``/``false``);
+- an object entry whose value renders to None or to an undefined value is omitted, and so is
+  an array item: that is how absent optional inputs disappear from bodies and queries;
+- undefined values chain (``response.a.b[0].c`` is undefined when ``a`` is missing, never an
+  error), so optional data never breaks a render.
+
+The environment is Jinja's `ImmutableSandboxedEnvironment` (templates cannot reach Python
+internals nor mutate the values they are given) with the native code generator, and never
+literal-evaluates strings (Jinja's `NativeEnvironment` would turn the text ``"200"`` into
+the number 200). Templates are compiled once per distinct source and kept, so a definition
+loaded again reuses them; nothing is compiled per call.
+
+Filters (beyond Jinja's built-ins): ``tojson``, ``b64encode``, ``b64url``, ``urlquote``,
+``xero_date``, ``pick`` and ``rename``; see `FILTERS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Final
+from urllib.parse import quote
+
+from jinja2 import ChainableUndefined, Template, TemplateSyntaxError, Undefined, nodes
+from jinja2.compiler import Frame
+from jinja2.meta import find_undeclared_variables
+from jinja2.nativetypes import NativeCodeGenerator
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+__all__ = [
+    "FILTERS",
+    "OMIT",
+    "CompiledTemplate",
+    "Node",
+    "RenderError",
+    "Scope",
+    "Sink",
+    "TemplateProblem",
+    "compile_one",
+    "compile_template",
+    "compile_tree",
+    "dumps",
+    "is_omitted",
+    "is_template",
+    "path_segment",
+    "to_text",
+]
+
+_MARKERS: Final = ("{{", "{%", "{#")
+OMIT: Final = None
+"""What an omitted value renders to."""
+
+
+def is_template(value: object) -> bool:
+    """Whether ``value`` is a string holding template syntax."""
+    return isinstance(value, str) and any(marker in value for marker in _MARKERS)
+
+
+def is_omitted(value: object) -> bool:
+    """Whether a rendered value means "leave this out" (None or undefined)."""
+    return value is None or isinstance(value, Undefined)
+
+
+def to_text(value: object) -> str:
+    """Text of a rendered scalar in a string context: None/undefined -> '', bools lowercase."""
+    if value is None or isinstance(value, Undefined):
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, dict | list):
+        return dumps(value)
+    return str(value)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Undefined):  # e.g. inside a list built by {{ [inputs.a, inputs.b] }}
+        return None
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def dumps(value: object) -> str:
+    """Compact JSON text (UTF-8, no NaN); undefined values nested in it become null."""
+    return json.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Filters
+# --------------------------------------------------------------------------------------
+
+
+def _tojson(value: Any) -> Any:
+    """JSON text of ``value`` (compact, UTF-8, not HTML-escaped); undefined stays omitted."""
+    if is_omitted(value):
+        return None
+    return dumps(value)
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else to_text(value).encode("utf-8")
+
+
+def _b64encode(value: Any) -> Any:
+    """Standard base64 (RFC 4648 section 4) of the UTF-8 text or bytes."""
+    if is_omitted(value):
+        return None
+    return base64.b64encode(_as_bytes(value)).decode("ascii")
+
+
+def _b64url(value: Any) -> Any:
+    """URL-safe base64 (RFC 4648 section 5, padding kept) of the UTF-8 text or bytes."""
+    if is_omitted(value):
+        return None
+    return base64.urlsafe_b64encode(_as_bytes(value)).decode("ascii")
+
+
+def _urlquote(value: Any) -> Any:
+    """Percent-encode everything but unreserved characters (for one URL component)."""
+    if is_omitted(value):
+        return None
+    return quote(to_text(value), safe="-._~")
+
+
+_XERO_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+_ISO_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[T ].*)?$")
+
+
+def _xero_date(value: Any) -> Any:
+    """``/Date(1518685950940+0000)/`` (Xero's JSON dates) -> ``2018-02-15``.
+
+    The milliseconds are since the Unix epoch; the optional offset is the time zone the date
+    is expressed in. ISO strings (``2019-03-11T00:00:00``) are cut to their date; anything
+    else is returned unchanged, undefined stays omitted.
+    """
+    if not isinstance(value, str):
+        return None if is_omitted(value) else value
+    match = _XERO_DATE.match(value)
+    if match is not None:
+        offset = match.group(2) or "+0000"
+        sign = -1 if offset[0] == "-" else 1
+        zone = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+        moment = datetime.fromtimestamp(int(match.group(1)) / 1000, tz=UTC)
+        return moment.astimezone(zone).date().isoformat()
+    iso = _ISO_DATE.match(value)
+    return iso.group(1) if iso is not None else value
+
+
+def _each(value: Any, transform: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Any:
+    if is_omitted(value):
+        return None
+    if isinstance(value, Mapping):
+        return transform(value)
+    if isinstance(value, list | tuple):
+        return [transform(item) for item in value if isinstance(item, Mapping)]
+    return value
+
+
+def _pick(value: Any, *keys: str) -> Any:
+    """Keep only ``keys`` of an object (or of each object of a list); None values dropped."""
+    return _each(
+        value, lambda item: {k: item[k] for k in keys if k in item and item[k] is not None}
+    )
+
+
+def _rename(value: Any, mapping: Mapping[str, str]) -> Any:
+    """Keep the keys named in ``mapping``, renamed to its values; None values dropped.
+
+    Applies to an object or to each object of a list:
+    ``{{ response.Contacts | rename({'ContactID': 'contact_id', 'Name': 'name'}) }}``.
+    """
+    return _each(
+        value,
+        lambda item: {
+            new: item[old] for old, new in mapping.items() if old in item and item[old] is not None
+        },
+    )
+
+
+FILTERS: Final[Mapping[str, Callable[..., Any]]] = {
+    "tojson": _tojson,
+    "b64encode": _b64encode,
+    "b64url": _b64url,
+    "urlquote": _urlquote,
+    "xero_date": _xero_date,
+    "pick": _pick,
+    "rename": _rename,
+}
+
+
+# --------------------------------------------------------------------------------------
+# Environments
+# --------------------------------------------------------------------------------------
+
+
+class _CodeGenerator(NativeCodeGenerator):
+    """Native code generator that never folds an expression into text at compile time.
+
+    Jinja folds constant expressions such as ``{{ true }}`` or ``{{ [1, 2] }}`` into their
+    text ("True", "[1, 2]"); evaluating them at run time keeps their native type.
+    """
+
+    def _output_child_to_const(
+        self, node: nodes.Expr, frame: Frame, finalize: NativeCodeGenerator._FinalizeInfo
+    ) -> Any:
+        if isinstance(node, nodes.TemplateData):
+            return node.as_const(frame.eval_ctx)
+        raise nodes.Impossible()
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    code_generator_class = _CodeGenerator
+
+
+_PATH_SAFE = "-._~!$&'()*+,;=:@"
+
+
+def path_segment(value: Any) -> str:
+    """Finalize of path templates: each ``{{ }}`` is one percent-encoded path segment."""
+    text = to_text(value)
+    if text in (".", ".."):
+        return text.replace(".", "%2E")
+    return quote(text, safe=_PATH_SAFE)
+
+
+def _environment(*, path: bool) -> _Environment:
+    env = _Environment(
+        undefined=ChainableUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=path_segment if path else None,
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+_VALUES = _environment(path=False)
+_PATHS = _environment(path=True)
+
+
+# --------------------------------------------------------------------------------------
+# Compilation
+# --------------------------------------------------------------------------------------
+
+
+class TemplateProblem(Exception):
+    """A template cannot be compiled or uses a name it may not use."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RenderError(Exception):
+    """A template failed while rendering; ``location`` is its JSON path in the definition."""
+
+    def __init__(self, location: tuple[str | int, ...], error: Exception) -> None:
+        self.location = location
+        self.error = error
+        detail = str(error)[:200] or type(error).__name__
+        super().__init__(f"{type(error).__name__}: {detail}")
+
+
+class CompiledTemplate:
+    """One compiled template and what is known about it from its syntax tree."""
+
+    __slots__ = (
+        "names",
+        "own_context",
+        "render_func",
+        "single_expression",
+        "source",
+        "statements",
+        "template",
+    )
+
+    def __init__(self, source: str, *, path: bool) -> None:
+        env = _PATHS if path else _VALUES
+        try:
+            ast = env.parse(source)
+        except TemplateSyntaxError as exc:
+            where = f" (line {exc.lineno})" if "\n" in source else ""
+            raise TemplateProblem(f"template syntax error{where}: {exc.message}") from None
+        self.source = source
+        self.names: frozenset[str] = frozenset(find_undeclared_variables(ast))
+        self.statements = any(not isinstance(node, nodes.Output) for node in ast.body)
+        self.single_expression = (
+            len(ast.body) == 1
+            and isinstance(ast.body[0], nodes.Output)
+            and len(ast.body[0].nodes) == 1
+            and not isinstance(ast.body[0].nodes[0], nodes.TemplateData)
+        )
+        try:
+            code = env.compile(ast)
+        except TemplateSyntaxError as exc:  # pragma: no cover - parse already succeeded
+            raise TemplateProblem(f"template syntax error: {exc.message}") from None
+        self.template: Template = env.template_class.from_code(
+            env, code, env.make_globals(None), None
+        )
+        self.render_func = self.template.root_render_func
+        # The shared context belongs to the value environment; path templates (another
+        # environment) and templates that may assign variables get their own.
+        self.own_context = self.statements or path
+
+    def render(self, scope: Scope) -> Any:
+        """Render with the variables of ``scope`` (see the module docstring for the rules)."""
+        context = scope.context(self) if self.own_context else scope.shared(self)
+        out = list(self.render_func(context))
+        if not out:
+            return None
+        if len(out) == 1:
+            return out[0]
+        return "".join([to_text(part) for part in out])
+
+
+_CACHE: dict[tuple[bool, str], CompiledTemplate | TemplateProblem] = {}
+_CACHE_MAX = 8192
+
+
+def compile_template(source: str, *, path: bool = False) -> CompiledTemplate:
+    """Compile ``source`` once per process (remembered by text); raise `TemplateProblem`.
+
+    ``path=True`` compiles a URL path template, where each ``{{ }}`` is percent-encoded as
+    one path segment (an input cannot add ``/``, ``?`` or ``#`` to the path).
+    """
+    key = (path, source)
+    cached = _CACHE.get(key)
+    if cached is None:
+        try:
+            cached = CompiledTemplate(source, path=path)
+        except TemplateProblem as problem:
+            cached = problem
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        _CACHE[key] = cached
+    if isinstance(cached, TemplateProblem):
+        raise TemplateProblem(cached.message)
+    return cached
+
+
+class Scope:
+    """The variables of one render pass, with a Jinja context shared by its expressions.
+
+    Templates without statements cannot assign variables, so one context serves all of
+    them; a template with statements (``{% set %}``...) or a path template gets its own.
+    """
+
+    __slots__ = ("_shared", "variables")
+
+    def __init__(self, variables: dict[str, Any]) -> None:
+        self.variables = variables
+        self._shared: Context | None = None
+
+    def shared(self, compiled: CompiledTemplate) -> Context:
+        """The context shared by expression-only templates."""
+        if self._shared is None:
+            self._shared = compiled.template.new_context(self.variables, shared=True)
+        return self._shared
+
+    def context(self, compiled: CompiledTemplate) -> Context:
+        """A fresh context for a template with statements."""
+        return compiled.template.new_context(self.variables, shared=True)
+
+
+# --------------------------------------------------------------------------------------
+# Template trees
+# --------------------------------------------------------------------------------------
+
+Node = Callable[[Scope], Any]
+"""A compiled template tree: call it with a `Scope` to render it."""
+
+_JsonPath = tuple[str | int, ...]
+
+
+class Sink:
+    """Collects what compiling template trees finds: problems and the variables used."""
+
+    __slots__ = ("names", "problems")
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[_JsonPath, str]] = []
+        self.names: set[str] = set()
+
+
+def _check_names(compiled: CompiledTemplate, allowed: frozenset[str]) -> str | None:
+    unknown = sorted(compiled.names - allowed)
+    if not unknown:
+        return None
+    listed = ", ".join(f"'{name}'" for name in unknown)
+    return f"unknown variable {listed} (available here: {', '.join(sorted(allowed))})"
+
+
+def _template_node(location: _JsonPath, compiled: CompiledTemplate) -> Node:
+    def render(scope: Scope) -> Any:
+        try:
+            return compiled.render(scope)
+        except Exception as exc:
+            raise RenderError(location, exc) from exc
+
+    return render
+
+
+def _constant_node(value: Any) -> Node:
+    return lambda scope: value
+
+
+def _dict_node(entries: Iterable[tuple[str, Node]]) -> Node:
+    items = tuple(entries)
+
+    def render(scope: Scope) -> Any:
+        out: dict[str, Any] = {}
+        for key, node in items:
+            value = node(scope)
+            if value is not None and not isinstance(value, Undefined):
+                out[key] = value
+        return out
+
+    return render
+
+
+def _list_node(children: Iterable[Node]) -> Node:
+    items = tuple(children)
+
+    def render(scope: Scope) -> Any:
+        out = []
+        for node in items:
+            value = node(scope)
+            if value is not None and not isinstance(value, Undefined):
+                out.append(value)
+        return out
+
+    return render
+
+
+def compile_one(
+    source: str,
+    location: _JsonPath,
+    allowed: frozenset[str],
+    sink: Sink,
+    *,
+    path: bool = False,
+) -> CompiledTemplate | None:
+    """Compile one template string; on a problem record it in ``sink`` and return None."""
+    try:
+        compiled = compile_template(source, path=path)
+    except TemplateProblem as problem:
+        sink.problems.append((location, problem.message))
+        return None
+    message = _check_names(compiled, allowed)
+    if message is not None:
+        sink.problems.append((location, message))
+        return None
+    sink.names.update(compiled.names)
+    return compiled
+
+
+def compile_tree(
+    value: Any,
+    location: _JsonPath,
+    allowed: frozenset[str],
+    sink: Sink,
+    *,
+    path: bool = False,
+) -> Node:
+    """Compile a template tree into a `Node`; problems go to ``sink`` with their locations."""
+    if isinstance(value, dict):
+        return _dict_node(
+            (key, compile_tree(child, (*location, key), allowed, sink, path=path))
+            for key, child in value.items()
+        )
+    if isinstance(value, list):
+        return _list_node(
+            compile_tree(child, (*location, index), allowed, sink, path=path)
+            for index, child in enumerate(value)
+        )
+    if is_template(value):
+        compiled = compile_one(value, location, allowed, sink, path=path)
+        if compiled is None:
+            return _constant_node(None)
+        return _template_node(location, compiled)
+    return _constant_node(value)

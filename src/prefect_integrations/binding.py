@@ -1,0 +1,840 @@
+"""How a definition method becomes an HTTP request, and a response becomes its output.
+
+A method is bound to HTTP either declaratively (``http``: verb, path, query, headers and body
+as template trees, plus an ``output`` tree rendered with the response) or by a ``handler``,
+a Python object implementing `MethodHandler` for what templates cannot express (Gmail's
+RFC 2822 messages, for instance). Everything is compiled when the registry loads the
+definition (`compile_definition`); per call the client does:
+
+    request, ctx = binding.prepare(definition, method, inputs, config, instance_id=...)
+    ...apply auth, send...
+    output = binding.parse(definition, method, response, ctx)   # raises ProviderError
+
+`provider_error` turns an error response into `ProviderError` (`ProviderAuthError` for
+401/403, `ProviderUnavailable` for 429/5xx) with the provider's own code and message, read
+with the definition's ``errors`` templates or from common error shapes, with any credential
+of the request scrubbed from the text. The template rules are in `_templates`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import importlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
+from urllib.parse import urlencode
+
+import httpx
+
+from prefect_integrations._templates import (
+    CompiledTemplate,
+    Node,
+    RenderError,
+    Scope,
+    Sink,
+    compile_one,
+    compile_tree,
+    dumps,
+    is_omitted,
+    to_text,
+)
+from prefect_integrations.credentials import MASK
+from prefect_integrations.exceptions import (
+    DefinitionError,
+    DefinitionProblem,
+    ProviderAuthError,
+    ProviderError,
+    ProviderUnavailable,
+)
+
+if TYPE_CHECKING:
+    from prefect_integrations.registry import Definition, Method
+
+__all__ = [
+    "ApiKeyPlacement",
+    "CustomAuth",
+    "DefinitionBinding",
+    "ErrorMapping",
+    "HealthCheck",
+    "HttpBinding",
+    "MethodBinding",
+    "MethodHandler",
+    "RequestContext",
+    "compile_definition",
+    "load_handler",
+    "parse",
+    "prepare",
+    "provider_error",
+]
+
+_JsonPath = tuple[str | int, ...]
+
+REQUEST_NAMES: Final = frozenset({"inputs", "config"})
+"""Variables of templates that build a request."""
+RESPONSE_NAMES: Final = frozenset({"inputs", "config", "response", "status", "headers"})
+"""Variables of ``output`` templates."""
+ERROR_NAMES: Final = frozenset({"response", "status", "headers"})
+"""Variables of ``errors`` templates."""
+
+_MESSAGE_LIMIT: Final = 500
+
+
+# --------------------------------------------------------------------------------------
+# Public types
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a request was built from; handed back to `parse` with the response.
+
+    ``inputs`` are the validated inputs with the input schema's top-level defaults applied,
+    ``config`` the instance configuration with the config schema's top-level defaults, and
+    ``base_url`` the effective base URL (``config.base_url`` or the definition's ``baseUrl``,
+    without a trailing ``/``).
+    """
+
+    integration_id: str
+    method_id: str
+    instance_id: str | None
+    inputs: Mapping[str, Any]
+    config: Mapping[str, Any]
+    base_url: str
+
+
+@runtime_checkable
+class MethodHandler(Protocol):
+    """Python binding of a method, named in a definition as ``"package.module:attribute"``.
+
+    The attribute is an object with these two methods (a class is instantiated once, without
+    arguments). The definition's integration-level ``headers`` are added to the request for
+    names it does not set; authentication is added by the client afterwards.
+    """
+
+    def build_request(self, ctx: RequestContext) -> httpx.Request:
+        """Build the request (absolute URL from ``ctx.base_url``) from ``ctx.inputs``."""
+        ...
+
+    def parse_response(self, response: httpx.Response, ctx: RequestContext) -> Any:
+        """Map a successful (2xx, not flagged by ``errors.when``) response to the output."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyPlacement:
+    """Where an ``apikey`` definition's key goes (``auth.apikey``).
+
+    ``location`` is ``header`` (``name``, default ``Authorization``, value ``prefix + key``;
+    the prefix defaults to ``"Bearer "`` for ``Authorization`` and to nothing otherwise),
+    ``query`` (parameter ``name``) or ``basic`` (HTTP basic, key as the user name).
+    """
+
+    location: Literal["header", "query", "basic"] = "header"
+    name: str | None = "Authorization"
+    prefix: str = "Bearer "
+
+    @classmethod
+    def from_document(cls, raw: Mapping[str, Any] | None) -> ApiKeyPlacement:
+        """Read ``auth.apikey`` (absent: ``Authorization: Bearer <key>``)."""
+        raw = raw or {}
+        location = raw.get("in", "header")
+        if location == "basic":
+            return cls(location="basic", name=None, prefix="")
+        if location == "query":
+            return cls(location="query", name=str(raw.get("name", "api_key")), prefix="")
+        name = str(raw.get("name", "Authorization"))
+        default_prefix = "Bearer " if name.lower() == "authorization" else ""
+        return cls(location="header", name=name, prefix=str(raw.get("prefix", default_prefix)))
+
+
+@dataclass(frozen=True, slots=True)
+class CustomAuth:
+    """A ``custom`` definition's scheme (``auth.custom``): a registered scheme name and options."""
+
+    scheme: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """The call that checks an instance works (``healthCheck``): a method and fixed inputs."""
+
+    method_id: str
+    input: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMapping:
+    """How to read the provider's error out of a response (``errors``), compiled."""
+
+    when: CompiledTemplate | None = None
+    code: CompiledTemplate | None = None
+    message: CompiledTemplate | None = None
+    auth_codes: frozenset[str] = frozenset()
+    unavailable_codes: frozenset[str] = frozenset()
+    uses_headers: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionBinding:
+    """The integration-level binding of a definition, compiled at load."""
+
+    base_url: str | None = None
+    auth: ApiKeyPlacement | CustomAuth | None = None
+    headers: tuple[tuple[str, Node], ...] = ()
+    errors: ErrorMapping | None = None
+    health_check: HealthCheck | None = None
+    config_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpBinding:
+    """A method's declarative HTTP binding (``http``), compiled at load."""
+
+    verb: str
+    path: Node
+    query: tuple[tuple[str, Node], ...] = ()
+    headers: tuple[tuple[str, Node], ...] = ()
+    body_kind: Literal["json", "form", "raw"] | None = None
+    body: Node | None = None
+    form: tuple[tuple[str, Node], ...] = ()
+    content_type: str | None = None
+    output: Node | None = None
+    output_uses_headers: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MethodBinding:
+    """A method's binding: `HttpBinding` or a handler, plus its inputs' top-level defaults."""
+
+    http: HttpBinding | None = None
+    handler: MethodHandler | None = None
+    handler_path: str | None = None
+    input_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------
+# Compilation (called by the registry at load)
+# --------------------------------------------------------------------------------------
+
+
+def _top_level_defaults(schema: object) -> dict[str, Any]:
+    if not isinstance(schema, Mapping):
+        return {}
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping):
+        return {}
+    return {
+        name: prop["default"]
+        for name, prop in properties.items()
+        if isinstance(prop, Mapping) and "default" in prop
+    }
+
+
+def _with_defaults(defaults: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    if not defaults:
+        return dict(values)
+    merged = {
+        key: (value if isinstance(value, str | int | float | bool) else copy.deepcopy(value))
+        for key, value in defaults.items()
+        if key not in values
+    }
+    merged.update(values)
+    return merged
+
+
+def _entries(
+    value: object, location: _JsonPath, names: frozenset[str], sink: Sink
+) -> tuple[tuple[str, Node], ...]:
+    if not isinstance(value, Mapping):
+        return ()
+    return tuple(
+        (str(key), compile_tree(child, (*location, key), names, sink))
+        for key, child in value.items()
+    )
+
+
+def load_handler(path: str) -> MethodHandler:
+    """Import ``"package.module:attribute"`` and return the handler object.
+
+    Raises `ImportError` (module or attribute missing) or `TypeError` (not a handler).
+    """
+    module_name, _, attribute = path.partition(":")
+    module = importlib.import_module(module_name)
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ImportError(f"module '{module_name}' has no attribute '{attribute}'") from None
+    if isinstance(target, type):
+        target = target()
+    if not isinstance(target, MethodHandler):
+        raise TypeError(
+            f"'{path}' is not a method handler (needs build_request(ctx) and "
+            "parse_response(response, ctx) methods)"
+        )
+    return target
+
+
+def _compile_http(raw: Mapping[str, Any], location: _JsonPath, sink: Sink) -> HttpBinding | None:
+    verb = raw.get("method")
+    path = raw.get("path")
+    if not isinstance(verb, str) or not isinstance(path, str):
+        return None  # reported by the meta-schema
+    path_node = compile_tree(path, (*location, "path"), REQUEST_NAMES, sink, path=True)
+    query = _entries(raw.get("query"), (*location, "query"), REQUEST_NAMES, sink)
+    headers = _entries(raw.get("headers"), (*location, "headers"), REQUEST_NAMES, sink)
+    body_kind: Literal["json", "form", "raw"] | None = None
+    body: Node | None = None
+    form: tuple[tuple[str, Node], ...] = ()
+    content_type: str | None = None
+    raw_body = raw.get("body")
+    if isinstance(raw_body, Mapping):
+        body_location = (*location, "body")
+        if "json" in raw_body:
+            body_kind = "json"
+            body = compile_tree(raw_body["json"], (*body_location, "json"), REQUEST_NAMES, sink)
+        elif "form" in raw_body:
+            body_kind = "form"
+            form = _entries(raw_body["form"], (*body_location, "form"), REQUEST_NAMES, sink)
+        elif "raw" in raw_body:
+            body_kind = "raw"
+            body = compile_tree(raw_body["raw"], (*body_location, "raw"), REQUEST_NAMES, sink)
+            content_type = str(raw_body.get("contentType", "text/plain; charset=utf-8"))
+    output: Node | None = None
+    output_sink = Sink()
+    if "output" in raw:
+        output = compile_tree(raw["output"], (*location, "output"), RESPONSE_NAMES, output_sink)
+    sink.problems.extend(output_sink.problems)
+    return HttpBinding(
+        verb=verb.upper(),
+        path=path_node,
+        query=query,
+        headers=headers,
+        body_kind=body_kind,
+        body=body,
+        form=form,
+        content_type=content_type,
+        output=output,
+        output_uses_headers="headers" in output_sink.names,
+    )
+
+
+def _compile_method(raw: Mapping[str, Any], location: _JsonPath, sink: Sink) -> MethodBinding:
+    """Compile one method's binding; problems go to ``sink`` with their JSON paths."""
+    http: HttpBinding | None = None
+    handler: MethodHandler | None = None
+    handler_path: str | None = None
+    if isinstance(raw.get("http"), Mapping):
+        http = _compile_http(raw["http"], (*location, "http"), sink)
+    if isinstance(raw.get("handler"), str):
+        handler_path = raw["handler"]
+        try:
+            handler = load_handler(handler_path)
+        except Exception as exc:  # any import-time failure of the handler's module
+            sink.problems.append(
+                ((*location, "handler"), f"cannot load handler '{handler_path}': {exc}")
+            )
+    return MethodBinding(
+        http=http,
+        handler=handler,
+        handler_path=handler_path,
+        input_defaults=_top_level_defaults(raw.get("inputSchema")),
+    )
+
+
+def _compile_errors(raw: object, sink: Sink) -> ErrorMapping | None:
+    if not isinstance(raw, Mapping):
+        return None
+    errors_sink = Sink()
+    compiled: dict[str, CompiledTemplate | None] = {}
+    for key in ("when", "code", "message"):
+        source = raw.get(key)
+        compiled[key] = None
+        if isinstance(source, str):
+            compiled[key] = compile_one(source, ("errors", key), ERROR_NAMES, errors_sink)
+    when = compiled["when"]
+    if when is not None and not when.single_expression:
+        errors_sink.problems.append(
+            (("errors", "when"), "must be a single '{{ expression }}' (it is tested for truth)")
+        )
+    sink.problems.extend(errors_sink.problems)
+
+    def codes(key: str) -> frozenset[str]:
+        value = raw.get(key)
+        return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset()
+
+    return ErrorMapping(
+        when=when,
+        code=compiled["code"],
+        message=compiled["message"],
+        auth_codes=codes("authCodes"),
+        unavailable_codes=codes("unavailableCodes"),
+        uses_headers="headers" in errors_sink.names,
+    )
+
+
+def _auth(document: Mapping[str, Any]) -> ApiKeyPlacement | CustomAuth | None:
+    auth = document.get("auth")
+    auth = auth if isinstance(auth, Mapping) else {}
+    kind = document.get("authType")
+    if kind == "apikey":
+        placement = auth.get("apikey")
+        return ApiKeyPlacement.from_document(placement if isinstance(placement, Mapping) else None)
+    if kind == "custom" and isinstance(auth.get("custom"), Mapping):
+        custom = auth["custom"]
+        options = custom.get("options")
+        return CustomAuth(
+            scheme=str(custom.get("scheme")),
+            options=options if isinstance(options, Mapping) else {},
+        )
+    return None
+
+
+def compile_definition(
+    document: Mapping[str, Any],
+) -> tuple[DefinitionBinding, dict[str, MethodBinding], list[tuple[_JsonPath, str]]]:
+    """Compile a definition document's bindings.
+
+    Returns the definition binding, each method's binding by method id, and the problems
+    found (template syntax errors, unknown template variables, unloadable handlers) as
+    ``(json_path, message)``. Tolerates documents that break the meta-schema (what has the
+    wrong type is skipped: the meta-schema reports it). Templates are compiled once per
+    distinct text in the process, so compiling a definition again is cheap.
+    """
+    sink = Sink()
+    headers = _entries(document.get("headers"), ("headers",), REQUEST_NAMES, sink)
+    errors = _compile_errors(document.get("errors"), sink)
+    methods: dict[str, MethodBinding] = {}
+    raw_methods = document.get("methods")
+    if isinstance(raw_methods, list):
+        for index, raw in enumerate(raw_methods):
+            if isinstance(raw, Mapping):
+                compiled = _compile_method(raw, ("methods", index), sink)
+                if isinstance(raw.get("id"), str):
+                    methods.setdefault(raw["id"], compiled)
+    health = document.get("healthCheck")
+    health_check = None
+    if isinstance(health, Mapping) and isinstance(health.get("method"), str):
+        health_input = health.get("input")
+        health_check = HealthCheck(
+            method_id=health["method"],
+            input=health_input if isinstance(health_input, Mapping) else {},
+        )
+    base_url = document.get("baseUrl")
+    binding = DefinitionBinding(
+        base_url=base_url.rstrip("/") if isinstance(base_url, str) else None,
+        auth=_auth(document),
+        headers=headers,
+        errors=errors,
+        health_check=health_check,
+        config_defaults=_top_level_defaults(document.get("configSchema")),
+    )
+    return binding, methods, sink.problems
+
+
+# --------------------------------------------------------------------------------------
+# Building requests
+# --------------------------------------------------------------------------------------
+
+
+def _bindings(definition: Definition, method: Method) -> tuple[DefinitionBinding, MethodBinding]:
+    if definition.binding is None or method.binding is None:
+        raise DefinitionError(f"Method '{method.qualified_name}' has no HTTP binding")
+    return definition.binding, method.binding
+
+
+def _render_failure(definition: Definition, method: Method, error: RenderError) -> DefinitionError:
+    message = f"template failed while calling '{method.qualified_name}': {error}"
+    return DefinitionError(
+        [DefinitionProblem(source=definition.source, path=error.location, message=message)]
+    )
+
+
+def _query_items(name: str, value: Any) -> list[tuple[str, str]]:
+    """One query (or form) entry: lists repeat the name, omitted values disappear."""
+    if value is None or is_omitted(value):
+        return []
+    if isinstance(value, list | tuple):
+        return [(name, to_text(item)) for item in value if not is_omitted(item)]
+    return [(name, to_text(value))]
+
+
+def _set_headers(
+    headers: dict[str, tuple[str, str]], entries: Sequence[tuple[str, Node]], scope: Scope
+) -> None:
+    for name, node in entries:
+        value = node(scope)
+        if is_omitted(value):
+            continue
+        text = ", ".join(to_text(v) for v in value) if isinstance(value, list) else to_text(value)
+        headers[name.lower()] = (name, text)
+
+
+def _base_url(binding: DefinitionBinding, config: Mapping[str, Any]) -> str:
+    override = config.get("base_url")
+    if isinstance(override, str) and override:
+        return override.rstrip("/")
+    return binding.base_url or ""
+
+
+def prepare(
+    definition: Definition,
+    method: Method,
+    inputs: Mapping[str, Any],
+    config: Mapping[str, Any],
+    *,
+    instance_id: str | None = None,
+) -> tuple[httpx.Request, RequestContext]:
+    """Build the HTTP request of one call (without authentication: the client adds it).
+
+    ``inputs`` must already be valid for the method's input schema; the schema's top-level
+    defaults are applied here. The URL is the base URL (``config.base_url`` or the
+    definition's ``baseUrl``) followed by the rendered path; the headers are the
+    definition's, then the method's (a later name replaces an earlier one, ignoring case).
+    Raises `DefinitionError` if a template fails while rendering.
+    """
+    definition_binding, method_binding = _bindings(definition, method)
+    full_config = _with_defaults(definition_binding.config_defaults, config)
+    ctx = RequestContext(
+        integration_id=definition.id,
+        method_id=method.id,
+        instance_id=instance_id,
+        inputs=_with_defaults(method_binding.input_defaults, inputs),
+        config=full_config,
+        base_url=_base_url(definition_binding, full_config),
+    )
+    scope = Scope({"inputs": ctx.inputs, "config": ctx.config})
+    try:
+        if method_binding.handler is not None:
+            return _handler_request(definition_binding, method_binding.handler, ctx, scope), ctx
+        http = method_binding.http
+        if http is None:
+            raise DefinitionError(f"Method '{method.qualified_name}' has no HTTP binding")
+        return _http_request(definition_binding, http, ctx, scope), ctx
+    except RenderError as exc:
+        raise _render_failure(definition, method, exc) from None
+
+
+def _handler_request(
+    binding: DefinitionBinding, handler: MethodHandler, ctx: RequestContext, scope: Scope
+) -> httpx.Request:
+    request = handler.build_request(ctx)
+    if binding.headers:
+        extra: dict[str, tuple[str, str]] = {}
+        _set_headers(extra, binding.headers, scope)
+        for lower, (name, value) in extra.items():
+            if lower not in request.headers:
+                request.headers[name] = value
+    return request
+
+
+def _http_request(
+    binding: DefinitionBinding, http: HttpBinding, ctx: RequestContext, scope: Scope
+) -> httpx.Request:
+    path = to_text(http.path(scope))
+    params: list[tuple[str, str | int | float | bool | None]] = []
+    for name, node in http.query:
+        params.extend(_query_items(name, node(scope)))
+
+    headers: dict[str, tuple[str, str]] = {}
+    content: bytes | None = None
+    if http.body_kind == "json" and http.body is not None:
+        value = http.body(scope)
+        if not is_omitted(value):
+            content = dumps(value).encode("utf-8")
+            headers["content-type"] = ("Content-Type", "application/json")
+    elif http.body_kind == "form":
+        fields: list[tuple[str, str]] = []
+        for name, node in http.form:
+            fields.extend(_query_items(name, node(scope)))
+        content = urlencode(fields).encode("ascii")
+        headers["content-type"] = ("Content-Type", "application/x-www-form-urlencoded")
+    elif http.body_kind == "raw" and http.body is not None:
+        value = http.body(scope)
+        if not is_omitted(value):
+            content = value if isinstance(value, bytes) else to_text(value).encode("utf-8")
+            headers["content-type"] = ("Content-Type", http.content_type or "text/plain")
+    _set_headers(headers, binding.headers, scope)
+    _set_headers(headers, http.headers, scope)
+    return httpx.Request(
+        http.verb,
+        ctx.base_url + path,
+        params=params or None,
+        headers=list(headers.values()),
+        content=content,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Reading responses
+# --------------------------------------------------------------------------------------
+
+
+def _response_body(response: httpx.Response) -> Any:
+    """The parsed JSON body, or the text if it is not JSON, or None if empty."""
+    content = response.content
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return response.text
+
+
+def _response_scope(
+    response: httpx.Response, body: Any, ctx: RequestContext | None, *, headers: bool
+) -> Scope:
+    variables: dict[str, Any] = {"response": body, "status": response.status_code}
+    if headers:
+        variables["headers"] = dict(response.headers.items())
+    if ctx is not None:
+        variables["inputs"] = ctx.inputs
+        variables["config"] = ctx.config
+    return Scope(variables)
+
+
+def parse(
+    definition: Definition, method: Method, response: httpx.Response, ctx: RequestContext
+) -> Any:
+    """Map a response to the method's output, or raise `ProviderError`.
+
+    A non-2xx response, or a 2xx response for which the definition's ``errors.when``
+    renders truthy (Slack answers ``200 {"ok": false, ...}``), raises `provider_error`.
+    Otherwise the method's ``output`` tree is rendered (the parsed body itself if there is
+    none) or the handler's ``parse_response`` is called. The output is not validated here.
+    """
+    definition_binding, method_binding = _bindings(definition, method)
+    if not response.is_success:
+        raise provider_error(definition, method, response, instance_id=ctx.instance_id)
+    body = _response_body(response)
+    errors = definition_binding.errors
+    http = method_binding.http
+    wants_headers = (errors is not None and errors.uses_headers) or (
+        http is not None and http.output_uses_headers
+    )
+    scope = _response_scope(response, body, ctx, headers=wants_headers)
+    if errors is not None and errors.when is not None:
+        try:
+            flagged = errors.when.render(scope)
+        except Exception as exc:
+            raise _render_failure(
+                definition, method, RenderError(("errors", "when"), exc)
+            ) from None
+        if not is_omitted(flagged) and flagged:
+            raise _provider_error(definition, method, response, body, ctx.instance_id)
+    if method_binding.handler is not None:
+        return method_binding.handler.parse_response(response, ctx)
+    if http is None or http.output is None:
+        return body
+    try:
+        return http.output(scope)
+    except RenderError as exc:
+        raise _render_failure(definition, method, exc) from None
+
+
+# --------------------------------------------------------------------------------------
+# Provider errors
+# --------------------------------------------------------------------------------------
+
+_SENSITIVE_WORDS: Final = (
+    "auth",
+    "token",
+    "key",
+    "secret",
+    "cookie",
+    "signature",
+    "password",
+    "session",
+    "credential",
+)
+
+
+def _sensitive(name: str) -> bool:
+    lower = name.lower()
+    return any(word in lower for word in _SENSITIVE_WORDS)
+
+
+def _request_secrets(response: httpx.Response) -> list[str]:
+    """Credential-like values of the request that produced ``response`` (to scrub)."""
+    try:
+        request = response.request
+    except RuntimeError:
+        return []
+    secrets: list[str] = []
+    for name, value in request.headers.multi_items():
+        if not _sensitive(name):
+            continue
+        secrets.append(value)
+        scheme, _, credentials = value.partition(" ")
+        if credentials:
+            secrets.append(credentials.strip())
+            if scheme.lower() == "basic":
+                try:
+                    decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+                except (binascii.Error, UnicodeDecodeError):
+                    continue
+                user, _, password = decoded.partition(":")
+                secrets.extend([decoded, user, password])
+    for name, value in request.url.params.multi_items():
+        if _sensitive(name):
+            secrets.append(value)
+    return sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+
+def _scrub(text: str | None, secrets: Sequence[str]) -> str | None:
+    if text is None:
+        return None
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+def _text(value: Any) -> str | None:
+    """A rendered or found code/message as text; None when absent or empty."""
+    if is_omitted(value) or isinstance(value, dict | list):
+        return None
+    text = to_text(value).strip()
+    return text or None
+
+
+def _first(body: Mapping[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        text = _text(body.get(key))
+        if text is not None:
+            return text
+    return None
+
+
+def _xero_validation_messages(body: Mapping[str, Any]) -> str | None:
+    elements = body.get("Elements")
+    if not isinstance(elements, list):
+        return None
+    messages: list[str] = []
+    for element in elements:
+        errors = element.get("ValidationErrors") if isinstance(element, Mapping) else None
+        for error in errors if isinstance(errors, list) else ():
+            message = _text(error.get("Message")) if isinstance(error, Mapping) else None
+            if message is not None and message not in messages:
+                messages.append(message)
+    return "; ".join(messages) or None
+
+
+def _common_shape(body: Any) -> tuple[str | None, str | None]:
+    """Code and message from the error shapes most APIs use."""
+    if isinstance(body, str):
+        text = body.strip()
+        looks_like_html = text[:1] == "<"
+        return None, (text or None) if not looks_like_html else None
+    if not isinstance(body, Mapping):
+        return None, None
+    code: str | None = None
+    message: str | None = None
+    error = body.get("error")
+    if isinstance(error, Mapping):  # Google: {"error": {"code", "message", "status"}}
+        code = _first(error, "status", "code")
+        message = _first(error, "message")
+    elif isinstance(error, str):  # Slack, OAuth: {"error": "...", "error_description": ...}
+        code = _text(error)
+    code = code or _first(body, "code", "errorCode", "error_code", "Type", "type")
+    message = (
+        message
+        or _xero_validation_messages(body)
+        or _first(
+            body,
+            "error_description",
+            "message",
+            "Message",
+            "detail",
+            "Detail",
+            "title",
+            "Title",
+        )
+    )
+    return code, message
+
+
+def provider_error(
+    definition: Definition,
+    method: Method,
+    response: httpx.Response,
+    *,
+    instance_id: str | None = None,
+) -> ProviderError:
+    """The `ProviderError` describing an error ``response`` (returned, not raised).
+
+    `ProviderAuthError` for 401/403 (or a code listed in ``errors.authCodes``),
+    `ProviderUnavailable` for 429/5xx (or a code in ``errors.unavailableCodes``),
+    `ProviderError` otherwise. The provider's code and message come from the definition's
+    ``errors.code``/``errors.message`` when they render to something, else from common
+    shapes (``error``, ``error.message``, ``error_description``, ``message``, ``Message``,
+    Xero's ``Elements[].ValidationErrors[].Message``...). Credentials of the request
+    (authorization, key, token... headers and query parameters) are replaced by ``********``
+    in both, and the message is cut to 500 characters.
+    """
+    return _provider_error(definition, method, response, _response_body(response), instance_id)
+
+
+def _provider_error(
+    definition: Definition,
+    method: Method,
+    response: httpx.Response,
+    body: Any,
+    instance_id: str | None,
+) -> ProviderError:
+    status = response.status_code
+    code: str | None = None
+    message: str | None = None
+    binding = definition.binding
+    errors = binding.errors if binding is not None else None
+    if errors is not None and (errors.code is not None or errors.message is not None):
+        scope = _response_scope(response, body, None, headers=errors.uses_headers)
+        code = _render_text(errors.code, scope)
+        message = _render_text(errors.message, scope)
+    if code is None or message is None:
+        common_code, common_message = _common_shape(body)
+        code = code or common_code
+        message = message or common_message
+    secrets = _request_secrets(response)
+    code = _scrub(code, secrets)
+    message = _scrub(message, secrets)
+    if code is not None:
+        code = code[:100]
+    if message is not None and len(message) > _MESSAGE_LIMIT:
+        message = message[: _MESSAGE_LIMIT - 3] + "..."
+
+    auth_codes = errors.auth_codes if errors is not None else frozenset()
+    unavailable_codes = errors.unavailable_codes if errors is not None else frozenset()
+    cls: type[ProviderError]
+    if status in (401, 403):
+        cls = ProviderAuthError
+    elif status == 429 or status >= 500:
+        cls = ProviderUnavailable
+    elif code is not None and code in auth_codes:
+        cls = ProviderAuthError
+    elif code is not None and code in unavailable_codes:
+        cls = ProviderUnavailable
+    else:
+        cls = ProviderError
+    return cls(
+        integration_id=definition.id,
+        method_id=method.id,
+        status=status,
+        provider_code=code,
+        provider_message=message,
+        instance_id=instance_id,
+    )
+
+
+def _render_text(template: CompiledTemplate | None, scope: Scope) -> str | None:
+    if template is None:
+        return None
+    try:
+        return _text(template.render(scope))
+    except Exception:  # a broken error template must not hide the provider's error
+        return None

@@ -1,0 +1,82 @@
+"""The `IntegrationInstance` Prefect block: a reference to one stored instance.
+
+The block holds only the instance id (and, for display, its integration): credentials
+stay encrypted in PostgreSQL and never enter Prefect's storage. Registered through the
+``prefect.collections`` entry point, so a Prefect server lists it without a manual step.
+
+    from prefect_integrations.blocks import IntegrationInstance
+
+    xero = IntegrationInstance.load("xero-main")
+    invoice = xero.call("create_invoice", {"contact_id": "...", "line_items": [...]})
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from prefect.blocks.core import Block
+from pydantic import Field, HttpUrl
+
+from prefect_integrations.client import AsyncIntegrationClient, IntegrationClient
+from prefect_integrations.runtime import runtime
+
+__all__ = ["IntegrationInstance", "block_name"]
+
+
+def block_name(instance_id: str) -> str:
+    """The block document name of an instance: lowercase letters, digits and dashes."""
+    name = re.sub(r"[^a-z0-9-]+", "-", instance_id.lower()).strip("-")
+    return name or "instance"
+
+
+class IntegrationInstance(Block):
+    """A connection to an external service (Xero, Gmail, Slack, ...).
+
+    The instance is stored by prefect-integrations, its credentials encrypted in
+    PostgreSQL. Calls go through prefect-integrations' client: inputs and outputs are
+    checked against the definition's JSON Schemas, failures are retried and every call
+    is audited.
+    """
+
+    _block_type_name = "Integration Instance"
+    _block_type_slug = "integration-instance"
+    _logo_url = HttpUrl(
+        "https://cdn.jsdelivr.net/gh/PrefectHQ/prefect@main/docs/images/logos/prefect-logo-mark.png"
+    )
+    _documentation_url = HttpUrl("https://pypi.org/project/prefect-integrations/")
+    _description = (
+        "A reference to an integration instance (one connected account) stored by "
+        "prefect-integrations. Credentials stay encrypted in its PostgreSQL store."
+    )
+    _code_example = """
+```python
+from prefect_integrations.blocks import IntegrationInstance
+
+xero = IntegrationInstance.load("xero-main")
+xero.call("list_contacts", {"page": 1})
+```
+"""
+
+    instance_id: str = Field(description="Id of the stored instance, e.g. xero_main.")
+    integration_id: str | None = Field(
+        default=None, description="Integration of the instance (informational), e.g. xero."
+    )
+
+    def get_client(self) -> IntegrationClient:
+        """The process-wide pooled client of this instance."""
+        return runtime().client(self.instance_id)
+
+    def get_async_client(self) -> AsyncIntegrationClient:
+        """A new asynchronous client of this instance; close it with ``aclose()``."""
+        return runtime().async_client(self.instance_id)
+
+    def call(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
+        """Call a method of this instance and return its validated output."""
+        return self.get_client().call(method_id, inputs)
+
+    async def acall(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
+        """Call a method of this instance asynchronously."""
+        async with self.get_async_client() as client:
+            return await client.call(method_id, inputs)

@@ -1,0 +1,478 @@
+"""Call one method of one instance: the path every generated task and block call takes.
+
+``call(method_id, inputs)``:
+
+1. validate the inputs against the method's ``inputSchema`` (nothing is sent otherwise);
+2. load the instance and decrypt its credentials (audited), cached for ``credentials_ttl``
+   seconds so a burst of calls decrypts once;
+3. build the request from the method's HTTP binding (or handler) and apply the auth scheme;
+4. send it with httpx over a pooled connection, retrying connection failures, 429 and
+   502/503/504 (and read timeouts and 500 for idempotent methods) with bounded
+   exponential backoff and full jitter, honouring ``Retry-After``;
+5. turn other non-2xx answers into a typed `ProviderError`, validate the output against
+   ``outputSchema``, and record one audit row (outcome, status, duration, attempts,
+   Prefect flow-run and task-run ids) and ``last_used_at``.
+
+No message this module raises contains a credential: provider messages are redacted
+against the instance's secrets before they are raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from prefect_integrations import binding
+from prefect_integrations.auth import apply_auth
+from prefect_integrations.credentials import Credentials
+from prefect_integrations.db import Database
+from prefect_integrations.exceptions import (
+    InstanceUnavailable,
+    IntegrationError,
+    ProviderAuthError,
+    ProviderError,
+    ProviderUnavailable,
+)
+from prefect_integrations.keyring import Keyring
+from prefect_integrations.registry import Definition, Method, Registry
+from prefect_integrations.store.instances import Instance, require_instance
+from prefect_integrations.store.usage import CallRecord, UsageRecorder
+from prefect_integrations.store.vault import fetch_credentials
+
+__all__ = [
+    "AsyncIntegrationClient",
+    "IntegrationClient",
+    "RetryPolicy",
+    "redact",
+]
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_ALWAYS_RETRY_STATUS = frozenset({429, 502, 503, 504})
+_MASK = "********"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter."""
+
+    max_attempts: int = 3
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    #: A ``Retry-After`` longer than this is not waited for: the error is raised.
+    max_retry_after: float = 60.0
+
+    def delay(
+        self,
+        attempt: int,
+        *,
+        method: str,
+        response: httpx.Response | None = None,
+        error: Exception | None = None,
+    ) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None to stop retrying."""
+        if attempt >= self.max_attempts:
+            return None
+        idempotent = method.upper() in _IDEMPOTENT
+        if error is not None:
+            not_sent = isinstance(
+                error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+            )
+            if not (not_sent or (idempotent and isinstance(error, httpx.TransportError))):
+                return None
+        elif response is not None:
+            status = response.status_code
+            if status not in _ALWAYS_RETRY_STATUS and not (status == 500 and idempotent):
+                return None
+        backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))  # noqa: S311
+        retry_after = _retry_after(response) if response is not None else None
+        if retry_after is None:
+            return backoff
+        if retry_after > self.max_retry_after:
+            return None
+        return retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def redact(text: str, credentials: Credentials | None) -> str:
+    """Replace every secret value of ``credentials`` found in ``text`` with a mask."""
+    if credentials is None or not text:
+        return text
+    secrets: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            if len(value) >= 4:
+                secrets.append(value)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(credentials.reveal())
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, _MASK)
+    return text
+
+
+def _redacted(exc: IntegrationError, credentials: Credentials | None) -> IntegrationError:
+    clean = redact(exc.message, credentials)
+    if clean != exc.message:
+        exc.message = clean
+        exc.args = (clean,)
+        if isinstance(exc, ProviderError) and exc.provider_message:
+            exc.provider_message = redact(exc.provider_message, credentials)
+    return exc
+
+
+def _changed(before: _Loaded, after: _Loaded) -> bool:
+    """True when the stored credentials changed (someone refreshed or replaced them)."""
+    return after.instance.credentials_version != before.instance.credentials_version
+
+
+def _run_ids() -> dict[str, str]:
+    """Prefect flow-run and task-run ids when called inside a run (Prefect loaded)."""
+    if "prefect.context" not in sys.modules:
+        return {}
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    ids: dict[str, str] = {}
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        ids["flow_run_id"] = str(flow_ctx.flow_run.id)
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None:
+        ids["task_run_id"] = str(task_ctx.task_run.id)
+        ids.setdefault("flow_run_id", str(task_ctx.task_run.flow_run_id))
+    return ids
+
+
+@dataclass(slots=True)
+class _Loaded:
+    instance: Instance
+    definition: Definition
+    credentials: Credentials
+    loaded_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    method: Method
+    request: httpx.Request
+    context: binding.RequestContext
+    started: float
+    attempts: int = 0
+    status: int | None = None
+
+
+class _ClientCore:
+    """State and steps shared by the sync and async clients."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        *,
+        db: Database,
+        registry: Registry,
+        keyring: Keyring,
+        actor: str,
+        recorder: UsageRecorder | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout | float = 30.0,
+        credentials_ttl: float = 300.0,
+        require_active: bool = True,
+    ) -> None:
+        self.instance_id = instance_id
+        self._db = db
+        self._registry = registry
+        self._keyring = keyring
+        self._actor = actor
+        self._recorder = recorder or UsageRecorder(db)
+        self._owns_recorder = recorder is None
+        self.retry = retry or RetryPolicy()
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._ttl = credentials_ttl
+        self._require_active = require_active
+        self._loaded: _Loaded | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(instance_id={self.instance_id!r})"
+
+    # -- loading ---------------------------------------------------------------------
+
+    def _load_now(self) -> _Loaded:
+        with self._db.transaction(f"load instance '{self.instance_id}'") as session:
+            instance = require_instance(session, self.instance_id)
+            if self._require_active and instance.state != "active":
+                reason = instance.status.get("error")
+                raise InstanceUnavailable(
+                    f"Instance '{self.instance_id}' is {instance.state}"
+                    + (f": {reason}" if reason else "")
+                )
+            definition = self._registry.get(instance.integration_id)
+            credentials = fetch_credentials(
+                session, self._keyring, self.instance_id, actor=self._actor, purpose="call"
+            )
+        return _Loaded(instance=instance, definition=definition, credentials=credentials)
+
+    def _cached(self) -> _Loaded | None:
+        loaded = self._loaded
+        if loaded is not None and time.monotonic() - loaded.loaded_at < self._ttl:
+            return loaded
+        return None
+
+    def invalidate(self) -> None:
+        """Forget the cached instance and credentials; the next call reloads them."""
+        self._loaded = None
+
+    # -- steps -----------------------------------------------------------------------
+
+    def _start(self, loaded: _Loaded, method_id: str, inputs: Mapping[str, Any]) -> _Attempt:
+        definition = loaded.definition
+        method = definition.method(method_id)
+        method.validate_input(dict(inputs))
+        request, context = binding.prepare(
+            definition, method, inputs, loaded.instance.config, instance_id=self.instance_id
+        )
+        request.extensions["timeout"] = self._timeout.as_dict()
+        apply_auth(definition, request, loaded.credentials)
+        return _Attempt(
+            method=method, request=request, context=context, started=time.perf_counter()
+        )
+
+    def _finish(self, loaded: _Loaded, attempt: _Attempt, response: httpx.Response) -> Any:
+        attempt.status = response.status_code
+        definition, method = loaded.definition, attempt.method
+        if not response.is_success:
+            raise binding.provider_error(definition, method, response, instance_id=self.instance_id)
+        output = binding.parse(definition, method, response, attempt.context)
+        method.validate_output(output)
+        return output
+
+    def _unavailable(self, loaded: _Loaded, attempt: _Attempt, error: Exception) -> ProviderError:
+        return ProviderUnavailable(
+            integration_id=loaded.definition.id,
+            method_id=attempt.method.id,
+            status=None,
+            provider_code=type(error).__name__,
+            provider_message=str(error) or None,
+            instance_id=self.instance_id,
+        )
+
+    def _record(
+        self, loaded: _Loaded, method_id: str, attempt: _Attempt | None, error: Exception | None
+    ) -> None:
+        details: dict[str, Any] = {}
+        if attempt is not None:
+            details["status_code"] = attempt.status
+            details["attempts"] = attempt.attempts
+            details["duration_ms"] = round((time.perf_counter() - attempt.started) * 1000, 3)
+        if error is not None:
+            details["error_code"] = getattr(error, "code", type(error).__name__)
+        details.update(_run_ids())
+        self._recorder.record(
+            CallRecord(
+                instance_id=self.instance_id,
+                integration_id=loaded.definition.id,
+                method_id=method_id,
+                actor=self._actor,
+                outcome="success" if error is None else "failure",
+                details=details,
+            )
+        )
+
+    def _failed(
+        self, loaded: _Loaded, method_id: str, attempt: _Attempt | None, exc: Exception
+    ) -> IntegrationError:
+        """Record a failed call; return the error to raise, redacted of every secret."""
+        if not isinstance(exc, IntegrationError):
+            text = redact(str(exc), loaded.credentials)[:500]
+            exc = IntegrationError(
+                f"'{loaded.definition.id}.{method_id}' on instance '{self.instance_id}' "
+                f"failed: {type(exc).__name__}: {text}"
+            )
+        self._record(loaded, method_id, attempt, exc)
+        return _redacted(exc, loaded.credentials)
+
+    def flush(self) -> None:
+        """Write queued audit rows now."""
+        self._recorder.flush()
+
+
+class IntegrationClient(_ClientCore):
+    """Synchronous client for one instance (pooled connections, retries, audit)."""
+
+    def __init__(
+        self, instance_id: str, *, http: httpx.Client | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(instance_id, **kwargs)
+        self._http = http or httpx.Client(timeout=self._timeout)
+        self._owns_http = http is None
+
+    def _load(self) -> _Loaded:
+        loaded = self._cached()
+        if loaded is None:
+            loaded = self._loaded = self._load_now()
+        return loaded
+
+    def call(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
+        """Call ``method_id`` with ``inputs``; return the validated output."""
+        loaded = self._load()
+        inputs = dict(inputs or {})
+        attempt: _Attempt | None = None
+        try:
+            attempt = self._start(loaded, method_id, inputs)
+            try:
+                output = self._send(loaded, attempt)
+            except ProviderAuthError:
+                self.invalidate()
+                fresh = self._load()
+                if not _changed(loaded, fresh):
+                    raise
+                loaded, attempt = fresh, self._start(fresh, method_id, inputs)
+                output = self._send(loaded, attempt)
+        except Exception as exc:
+            raise self._failed(loaded, method_id, attempt, exc) from None
+        self._record(loaded, method_id, attempt, None)
+        return output
+
+    def _send(self, loaded: _Loaded, attempt: _Attempt) -> Any:
+        while True:
+            attempt.attempts += 1
+            try:
+                response = self._http.send(attempt.request)
+            except httpx.TransportError as error:
+                delay = self.retry.delay(
+                    attempt.attempts, method=attempt.request.method, error=error
+                )
+                if delay is None:
+                    raise self._unavailable(loaded, attempt, error) from None
+                time.sleep(delay)
+                continue
+            delay = None
+            if not response.is_success:
+                response.read()
+                delay = self.retry.delay(
+                    attempt.attempts, method=attempt.request.method, response=response
+                )
+            if delay is None:
+                return self._finish(loaded, attempt, response)
+            response.close()
+            time.sleep(delay)
+
+    def close(self) -> None:
+        """Close pooled connections and flush the audit queue."""
+        if self._owns_http:
+            self._http.close()
+        if self._owns_recorder:
+            self._recorder.close()
+        else:
+            self._recorder.flush()
+
+    def __enter__(self) -> IntegrationClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncIntegrationClient(_ClientCore):
+    """Asynchronous client for one instance; database work runs in a worker thread."""
+
+    def __init__(
+        self, instance_id: str, *, http: httpx.AsyncClient | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(instance_id, **kwargs)
+        self._http = http or httpx.AsyncClient(timeout=self._timeout)
+        self._owns_http = http is None
+
+    async def _load(self) -> _Loaded:
+        loaded = self._cached()
+        if loaded is None:
+            loaded = self._loaded = await asyncio.to_thread(self._load_now)
+        return loaded
+
+    async def call(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
+        """Call ``method_id`` with ``inputs``; return the validated output."""
+        loaded = await self._load()
+        inputs = dict(inputs or {})
+        attempt: _Attempt | None = None
+        try:
+            attempt = self._start(loaded, method_id, inputs)
+            try:
+                output = await self._send(loaded, attempt)
+            except ProviderAuthError:
+                self.invalidate()
+                fresh = await self._load()
+                if not _changed(loaded, fresh):
+                    raise
+                loaded, attempt = fresh, self._start(fresh, method_id, inputs)
+                output = await self._send(loaded, attempt)
+        except Exception as exc:
+            raise self._failed(loaded, method_id, attempt, exc) from None
+        self._record(loaded, method_id, attempt, None)
+        return output
+
+    async def _send(self, loaded: _Loaded, attempt: _Attempt) -> Any:
+        while True:
+            attempt.attempts += 1
+            try:
+                response = await self._http.send(attempt.request)
+            except httpx.TransportError as error:
+                delay = self.retry.delay(
+                    attempt.attempts, method=attempt.request.method, error=error
+                )
+                if delay is None:
+                    raise self._unavailable(loaded, attempt, error) from None
+                await asyncio.sleep(delay)
+                continue
+            delay = None
+            if not response.is_success:
+                await response.aread()
+                delay = self.retry.delay(
+                    attempt.attempts, method=attempt.request.method, response=response
+                )
+            if delay is None:
+                return self._finish(loaded, attempt, response)
+            await response.aclose()
+            await asyncio.sleep(delay)
+
+    async def aclose(self) -> None:
+        """Close pooled connections and flush the audit queue."""
+        if self._owns_http:
+            await self._http.aclose()
+        if self._owns_recorder:
+            await asyncio.to_thread(self._recorder.close)
+        else:
+            await asyncio.to_thread(self._recorder.flush)
+
+    async def __aenter__(self) -> AsyncIntegrationClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

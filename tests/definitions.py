@@ -1,0 +1,102 @@
+"""Definitions of providers served by the tests (tests/provider.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+ITEM_OUTPUT = {
+    "type": "object",
+    "properties": {"id": {"type": "integer"}, "name": {"type": "string"}},
+    "required": ["id", "name"],
+}
+ECHO: dict[str, Any] = {
+    "id": "echo",
+    "name": "Echo",
+    "description": "A provider served by the tests.",
+    "version": "1.0.0",
+    "authType": "apikey",
+    "baseUrl": "https://echo.invalid/v1",
+    "auth": {"apikey": {"in": "header", "name": "X-Api-Key"}},
+    "configSchema": {
+        "type": "object",
+        "properties": {"base_url": {"type": "string", "format": "uri"}},
+        "additionalProperties": False,
+    },
+    "errors": {"code": "{{ response.error.code }}", "message": "{{ response.error.message }}"},
+    "methods": [
+        {
+            "id": "get_item",
+            "name": "Get item",
+            "description": "Read one item.",
+            "inputSchema": {
+                "type": "object",
+                "properties": {
+                    "item_id": {"type": "integer", "minimum": 1},
+                    "verbose": {"type": "boolean"},
+                },
+                "required": ["item_id"],
+                "additionalProperties": False,
+            },
+            "outputSchema": ITEM_OUTPUT,
+            "http": {
+                "method": "GET",
+                "path": "/items/{{ inputs.item_id }}",
+                "query": {"verbose": "{{ inputs.verbose }}"},
+                "output": {"id": "{{ response.id }}", "name": "{{ response.name }}"},
+            },
+        },
+        {
+            "id": "create_item",
+            "name": "Create item",
+            "description": "Create one item.",
+            "inputSchema": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "minLength": 1}},
+                "required": ["name"],
+                "additionalProperties": False,
+            },
+            "outputSchema": ITEM_OUTPUT,
+            "http": {
+                "method": "POST",
+                "path": "/items",
+                "body": {"json": {"name": "{{ inputs.name }}"}},
+                "output": {"id": "{{ response.id }}", "name": "{{ response.name }}"},
+            },
+        },
+    ],
+}
+
+
+def _variant(new_id: str, **changes: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(ECHO)
+    doc["id"] = new_id
+    doc.update(changes)
+    return doc
+
+
+def write_echo_definitions(folder: Path) -> Path:
+    """Write the echo definitions (one per auth placement and scheme) into ``folder``."""
+    docs = [
+        ECHO,
+        _variant("echo_query", auth={"apikey": {"in": "query", "name": "key"}}),
+        _variant("echo_basic", auth={"apikey": {"in": "basic"}}),
+        _variant(
+            "echo_oauth",
+            authType="oauth2",
+            auth=None,
+            oauth2Config={
+                "authorizationUrl": "https://echo.invalid/authorize",
+                "tokenUrl": "https://echo.invalid/token",
+                "scopes": ["items"],
+            },
+        ),
+        _variant("echo_userpass", authType="custom", auth={"custom": {"scheme": "basic"}}),
+        _variant("echo_hmac", authType="custom", auth={"custom": {"scheme": "hmac_sha256"}}),
+    ]
+    for doc in docs:
+        clean = {k: v for k, v in doc.items() if v is not None}
+        (folder / f"{doc['id']}.json").write_text(json.dumps(clean))
+    return folder

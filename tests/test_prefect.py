@@ -1,0 +1,328 @@
+"""Generated tasks and the block, in a real Prefect test server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter
+from prefect.client.schemas.objects import State
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_PERSIST_BY_DEFAULT
+from prefect.testing.utilities import prefect_test_harness
+
+from prefect_integrations.cli import run
+from prefect_integrations.context import integration_context
+from prefect_integrations.db import Database
+from prefect_integrations.exceptions import ProviderError
+from prefect_integrations.keyring import Keyring
+from prefect_integrations.registry import Registry
+from prefect_integrations.runtime import reset_runtime, runtime
+from prefect_integrations.scope import parse_scope
+from prefect_integrations.store import audit, instances
+
+from .provider import FakeProvider, Reply
+
+CANARY = "canary-token-5d2e8a77"
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    storage = tmp_path_factory.mktemp("prefect-results")
+    from prefect.settings import temporary_settings
+
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(
+            updates={PREFECT_LOCAL_STORAGE_PATH: storage, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}
+        ),
+    ):
+        yield storage
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch,
+    echo_db: Database,
+    keyring: Keyring,
+    echo_dir: Path,
+    tmp_path: Path,
+) -> Iterator[None]:
+    key_text = ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in keyring)
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DATABASE_URL", echo_db.url)
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", key_text)
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", str(echo_dir))
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_ACTOR", "prefect-tests")
+    reset_runtime()
+    yield
+    reset_runtime()
+
+
+def _stored_results(folder: Path) -> str:
+    """Every persisted result, with base64 payloads (pickles) decoded."""
+    chunks: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str):
+            chunks.append(value)
+            with contextlib.suppress(ValueError):
+                chunks.append(base64.b64decode(value).decode("latin-1"))
+
+    for path in folder.rglob("*"):
+        if path.is_file():
+            raw = path.read_bytes()
+            chunks.append(raw.decode("latin-1"))
+            with contextlib.suppress(ValueError):
+                walk(json.loads(raw))
+    return "\n".join(chunks)
+
+
+def _add(
+    db: Database,
+    registry: Registry,
+    keyring: Keyring,
+    instance_id: str,
+    scope: str,
+    url: str,
+    token: str = CANARY,
+) -> None:
+    with db.transaction() as s:
+        instances.create_instance(
+            s,
+            registry,
+            keyring,
+            instance_id=instance_id,
+            integration_id="echo",
+            name=instance_id,
+            scope=parse_scope(scope),
+            config={"base_url": f"{url}/{instance_id}"},
+            credentials={"api_key": token},
+            actor="t",
+        )
+
+
+def test_generated_task_has_a_real_signature() -> None:
+    from prefect_integrations.tasks import xero
+
+    task = xero.create_invoice
+    assert task.name == "xero.create_invoice"
+    assert task.tags == {"integration:xero"}
+    params = inspect.signature(task.fn).parameters
+    assert params["contact_id"].default is inspect.Parameter.empty
+    assert params["line_items"].annotation == list[Any]
+    assert params["status"].default == "DRAFT"
+    assert params["reference"].default is None
+    assert params["instance"].default is None
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+    assert task.fn.__qualname__ == "xero_create_invoice"
+    from prefect.cache_policies import NO_CACHE
+
+    assert task.cache_policy is NO_CACHE
+    with pytest.raises(ImportError):
+        from prefect_integrations.tasks import nope  # noqa: F401
+
+
+@pytest.mark.usefixtures("env")
+def test_flow_calls_tasks_for_global_and_client_instances(
+    harness: Path,
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+) -> None:
+    from prefect_integrations.tasks import echo
+
+    _add(echo_db, echo_registry, keyring, "echo_global", "global", provider.url)
+    _add(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_acme",
+        "client:acme",
+        provider.url,
+        token="acme-token",
+    )
+    provider.reply("POST", "/echo_global/items", Reply(201, {"id": 1, "name": "g"}))
+    provider.reply("POST", "/echo_acme/items", Reply(201, {"id": 2, "name": "a"}))
+
+    @flow
+    def billing() -> list[Any]:
+        first = echo.create_item(name="g")
+        with integration_context(client_id="acme"):
+            second = echo.create_item(name="a")
+            submitted = echo.create_item.submit(name="a").result()
+        explicit = echo.create_item(name="g", instance="echo_global")
+        return [first, second, submitted, explicit]
+
+    assert billing() == [
+        {"id": 1, "name": "g"},
+        {"id": 2, "name": "a"},
+        {"id": 2, "name": "a"},
+        {"id": 1, "name": "g"},
+    ]
+    paths = [r.path for r in provider.requests]
+    assert paths == [
+        "/echo_global/items",
+        "/echo_acme/items",
+        "/echo_acme/items",
+        "/echo_global/items",
+    ]
+    runtime().recorder.flush()
+    with echo_db.transaction() as s:
+        rows = audit.tail(s, action="method.call")
+    assert [r.instance_id for r in rows] == ["echo_global", "echo_acme", "echo_acme", "echo_global"]
+    assert all("flow_run_id" in r.details and "task_run_id" in r.details for r in rows)
+
+
+@pytest.mark.usefixtures("env")
+def test_other_tenants_instance_is_not_found_from_a_task(
+    harness: Path,
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+) -> None:
+    from prefect_integrations.tasks import echo
+
+    _add(echo_db, echo_registry, keyring, "echo_beta", "client:beta", provider.url)
+
+    @flow
+    def sneaky() -> Any:
+        with integration_context(client_id="acme"):
+            return echo.create_item(name="x", instance="echo_beta")
+
+    state = cast(State[Any], sneaky(return_state=True))
+    assert state.is_failed()
+    with pytest.raises(Exception, match="Instance 'echo_beta' not found"):
+        state.result()
+    assert provider.requests == []
+
+
+@pytest.mark.usefixtures("env")
+def test_canary_never_reaches_prefect_or_the_audit_log(
+    harness: Path,
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from prefect_integrations.tasks import echo
+
+    _add(echo_db, echo_registry, keyring, "echo_main", "global", provider.url)
+    provider.reply("POST", "/echo_main/items", Reply(201, {"id": 1, "name": "ok"}))
+    provider.reply(
+        "GET",
+        "/echo_main/items/1",
+        Reply(400, {"error": {"code": "bad", "message": f"your key {CANARY} was rejected"}}),
+    )
+
+    @flow(log_prints=True)
+    def leaky() -> Any:
+        echo.create_item(name="ok")
+        return echo.get_item(item_id=1)
+
+    state = cast(State[Any], leaky(return_state=True))
+    assert state.is_failed()
+    with pytest.raises(ProviderError) as info:
+        state.result()
+    assert CANARY not in str(info.value) and "was rejected" in str(info.value)
+
+    # the CLI path too
+    assert run(["call", "echo.get_item", "--input", '{"item_id": 1}', "--json"]) == 1
+    assert run(["call", "echo.create_item", "--input", '{"name": "ok"}', "--json"]) == 0
+    cli_out = capsys.readouterr()
+    assert '"id": 1' in cli_out.out
+
+    APILogWorker.drain_all()
+
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+
+    async def collect() -> str:
+        async with get_client() as client:
+            flow_run = await client.read_flow_run(flow_run_id)
+            task_runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+            )
+            logs = await client.read_logs(LogFilter())
+            states = [flow_run.state, *[t.state for t in task_runs]]
+            return json.dumps(
+                {
+                    "logs": [log.message for log in logs],
+                    "states": [s.model_dump(mode="json") for s in states if s is not None],
+                    "task_runs": [t.model_dump(mode="json") for t in task_runs],
+                }
+            )
+
+    prefect_side = asyncio.run(collect())
+    data = json.loads(prefect_side)
+    assert any("was rejected" in m for m in data["logs"])  # the error reached the logs
+    assert any("was rejected" in json.dumps(s) for s in data["states"])  # and the states
+    stored = _stored_results(harness)
+    assert "ProviderError" in stored  # the failed task's exception was persisted
+    runtime().recorder.flush()
+    with echo_db.transaction() as s:
+        audit_text = json.dumps([e.as_dict() for e in audit.tail(s, limit=1000)])
+    for sink, text in {
+        "prefect": prefect_side,
+        "results": stored,
+        "audit": audit_text,
+        "cli": cli_out.out + cli_out.err,
+    }.items():
+        assert CANARY not in text, sink
+
+
+@pytest.mark.usefixtures("env")
+def test_block_registered_synced_and_callable(
+    harness: Path,
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from prefect_integrations.blocks import IntegrationInstance
+
+    async def block_type_slug() -> str:
+        async with get_client() as client:
+            found = await client.read_block_type_by_slug("integration-instance")
+            return found.slug
+
+    assert asyncio.run(block_type_slug()) == "integration-instance"  # no manual registration
+
+    _add(echo_db, echo_registry, keyring, "echo_main", "global", provider.url)
+    _add(echo_db, echo_registry, keyring, "Echo.Other", "user:u1", provider.url)
+    assert run(["blocks", "sync"]) == 0
+    assert "2 block(s) saved" in capsys.readouterr().out
+    block = cast(IntegrationInstance, IntegrationInstance.load("echo-main"))
+    assert block.instance_id == "echo_main" and block.integration_id == "echo"
+    other = cast(IntegrationInstance, IntegrationInstance.load("echo-other"))
+    assert other.instance_id == "Echo.Other"
+
+    async def stored_documents() -> str:
+        async with get_client() as client:
+            docs = await client.read_block_documents(include_secrets=True)
+            return json.dumps([d.model_dump(mode="json") for d in docs])
+
+    assert CANARY not in asyncio.run(stored_documents())
+
+    provider.reply("GET", "/echo_main/items/4", Reply(200, {"id": 4, "name": "four"}))
+    assert block.call("get_item", {"item_id": 4}) == {"id": 4, "name": "four"}
+    assert asyncio.run(block.acall("get_item", {"item_id": 4})) == {"id": 4, "name": "four"}
