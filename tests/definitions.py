@@ -77,6 +77,53 @@ def _variant(new_id: str, **changes: Any) -> dict[str, Any]:
     return doc
 
 
+ITEMS_API: dict[str, Any] = {
+    "id": "authsrv",
+    "name": "Items API",
+    "description": "An API protected by the test OAuth 2.0 server (tests/oauth_server).",
+    "version": "1.0.0",
+    "authType": "oauth2",
+    "baseUrl": "https://items.invalid",
+    "oauth2Config": {
+        "authorizationUrl": "https://items.invalid/auth",
+        "tokenUrl": "https://items.invalid/token",
+        "scopes": ["openid", "offline_access", "items.read"],
+        "additionalParameters": {"prompt": "consent"},
+        "tokenEndpointAuthMethod": "client_secret_post",
+    },
+    "configSchema": {
+        "type": "object",
+        "properties": {
+            "base_url": {"type": "string", "format": "uri"},
+            "authorization_url": {"type": "string", "format": "uri"},
+            "token_url": {"type": "string", "format": "uri"},
+        },
+        "additionalProperties": False,
+    },
+    "methods": [
+        {
+            "id": "list_items",
+            "name": "List items",
+            "description": "The items visible to the token.",
+            "inputSchema": {"type": "object", "properties": {}, "additionalProperties": False},
+            "outputSchema": {
+                "type": "object",
+                "properties": {"items": {"type": "array"}, "client_id": {"type": "string"}},
+                "required": ["items"],
+            },
+            "http": {
+                "method": "GET",
+                "path": "/api/items",
+                "output": {
+                    "items": "{{ response['items'] }}",
+                    "client_id": "{{ response.client_id }}",
+                },
+            },
+        }
+    ],
+}
+
+
 def write_echo_definitions(folder: Path) -> Path:
     """Write the echo definitions (one per auth placement and scheme) into ``folder``."""
     docs = [
@@ -95,6 +142,18 @@ def write_echo_definitions(folder: Path) -> Path:
         ),
         _variant("echo_userpass", authType="custom", auth={"custom": {"scheme": "basic"}}),
         _variant("echo_hmac", authType="custom", auth={"custom": {"scheme": "hmac_sha256"}}),
+        ITEMS_API,
+        {
+            **ITEMS_API,
+            "id": "authsrv_m2m",
+            "oauth2Config": {
+                **ITEMS_API["oauth2Config"],
+                "grantType": "client_credentials",
+                "scopes": ["items.read"],
+                "tokenEndpointAuthMethod": "client_secret_basic",
+                "additionalParameters": {},
+            },
+        },
     ]
     for doc in docs:
         clean = {k: v for k, v in doc.items() if v is not None}

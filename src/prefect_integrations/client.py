@@ -43,6 +43,12 @@ from prefect_integrations.exceptions import (
     ProviderUnavailable,
 )
 from prefect_integrations.keyring import Keyring
+from prefect_integrations.oauth.lifecycle import (
+    LEAD_FLOOR,
+    LEAD_SHARE,
+    TokenLifecycle,
+    should_refresh,
+)
 from prefect_integrations.registry import Definition, Method, Registry
 from prefect_integrations.store.instances import Instance, require_instance
 from prefect_integrations.store.usage import CallRecord, UsageRecorder
@@ -150,6 +156,20 @@ def _redacted(exc: IntegrationError, credentials: Credentials | None) -> Integra
     return exc
 
 
+def _refresh_after(definition: Definition, credentials: Credentials) -> float:
+    """When the loaded token stops being usable without a refresh (epoch seconds)."""
+    grant = str((definition.oauth2_config or {}).get("grantType", "authorization_code"))
+    values = credentials.reveal()
+    if should_refresh(values, now=0.0, grant_type=grant).refresh:
+        return 0.0  # no access token yet
+    expires_at = values.get("expires_at")
+    if not isinstance(expires_at, int | float):
+        return float("inf")
+    obtained_at = values.get("obtained_at")
+    lifetime = expires_at - obtained_at if isinstance(obtained_at, int | float) else 0.0
+    return float(expires_at) - max(LEAD_FLOOR, LEAD_SHARE * lifetime)
+
+
 def _changed(before: _Loaded, after: _Loaded) -> bool:
     """True when the stored credentials changed (someone refreshed or replaced them)."""
     return after.instance.credentials_version != before.instance.credentials_version
@@ -178,6 +198,8 @@ class _Loaded:
     definition: Definition
     credentials: Credentials
     loaded_at: float = field(default_factory=time.monotonic)
+    #: Wall-clock time after which an OAuth2 token should be refreshed before use.
+    refresh_after: float = float("inf")
 
 
 @dataclass(slots=True)
@@ -206,6 +228,7 @@ class _ClientCore:
         timeout: httpx.Timeout | float = 30.0,
         credentials_ttl: float = 300.0,
         require_active: bool = True,
+        lifecycle: TokenLifecycle | None = None,
     ) -> None:
         self.instance_id = instance_id
         self._db = db
@@ -218,6 +241,7 @@ class _ClientCore:
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self._ttl = credentials_ttl
         self._require_active = require_active
+        self._lifecycle = lifecycle or TokenLifecycle(db, registry, keyring, actor=actor)
         self._loaded: _Loaded | None = None
 
     def __repr__(self) -> str:
@@ -226,6 +250,29 @@ class _ClientCore:
     # -- loading ---------------------------------------------------------------------
 
     def _load_now(self) -> _Loaded:
+        """Load the instance and credentials, refreshing an expiring OAuth2 token first."""
+        loaded = self._read()
+        if loaded.definition.auth_type == "oauth2" and loaded.refresh_after <= time.time():
+            self._lifecycle.refresh(self.instance_id)
+            loaded = self._read()
+        return loaded
+
+    def _reauthorize(self, loaded: _Loaded) -> _Loaded | None:
+        """After a 401/403: new credentials to retry with once, or None.
+
+        OAuth2: refresh the token unless someone already did since ``loaded``. Other
+        schemes: reload, in case the credentials were replaced meanwhile.
+        """
+        self.invalidate()
+        if loaded.definition.auth_type == "oauth2":
+            self._lifecycle.refresh(
+                self.instance_id, force=True, if_version=loaded.instance.credentials_version
+            )
+        fresh = self._read()
+        self._loaded = fresh
+        return fresh if _changed(loaded, fresh) else None
+
+    def _read(self) -> _Loaded:
         with self._db.transaction(f"load instance '{self.instance_id}'") as session:
             instance = require_instance(session, self.instance_id)
             if self._require_active and instance.state != "active":
@@ -238,11 +285,18 @@ class _ClientCore:
             credentials = fetch_credentials(
                 session, self._keyring, self.instance_id, actor=self._actor, purpose="call"
             )
-        return _Loaded(instance=instance, definition=definition, credentials=credentials)
+        loaded = _Loaded(instance=instance, definition=definition, credentials=credentials)
+        if definition.auth_type == "oauth2":
+            loaded.refresh_after = _refresh_after(definition, credentials)
+        return loaded
 
     def _cached(self) -> _Loaded | None:
         loaded = self._loaded
-        if loaded is not None and time.monotonic() - loaded.loaded_at < self._ttl:
+        if (
+            loaded is not None
+            and time.monotonic() - loaded.loaded_at < self._ttl
+            and time.time() < loaded.refresh_after
+        ):
             return loaded
         return None
 
@@ -350,9 +404,8 @@ class IntegrationClient(_ClientCore):
             try:
                 output = self._send(loaded, attempt)
             except ProviderAuthError:
-                self.invalidate()
-                fresh = self._load()
-                if not _changed(loaded, fresh):
+                fresh = self._reauthorize(loaded)
+                if fresh is None:
                     raise
                 loaded, attempt = fresh, self._start(fresh, method_id, inputs)
                 output = self._send(loaded, attempt)
@@ -427,9 +480,8 @@ class AsyncIntegrationClient(_ClientCore):
             try:
                 output = await self._send(loaded, attempt)
             except ProviderAuthError:
-                self.invalidate()
-                fresh = await self._load()
-                if not _changed(loaded, fresh):
+                fresh = await asyncio.to_thread(self._reauthorize, loaded)
+                if fresh is None:
                     raise
                 loaded, attempt = fresh, self._start(fresh, method_id, inputs)
                 output = await self._send(loaded, attempt)

@@ -224,7 +224,7 @@ def apply_grants(
                 connection.execute(sa.text(f"CREATE ROLE {quote(role)} {option}"))
         statements = [
             "REVOKE ALL ON integration_definitions, integration_instances, "
-            "integration_audit_log FROM PUBLIC",
+            "integration_audit_log, integration_oauth_states FROM PUBLIC",
             f"GRANT CONNECT ON DATABASE {database} TO {admin}, {runtime}",
             f"GRANT USAGE ON SCHEMA public TO {admin}, {runtime}",
             f"GRANT SELECT ON {VERSION_TABLE} TO {admin}, {runtime}",
@@ -233,6 +233,7 @@ def apply_grants(
             f"GRANT SELECT ON integration_definitions, integration_instances TO {runtime}",
             f"GRANT UPDATE ({updatable}) ON integration_instances TO {runtime}",
             f"GRANT SELECT, INSERT ON integration_audit_log TO {admin}, {runtime}",
+            f"GRANT SELECT, INSERT, DELETE ON integration_oauth_states TO {admin}, {runtime}",
         ]
         for statement in statements:
             connection.execute(sa.text(statement))

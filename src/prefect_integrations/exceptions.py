@@ -26,9 +26,13 @@ one, the path inside it; they never contain credentials or keys.
     │   └── UnknownKeyId              the row's key id is not in the keyring
     ├── AuditError
     │   └── AuditChainBroken          `audit verify` found an altered or missing row
-    └── ProviderError                 the external service answered with an error
-        ├── ProviderUnavailable       connection failures, timeouts, 429/5xx after retries
-        └── ProviderAuthError         401/403 from the provider
+    ├── ProviderError                 the external service answered with an error
+    │   ├── ProviderUnavailable       connection failures, timeouts, 429/5xx after retries
+    │   └── ProviderAuthError         401/403 from the provider
+    └── OAuthError                    an OAuth2 flow or token request failed
+        ├── OAuthStateError           unknown, expired or reused authorization state
+        ├── InvalidGrant              the authorization server refused the grant
+        └── TokenEndpointUnavailable  the token endpoint kept failing (5xx, timeouts)
 """
 
 from __future__ import annotations
@@ -51,14 +55,18 @@ __all__ = [
     "InstanceNotFound",
     "InstanceUnavailable",
     "IntegrationError",
+    "InvalidGrant",
     "KeyringError",
     "NoCredentials",
     "NoInstanceFound",
+    "OAuthError",
+    "OAuthStateError",
     "PermissionDenied",
     "PostgresNotFound",
     "ProviderAuthError",
     "ProviderError",
     "ProviderUnavailable",
+    "TokenEndpointUnavailable",
     "UnknownIntegration",
     "UnknownKeyId",
     "ValidationError",
@@ -336,3 +344,31 @@ class ProviderAuthError(ProviderError):
     """The provider refused the credentials (HTTP 401 or 403)."""
 
     code = "provider_auth_failed"
+
+
+class OAuthError(IntegrationError):
+    """An OAuth2 flow or token request failed; ``reason`` is a stable machine-readable word."""
+
+    code = "oauth_error"
+
+    def __init__(self, message: str, *, reason: str = "oauth_error") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class OAuthStateError(OAuthError):
+    """The authorization callback's ``state`` is unknown, expired or already used."""
+
+    code = "oauth_state_invalid"
+
+
+class InvalidGrant(OAuthError):
+    """The authorization server refused the code or refresh token (``invalid_grant``)."""
+
+    code = "invalid_grant"
+
+
+class TokenEndpointUnavailable(OAuthError):
+    """The token endpoint could not be reached or kept failing."""
+
+    code = "token_endpoint_unavailable"

@@ -13,6 +13,7 @@ __all__ = [
     "definitions",
     "instances",
     "metadata",
+    "oauth_states",
 ]
 
 metadata = sa.MetaData()
@@ -86,6 +87,18 @@ audit_log = sa.Table(
     sa.Column("details", JSONB, nullable=False),
     sa.Column("prev_hash", BYTEA),
     sa.Column("hash", BYTEA, nullable=False, server_default=sa.FetchedValue()),
+)
+
+oauth_states = sa.Table(
+    "integration_oauth_states",
+    metadata,
+    sa.Column("state_hash", BYTEA, primary_key=True),
+    sa.Column("instance_id", sa.String(255), nullable=False),
+    sa.Column("redirect_uri", sa.Text, nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("verifier", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 #: Columns of integration_instances the runtime role may update.

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     actor: str | None = Field(
         default=None, description="Name recorded in the audit log (default: user@host)."
     )
+    oauth_redirect_uri: str = Field(
+        default="http://127.0.0.1:8765/callback",
+        description="Redirect URI of the OAuth connect service, registered with providers.",
+    )
     pg_user: str | None = Field(
         default=None,
         description="Unprivileged OS user that runs the embedded cluster when started as root.",

@@ -19,6 +19,7 @@ from prefect_integrations.cli import (
     definitions_commands,
     instances_commands,
     keys_commands,
+    oauth_commands,
 )
 from prefect_integrations.cli._common import runtime
 from prefect_integrations.exceptions import IntegrationError
@@ -38,6 +39,7 @@ app.add_typer(instances_commands.app, name="instances")
 app.add_typer(keys_commands.app, name="keys")
 app.add_typer(audit_commands.app, name="audit")
 app.add_typer(call_commands.blocks_app, name="blocks")
+app.add_typer(oauth_commands.app, name="oauth")
 app.command("call")(call_commands.call)
 
 

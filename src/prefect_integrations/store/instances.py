@@ -200,6 +200,9 @@ def _usable(definition: Definition, credentials: Mapping[str, Any] | None) -> bo
     if not credentials:
         return False
     if definition.auth_type == "oauth2":
+        grant = (definition.oauth2_config or {}).get("grantType", "authorization_code")
+        if grant == "client_credentials":
+            return "oauth2" in credentials  # tokens are fetched with the client on first use
         return "access_token" in credentials
     return True
 
@@ -382,6 +385,7 @@ def set_credentials(
     definition = registry.get(current.integration_id)
     creds = validate_credentials(definition, instance_id, credentials)
     version = vault.store_credentials(session, keyring, instance_id, creds)
+    assert version is not None
     if activate and current.state == "inactive" and _usable(definition, creds):
         with translate_errors(f"update instance '{instance_id}'"):
             session.execute(

@@ -46,8 +46,10 @@ _STORE = sa.text(
       key_id = CAST(:kid AS text),
       token_expires_at = CAST(:expires AS timestamptz),
       credentials_version = credentials_version + 1,
+      refresh_lease_until = NULL,
       updated_at = now()
     WHERE instance_id = :iid
+      AND (CAST(:expected AS bigint) IS NULL OR credentials_version = CAST(:expected AS bigint))
     RETURNING credentials_version
     """
 )
@@ -95,11 +97,15 @@ def store_credentials(
     keyring: Keyring,
     instance_id: str,
     values: Mapping[str, Any],
-) -> int:
+    *,
+    expected_version: int | None = None,
+) -> int | None:
     """Encrypt ``values`` under the primary key into the instance's row.
 
     Validation and auditing are the caller's (see `instances.set_credentials`). Returns
-    the new ``credentials_version``.
+    the new ``credentials_version``. With ``expected_version`` the write is a
+    compare-and-swap: it happens only if the stored version is still that one, and None
+    is returned otherwise. Any refresh lease is released.
     """
     plaintext = json.dumps(
         {"instance_id": instance_id, "credentials": dict(values)}, separators=(",", ":")
@@ -113,10 +119,13 @@ def store_credentials(
         "meta": json.dumps(credentials_metadata(values)),
         "expires": _expires_at(values),
         "iid": instance_id,
+        "expected": expected_version,
     }
     with translate_errors(f"store credentials of instance '{instance_id}'"):
         version = session.execute(_STORE, params).scalar()
     if version is None:
+        if expected_version is not None:
+            return None
         raise InstanceNotFound(instance_id)
     return int(version)
 

@@ -1,0 +1,78 @@
+"""`prefect-integrations oauth ...`: connect accounts and manage tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+
+from prefect_integrations.cli._common import runtime
+
+app = typer.Typer(help="OAuth2: connect accounts, refresh tokens.", no_args_is_help=True)
+
+
+@app.command()
+def connect(instance_id: str) -> None:
+    """Print the URL that connects INSTANCE_ID (open it in a browser).
+
+    The connect service (`oauth serve`) must be reachable at the redirect URI.
+    """
+    from prefect_integrations.oauth.service import authorization_url
+
+    rt = runtime()
+    url = authorization_url(
+        rt.db,
+        rt.registry,
+        rt.keyring,
+        instance_id=instance_id,
+        redirect_uri=rt.settings.oauth_redirect_uri,
+        actor=rt.actor,
+    )
+    typer.echo(url)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: the redirect URI's host")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: the redirect URI's port")] = None,
+) -> None:
+    """Run the connect service (authorization-code flow with PKCE)."""
+    import uvicorn
+
+    from prefect_integrations.oauth.service import create_app
+
+    rt = runtime()
+    redirect = urlsplit(rt.settings.oauth_redirect_uri)
+    app = create_app(
+        db=rt.db,
+        registry=rt.registry,
+        keyring=rt.keyring,
+        actor=rt.actor,
+        redirect_uri=rt.settings.oauth_redirect_uri,
+    )
+    bind_host = host or redirect.hostname or "127.0.0.1"
+    bind_port = port or redirect.port or 8765
+    typer.echo(
+        f"connect service on http://{bind_host}:{bind_port}/connect/<instance_id>; "
+        f"callback {rt.settings.oauth_redirect_uri}"
+    )
+    uvicorn.run(app, host=bind_host, port=bind_port, log_level="warning")
+
+
+@app.command()
+def refresh(
+    instance_id: str,
+    force: Annotated[bool, typer.Option(help="Refresh even if the token is fresh")] = False,
+) -> None:
+    """Refresh INSTANCE_ID's token now if it needs it (or with --force)."""
+    from prefect_integrations.oauth.lifecycle import TokenLifecycle
+
+    rt = runtime()
+    outcome = TokenLifecycle(rt.db, rt.registry, rt.keyring, actor=rt.actor).refresh(
+        instance_id, force=force
+    )
+    typer.echo(
+        f"{instance_id}: {outcome.result} ({outcome.reason}), "
+        f"credentials version {outcome.credentials_version}"
+    )

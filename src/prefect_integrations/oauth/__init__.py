@@ -1,0 +1,3 @@
+"""OAuth2: the connect service, token endpoint access and the token lifecycle."""
+
+from __future__ import annotations

@@ -1,0 +1,218 @@
+"""Talking to an OAuth2 token endpoint with Authlib.
+
+`TokenEndpoint` wraps Authlib's httpx ``OAuth2Client`` for one instance: the code
+exchange (with the PKCE verifier), the refresh grant and the client-credentials grant.
+Authlib accepts some error bodies as tokens, so every token response passes through a
+compliance hook that refuses anything but a 2xx JSON object with an ``access_token`` and
+turns provider errors into typed exceptions. Nothing raised here contains a token, a
+code, a verifier or a client secret.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from authlib.deprecate import AuthlibDeprecationWarning
+
+# Authlib announces its future httpx2 integration when its httpx client is imported (its
+# deprecate module installs an "always" filter first, so ours must come after it).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
+    from authlib.integrations.httpx_client import OAuth2Client
+
+from prefect_integrations.credentials import Credentials
+from prefect_integrations.exceptions import (
+    CredentialsError,
+    InvalidGrant,
+    OAuthError,
+    TokenEndpointUnavailable,
+)
+from prefect_integrations.registry import Definition
+
+__all__ = ["TokenEndpoint", "merge_token", "oauth2_setting"]
+
+
+def oauth2_setting(definition: Definition, config: Mapping[str, Any], name: str) -> str:
+    """An OAuth2 URL, from the instance config override or the definition."""
+    override = {"authorizationUrl": "authorization_url", "tokenUrl": "token_url"}.get(name)
+    if override and isinstance(config.get(override), str):
+        return str(config[override])
+    oauth2 = definition.oauth2_config or {}
+    value = oauth2.get(name)
+    if not isinstance(value, str):
+        raise OAuthError(
+            f"Definition '{definition.id}' has no oauth2Config.{name}", reason="not_oauth2"
+        )
+    return value
+
+
+def merge_token(
+    credentials: Mapping[str, Any], token: Mapping[str, Any], *, now: float | None = None
+) -> dict[str, Any]:
+    """New credentials from a token response; a missing refresh token keeps the old one."""
+    now = time.time() if now is None else now
+    merged = {
+        k: v
+        for k, v in credentials.items()
+        if k not in ("access_token", "expires_at", "obtained_at", "id_token")
+    }
+    merged["access_token"] = str(token["access_token"])
+    merged["token_type"] = str(token.get("token_type") or "Bearer")
+    merged["obtained_at"] = now
+    expires_in = token.get("expires_in")
+    if isinstance(expires_in, int | float | str) and str(expires_in).isdigit():
+        merged["expires_at"] = now + int(expires_in)
+    elif isinstance(token.get("expires_at"), int | float):
+        merged["expires_at"] = float(token["expires_at"])
+    if isinstance(token.get("refresh_token"), str) and token["refresh_token"]:
+        merged["refresh_token"] = token["refresh_token"]
+    if isinstance(token.get("scope"), str):
+        merged["scope"] = token["scope"]
+    if isinstance(token.get("id_token"), str):
+        merged["id_token"] = token["id_token"]
+    return merged
+
+
+def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    error = body.get("error")
+    description = body.get("error_description")
+    return (
+        str(error) if error else None,
+        str(description)[:300] if isinstance(description, str) else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEndpoint:
+    """The token endpoint of one instance: URL, client and client authentication."""
+
+    instance_id: str
+    token_url: str
+    client_id: str
+    client_secret: str | None
+    auth_method: str = "client_secret_basic"
+    timeout: float = 15.0
+
+    @classmethod
+    def for_instance(
+        cls, definition: Definition, config: Mapping[str, Any], credentials: Credentials
+    ) -> TokenEndpoint:
+        """The endpoint of an instance whose credentials hold its OAuth client."""
+        client = credentials.section("oauth2")
+        client_id = client.get("client_id")
+        if client_id is None:
+            raise CredentialsError(
+                f"Instance '{credentials.instance_id}' has no OAuth client in its credentials "
+                '(set {"oauth2": {"client_id": ..., "client_secret": ...}})'
+            )
+        secret = client.get("client_secret")
+        oauth2 = definition.oauth2_config or {}
+        return cls(
+            instance_id=credentials.instance_id,
+            token_url=oauth2_setting(definition, config, "tokenUrl"),
+            client_id=client_id.get_secret_value(),
+            client_secret=secret.get_secret_value() if secret is not None else None,
+            auth_method=str(oauth2.get("tokenEndpointAuthMethod", "client_secret_basic")),
+        )
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        """Authlib compliance hook: refuse anything that is not a usable token response."""
+        status = response.status_code
+        error, description = _error_fields(response)
+        where = f"Token endpoint of instance '{self.instance_id}'"
+        detail = f" ({description})" if description else ""
+        if status == 429 or status >= 500:
+            raise TokenEndpointUnavailable(
+                f"{where} answered HTTP {status}", reason="token_endpoint_unavailable"
+            )
+        if error == "invalid_grant":
+            raise InvalidGrant(
+                f"{where} refused the grant: invalid_grant{detail}", reason="invalid_grant"
+            )
+        if not 200 <= status < 300 or error:
+            raise OAuthError(
+                f"{where} answered HTTP {status}: {error or 'no error code'}{detail}",
+                reason=error or f"http_{status}",
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            raise OAuthError(
+                f"{where} answered a body that is not JSON", reason="malformed_token_response"
+            ) from None
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("access_token"), str)
+            or not body["access_token"]
+        ):
+            raise OAuthError(
+                f"{where} answered without an access_token", reason="malformed_token_response"
+            )
+        return response
+
+    def _client(
+        self, *, redirect_uri: str | None = None, transport: httpx.BaseTransport | None = None
+    ) -> OAuth2Client:
+        kwargs: dict[str, Any] = {"timeout": self.timeout}
+        if transport is not None:
+            kwargs["transport"] = transport
+        client = OAuth2Client(
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            token_endpoint_auth_method=self.auth_method,
+            redirect_uri=redirect_uri,
+            **kwargs,
+        )
+        client.register_compliance_hook("access_token_response", self._check)
+        client.register_compliance_hook("refresh_token_response", self._check)
+        return client
+
+    def _request(self, *, redirect_uri: str | None = None, **params: Any) -> dict[str, Any]:
+        try:
+            with self._client(redirect_uri=redirect_uri) as client:
+                token = client.fetch_token(self.token_url, **params)
+        except OAuthError:
+            raise
+        except httpx.TransportError as exc:
+            raise TokenEndpointUnavailable(
+                f"Token endpoint of instance '{self.instance_id}' unreachable: "
+                f"{type(exc).__name__}",
+                reason="token_endpoint_unavailable",
+            ) from None
+        except Exception as exc:  # Authlib's own errors: keep the class, drop the text
+            raise OAuthError(
+                f"Token request of instance '{self.instance_id}' failed: {type(exc).__name__}",
+                reason="token_request_failed",
+            ) from None
+        return dict(token)
+
+    def exchange_code(
+        self, *, code: str, code_verifier: str | None, redirect_uri: str
+    ) -> dict[str, Any]:
+        """Exchange an authorization code (with its PKCE verifier) for tokens."""
+        params: dict[str, Any] = {"grant_type": "authorization_code", "code": code}
+        if code_verifier:
+            params["code_verifier"] = code_verifier
+        return self._request(redirect_uri=redirect_uri, **params)
+
+    def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """Use a refresh token."""
+        return self._request(grant_type="refresh_token", refresh_token=refresh_token)
+
+    def client_credentials(self, scope: str | None = None) -> dict[str, Any]:
+        """The client-credentials grant (machine to machine)."""
+        params: dict[str, Any] = {"grant_type": "client_credentials"}
+        if scope:
+            params["scope"] = scope
+        return self._request(**params)

@@ -1,0 +1,393 @@
+"""The OAuth2 token lifecycle: when to refresh, and refreshing safely under concurrency.
+
+`should_refresh` is pure: refresh when there is no access token, or when the token is
+within its lead time of expiry (a share of its lifetime, at least a floor).
+
+`refresh_instance` refreshes one instance so that any number of threads and processes
+make exactly one token request:
+
+1. read the instance and its credentials (short transaction);
+2. claim a lease with a compare-and-swap on ``credentials_version`` (short transaction);
+   a worker that loses waits until the version changes (the winner's token) or the lease
+   runs out, then re-reads;
+3. call the token endpoint outside any transaction, retrying timeouts and 5xx;
+4. write the new credentials only if the version is unchanged (compare-and-swap), which
+   also releases the lease. A rotated refresh token is always saved; a response without
+   one keeps the old one.
+
+``invalid_grant``: re-read first (another worker may have rotated the token); if the
+stored token did not change, the instance goes to ``error`` with reason
+``invalid_grant``. A token endpoint that keeps failing leaves the instance active until
+``failure_threshold`` consecutive failed refreshes, then ``error`` with reason
+``token_endpoint_unavailable``. Every outcome is audited; status changes emit a Prefect
+event.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from prefect_integrations.credentials import Credentials
+from prefect_integrations.db import Database
+from prefect_integrations.events import emit_instance_event
+from prefect_integrations.exceptions import (
+    InstanceNotFound,
+    InvalidGrant,
+    OAuthError,
+    TokenEndpointUnavailable,
+)
+from prefect_integrations.keyring import Keyring
+from prefect_integrations.models import instances
+from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
+from prefect_integrations.registry import Definition, Registry
+from prefect_integrations.store import audit, vault
+from prefect_integrations.store.instances import Instance, require_instance
+
+__all__ = [
+    "RefreshDecision",
+    "RefreshOutcome",
+    "TokenLifecycle",
+    "should_refresh",
+]
+
+LEAD_SHARE = 0.1
+LEAD_FLOOR = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshDecision:
+    """Whether to refresh now, and why."""
+
+    refresh: bool
+    reason: str
+
+
+def should_refresh(
+    values: Mapping[str, Any],
+    *,
+    now: float,
+    grant_type: str = "authorization_code",
+    share: float = LEAD_SHARE,
+    floor: float = LEAD_FLOOR,
+) -> RefreshDecision:
+    """Decide from plain credential values (pure: no I/O, no clock)."""
+    can_refresh = grant_type == "client_credentials" or bool(values.get("refresh_token"))
+    if not values.get("access_token"):
+        if can_refresh:
+            return RefreshDecision(True, "no_access_token")
+        return RefreshDecision(False, "not_connected")
+    expires_at = values.get("expires_at")
+    if not isinstance(expires_at, int | float):
+        return RefreshDecision(False, "no_expiry")
+    obtained_at = values.get("obtained_at")
+    lifetime = expires_at - obtained_at if isinstance(obtained_at, int | float) else 0.0
+    lead = max(floor, share * lifetime)
+    if now < expires_at - lead:
+        return RefreshDecision(False, "fresh")
+    if not can_refresh:
+        return RefreshDecision(False, "expiring_without_refresh_token")
+    return RefreshDecision(True, "expired" if now >= expires_at else "expiring")
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshOutcome:
+    """What `TokenLifecycle.refresh` did."""
+
+    instance_id: str
+    result: Literal["refreshed", "not_needed", "refreshed_elsewhere"]
+    reason: str
+    credentials_version: int
+
+
+_CLAIM = sa.text(
+    """
+    UPDATE integration_instances
+       SET refresh_lease_until = now() + make_interval(secs => :lease)
+     WHERE instance_id = :iid
+       AND credentials_version = :version
+       AND (refresh_lease_until IS NULL OR refresh_lease_until < now())
+    RETURNING credentials_version
+    """
+)
+
+
+class TokenLifecycle:
+    """Refreshes tokens of instances in one store (see the module docstring)."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        keyring: Keyring,
+        *,
+        actor: str,
+        lease_seconds: float = 30.0,
+        attempts: int = 3,
+        backoff: float = 0.5,
+        failure_threshold: int = 3,
+        clock: Callable[[], float] = time.time,
+        endpoint_factory: Callable[[Definition, Instance, Credentials], TokenEndpoint]
+        | None = None,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._keyring = keyring
+        self._actor = actor
+        self.lease_seconds = lease_seconds
+        self.attempts = attempts
+        self.backoff = backoff
+        self.failure_threshold = failure_threshold
+        self._clock = clock
+        self._endpoint_factory = endpoint_factory or (
+            lambda d, i, c: TokenEndpoint.for_instance(d, i.config, c)
+        )
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _read(self, instance_id: str, purpose: str) -> tuple[Instance, Credentials]:
+        with self._db.transaction(f"read instance '{instance_id}'") as session:
+            instance = require_instance(session, instance_id)
+            creds = vault.fetch_credentials(
+                session, self._keyring, instance_id, actor=self._actor, purpose=purpose
+            )
+        return instance, creds
+
+    def _lease_holder_done(self, instance_id: str, version: int) -> bool:
+        """Wait while another worker holds the lease; True when it wrote a new version."""
+        deadline = time.monotonic() + self.lease_seconds + 5
+        delay = 0.02
+        while time.monotonic() < deadline:
+            with self._db.transaction(f"read instance '{instance_id}'") as session:
+                row = session.execute(
+                    sa.select(
+                        instances.c.credentials_version,
+                        instances.c.refresh_lease_until > sa.func.now(),
+                    ).where(instances.c.instance_id == instance_id)
+                ).first()
+            if row is None:
+                raise InstanceNotFound(instance_id)
+            if row[0] != version:
+                return True
+            if not row[1]:
+                return False  # lease released or expired without a new version
+            time.sleep(delay + random.uniform(0, delay))  # noqa: S311
+            delay = min(delay * 2, 0.5)
+        return False
+
+    # -- refreshing --------------------------------------------------------------------
+
+    def refresh(
+        self,
+        instance_id: str,
+        *,
+        force: bool = False,
+        if_version: int | None = None,
+    ) -> RefreshOutcome:
+        """Refresh the instance's token if it needs it (or ``force``), exactly once.
+
+        ``if_version``: refresh only if the credentials are still at that version (used
+        after a 401: if they changed, someone already refreshed).
+        """
+        for _ in range(5):
+            instance, creds = self._read(instance_id, "oauth.refresh")
+            version = instance.credentials_version
+            definition = self._registry.get(instance.integration_id)
+            grant = str((definition.oauth2_config or {}).get("grantType", "authorization_code"))
+            if if_version is not None and version != if_version:
+                return RefreshOutcome(
+                    instance_id, "refreshed_elsewhere", "version_changed", version
+                )
+            decision = should_refresh(creds.reveal(), now=self._clock(), grant_type=grant)
+            if not (decision.refresh or (force and grant_type_can_refresh(creds, grant))):
+                return RefreshOutcome(instance_id, "not_needed", decision.reason, version)
+            if not self._claim(instance_id, version):
+                if self._lease_holder_done(instance_id, version):
+                    fresh, _ = self._read_version(instance_id)
+                    return RefreshOutcome(instance_id, "refreshed_elsewhere", "lease_holder", fresh)
+                continue  # the lease ran out: try to claim it ourselves
+            return self._refresh_claimed(
+                definition,
+                instance,
+                creds,
+                grant,
+                decision.reason if decision.refresh else "forced",
+            )
+        raise OAuthError(
+            f"Could not refresh instance '{instance_id}': lease contention",
+            reason="lease_contention",
+        )
+
+    def _read_version(self, instance_id: str) -> tuple[int, str]:
+        with self._db.transaction(f"read instance '{instance_id}'") as session:
+            inst = require_instance(session, instance_id)
+        return inst.credentials_version, inst.state
+
+    def _claim(self, instance_id: str, version: int) -> bool:
+        with self._db.transaction(f"claim the refresh lease of '{instance_id}'") as session:
+            claimed = session.execute(
+                _CLAIM, {"iid": instance_id, "version": version, "lease": self.lease_seconds}
+            ).first()
+        return claimed is not None
+
+    def _release(self, instance_id: str, version: int) -> None:
+        with self._db.transaction(f"release the refresh lease of '{instance_id}'") as session:
+            session.execute(
+                sa.update(instances)
+                .where(instances.c.instance_id == instance_id)
+                .where(instances.c.credentials_version == version)
+                .values(refresh_lease_until=None)
+            )
+
+    def _call_endpoint(
+        self, endpoint: TokenEndpoint, creds: Credentials, grant: str, scope: str | None
+    ) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if grant == "client_credentials":
+                    return endpoint.client_credentials(scope)
+                refresh_token = creds.get("refresh_token")
+                if refresh_token is None:
+                    raise InvalidGrant(
+                        f"Instance '{creds.instance_id}' has no refresh token",
+                        reason="no_refresh_token",
+                    )
+                return endpoint.refresh(refresh_token.get_secret_value())
+            except TokenEndpointUnavailable:
+                if attempt >= self.attempts:
+                    raise
+                time.sleep(random.uniform(0, self.backoff * 2 ** (attempt - 1)))  # noqa: S311
+
+    def _refresh_claimed(
+        self,
+        definition: Definition,
+        instance: Instance,
+        creds: Credentials,
+        grant: str,
+        reason: str,
+    ) -> RefreshOutcome:
+        instance_id, version = instance.instance_id, instance.credentials_version
+        try:
+            endpoint = self._endpoint_factory(definition, instance, creds)
+            token = self._call_endpoint(endpoint, creds, grant, _scope(definition))
+        except InvalidGrant as exc:
+            self._release(instance_id, version)
+            now_version, _ = self._read_version(instance_id)
+            if now_version != version:  # rotated by someone else meanwhile
+                return RefreshOutcome(
+                    instance_id, "refreshed_elsewhere", "lease_expired", now_version
+                )
+            self._fail(instance, error=str(exc), reason=exc.reason, to_error=True)
+            raise
+        except OAuthError as exc:
+            self._release(instance_id, version)
+            self._fail(
+                instance,
+                error=str(exc),
+                reason=exc.reason,
+                to_error=not isinstance(exc, TokenEndpointUnavailable),
+            )
+            raise
+        merged = merge_token(creds.reveal(), token, now=self._clock())
+        with self._db.transaction(f"store refreshed token of '{instance_id}'") as session:
+            new_version = vault.store_credentials(
+                session, self._keyring, instance_id, merged, expected_version=version
+            )
+            if new_version is None:
+                # Our lease ran out and someone else wrote first; theirs stands.
+                audit.record(
+                    session,
+                    action="oauth.refresh",
+                    actor=self._actor,
+                    outcome="failure",
+                    instance_id=instance_id,
+                    integration_id=definition.id,
+                    details={"reason": "version_conflict", "grant": grant},
+                )
+                current, _ = self._read_version_in(session, instance_id)
+                return RefreshOutcome(
+                    instance_id, "refreshed_elsewhere", "version_conflict", current
+                )
+            recovered = instance.state != "active"
+            session.execute(
+                sa.update(instances)
+                .where(instances.c.instance_id == instance_id)
+                .values(
+                    status={
+                        "state": "active",
+                        "lastChecked": instance.status.get("lastChecked"),
+                        "error": None,
+                        "details": {},
+                    }
+                )
+            )
+            audit.record(
+                session,
+                action="oauth.refresh",
+                actor=self._actor,
+                instance_id=instance_id,
+                integration_id=definition.id,
+                details={
+                    "reason": reason,
+                    "grant": grant,
+                    "credentials_version": new_version,
+                    "refresh_token_rotated": "refresh_token" in token,
+                },
+            )
+        if recovered:
+            emit_instance_event("integration.instance.recovered", instance, reason="refreshed")
+        return RefreshOutcome(instance_id, "refreshed", reason, new_version)
+
+    @staticmethod
+    def _read_version_in(session: Any, instance_id: str) -> tuple[int, str]:
+        inst = require_instance(session, instance_id)
+        return inst.credentials_version, inst.state
+
+    def _fail(self, instance: Instance, *, error: str, reason: str, to_error: bool) -> None:
+        """Audit a failed refresh; set ``error`` at once or after the failure threshold."""
+        details = dict(instance.status.get("details") or {})
+        failures = int(details.get("refresh_failures", 0)) + 1
+        details.update({"refresh_failures": failures, "reason": reason})
+        goes_to_error = to_error or failures >= self.failure_threshold
+        status: dict[str, Any] = {
+            "state": "error" if goes_to_error else instance.state,
+            "lastChecked": instance.status.get("lastChecked"),
+            "error": error[:4000] if goes_to_error else instance.status.get("error"),
+            "details": details,
+        }
+        with self._db.transaction(f"record a failed refresh of '{instance.instance_id}'") as s:
+            s.execute(
+                sa.update(instances)
+                .where(instances.c.instance_id == instance.instance_id)
+                .values(status=status)
+            )
+            audit.record(
+                s,
+                action="oauth.refresh",
+                actor=self._actor,
+                outcome="failure",
+                instance_id=instance.instance_id,
+                integration_id=instance.integration_id,
+                details={"reason": reason, "refresh_failures": failures, "state": status["state"]},
+            )
+        if goes_to_error and instance.state != "error":
+            emit_instance_event("integration.instance.degraded", instance, reason=reason)
+
+
+def grant_type_can_refresh(creds: Credentials, grant: str) -> bool:
+    """True when a forced refresh is possible (a refresh token, or client credentials)."""
+    return grant == "client_credentials" or creds.get("refresh_token") is not None
+
+
+def _scope(definition: Definition) -> str | None:
+    oauth2 = definition.oauth2_config or {}
+    scopes = oauth2.get("scopes") or []
+    separator = str(oauth2.get("scopeSeparator", " "))
+    return separator.join(str(s) for s in scopes) or None
