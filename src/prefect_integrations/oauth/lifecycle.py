@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -222,6 +223,23 @@ class TokenLifecycle:
             f"Could not refresh instance '{instance_id}': lease contention",
             reason="lease_contention",
         )
+
+    def refresh_many(
+        self, instance_ids: Iterable[str], *, workers: int = 8
+    ) -> list[RefreshOutcome | OAuthError]:
+        """Refresh several instances concurrently; one failure never stops the others.
+
+        Returns one outcome (or the `OAuthError` it raised) per instance, in order.
+        """
+
+        def one(instance_id: str) -> RefreshOutcome | OAuthError:
+            try:
+                return self.refresh(instance_id)
+            except OAuthError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="token-refresh") as pool:
+            return list(pool.map(one, instance_ids))
 
     def _read_version(self, instance_id: str) -> tuple[int, str]:
         with self._db.transaction(f"read instance '{instance_id}'") as session:
