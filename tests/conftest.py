@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_PERSIST_BY_DEFAULT
+from prefect.testing.utilities import prefect_test_harness
 from psycopg import sql
 
 from prefect_integrations import db as dbmod
@@ -166,6 +168,40 @@ def cli_env(
         monkeypatch.setenv(name, value)
     reset_runtime()
     yield env
+    reset_runtime()
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A Prefect test server (started once); yields the local result storage folder."""
+    storage = tmp_path_factory.mktemp("prefect-results")
+    from prefect.settings import temporary_settings
+
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(
+            updates={PREFECT_LOCAL_STORAGE_PATH: storage, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}
+        ),
+    ):
+        yield storage
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch,
+    echo_db: Database,
+    keyring: Keyring,
+    echo_dir: Path,
+    tmp_path: Path,
+) -> Iterator[None]:
+    key_text = ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in keyring)
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DATABASE_URL", echo_db.url)
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", key_text)
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", str(echo_dir))
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_ACTOR", "prefect-tests")
+    reset_runtime()
+    yield
     reset_runtime()
 
 

@@ -26,6 +26,7 @@ ECHO: dict[str, Any] = {
         "additionalProperties": False,
     },
     "errors": {"code": "{{ response.error.code }}", "message": "{{ response.error.message }}"},
+    "healthCheck": {"method": "get_item", "input": {"item_id": 1}},
     "methods": [
         {
             "id": "get_item",
@@ -124,6 +125,47 @@ ITEMS_API: dict[str, Any] = {
 }
 
 
+KEY_OUTPUT = {
+    "type": "object",
+    "properties": {"api_key": {"type": "string"}, "key_id": {"type": "string"}},
+    "required": ["api_key", "key_id"],
+}
+
+
+def _rotating() -> dict[str, Any]:
+    doc = _variant("echo_rotating")
+    doc["credentialRotation"] = {"create": "create_key", "revoke": "revoke_key"}
+    doc["methods"] = [
+        *doc["methods"],
+        {
+            "id": "create_key",
+            "name": "Create key",
+            "description": "Mint a new API key.",
+            "inputSchema": {"type": "object", "properties": {}, "additionalProperties": False},
+            "outputSchema": KEY_OUTPUT,
+            "http": {
+                "method": "POST",
+                "path": "/keys",
+                "output": {"api_key": "{{ response.secret }}", "key_id": "{{ response.id }}"},
+            },
+        },
+        {
+            "id": "revoke_key",
+            "name": "Revoke key",
+            "description": "Revoke an API key.",
+            "inputSchema": {
+                "type": "object",
+                "properties": {"key_id": {"type": "string"}},
+                "required": ["key_id"],
+                "additionalProperties": False,
+            },
+            "outputSchema": {"type": "object"},
+            "http": {"method": "DELETE", "path": "/keys/{{ inputs.key_id }}", "output": {}},
+        },
+    ]
+    return doc
+
+
 def write_echo_definitions(folder: Path) -> Path:
     """Write the echo definitions (one per auth placement and scheme) into ``folder``."""
     docs = [
@@ -142,6 +184,8 @@ def write_echo_definitions(folder: Path) -> Path:
         ),
         _variant("echo_userpass", authType="custom", auth={"custom": {"scheme": "basic"}}),
         _variant("echo_hmac", authType="custom", auth={"custom": {"scheme": "hmac_sha256"}}),
+        {k: v for k, v in _variant("echo_nohealth").items() if k != "healthCheck"},
+        _rotating(),
         ITEMS_API,
         {
             **ITEMS_API,

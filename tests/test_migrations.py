@@ -36,6 +36,9 @@ SCHEMA = {
         "token_expires_at": ("timestamp with time zone", None, "YES"),
         "credentials_version": ("bigint", None, "NO"),
         "refresh_lease_until": ("timestamp with time zone", None, "YES"),
+        "last_checked_at": ("timestamp with time zone", None, "YES"),
+        "maintenance_lease_until": ("timestamp with time zone", None, "YES"),
+        "maintenance_lease_owner": ("text", None, "YES"),
     },
 }
 INDEXES = {

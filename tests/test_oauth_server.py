@@ -261,12 +261,12 @@ def test_api_items(server: OAuthServer) -> None:
 
 def test_access_token_expiry(tmp_path: Path) -> None:
     with start_oauth_server(
-        redirect_uris=[REDIRECT_URI], access_token_ttl=1, tmp_path=tmp_path
+        redirect_uris=[REDIRECT_URI], access_token_ttl=3, tmp_path=tmp_path
     ) as srv:
         tokens = exchange(srv, *get_code(srv))
-        assert tokens["expires_in"] == 1
+        assert tokens["expires_in"] == 3
         headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-        time.sleep(2.1)
+        time.sleep(3.2)
         assert httpx.get(srv.api_url, headers=headers, timeout=10).status_code == 401
         refreshed = token_post(
             srv, grant_type="refresh_token", refresh_token=tokens["refresh_token"]

@@ -7,7 +7,6 @@ import base64
 import contextlib
 import inspect
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,8 +16,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter
 from prefect.client.schemas.objects import State
 from prefect.logging.handlers import APILogWorker
-from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_PERSIST_BY_DEFAULT
-from prefect.testing.utilities import prefect_test_harness
 
 from prefect_integrations.cli import run
 from prefect_integrations.context import integration_context
@@ -26,46 +23,13 @@ from prefect_integrations.db import Database
 from prefect_integrations.exceptions import ProviderError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.registry import Registry
-from prefect_integrations.runtime import reset_runtime, runtime
+from prefect_integrations.runtime import runtime
 from prefect_integrations.scope import parse_scope
 from prefect_integrations.store import audit, instances
 
 from .provider import FakeProvider, Reply
 
 CANARY = "canary-token-5d2e8a77"
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    storage = tmp_path_factory.mktemp("prefect-results")
-    from prefect.settings import temporary_settings
-
-    with (
-        prefect_test_harness(server_startup_timeout=120),
-        temporary_settings(
-            updates={PREFECT_LOCAL_STORAGE_PATH: storage, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}
-        ),
-    ):
-        yield storage
-
-
-@pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch,
-    echo_db: Database,
-    keyring: Keyring,
-    echo_dir: Path,
-    tmp_path: Path,
-) -> Iterator[None]:
-    key_text = ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in keyring)
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_DATABASE_URL", echo_db.url)
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", key_text)
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", str(echo_dir))
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_ACTOR", "prefect-tests")
-    reset_runtime()
-    yield
-    reset_runtime()
 
 
 def _stored_results(folder: Path) -> str:

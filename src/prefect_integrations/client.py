@@ -58,6 +58,8 @@ __all__ = [
     "AsyncIntegrationClient",
     "IntegrationClient",
     "RetryPolicy",
+    "build_call",
+    "read_response",
     "redact",
 ]
 
@@ -154,6 +156,40 @@ def _redacted(exc: IntegrationError, credentials: Credentials | None) -> Integra
         if isinstance(exc, ProviderError) and exc.provider_message:
             exc.provider_message = redact(exc.provider_message, credentials)
     return exc
+
+
+def build_call(
+    definition: Definition,
+    instance: Instance,
+    credentials: Credentials,
+    method_id: str,
+    inputs: Mapping[str, Any],
+    *,
+    timeout: httpx.Timeout,
+) -> tuple[Method, httpx.Request, binding.RequestContext]:
+    """Validate the inputs and build the authenticated request of one method call."""
+    method = definition.method(method_id)
+    method.validate_input(dict(inputs))
+    request, context = binding.prepare(
+        definition, method, inputs, instance.config, instance_id=instance.instance_id
+    )
+    request.extensions["timeout"] = timeout.as_dict()
+    apply_auth(definition, request, credentials)
+    return method, request, context
+
+
+def read_response(
+    definition: Definition,
+    method: Method,
+    response: httpx.Response,
+    context: binding.RequestContext,
+) -> Any:
+    """The validated output of a response, or the typed `ProviderError` it amounts to."""
+    if not response.is_success:
+        raise binding.provider_error(definition, method, response, instance_id=context.instance_id)
+    output = binding.parse(definition, method, response, context)
+    method.validate_output(output)
+    return output
 
 
 def _refresh_after(definition: Definition, credentials: Credentials) -> float:
@@ -307,26 +343,21 @@ class _ClientCore:
     # -- steps -----------------------------------------------------------------------
 
     def _start(self, loaded: _Loaded, method_id: str, inputs: Mapping[str, Any]) -> _Attempt:
-        definition = loaded.definition
-        method = definition.method(method_id)
-        method.validate_input(dict(inputs))
-        request, context = binding.prepare(
-            definition, method, inputs, loaded.instance.config, instance_id=self.instance_id
+        method, request, context = build_call(
+            loaded.definition,
+            loaded.instance,
+            loaded.credentials,
+            method_id,
+            inputs,
+            timeout=self._timeout,
         )
-        request.extensions["timeout"] = self._timeout.as_dict()
-        apply_auth(definition, request, loaded.credentials)
         return _Attempt(
             method=method, request=request, context=context, started=time.perf_counter()
         )
 
     def _finish(self, loaded: _Loaded, attempt: _Attempt, response: httpx.Response) -> Any:
         attempt.status = response.status_code
-        definition, method = loaded.definition, attempt.method
-        if not response.is_success:
-            raise binding.provider_error(definition, method, response, instance_id=self.instance_id)
-        output = binding.parse(definition, method, response, attempt.context)
-        method.validate_output(output)
-        return output
+        return read_response(loaded.definition, attempt.method, response, attempt.context)
 
     def _unavailable(self, loaded: _Loaded, attempt: _Attempt, error: Exception) -> ProviderError:
         return ProviderUnavailable(

@@ -66,6 +66,10 @@ instances = sa.Table(
     sa.Column("token_expires_at", sa.DateTime(timezone=True)),
     sa.Column("credentials_version", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("refresh_lease_until", sa.DateTime(timezone=True)),
+    # Maintenance: last health check, and the claim of the run working on the instance.
+    sa.Column("last_checked_at", sa.DateTime(timezone=True)),
+    sa.Column("maintenance_lease_until", sa.DateTime(timezone=True)),
+    sa.Column("maintenance_lease_owner", sa.Text),
 )
 
 audit_log = sa.Table(
@@ -111,4 +115,7 @@ RUNTIME_UPDATABLE_COLUMNS = (
     "refresh_lease_until",
     "last_used_at",
     "updated_at",
+    "last_checked_at",
+    "maintenance_lease_until",
+    "maintenance_lease_owner",
 )

@@ -679,6 +679,31 @@ def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[Def
                         )
                     )
 
+    # Credential rotation needs an apikey definition, a health check and known methods.
+    rotation = document.get("credentialRotation")
+    if isinstance(rotation, dict):
+        known_ids = {m.get("id") for m in method_list}
+        if auth_type != "apikey":
+            problems.append(
+                _problem(
+                    source,
+                    ("credentialRotation",),
+                    f"only supported for authType 'apikey' (authType is {auth_type!r})",
+                )
+            )
+        if not isinstance(health, dict):
+            problems.append(
+                _problem(
+                    source, ("credentialRotation",), "needs a healthCheck to verify the new key"
+                )
+            )
+        for step in ("create", "revoke"):
+            method_id = rotation.get(step)
+            if isinstance(method_id, str) and method_id not in known_ids:
+                problems.append(
+                    _problem(source, ("credentialRotation", step), f"unknown method '{method_id}'")
+                )
+
     # Templates compile and use known variables; handlers import.
     _, _, compile_problems = compile_definition(document)
     problems.extend(_problem(source, path, message) for path, message in compile_problems)

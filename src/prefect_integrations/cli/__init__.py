@@ -104,6 +104,22 @@ def up() -> None:
     typer.echo(f"audit log: {chain.rows} rows, chain {'intact' if chain.ok else 'BROKEN'}")
 
 
+@app.command()
+def serve(
+    once: bool = typer.Option(False, "--once", help="Run each maintenance flow once and exit"),
+    oauth: bool = typer.Option(True, help="Also run the OAuth connect service"),
+    prefect_port: int = typer.Option(4200, help="Port of the local Prefect server, if started"),
+) -> None:
+    """Run the maintenance flows on their schedules (and the OAuth connect service).
+
+    Without PREFECT_API_URL a local Prefect server is started first. Ctrl-C stops all.
+    """
+    from prefect_integrations.maintenance.service import serve as run_service
+
+    rt = runtime()
+    run_service(rt, once=once, oauth=oauth, prefect_port=prefect_port, echo=typer.echo)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv``; return the exit code (errors become one clear line).
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
-from prefect_integrations.keyring import generate_key, parse_keyring
+from prefect_integrations.cli._common import echo_table, emit_json, runtime
+from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
+from prefect_integrations.store import rotation
 
 app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
 
@@ -23,3 +26,110 @@ def generate(
     entry = f"{kid}:{generate_key()}"
     parse_keyring(entry, source="--kid")  # checks the key id
     typer.echo(entry)
+
+
+def _count_rows(counts: dict[str, int], keyring: Keyring) -> list[list[object]]:
+    """Rows of KEY ID / INSTANCES / IN KEYRING / PRIMARY, keyring keys included at 0."""
+    kids = sorted(set(counts) | set(keyring.ids))
+    return [
+        [
+            kid,
+            counts.get(kid, 0),
+            "yes" if kid in keyring.ids else "NO",
+            "yes" if kid == keyring.primary_id else "",
+        ]
+        for kid in kids
+    ]
+
+
+def _echo_counts(counts: dict[str, int], keyring: Keyring) -> None:
+    echo_table(["KEY ID", "INSTANCES", "IN KEYRING", "PRIMARY"], _count_rows(counts, keyring))
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show how many instances' credentials are encrypted under each key id.
+
+    Names key ids and counts only, never key material.
+    """
+    rt = runtime()
+    keyring = rt.keyring
+    with rt.transaction("count credentials per key id") as session:
+        counts = rotation.count_keys(session, keyring)
+    to_rotate = counts.total - counts.by_key.get(keyring.primary_id, 0)
+    if as_json:
+        emit_json(
+            {
+                "primary": keyring.primary_id,
+                "keyring": keyring.ids,
+                **counts.as_dict(),
+                "to_rotate": to_rotate,
+            }
+        )
+        return
+    typer.echo(f"keyring: {len(keyring.ids)} key(s), primary '{keyring.primary_id}'")
+    _echo_counts(counts.by_key, keyring)
+    typer.echo(
+        f"{counts.total} instance(s) with credentials; {to_rotate} not under the primary "
+        f"key '{keyring.primary_id}'; {counts.unknown} under a key id not in the keyring"
+    )
+
+
+@app.command()
+def rotate(
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=1_000_000, help="Rows per transaction")
+    ] = 5000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Re-encrypt every stored credential to the primary key, online, in batches.
+
+    Each batch is one short transaction; rows in use elsewhere are skipped and retried,
+    and an interrupted run is simply run again. Prints the instances per key id before and
+    after, what failed (instance ids and reasons) and the verification of every row.
+    Exits 1 if any row failed or does not verify.
+    """
+    rt = runtime()
+    keyring = rt.keyring
+    progress = sys.stderr.isatty() and not as_json
+    done = {"rows": 0}
+
+    def on_batch(rotated: int) -> None:
+        done["rows"] += rotated
+        typer.echo(f"  ... {done['rows']} rotated", err=True)
+
+    report = rotation.rotate_keys(
+        rt.db,
+        keyring,
+        actor=rt.actor,
+        batch_size=batch_size,
+        on_batch=on_batch if progress else None,
+    )
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        _echo_report(report, keyring)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _echo_report(report: rotation.RotationReport, keyring: Keyring) -> None:
+    typer.echo(f"primary key: '{report.primary}'")
+    typer.echo("before:")
+    _echo_counts(report.before, keyring)
+    typer.echo(
+        f"rotated: {report.rotated} instance(s) in {report.batches} batch(es), "
+        f"{report.seconds:.1f} s"
+    )
+    typer.echo(f"failed: {len(report.failed)}")
+    if report.failed:
+        echo_table(["INSTANCE", "REASON"], [list(f) for f in report.failed])
+    typer.echo("after:")
+    _echo_counts(report.after, keyring)
+    typer.echo(f"verified: {report.verified} ok, {len(report.problems)} problem(s)")
+    failed = set(report.failed)
+    extra = [p for p in report.problems if p not in failed]
+    if extra:
+        echo_table(["INSTANCE", "PROBLEM"], [list(p) for p in extra])

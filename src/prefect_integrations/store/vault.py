@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from prefect_integrations.credentials import Credentials, credentials_metadata
 from prefect_integrations.db import translate_errors
 from prefect_integrations.exceptions import (
+    CredentialsError,
     DecryptionError,
     InstanceNotFound,
     NoCredentials,
@@ -29,7 +30,13 @@ from prefect_integrations.exceptions import (
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.store import audit
 
-__all__ = ["ENVELOPE_VERSION", "PGP_OPTIONS", "fetch_credentials", "store_credentials"]
+__all__ = [
+    "ENVELOPE_VERSION",
+    "PGP_OPTIONS",
+    "fetch_credentials",
+    "fetch_many",
+    "store_credentials",
+]
 
 ENVELOPE_VERSION = 1
 PGP_OPTIONS = "cipher-algo=aes256, s2k-mode=1"
@@ -64,7 +71,7 @@ _FETCH = sa.text(
              (CAST(:keys AS text[]))[array_position(CAST(:kids AS text[]),
                                                     i.credentials->>'kid')] AS key
         FROM integration_instances i
-       WHERE i.instance_id = :iid
+       WHERE i.instance_id = ANY(CAST(:iids AS text[]))
     ), d AS MATERIALIZED (
       SELECT k.instance_id, k.integration_id,
              k.credentials IS NOT NULL AS has_credentials,
@@ -130,6 +137,55 @@ def store_credentials(
     return int(version)
 
 
+def _decrypt_rows(
+    session: Session, keyring: Keyring, instance_ids: list[str], *, actor: str, purpose: str
+) -> list[Any]:
+    params = {
+        "iids": instance_ids,
+        "kids": keyring.ids,
+        "keys": [key.get_secret_value() for _, key in keyring],
+        "actor": actor,
+        "purpose": purpose,
+    }
+    what = f"instance '{instance_ids[0]}'" if len(instance_ids) == 1 else "instances"
+    with translate_errors(f"read credentials of {what}"):
+        return list(session.execute(_FETCH, params))
+
+
+def _credentials_or_error(row: Any) -> Credentials | tuple[CredentialsError, str]:
+    """Turn one decrypted row into credentials, or the error and its audit reason."""
+    instance_id = row.instance_id
+    if not row.has_credentials:
+        return NoCredentials(instance_id), "no_credentials"
+    if not row.key_known:
+        return UnknownKeyId(instance_id, row.kid or "<none>"), "unknown_key_id"
+    if row.pt is None:
+        return (
+            DecryptionError(
+                f"Credentials of instance '{instance_id}' cannot be decrypted with key "
+                f"'{row.kid}': wrong key or corrupt data"
+            ),
+            "wrong_key_or_corrupt",
+        )
+    try:
+        document = json.loads(row.pt)
+    except ValueError:
+        document = None
+    if (
+        not isinstance(document, dict)
+        or document.get("instance_id") != instance_id
+        or not isinstance(document.get("credentials"), dict)
+    ):
+        return (
+            DecryptionError(
+                f"Credentials stored in instance '{instance_id}' are bound to another "
+                "instance; refusing to use them"
+            ),
+            "instance_binding_mismatch",
+        )
+    return Credentials(instance_id=instance_id, key_id=row.kid, values=document["credentials"])
+
+
 def fetch_credentials(
     session: Session,
     keyring: Keyring,
@@ -144,58 +200,42 @@ def fetch_credentials(
     in the keyring) or `DecryptionError` (wrong key, corrupt data, or a ciphertext that
     belongs to another instance). Messages name the instance and key id, never a key.
     """
-    kids = keyring.ids
-    params = {
-        "iid": instance_id,
-        "kids": kids,
-        "keys": [key.get_secret_value() for _, key in keyring],
-        "actor": actor,
-        "purpose": purpose,
-    }
-    with translate_errors(f"read credentials of instance '{instance_id}'"):
-        row = session.execute(_FETCH, params).first()
-    if row is None:
+    rows = _decrypt_rows(session, keyring, [instance_id], actor=actor, purpose=purpose)
+    if not rows:
         raise InstanceNotFound(instance_id)
-    if not row.has_credentials:
-        _fail(session, instance_id, actor, purpose, "no_credentials", None, row.integration_id)
-        raise NoCredentials(instance_id)
-    if not row.key_known:
-        _fail(session, instance_id, actor, purpose, "unknown_key_id", row.kid, row.integration_id)
-        raise UnknownKeyId(instance_id, row.kid or "<none>")
-    if row.pt is None:
-        _fail(
-            session,
-            instance_id,
-            actor,
-            purpose,
-            "wrong_key_or_corrupt",
-            row.kid,
-            row.integration_id,
-        )
-        raise DecryptionError(
-            f"Credentials of instance '{instance_id}' cannot be decrypted with key "
-            f"'{row.kid}': wrong key or corrupt data"
-        )
-    try:
-        document = json.loads(row.pt)
-        bound_to = document.get("instance_id") if isinstance(document, dict) else None
-    except ValueError:
-        bound_to = None
-    if bound_to != instance_id or not isinstance(document.get("credentials"), dict):
-        _fail(
-            session,
-            instance_id,
-            actor,
-            purpose,
-            "instance_binding_mismatch",
-            row.kid,
-            row.integration_id,
-        )
-        raise DecryptionError(
-            f"Credentials stored in instance '{instance_id}' are bound to another instance; "
-            "refusing to use them"
-        )
-    return Credentials(instance_id=instance_id, key_id=row.kid, values=document["credentials"])
+    result = _credentials_or_error(rows[0])
+    if isinstance(result, tuple):
+        error, reason = result
+        _fail(session, instance_id, actor, purpose, reason, rows[0])
+        raise error
+    return result
+
+
+def fetch_many(
+    session: Session,
+    keyring: Keyring,
+    instance_ids: list[str],
+    *,
+    actor: str,
+    purpose: str,
+) -> dict[str, Credentials | CredentialsError]:
+    """Decrypt the credentials of several instances in one statement; each audited.
+
+    Instances that do not exist are missing from the result; the others map to their
+    credentials or to the error that `fetch_credentials` would raise.
+    """
+    if not instance_ids:
+        return {}
+    out: dict[str, Credentials | CredentialsError] = {}
+    for row in _decrypt_rows(session, keyring, instance_ids, actor=actor, purpose=purpose):
+        result = _credentials_or_error(row)
+        if isinstance(result, tuple):
+            error, reason = result
+            _fail(session, row.instance_id, actor, purpose, reason, row)
+            out[row.instance_id] = error
+        else:
+            out[row.instance_id] = result
+    return out
 
 
 def _fail(
@@ -204,8 +244,7 @@ def _fail(
     actor: str,
     purpose: str,
     reason: str,
-    key_id: str | None,
-    integration_id: str | None = None,
+    row: Any,
 ) -> None:
     audit.record_outside(
         session,
@@ -213,6 +252,10 @@ def _fail(
         actor=actor,
         outcome="failure",
         instance_id=instance_id,
-        integration_id=integration_id,
-        details={"purpose": purpose, "reason": reason, "key_id": key_id},
+        integration_id=row.integration_id,
+        details={
+            "purpose": purpose,
+            "reason": reason,
+            "key_id": row.kid,
+        },
     )

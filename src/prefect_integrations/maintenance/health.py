@@ -1,0 +1,495 @@
+"""Health checks: run each instance's ``healthCheck`` and keep its status true.
+
+A sweep works in batches. Each batch is claimed with ``FOR UPDATE SKIP LOCKED`` and a
+lease (owner = this run), so two runs at once split the instances and never check one
+twice; an instance is due when it was not checked within ``min_interval``. Per batch:
+one statement decrypts every claimed instance's credentials (audited), the checks run
+concurrently over one pooled async HTTP client, and one transaction writes every status,
+one audit row per instance, and releases the claims. One failing instance never stops
+the batch.
+
+Outcomes and the status they lead to:
+
+- ``ok``: ``active``;
+- ``auth_failed``, ``invalid_grant``, ``config_invalid``: ``error`` with that reason;
+- ``provider_unavailable``, ``network``: ``error`` with that reason, unless most checked
+  instances of the integration fail the same transient way in the batch: then it is a
+  provider outage, reported once, and the instances keep their state;
+- ``rate_limited``: the state is kept (the credentials work), the reason recorded.
+
+Status changes emit ``integration.instance.degraded`` / ``integration.instance.recovered``
+events, an outage ``integration.provider.outage``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from prefect_integrations.client import build_call, read_response
+from prefect_integrations.credentials import Credentials
+from prefect_integrations.db import Database
+from prefect_integrations.events import emit_event, emit_instance_event
+from prefect_integrations.exceptions import (
+    CredentialsError,
+    DefinitionError,
+    IntegrationError,
+    InvalidGrant,
+    OAuthError,
+    ProviderAuthError,
+    ProviderError,
+    ProviderUnavailable,
+    ValidationError,
+)
+from prefect_integrations.keyring import Keyring
+from prefect_integrations.models import audit_log
+from prefect_integrations.oauth.lifecycle import TokenLifecycle, should_refresh
+from prefect_integrations.registry import Registry
+from prefect_integrations.store import vault
+from prefect_integrations.store.instances import Instance, instance_from_row
+
+__all__ = [
+    "TRANSIENT",
+    "HealthChecker",
+    "HealthReport",
+    "HealthResult",
+    "classify",
+]
+
+#: Reasons that say the provider, not the instance, is in trouble.
+TRANSIENT = frozenset({"provider_unavailable", "network"})
+_KEEP_STATE = frozenset({"rate_limited"})
+
+
+@dataclass(frozen=True, slots=True)
+class HealthResult:
+    """The check of one instance and the status it led to."""
+
+    instance_id: str
+    integration_id: str
+    reason: str
+    state_before: str
+    state_after: str
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float = 0.0
+    outage: bool = False
+
+    def as_row(self) -> dict[str, Any]:
+        """A row of the health table artifact."""
+        return {
+            "instance": self.instance_id,
+            "integration": self.integration_id,
+            "state": self.state_after,
+            "previous": self.state_before,
+            "result": self.reason,
+            "outage": "yes" if self.outage else "",
+            "http": self.status_code or "",
+            "ms": round(self.duration_ms, 1),
+            "error": (self.error or "")[:200],
+        }
+
+
+@dataclass(slots=True)
+class HealthReport:
+    """What one sweep did."""
+
+    run_id: str
+    results: list[HealthResult] = field(default_factory=list)
+    outages: dict[str, str] = field(default_factory=dict)
+    batches: int = 0
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        """How many instances ended in each result."""
+        return dict(Counter(r.reason for r in self.results))
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "run_id": self.run_id,
+            "checked": len(self.results),
+            "results": self.counts(),
+            "outages": self.outages,
+            "degraded": [
+                r.instance_id
+                for r in self.results
+                if r.state_before != "error" and r.state_after == "error"
+            ],
+            "recovered": [
+                r.instance_id
+                for r in self.results
+                if r.state_before == "error" and r.state_after == "active"
+            ],
+            "batches": self.batches,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def classify(error: BaseException) -> str:
+    """The typed reason of a failed check."""
+    if isinstance(error, InvalidGrant):
+        return "invalid_grant"
+    if isinstance(error, ProviderAuthError):
+        return "auth_failed"
+    if isinstance(error, ProviderUnavailable):
+        if error.status == 429:
+            return "rate_limited"
+        return "network" if error.status is None else "provider_unavailable"
+    if isinstance(error, ProviderError):
+        if error.status in (401, 403):
+            return "auth_failed"
+        return "provider_unavailable" if (error.status or 0) >= 500 else "config_invalid"
+    if isinstance(error, httpx.TransportError):
+        return "network"
+    if isinstance(error, OAuthError):
+        return "auth_failed"
+    if isinstance(error, CredentialsError | ValidationError | DefinitionError):
+        return "config_invalid"
+    return "config_invalid"
+
+
+_CLAIM = sa.text(
+    """
+    UPDATE integration_instances AS i
+       SET maintenance_lease_until = now() + make_interval(secs => :lease),
+           maintenance_lease_owner = :owner
+     WHERE i.id IN (
+            SELECT id FROM integration_instances
+             WHERE (maintenance_lease_until IS NULL OR maintenance_lease_until < now())
+               AND (last_checked_at IS NULL
+                    OR last_checked_at < LEAST(now() - make_interval(secs => :min_interval),
+                                               CAST(:run_started AS timestamptz)))
+               AND status->>'state' IN ('active', 'error')
+               AND (CAST(:integrations AS text[]) IS NULL
+                    OR integration_id = ANY(CAST(:integrations AS text[])))
+               AND (CAST(:ids AS text[]) IS NULL
+                    OR instance_id = ANY(CAST(:ids AS text[])))
+             ORDER BY last_checked_at NULLS FIRST, id
+             LIMIT :batch
+               FOR UPDATE SKIP LOCKED)
+    RETURNING i.*
+    """
+)
+
+_WRITE = sa.text(
+    """
+    UPDATE integration_instances AS i
+       SET status = v.status,
+           last_checked_at = now(),
+           maintenance_lease_until = NULL,
+           maintenance_lease_owner = NULL
+      FROM (SELECT unnest(CAST(:ids AS text[])) AS instance_id,
+                   unnest(CAST(:statuses AS jsonb[])) AS status) AS v
+     WHERE i.instance_id = v.instance_id
+       AND i.maintenance_lease_owner = :owner
+    """
+)
+
+
+class HealthChecker:
+    """Runs health sweeps over one store."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        keyring: Keyring,
+        *,
+        actor: str,
+        batch_size: int = 200,
+        concurrency: int = 50,
+        timeout: float = 10.0,
+        min_interval: float = 60.0,
+        lease_seconds: float = 300.0,
+        outage_share: float = 0.5,
+        outage_min: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+        lifecycle: TokenLifecycle | None = None,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._keyring = keyring
+        self._actor = actor
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self._timeout = httpx.Timeout(timeout)
+        self.min_interval = min_interval
+        self.lease_seconds = lease_seconds
+        self.outage_share = outage_share
+        self.outage_min = outage_min
+        self._transport = transport
+        self._lifecycle = lifecycle or TokenLifecycle(db, registry, keyring, actor=actor)
+
+    async def run(
+        self,
+        *,
+        integrations: Sequence[str] | None = None,
+        instance_ids: Sequence[str] | None = None,
+        run_id: str | None = None,
+    ) -> HealthReport:
+        """Check every due instance (optionally only some integrations or ids)."""
+        report = HealthReport(run_id=run_id or uuid.uuid4().hex)
+        started = time.perf_counter()
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        run_started = await asyncio.to_thread(self._now)
+        async with httpx.AsyncClient(
+            timeout=self._timeout, limits=limits, transport=self._transport
+        ) as http:
+            while True:
+                claimed = await asyncio.to_thread(
+                    self._claim, report.run_id, run_started, integrations, instance_ids
+                )
+                if not claimed:
+                    break
+                report.batches += 1
+                results = await self._check_batch(http, claimed)
+                self._apply_outages(results, report)
+                await asyncio.to_thread(self._write, report.run_id, claimed, results)
+                report.results.extend(results)
+                for instance, result in zip(claimed, results, strict=True):
+                    _emit_change(instance, result)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # -- steps -----------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        with self._db.transaction("read the database clock") as session:
+            now: datetime = session.execute(sa.select(sa.func.now())).scalar_one()
+        return now
+
+    def _claim(
+        self,
+        owner: str,
+        run_started: datetime,
+        integrations: Sequence[str] | None,
+        instance_ids: Sequence[str] | None,
+    ) -> list[Instance]:
+        """Claim the next batch: due (not checked within the interval, nor by this run)."""
+        with self._db.transaction("claim instances to check") as session:
+            rows = session.execute(
+                _CLAIM,
+                {
+                    "lease": self.lease_seconds,
+                    "owner": owner,
+                    "batch": self.batch_size,
+                    "run_started": run_started,
+                    "min_interval": self.min_interval,
+                    "integrations": list(integrations) if integrations else None,
+                    "ids": list(instance_ids) if instance_ids else None,
+                },
+            ).all()
+        return sorted((instance_from_row(r) for r in rows), key=lambda i: i.instance_id)
+
+    def _decrypt(self, ids: list[str]) -> dict[str, Credentials | CredentialsError]:
+        with self._db.transaction("read credentials to check") as session:
+            return vault.fetch_many(
+                session, self._keyring, ids, actor=self._actor, purpose="health_check"
+            )
+
+    async def _check_batch(
+        self, http: httpx.AsyncClient, claimed: list[Instance]
+    ) -> list[HealthResult]:
+        creds = await asyncio.to_thread(self._decrypt, [i.instance_id for i in claimed])
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(instance: Instance) -> HealthResult:
+            async with gate:
+                return await self._check(http, instance, creds.get(instance.instance_id))
+
+        return list(await asyncio.gather(*(one(i) for i in claimed)))
+
+    async def _check(
+        self,
+        http: httpx.AsyncClient,
+        instance: Instance,
+        creds: Credentials | CredentialsError | None,
+    ) -> HealthResult:
+        started = time.perf_counter()
+        status_code: int | None = None
+        try:
+            definition = self._registry.get(instance.integration_id)
+            check = definition.health_check
+            if check is None:
+                return _result(instance, "not_applicable", started, keep=True)
+            if creds is None or isinstance(creds, CredentialsError):
+                raise creds or CredentialsError(
+                    f"Instance '{instance.instance_id}' has no credentials"
+                )
+            if definition.auth_type == "oauth2":
+                creds = await self._fresh_oauth_credentials(
+                    definition.oauth2_config or {}, instance, creds
+                )
+            method, request, context = build_call(
+                definition, instance, creds, check.method_id, check.input, timeout=self._timeout
+            )
+            try:
+                response = await http.send(request)
+            except httpx.TransportError as exc:
+                raise ProviderUnavailable(
+                    integration_id=definition.id,
+                    method_id=method.id,
+                    status=None,
+                    provider_code=type(exc).__name__,
+                    instance_id=instance.instance_id,
+                ) from None
+            status_code = response.status_code
+            read_response(definition, method, response, context)
+        except (IntegrationError, httpx.HTTPError) as exc:
+            reason = classify(exc)
+            return _result(
+                instance,
+                reason,
+                started,
+                error=str(exc),
+                status_code=status_code,
+                keep=reason in _KEEP_STATE,
+            )
+        return _result(instance, "ok", started, status_code=status_code)
+
+    async def _fresh_oauth_credentials(
+        self, oauth2: Mapping[str, Any], instance: Instance, creds: Credentials
+    ) -> Credentials:
+        grant = str(oauth2.get("grantType", "authorization_code"))
+        if not should_refresh(creds.reveal(), now=time.time(), grant_type=grant).refresh:
+            return creds
+        await asyncio.to_thread(self._lifecycle.refresh, instance.instance_id)
+        fresh = await asyncio.to_thread(self._decrypt, [instance.instance_id])
+        result = fresh.get(instance.instance_id)
+        if not isinstance(result, Credentials):
+            raise result or CredentialsError(
+                f"Instance '{instance.instance_id}' has no credentials"
+            )
+        return result
+
+    def _apply_outages(self, results: list[HealthResult], report: HealthReport) -> None:
+        by_integration: dict[str, list[HealthResult]] = defaultdict(list)
+        for result in results:
+            if result.reason != "not_applicable":
+                by_integration[result.integration_id].append(result)
+        for integration_id, group in by_integration.items():
+            reasons = Counter(r.reason for r in group if r.reason in TRANSIENT)
+            if not reasons:
+                continue
+            reason, failing = reasons.most_common(1)[0]
+            if failing < self.outage_min or failing < self.outage_share * len(group):
+                continue
+            report.outages[integration_id] = reason
+            for index, result in enumerate(results):
+                if result.integration_id == integration_id and result.reason == reason:
+                    results[index] = _replace(result, state_after=result.state_before, outage=True)
+            emit_event(
+                "integration.provider.outage",
+                {"prefect.resource.id": f"prefect-integrations.integration.{integration_id}"},
+                reason=reason,
+                failing=failing,
+                checked=len(group),
+            )
+
+    def _write(self, owner: str, claimed: list[Instance], results: list[HealthResult]) -> None:
+        checked_at = datetime.now(UTC).isoformat()
+        statuses = [
+            json.dumps(_status(instance, result, checked_at))
+            for instance, result in zip(claimed, results, strict=True)
+        ]
+        with self._db.transaction("record health checks") as session:
+            session.execute(
+                _WRITE,
+                {"ids": [i.instance_id for i in claimed], "statuses": statuses, "owner": owner},
+            )
+            session.execute(
+                sa.insert(audit_log),
+                [
+                    {
+                        "actor": self._actor,
+                        "action": "health.check",
+                        "instance_id": r.instance_id,
+                        "integration_id": r.integration_id,
+                        "outcome": "success" if r.reason in ("ok", "not_applicable") else "failure",
+                        "details": {
+                            "result": r.reason,
+                            "state": r.state_after,
+                            "previous_state": r.state_before,
+                            "outage": r.outage,
+                            "status_code": r.status_code,
+                            "run_id": owner,
+                        },
+                    }
+                    for r in results
+                ],
+            )
+
+
+def _result(
+    instance: Instance,
+    reason: str,
+    started: float,
+    *,
+    error: str | None = None,
+    status_code: int | None = None,
+    keep: bool = False,
+) -> HealthResult:
+    if reason == "ok":
+        after = "active"
+    elif keep:
+        after = instance.state
+    else:
+        after = "error"
+    return HealthResult(
+        instance_id=instance.instance_id,
+        integration_id=instance.integration_id,
+        reason=reason,
+        state_before=instance.state,
+        state_after=after,
+        status_code=status_code,
+        error=error,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+def _replace(result: HealthResult, **changes: Any) -> HealthResult:
+    values = {name: getattr(result, name) for name in HealthResult.__slots__}
+    values.update(changes)
+    return HealthResult(**values)
+
+
+def _status(instance: Instance, result: HealthResult, checked_at: str) -> dict[str, Any]:
+    if result.reason == "not_applicable":
+        return {**instance.status, "lastChecked": checked_at}
+    details: dict[str, Any] = {"reason": result.reason}
+    if result.outage:
+        details["outage"] = True
+    if result.status_code is not None:
+        details["status_code"] = result.status_code
+    kept = result.outage or (result.reason != "ok" and result.state_after != "error")
+    if kept:  # the check failed, but not in a way that says this instance is broken
+        error = instance.status.get("error")
+        details["last_error"] = (result.error or "")[:500]
+    else:
+        error = result.error if result.state_after == "error" else None
+    return {
+        "state": result.state_after,
+        "lastChecked": checked_at,
+        "error": error[:4000] if isinstance(error, str) else None,
+        "details": details,
+    }
+
+
+def _emit_change(instance: Instance, result: HealthResult) -> None:
+    if result.state_before != "error" and result.state_after == "error":
+        emit_instance_event("integration.instance.degraded", instance, reason=result.reason)
+    elif result.state_before == "error" and result.state_after == "active":
+        emit_instance_event("integration.instance.recovered", instance, reason=result.reason)

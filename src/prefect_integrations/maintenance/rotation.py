@@ -1,0 +1,125 @@
+"""Provider credential rotation, for definitions that declare ``credentialRotation``.
+
+For each active apikey instance of such a definition: mint a new key with the ``create``
+method, store it (encrypted, audited), verify it with the definition's ``healthCheck``,
+and only then revoke the previous key with the ``revoke`` method. A new key that does not
+verify is discarded and the previous credentials are put back. Instances whose
+integration declares no rotation are reported as ``not_applicable``, not as failures.
+One failing instance never stops the others; every outcome is audited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prefect_integrations.client import IntegrationClient
+from prefect_integrations.exceptions import IntegrationError
+from prefect_integrations.runtime import Runtime
+from prefect_integrations.store import audit, instances, vault
+
+__all__ = ["ProviderRotation", "rotate_provider_credentials"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRotation:
+    """The rotation outcome of one instance."""
+
+    result: str  # rotated | not_applicable | failed | revoke_failed
+    detail: str = ""
+
+
+def _client(rt: Runtime, instance_id: str) -> IntegrationClient:
+    return IntegrationClient(
+        instance_id,
+        db=rt.db,
+        registry=rt.registry,
+        keyring=rt.keyring,
+        actor=rt.actor,
+        recorder=rt.recorder,
+        credentials_ttl=0,
+    )
+
+
+def rotate_provider_credentials(
+    rt: Runtime, *, instance_ids: Sequence[str] | None = None
+) -> dict[str, ProviderRotation]:
+    """Rotate the provider credentials of every active instance that can rotate."""
+    with rt.transaction("list instances to rotate") as session:
+        found = instances.list_instances(session, state="active")
+    results: dict[str, ProviderRotation] = {}
+    for inst in found:
+        if instance_ids is not None and inst.instance_id not in instance_ids:
+            continue
+        definition = rt.registry.get(inst.integration_id)
+        spec = definition.raw.get("credentialRotation")
+        if not isinstance(spec, dict):
+            results[inst.instance_id] = ProviderRotation(
+                "not_applicable", "the integration declares no rotation"
+            )
+            continue
+        try:
+            results[inst.instance_id] = _rotate_one(rt, inst.instance_id, spec)
+        except IntegrationError as exc:
+            results[inst.instance_id] = ProviderRotation("failed", str(exc)[:300])
+        outcome = results[inst.instance_id]
+        with rt.transaction("audit a credential rotation") as session:
+            audit.record(
+                session,
+                action="credentials.rotate",
+                actor=rt.actor,
+                outcome="success" if outcome.result == "rotated" else "failure",
+                instance_id=inst.instance_id,
+                integration_id=inst.integration_id,
+                details={"result": outcome.result, "detail": outcome.detail[:300]},
+            )
+    rt.recorder.flush()
+    return results
+
+
+def _rotate_one(rt: Runtime, instance_id: str, spec: dict[str, Any]) -> ProviderRotation:
+    with rt.transaction(f"read credentials of '{instance_id}'") as session:
+        old = vault.fetch_credentials(
+            session, rt.keyring, instance_id, actor=rt.actor, purpose="credentials.rotate"
+        ).reveal()
+    minted = _client(rt, instance_id).call(str(spec["create"]), {})
+    new_key = minted.get("api_key") if isinstance(minted, dict) else None
+    if not isinstance(new_key, str) or not new_key:
+        return ProviderRotation("failed", f"method '{spec['create']}' returned no api_key")
+    new = {**old, "api_key": new_key}
+    if isinstance(minted.get("key_id"), str):
+        new["key_id"] = minted["key_id"]
+    with rt.transaction(f"store the new key of '{instance_id}'") as session:
+        instances.set_credentials(
+            session, rt.registry, rt.keyring, instance_id, new, actor=rt.actor
+        )
+    definition = rt.registry.get(_integration(rt, instance_id))
+    check = definition.health_check
+    assert check is not None
+    try:
+        _client(rt, instance_id).call(check.method_id, check.input)
+    except IntegrationError as exc:
+        with rt.transaction(f"restore the key of '{instance_id}'") as session:
+            instances.set_credentials(
+                session, rt.registry, rt.keyring, instance_id, old, actor=rt.actor
+            )
+        return ProviderRotation(
+            "failed", f"the new key did not verify ({exc.code}); the previous key was kept"
+        )
+    revoke = spec.get("revoke")
+    old_key_id = old.get("key_id")
+    if isinstance(revoke, str) and isinstance(old_key_id, str):
+        try:
+            _client(rt, instance_id).call(revoke, {"key_id": old_key_id})
+        except IntegrationError as exc:
+            return ProviderRotation(
+                "revoke_failed", f"new key active; revoking '{old_key_id}' failed: {exc.code}"
+            )
+        return ProviderRotation("rotated", f"revoked '{old_key_id}'")
+    return ProviderRotation("rotated", "no previous key id to revoke")
+
+
+def _integration(rt: Runtime, instance_id: str) -> str:
+    with rt.transaction(f"read instance '{instance_id}'") as session:
+        return instances.require_instance(session, instance_id).integration_id

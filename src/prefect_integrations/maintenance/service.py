@@ -1,0 +1,212 @@
+"""The maintenance service: the three flows on their schedules, plus the connect service.
+
+`serve` runs the ``health-check``, ``refresh-tokens`` and ``rotate-credentials``
+deployments with Prefect's ``serve`` (no work pool needed) and the OAuth connect service
+in a background thread. With no ``PREFECT_API_URL``, it first starts a local Prefect
+server (its own SQLite database under the home folder) and stops it on exit. ``once=True``
+runs each flow once and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+
+from prefect_integrations.exceptions import ConfigurationError
+from prefect_integrations.runtime import Runtime
+
+__all__ = ["local_prefect_server", "serve"]
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", preferred)) != 0:
+            return preferred
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def local_prefect_server(home: Path, *, port: int = 4200, timeout: float = 180.0) -> Iterator[str]:
+    """Start ``prefect server start`` on 127.0.0.1 with its own SQLite under ``home``."""
+    prefect_bin = shutil.which("prefect", path=str(Path(sys.executable).parent)) or shutil.which(
+        "prefect"
+    )
+    if prefect_bin is None:
+        raise ConfigurationError("The `prefect` command is not installed next to Python")
+    port = _free_port(port)
+    prefect_home = home / "prefect"
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    log_path = prefect_home / "server.log"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
+    env.pop("PREFECT_API_URL", None)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    api_url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise ConfigurationError(
+                    f"The local Prefect server exited (code {process.returncode}); see {log_path}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"The local Prefect server did not answer within {timeout:.0f} s; "
+                    f"see {log_path}"
+                )
+            time.sleep(0.5)
+        yield api_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class _ConnectThread:
+    """The OAuth connect service (uvicorn) in a daemon thread."""
+
+    def __init__(self, rt: Runtime) -> None:
+        from urllib.parse import urlsplit
+
+        import uvicorn
+
+        from prefect_integrations.oauth.service import create_app
+
+        redirect = urlsplit(rt.settings.oauth_redirect_uri)
+        app = create_app(
+            db=rt.db,
+            registry=rt.registry,
+            keyring=rt.keyring,
+            actor=rt.actor,
+            redirect_uri=rt.settings.oauth_redirect_uri,
+        )
+        self.url = f"http://{redirect.hostname or '127.0.0.1'}:{redirect.port or 8765}"
+        config = uvicorn.Config(
+            app,
+            host=redirect.hostname or "127.0.0.1",
+            port=redirect.port or 8765,
+            log_level="warning",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="oauth-connect", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def serve(
+    rt: Runtime,
+    *,
+    once: bool = False,
+    oauth: bool = True,
+    prefect_port: int = 4200,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the maintenance service (or each flow once); returns the summaries of ``once``."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with contextlib.ExitStack() as stack:
+        api_url = PREFECT_API_URL.value()
+        if not api_url:
+            echo("starting a local Prefect server ...")
+            api_url = stack.enter_context(local_prefect_server(rt.settings.home, port=prefect_port))
+            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
+        ui_url = api_url.removesuffix("/api")
+        echo(f"Prefect UI: {ui_url}")
+        if once:
+            return _run_once(echo)
+        return _serve_forever(rt, oauth=oauth, echo=echo)
+    return {}  # pragma: no cover - the with block always returns
+
+
+def _run_once(echo: Callable[[str], None]) -> dict[str, Any]:
+    from prefect_integrations.maintenance.flows import (
+        health_check,
+        refresh_tokens,
+        rotate_credentials,
+    )
+
+    summaries: dict[str, Any] = {
+        "health-check": asyncio.run(health_check()),
+        "refresh-tokens": refresh_tokens(),
+        "rotate-credentials": rotate_credentials(),
+    }
+    for name, summary in summaries.items():
+        echo(f"{name}: {summary}")
+    return summaries
+
+
+def _serve_forever(rt: Runtime, *, oauth: bool, echo: Callable[[str], None]) -> dict[str, Any]:
+    from prefect import serve as prefect_serve
+    from prefect.deployments.runner import RunnerDeployment
+
+    from prefect_integrations.maintenance.flows import (
+        SCHEDULES,
+        health_check,
+        refresh_tokens,
+        rotate_credentials,
+    )
+
+    tags = ["prefect-integrations", "maintenance"]
+    deployments = [
+        cast(RunnerDeployment, flow.to_deployment(name=name, cron=SCHEDULES[name], tags=tags))
+        for name, flow in (
+            ("health-check", health_check),
+            ("refresh-tokens", refresh_tokens),
+            ("rotate-credentials", rotate_credentials),
+        )
+    ]
+    connect = _ConnectThread(rt) if oauth else None
+    if connect is not None:
+        connect.start()
+        echo(f"OAuth connect service: {connect.url}/connect/<instance_id>")
+    for name, cron in SCHEDULES.items():
+        echo(f"schedule: {name:<20} cron '{cron}' (UTC)")
+    echo("serving; press Ctrl-C to stop")
+    try:
+        prefect_serve(*deployments, print_starting_message=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if connect is not None:
+            connect.stop()
+        echo("stopped")
+    return {}

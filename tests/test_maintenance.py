@@ -1,0 +1,259 @@
+"""Health checks, token refresh and credential rotation: logic and flows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from prefect_integrations.db import Database
+from prefect_integrations.keyring import Keyring
+from prefect_integrations.maintenance.health import HealthChecker, HealthReport
+from prefect_integrations.registry import Registry
+from prefect_integrations.scope import Scope
+from prefect_integrations.store import audit, instances, vault
+
+from .provider import FakeProvider, Reply
+
+OK = Reply(200, {"id": 1, "name": "one"})
+
+
+def _add(
+    db: Database,
+    registry: Registry,
+    keyring: Keyring,
+    instance_id: str,
+    url: str,
+    *,
+    integration: str = "echo",
+    state: str = "active",
+    credentials: dict[str, Any] | None = None,
+) -> None:
+    with db.transaction() as s:
+        instances.create_instance(
+            s,
+            registry,
+            keyring if credentials != {} else None,
+            instance_id=instance_id,
+            integration_id=integration,
+            name=instance_id,
+            scope=Scope("global"),
+            config={"base_url": f"{url}/{instance_id}"},
+            credentials=None if credentials == {} else (credentials or {"api_key": "k"}),
+            status={"state": state},
+            actor="t",
+        )
+
+
+def _status(db: Database, instance_id: str) -> dict[str, Any]:
+    with db.transaction() as s:
+        return instances.require_instance(s, instance_id).status
+
+
+def _checker(db: Database, registry: Registry, keyring: Keyring, **kw: Any) -> HealthChecker:
+    kw.setdefault("min_interval", 0.0)
+    return HealthChecker(db, registry, keyring, actor="health", **kw)
+
+
+def _run(checker: HealthChecker, **kw: Any) -> HealthReport:
+    return asyncio.run(checker.run(**kw))
+
+
+def test_health_outcomes_and_statuses(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
+) -> None:
+    url = provider.url
+    _add(echo_db, echo_registry, keyring, "healthy", url)
+    _add(echo_db, echo_registry, keyring, "recovering", url, state="error")
+    _add(echo_db, echo_registry, keyring, "revoked", url)
+    _add(echo_db, echo_registry, keyring, "throttled", url)
+    _add(echo_db, echo_registry, keyring, "broken", url)
+    _add(echo_db, echo_registry, keyring, "nokeys", url, credentials={})
+    _add(echo_db, echo_registry, keyring, "unchecked", url, integration="echo_nohealth")
+    _add(echo_db, echo_registry, keyring, "disabled", url, state="inactive")
+    for name in ("healthy", "recovering"):
+        provider.reply("GET", f"/{name}/items/1", OK)
+    provider.reply(
+        "GET", "/revoked/items/1", Reply(401, {"error": {"code": "bad_key", "message": "revoked"}})
+    )
+    provider.reply("GET", "/throttled/items/1", Reply(429, {}, {"Retry-After": "30"}))
+    provider.reply("GET", "/broken/items/1", Reply(503, {}))
+
+    report = _run(_checker(echo_db, echo_registry, keyring))
+    by_id = {r.instance_id: r for r in report.results}
+    assert {k: v.reason for k, v in by_id.items()} == {
+        "healthy": "ok",
+        "recovering": "ok",
+        "revoked": "auth_failed",
+        "throttled": "rate_limited",
+        "broken": "provider_unavailable",
+        "nokeys": "config_invalid",
+        "unchecked": "not_applicable",
+    }
+    assert "disabled" not in by_id  # inactive instances are not checked
+    assert _status(echo_db, "recovering")["state"] == "active"
+    revoked = _status(echo_db, "revoked")
+    assert revoked["state"] == "error" and revoked["details"]["reason"] == "auth_failed"
+    assert "HTTP 401" in revoked["error"] and revoked["lastChecked"]
+    throttled = _status(echo_db, "throttled")
+    assert throttled["state"] == "active" and throttled["details"]["reason"] == "rate_limited"
+    assert _status(echo_db, "broken")["state"] == "error"
+    assert _status(echo_db, "nokeys")["details"]["reason"] == "config_invalid"
+    assert report.outages == {}
+    summary = report.summary()
+    assert summary["recovered"] == ["recovering"]
+    assert sorted(summary["degraded"]) == ["broken", "nokeys", "revoked"]
+    with echo_db.transaction() as s:
+        rows = audit.tail(s, limit=100, action="health.check")
+        leases = s.execute(
+            sa.text(
+                "SELECT count(*) FROM integration_instances "
+                "WHERE maintenance_lease_owner IS NOT NULL"
+            )
+        ).scalar()
+    assert sorted(r.instance_id or "" for r in rows) == sorted(by_id)
+    assert leases == 0
+    # nothing is due again within the minimum interval
+    again = _run(_checker(echo_db, echo_registry, keyring, min_interval=3600))
+    assert again.results == []
+
+
+def test_provider_outage_is_reported_not_spread(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
+) -> None:
+    for i in range(5):
+        _add(echo_db, echo_registry, keyring, f"down_{i}", provider.url)
+        provider.reply("GET", f"/down_{i}/items/1", Reply(503, {}))
+    _add(echo_db, echo_registry, keyring, "down_ok", provider.url)
+    provider.reply("GET", "/down_ok/items/1", OK)
+    with serve_closed() as closed:  # another integration, one instance unreachable
+        _add(echo_db, echo_registry, keyring, "lonely", closed, integration="echo_query")
+    report = _run(_checker(echo_db, echo_registry, keyring))
+    assert report.outages == {"echo": "provider_unavailable"}
+    for i in range(5):
+        status = _status(echo_db, f"down_{i}")
+        assert status["state"] == "active"
+        assert status["details"] == {
+            "reason": "provider_unavailable",
+            "outage": True,
+            "status_code": 503,
+            "last_error": status["details"]["last_error"],
+        }
+    lonely = _status(echo_db, "lonely")  # a single failure is not an outage
+    assert lonely["state"] == "error" and lonely["details"]["reason"] == "network"
+
+
+def test_two_concurrent_sweeps_split_the_instances(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
+) -> None:
+    ids = [f"inst_{i:02d}" for i in range(40)]
+    for iid in ids:
+        _add(echo_db, echo_registry, keyring, iid, provider.url)
+        provider.reply("GET", f"/{iid}/items/1", OK)
+
+    async def both() -> tuple[HealthReport, HealthReport]:
+        first = _checker(echo_db, echo_registry, keyring, batch_size=5, min_interval=600)
+        second = _checker(echo_db, echo_registry, keyring, batch_size=5, min_interval=600)
+        a, b = await asyncio.gather(first.run(), second.run())
+        return a, b
+
+    a, b = asyncio.run(both())
+    seen_a = [r.instance_id for r in a.results]
+    seen_b = [r.instance_id for r in b.results]
+    assert sorted(seen_a + seen_b) == ids  # every instance once, none twice
+    assert seen_a and seen_b  # both runs did work
+    assert len(provider.requests) == 40
+
+
+def test_health_check_refreshes_tokens_first(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
+) -> None:
+    """An OAuth instance whose token is about to expire is refreshed, not marked failed."""
+    from prefect_integrations.oauth.lifecycle import TokenLifecycle
+
+    calls: list[str] = []
+
+    class Recording(TokenLifecycle):
+        def refresh(self, instance_id: str, **kw: Any) -> Any:
+            calls.append(instance_id)
+            with echo_db.transaction() as s:
+                creds = vault.fetch_credentials(
+                    s, keyring, instance_id, actor="t", purpose="t"
+                ).reveal()
+                instances.set_credentials(
+                    s,
+                    echo_registry,
+                    keyring,
+                    instance_id,
+                    {
+                        **creds,
+                        "access_token": "fresh",
+                        "expires_at": time.time() + 3600,
+                        "obtained_at": time.time(),
+                    },
+                    actor="t",
+                )
+            return None
+
+    with echo_db.transaction() as s:
+        instances.create_instance(
+            s,
+            echo_registry,
+            keyring,
+            instance_id="oauthy",
+            integration_id="echo_oauth",
+            name="o",
+            scope=Scope("global"),
+            config={"base_url": f"{provider.url}/oauthy"},
+            credentials={
+                "access_token": "stale",
+                "refresh_token": "r",
+                "expires_at": time.time() + 5,
+                "obtained_at": time.time() - 3600,
+            },
+            actor="t",
+        )
+    provider.reply("GET", "/oauthy/items/1", OK)
+    lifecycle = Recording(echo_db, echo_registry, keyring, actor="t")
+    report = _run(_checker(echo_db, echo_registry, keyring, lifecycle=lifecycle))
+    assert [r.reason for r in report.results] == ["ok"] and calls == ["oauthy"]
+    assert provider.requests[0].headers["authorization"] == "Bearer fresh"
+
+
+def test_prefect_yaml_matches_the_served_schedules() -> None:
+    from prefect_integrations.maintenance.flows import SCHEDULES
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())
+    declared = {d["name"]: d["schedules"][0]["cron"] for d in config["deployments"]}
+    assert declared == SCHEDULES
+    for deployment in config["deployments"]:
+        path, _, name = deployment["entrypoint"].partition(":")
+        assert (Path(__file__).parents[1] / path).is_file()
+        assert f"import {name}" in (Path(__file__).parents[1] / path).read_text()
+
+
+class serve_closed:
+    """The URL of a port nothing listens on."""
+
+    def __enter__(self) -> str:
+        import socket
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.fixture
+def _unused() -> Iterator[None]:
+    yield

@@ -1,0 +1,233 @@
+"""The three maintenance flows and `serve --once`, in a Prefect test server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from prefect_integrations.cli import run
+from prefect_integrations.db import Database
+from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
+from prefect_integrations.maintenance.flows import (
+    health_check,
+    refresh_tokens,
+    rotate_credentials,
+)
+from prefect_integrations.registry import Registry
+from prefect_integrations.runtime import reset_runtime
+from prefect_integrations.scope import Scope
+from prefect_integrations.store import instances, vault
+
+from .oauth import OAuthServer, start_oauth_server
+from .provider import FakeProvider, Reply
+
+OK = Reply(200, {"id": 1, "name": "one"})
+
+
+@pytest.fixture(scope="module")
+def oauth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OAuthServer]:
+    with start_oauth_server(
+        redirect_uris=["http://127.0.0.1:8765/callback"], tmp_path=tmp_path_factory.mktemp("oauth")
+    ) as server:
+        yield server
+
+
+def _add(
+    db: Database,
+    registry: Registry,
+    keyring: Keyring,
+    instance_id: str,
+    integration: str,
+    config: dict[str, Any],
+    credentials: dict[str, Any],
+) -> None:
+    with db.transaction() as s:
+        instances.create_instance(
+            s,
+            registry,
+            keyring,
+            instance_id=instance_id,
+            integration_id=integration,
+            name=instance_id,
+            scope=Scope("global"),
+            config=config,
+            credentials=credentials,
+            actor="t",
+        )
+
+
+async def _artifact_descriptions(key: str) -> list[str]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    return [a.description or "" for a in found]
+
+
+@pytest.mark.usefixtures("env")
+def test_health_check_flow(
+    harness: Path,
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+) -> None:
+    for name, reply in {"fine": OK, "sick": Reply(401, {})}.items():
+        _add(
+            echo_db,
+            echo_registry,
+            keyring,
+            name,
+            "echo",
+            {"base_url": f"{provider.url}/{name}"},
+            {"api_key": "k"},
+        )
+        provider.reply("GET", f"/{name}/items/1", reply)
+    summary = asyncio.run(health_check(min_interval_seconds=0))
+    assert summary["checked"] == 2
+    assert summary["results"] == {"ok": 1, "auth_failed": 1}
+    assert summary["degraded"] == ["sick"]
+    descriptions = asyncio.run(_artifact_descriptions("integration-health"))
+    assert any("auth_failed" in d for d in descriptions)
+
+
+@pytest.mark.usefixtures("env")
+def test_refresh_tokens_flow(
+    harness: Path,
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    oauth_server: OAuthServer,
+) -> None:
+    now = time.time()
+    config = {"base_url": oauth_server.issuer, "token_url": oauth_server.token_url}
+    client = {
+        "client_id": oauth_server.m2m_client_id,
+        "client_secret": oauth_server.m2m_client_secret,
+    }
+    _add(
+        echo_db,
+        echo_registry,
+        keyring,
+        "m2m_expiring",
+        "authsrv_m2m",
+        config,
+        {
+            "access_token": "old",
+            "obtained_at": now - 3500,
+            "expires_at": now + 100,
+            "oauth2": client,
+        },
+    )
+    _add(
+        echo_db,
+        echo_registry,
+        keyring,
+        "m2m_fresh",
+        "authsrv_m2m",
+        config,
+        {"access_token": "new", "obtained_at": now, "expires_at": now + 3600, "oauth2": client},
+    )
+    oauth_server.reset_stats()
+    summary = refresh_tokens(horizon_seconds=900)
+    assert summary == {"candidates": 1, "results": {"refreshed": 1}, "failed": {}}
+    assert oauth_server.stats()["by_grant"] == {"client_credentials": 1}
+    with echo_db.transaction() as s:
+        creds = vault.fetch_credentials(s, keyring, "m2m_expiring", actor="t", purpose="t").reveal()
+    assert creds["access_token"] != "old" and creds["expires_at"] > now + 3000
+
+
+@pytest.mark.usefixtures("env")
+def test_rotate_credentials_flow(
+    harness: Path,
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _add(
+        echo_db,
+        echo_registry,
+        keyring,
+        "rot",
+        "echo_rotating",
+        {"base_url": f"{provider.url}/rot"},
+        {"api_key": "old-key", "key_id": "key-1"},
+    )
+    _add(
+        echo_db,
+        echo_registry,
+        keyring,
+        "plain",
+        "echo",
+        {"base_url": f"{provider.url}/plain"},
+        {"api_key": "k"},
+    )
+    provider.reply("POST", "/rot/keys", Reply(201, {"secret": "new-key", "id": "key-2"}))
+    provider.reply("GET", "/rot/items/1", OK)
+    provider.reply("DELETE", "/rot/keys/key-1", Reply(200, {}))
+    new_ring = parse_keyring(f"k2:{generate_key()},k1:{keyring.primary.get_secret_value()}")
+    monkeypatch.setenv(
+        "PREFECT_INTEGRATIONS_KEYS",
+        ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in new_ring),
+    )
+    reset_runtime()
+
+    summary = rotate_credentials(batch_size=1)
+    assert summary["keys"]["rotated"] == 2 and summary["keys"]["after"] == {"k2": 2}
+    assert summary["provider"] == {"rot": "rotated", "plain": "not_applicable"}
+    requests = [(r.method, r.path, r.headers.get("x-api-key")) for r in provider.requests]
+    assert requests == [
+        ("POST", "/rot/keys", "old-key"),
+        ("GET", "/rot/items/1", "new-key"),
+        ("DELETE", "/rot/keys/key-1", "new-key"),
+    ]
+    only_new = parse_keyring(f"k2:{new_ring.primary.get_secret_value()}")
+    with echo_db.transaction() as s:
+        creds = vault.fetch_credentials(s, only_new, "rot", actor="t", purpose="t").reveal()
+    assert creds == {"api_key": "new-key", "key_id": "key-2"}
+
+
+@pytest.mark.usefixtures("env")
+def test_rotation_keeps_the_old_key_when_the_new_one_fails(
+    harness: Path,
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+) -> None:
+    _add(
+        echo_db,
+        echo_registry,
+        keyring,
+        "rot",
+        "echo_rotating",
+        {"base_url": f"{provider.url}/rot"},
+        {"api_key": "old-key", "key_id": "key-1"},
+    )
+    provider.reply("POST", "/rot/keys", Reply(201, {"secret": "bad-key", "id": "key-2"}))
+    provider.reply("GET", "/rot/items/1", Reply(401, {}))
+    summary = rotate_credentials(provider_rotation=True)
+    assert summary["provider"] == {"rot": "failed"}
+    assert not [r for r in provider.requests if r.method == "DELETE"]
+    with echo_db.transaction() as s:
+        creds = vault.fetch_credentials(s, keyring, "rot", actor="t", purpose="t").reveal()
+    assert creds["api_key"] == "old-key"
+
+
+@pytest.mark.usefixtures("env")
+def test_serve_once_runs_each_flow(harness: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["serve", "--once", "--no-oauth"]) == 0
+    out = capsys.readouterr().out
+    assert "Prefect UI: http://127.0.0.1:" in out
+    for name in ("health-check:", "refresh-tokens:", "rotate-credentials:"):
+        assert name in out
