@@ -475,9 +475,12 @@ def test_concurrent_refresh_in_threads_makes_one_request(
     server.inject_token_fault(delay_ms=300)  # keep the winner busy while others arrive
     results: list[str] = []
 
+    start = threading.Barrier(8)
+
     def worker() -> None:
-        outcome = _lifecycle(echo_db, echo_registry, keyring, skew=3590).refresh("items_1")
-        results.append(outcome.result)
+        lifecycle = _lifecycle(echo_db, echo_registry, keyring, skew=3590)
+        start.wait(timeout=60)
+        results.append(lifecycle.refresh("items_1").result)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
@@ -488,12 +491,16 @@ def test_concurrent_refresh_in_threads_makes_one_request(
     assert sorted(results) == ["refreshed"] + ["refreshed_elsewhere"] * 7
 
 
-def _refresh_in_process(url: str, folder: str, key_text: str, skew: float, out: Any) -> None:
+def _refresh_in_process(
+    url: str, folder: str, key_text: str, skew: float, start: Any, out: Any
+) -> None:
     db = Database.from_url(url)
     registry = load_registry([Path(folder)])
     lifecycle = TokenLifecycle(
         db, registry, parse_keyring(key_text), actor="proc", clock=lambda: time.time() + skew
     )
+    db.engine.connect().close()  # connect before the start line, not after it
+    start.wait(timeout=60)  # every process is ready: they refresh at the same moment
     out.put(lifecycle.refresh("items_1").result)
     db.dispose()
 
@@ -512,9 +519,11 @@ def test_concurrent_refresh_from_processes_makes_one_request(
     key_text = ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in keyring)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
+    start = ctx.Barrier(4)
     procs = [
         ctx.Process(
-            target=_refresh_in_process, args=(echo_db.url, str(echo_dir), key_text, 3590.0, out)
+            target=_refresh_in_process,
+            args=(echo_db.url, str(echo_dir), key_text, 3590.0, start, out),
         )
         for _ in range(4)
     ]

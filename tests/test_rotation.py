@@ -155,6 +155,7 @@ def test_rotates_every_row_in_batches_keeping_plaintext_and_version(
     assert [r.details["count"] for r in rows] == [7] * 7 + [1]
     assert {(r.actor, r.outcome, r.instance_id) for r in rows} == {("rotator", "success", None)}
     assert all(r.details["from"] == ["k1"] and r.details["to"] == "k2" for r in rows)
+    assert all(r.details["failed"] == 0 for r in rows)
     with synced.transaction() as s:
         assert audit.verify(s).ok
     # the unchanged version still serves the OAuth compare-and-swap
@@ -287,9 +288,10 @@ def test_bad_rows_are_reported_left_untouched_and_the_rest_rotated(
     assert fetched == {iid: ("k2", _secret(ids.index(iid))) for iid in good}
     failures = [r for r in _rotate_audit(synced) if r.outcome == "failure"]
     assert sorted((r.instance_id, r.details["reason"]) for r in failures) == sorted(bad.items())
-    assert sum(r.details["count"] for r in _rotate_audit(synced) if r.outcome == "success") == (
-        30 - len(bad)
-    )
+    batches = [r for r in _rotate_audit(synced) if r.outcome == "success"]
+    assert len(batches) == report.batches  # one row per batch, failures-only batches too
+    assert sum(r.details["count"] for r in batches) == 30 - len(bad)
+    assert sum(r.details["failed"] for r in batches) <= len(bad)  # not-base64/-JSON: row by row
     with synced.transaction() as s:
         assert audit.verify(s).ok
 
@@ -594,6 +596,61 @@ def test_a_row_locked_too_long_is_reported_and_done_by_the_next_run(
     assert [(r.instance_id, r.details["reason"]) for r in locked] == [(ids[3], "locked")]
     again = rotation.rotate_keys(synced, new, actor="t")
     assert again.rotated == 1 and again.ok and again.after == {"k2": 10}
+
+
+def test_a_deadlock_with_an_audit_writer_is_retried(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    """The usage recorder appends audit rows, then updates ``last_used_at``: a batch that
+    holds its row locks and waits for the audit chain lock deadlocks with it. PostgreSQL
+    aborts one side; the rotation retries its batch and finishes."""
+    ids = _make(synced, test_registry, keyring, 10)
+    new, only_k2 = _rotated_ring(keyring)
+    result: list[rotation.RotationReport] = []
+    errors: list[BaseException] = []
+
+    def rotate() -> None:
+        try:
+            result.append(rotation.rotate_keys(synced, new, actor="t", batch_size=100))
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=rotate)
+    with synced.engine.connect() as writer:
+        writer.begin()
+        audit.record(writer, action="method.call", actor="recorder", instance_id=ids[4])
+        worker.start()
+        deadline = time.monotonic() + 10
+        waiting = False
+        while not waiting and time.monotonic() < deadline:  # the batch waits for the chain
+            with synced.engine.connect() as probe:
+                waiting = bool(
+                    probe.execute(
+                        sa.text(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND NOT granted AND database = (SELECT oid FROM pg_database "
+                            "WHERE datname = current_database())"
+                        )
+                    ).scalar()
+                )
+            time.sleep(0.02)
+        assert waiting
+        try:
+            writer.execute(
+                sa.text(
+                    "UPDATE integration_instances SET last_used_at = now() WHERE instance_id = :i"
+                ),
+                {"i": ids[4]},
+            )
+            writer.commit()
+        except sa.exc.OperationalError as exc:  # the writer was the one aborted
+            assert getattr(exc.orig, "sqlstate", None) == "40P01"
+            writer.rollback()
+    worker.join(30)
+    assert errors == []
+    (report,) = result
+    assert report.rotated == 10 and report.ok and report.after == {"k2": 10}
+    assert _fetch_all(synced, only_k2, ids) == _all_k2(ids)
 
 
 # --------------------------------------------------------------------------------------

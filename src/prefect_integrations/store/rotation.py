@@ -13,7 +13,8 @@ that
 4. re-encrypts the unchanged plaintext under the primary key and writes the envelope's
    ``ct`` and ``kid`` and the ``key_id`` column (the rest of the envelope, and
    ``credentials_version``, stay as they are: the OAuth compare-and-swap is unaffected),
-5. appends one ``keys.rotate`` audit row for the batch and one per failed row.
+5. appends one ``keys.rotate`` audit row for the batch (rows rotated, from which key ids,
+   to which, rows failed) and one per failed row.
 
 Rows that fail (``unknown_key_id``, ``undecryptable``, ``malformed``,
 ``binding_mismatch``) are left untouched, reported, and not picked again in the same run.
@@ -180,10 +181,12 @@ WITH batch AS MATERIALIZED (
                                      details)
   SELECT CAST(:actor AS text), 'keys.rotate', NULL, NULL, 'success',
          jsonb_build_object('count', count(*),
-                            'from', jsonb_agg(DISTINCT upd.kid ORDER BY upd.kid),
-                            'to', CAST(:primary AS text))
+                            'from', coalesce(jsonb_agg(DISTINCT upd.kid ORDER BY upd.kid),
+                                             '[]'),
+                            'to', CAST(:primary AS text),
+                            'failed', (SELECT count(*) FROM fail WHERE reason IS NOT NULL))
     FROM upd
-  HAVING count(*) > 0
+  HAVING EXISTS (SELECT 1 FROM batch)
   UNION ALL
   SELECT CAST(:actor AS text), 'keys.rotate', f.instance_id, f.integration_id, 'failure',
          jsonb_build_object('reason', f.reason, 'key_id', f.kid, 'to', CAST(:primary AS text))
@@ -501,8 +504,10 @@ def rotate_keys(
     killed run stopped. ``on_batch`` is called after each committed batch with the number
     of rows it rotated. Rows still locked by others after ``lock_wait`` seconds without
     progress are reported as ``locked``. Failed rows are left untouched and reported;
-    they are audited, as is each batch. Raises `DatabaseUnavailable` when the connection
-    is lost (nothing committed is lost; run it again).
+    they are audited, as is each batch. A batch aborted by a deadlock (its row locks
+    against a transaction that holds the audit chain lock, such as the usage recorder's)
+    is retried. Raises `DatabaseUnavailable` when the connection is lost (nothing
+    committed is lost; run it again). Uses one connection for the whole run.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
