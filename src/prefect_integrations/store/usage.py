@@ -142,6 +142,17 @@ class UsageRecorder:
                 prev = last_used.get(rec.instance_id)
                 last_used[rec.instance_id] = max(prev, rec.at) if prev else rec.at
         with self._db.transaction("record method calls") as session:
+            # Instance rows first, audit log second: the order every other writer uses
+            # (a row lock, then the audit chain's lock), so the two never deadlock.
+            for instance_id, at in sorted(last_used.items()):
+                session.execute(
+                    sa.update(instances)
+                    .where(instances.c.instance_id == instance_id)
+                    .where(
+                        sa.or_(instances.c.last_used_at.is_(None), instances.c.last_used_at < at)
+                    )
+                    .values(last_used_at=at)
+                )
             session.execute(
                 sa.insert(audit_log),
                 [
@@ -156,12 +167,3 @@ class UsageRecorder:
                     for r in records
                 ],
             )
-            for instance_id, at in sorted(last_used.items()):
-                session.execute(
-                    sa.update(instances)
-                    .where(instances.c.instance_id == instance_id)
-                    .where(
-                        sa.or_(instances.c.last_used_at.is_(None), instances.c.last_used_at < at)
-                    )
-                    .values(last_used_at=at)
-                )
