@@ -149,12 +149,23 @@ def serve(
             echo("starting a local Prefect server ...")
             api_url = stack.enter_context(local_prefect_server(rt.settings.home, port=prefect_port))
             stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
+            stack.callback(_drain_prefect_workers)  # runs before the server stops
         ui_url = api_url.removesuffix("/api")
         echo(f"Prefect UI: {ui_url}")
         if once:
             return _run_once(echo)
         return _serve_forever(rt, oauth=oauth, echo=echo)
     return {}  # pragma: no cover - the with block always returns
+
+
+def _drain_prefect_workers() -> None:
+    """Send queued logs and events while the local Prefect server still runs."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=10)
 
 
 def _run_once(echo: Callable[[str], None]) -> dict[str, Any]:
