@@ -43,12 +43,7 @@ from prefect_integrations.exceptions import (
     ProviderUnavailable,
 )
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.oauth.lifecycle import (
-    LEAD_FLOOR,
-    LEAD_SHARE,
-    TokenLifecycle,
-    should_refresh,
-)
+from prefect_integrations.oauth.lifecycle import TokenLifecycle, refresh_due, should_refresh
 from prefect_integrations.registry import Definition, Method, Registry
 from prefect_integrations.store.instances import Instance, require_instance
 from prefect_integrations.store.usage import CallRecord, UsageRecorder
@@ -194,16 +189,11 @@ def read_response(
 
 def _refresh_after(definition: Definition, credentials: Credentials) -> float:
     """When the loaded token stops being usable without a refresh (epoch seconds)."""
-    grant = str((definition.oauth2_config or {}).get("grantType", "authorization_code"))
     values = credentials.reveal()
-    if should_refresh(values, now=0.0, grant_type=grant).refresh:
+    if should_refresh(values, now=0.0, grant_type=definition.grant_type).refresh:
         return 0.0  # no access token yet
-    expires_at = values.get("expires_at")
-    if not isinstance(expires_at, int | float):
-        return float("inf")
-    obtained_at = values.get("obtained_at")
-    lifetime = expires_at - obtained_at if isinstance(obtained_at, int | float) else 0.0
-    return float(expires_at) - max(LEAD_FLOOR, LEAD_SHARE * lifetime)
+    due = refresh_due(values)
+    return float("inf") if due is None else due
 
 
 def _changed(before: _Loaded, after: _Loaded) -> bool:

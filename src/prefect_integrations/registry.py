@@ -233,6 +233,11 @@ class Definition:
         return self.binding.auth if self.binding is not None else None
 
     @property
+    def grant_type(self) -> str:
+        """The OAuth2 grant of an oauth2 definition (``oauth2Config.grantType``)."""
+        return str((self.oauth2_config or {}).get("grantType", "authorization_code"))
+
+    @property
     def health_check(self) -> HealthCheck | None:
         """The method and inputs that check an instance works (``healthCheck``), if any."""
         return self.binding.health_check if self.binding is not None else None

@@ -72,11 +72,3 @@ class Context:
 
     client_id: str | None = None
     user_id: str | None = None
-
-    def visible(self, scope: Scope) -> bool:
-        """True when an instance with ``scope`` is visible in this context."""
-        if scope.context_type == "global":
-            return True
-        if scope.context_type == "client":
-            return self.client_id is not None and scope.context_id == self.client_id
-        return self.user_id is not None and scope.context_id == self.user_id

@@ -28,7 +28,7 @@ import json
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,14 +42,12 @@ from prefect_integrations.db import Database
 from prefect_integrations.events import emit_event, emit_instance_event
 from prefect_integrations.exceptions import (
     CredentialsError,
-    DefinitionError,
     IntegrationError,
     InvalidGrant,
     OAuthError,
     ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
-    ValidationError,
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import audit_log
@@ -154,9 +152,7 @@ def classify(error: BaseException) -> str:
         return "network"
     if isinstance(error, OAuthError):
         return "auth_failed"
-    if isinstance(error, CredentialsError | ValidationError | DefinitionError):
-        return "config_invalid"
-    return "config_invalid"
+    return "config_invalid"  # credentials, config or definition unusable
 
 
 _CLAIM = sa.text(
@@ -330,9 +326,7 @@ class HealthChecker:
                     f"Instance '{instance.instance_id}' has no credentials"
                 )
             if definition.auth_type == "oauth2":
-                creds = await self._fresh_oauth_credentials(
-                    definition.oauth2_config or {}, instance, creds
-                )
+                creds = await self._fresh_oauth_credentials(definition.grant_type, instance, creds)
             method, request, context = build_call(
                 definition, instance, creds, check.method_id, check.input, timeout=self._timeout
             )
@@ -361,9 +355,8 @@ class HealthChecker:
         return _result(instance, "ok", started, status_code=status_code)
 
     async def _fresh_oauth_credentials(
-        self, oauth2: Mapping[str, Any], instance: Instance, creds: Credentials
+        self, grant: str, instance: Instance, creds: Credentials
     ) -> Credentials:
-        grant = str(oauth2.get("grantType", "authorization_code"))
         if not should_refresh(creds.reveal(), now=time.time(), grant_type=grant).refresh:
             return creds
         await asyncio.to_thread(self._lifecycle.refresh, instance.instance_id)

@@ -54,6 +54,7 @@ __all__ = [
     "RefreshDecision",
     "RefreshOutcome",
     "TokenLifecycle",
+    "refresh_due",
     "should_refresh",
 ]
 
@@ -67,6 +68,21 @@ class RefreshDecision:
 
     refresh: bool
     reason: str
+
+
+def refresh_due(
+    values: Mapping[str, Any], *, share: float = LEAD_SHARE, floor: float = LEAD_FLOOR
+) -> float | None:
+    """When the token enters its lead time (epoch seconds); None without an expiry.
+
+    That is ``expires_at`` less a share of the token's lifetime, at least ``floor``.
+    """
+    expires_at = values.get("expires_at")
+    if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
+        return None
+    obtained_at = values.get("obtained_at")
+    lifetime = expires_at - obtained_at if isinstance(obtained_at, int | float) else 0.0
+    return float(expires_at) - max(floor, share * lifetime)
 
 
 def should_refresh(
@@ -84,12 +100,10 @@ def should_refresh(
             return RefreshDecision(True, "no_access_token")
         return RefreshDecision(False, "not_connected")
     expires_at = values.get("expires_at")
-    if not isinstance(expires_at, int | float):
+    due = refresh_due(values, share=share, floor=floor)
+    if due is None or not isinstance(expires_at, int | float):
         return RefreshDecision(False, "no_expiry")
-    obtained_at = values.get("obtained_at")
-    lifetime = expires_at - obtained_at if isinstance(obtained_at, int | float) else 0.0
-    lead = max(floor, share * lifetime)
-    if now < expires_at - lead:
+    if now < due:
         return RefreshDecision(False, "fresh")
     if not can_refresh:
         return RefreshDecision(False, "expiring_without_refresh_token")
@@ -199,7 +213,7 @@ class TokenLifecycle:
             instance, creds = self._read(instance_id, "oauth.refresh")
             version = instance.credentials_version
             definition = self._registry.get(instance.integration_id)
-            grant = str((definition.oauth2_config or {}).get("grantType", "authorization_code"))
+            grant = definition.grant_type
             if if_version is not None and version != if_version:
                 return RefreshOutcome(
                     instance_id, "refreshed_elsewhere", "version_changed", version

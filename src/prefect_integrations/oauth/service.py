@@ -42,7 +42,7 @@ def _authorization_code_definition(definition: Definition, instance_id: str) -> 
             f"Instance '{instance_id}' uses integration '{definition.id}', which is not OAuth2",
             reason="not_oauth2",
         )
-    if oauth2.get("grantType", "authorization_code") != "authorization_code":
+    if definition.grant_type != "authorization_code":
         raise OAuthError(
             f"Integration '{definition.id}' uses the client-credentials grant: no user "
             "connects it; its tokens are fetched automatically",

@@ -200,8 +200,7 @@ def _usable(definition: Definition, credentials: Mapping[str, Any] | None) -> bo
     if not credentials:
         return False
     if definition.auth_type == "oauth2":
-        grant = (definition.oauth2_config or {}).get("grantType", "authorization_code")
-        if grant == "client_credentials":
+        if definition.grant_type == "client_credentials":
             return "oauth2" in credentials  # tokens are fetched with the client on first use
         return "access_token" in credentials
     return True
