@@ -19,14 +19,12 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import shutil
 import socket
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
+from _support import throwaway_database
 
 DEFINITION = {
     "id": "benchhealth",
@@ -123,9 +121,6 @@ def main() -> None:
         except httpx.HTTPError:
             time.sleep(0.1)
 
-    from prefect_integrations import db as dbmod
-    from prefect_integrations.db import Database
-    from prefect_integrations.embedded import EmbeddedCluster
     from prefect_integrations.keyring import generate_key, parse_keyring
     from prefect_integrations.maintenance.health import HealthChecker
     from prefect_integrations.registry import load_registry
@@ -133,62 +128,55 @@ def main() -> None:
     from prefect_integrations.store import instances
     from prefect_integrations.store.definitions import sync_definitions
 
-    home = Path(tempfile.mkdtemp(prefix="pi-bench-"))
-    home.chmod(0o755)
-    folder = home / "definitions"
-    folder.mkdir()
-    (folder / "benchhealth.json").write_text(json.dumps(DEFINITION))
-    cluster = EmbeddedCluster(home, durable=False)
     try:
-        db = Database.from_url(cluster.ensure_running(database="bench"), pool_size=10)
-        dbmod.upgrade(db)
-        registry = load_registry([folder])
-        keyring = parse_keyring(f"k1:{generate_key()}")
-        n = args.instances
-        with db.transaction() as s:
-            sync_definitions(s, registry, actor="bench")
-            for i in range(n):
-                instances.create_instance(
-                    s,
-                    registry,
-                    keyring,
-                    instance_id=f"h_{i}",
-                    integration_id="benchhealth",
-                    name=f"h {i}",
-                    scope=Scope("global"),
-                    config={"base_url": url},
-                    credentials={"api_key": f"key-{i}"},
-                    actor="bench",
-                )
-        asyncio.run(_raw(url, 500, args.concurrency))  # warm up
-        raw_before = asyncio.run(_raw(url, n, args.concurrency))
-        checker = HealthChecker(
-            db,
-            registry,
-            keyring,
-            actor="bench",
-            min_interval=0,
-            batch_size=args.batch_size,
-            concurrency=args.concurrency,
-        )
-        started = time.perf_counter()
-        report = asyncio.run(checker.run())
-        sweep = len(report.results) / (time.perf_counter() - started)
-        raw_after = asyncio.run(_raw(url, n, args.concurrency))
-        raw = max(raw_before, raw_after)
-        ratio = sweep / raw
-        print(f"{n} instances, concurrency {args.concurrency}, batches of {args.batch_size}")
-        print(f"raw async httpx   {raw_before:8.1f} / {raw_after:8.1f} req/s (before / after)")
-        print(f"health sweep      {sweep:8.1f} instances/s   results {report.counts()}")
-        print(
-            f"ratio             {ratio:8.2f}  (target >= 0.5)  "
-            f"{'OK' if ratio >= 0.5 else 'UNDER TARGET'}"
-        )
-        db.dispose()
+        with throwaway_database(pool_size=10) as (db, home):
+            folder = home / "definitions"
+            folder.mkdir()
+            (folder / "benchhealth.json").write_text(json.dumps(DEFINITION))
+            registry = load_registry([folder])
+            keyring = parse_keyring(f"k1:{generate_key()}")
+            n = args.instances
+            with db.transaction() as s:
+                sync_definitions(s, registry, actor="bench")
+                for i in range(n):
+                    instances.create_instance(
+                        s,
+                        registry,
+                        keyring,
+                        instance_id=f"h_{i}",
+                        integration_id="benchhealth",
+                        name=f"h {i}",
+                        scope=Scope("global"),
+                        config={"base_url": url},
+                        credentials={"api_key": f"key-{i}"},
+                        actor="bench",
+                    )
+            asyncio.run(_raw(url, 500, args.concurrency))  # warm up
+            raw_before = asyncio.run(_raw(url, n, args.concurrency))
+            checker = HealthChecker(
+                db,
+                registry,
+                keyring,
+                actor="bench",
+                min_interval=0,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+            )
+            started = time.perf_counter()
+            report = asyncio.run(checker.run())
+            sweep = len(report.results) / (time.perf_counter() - started)
+            raw_after = asyncio.run(_raw(url, n, args.concurrency))
+            raw = max(raw_before, raw_after)
+            ratio = sweep / raw
+            print(f"{n} instances, concurrency {args.concurrency}, batches of {args.batch_size}")
+            print(f"raw async httpx   {raw_before:8.1f} / {raw_after:8.1f} req/s (before / after)")
+            print(f"health sweep      {sweep:8.1f} instances/s   results {report.counts()}")
+            print(
+                f"ratio             {ratio:8.2f}  (target >= 0.5)  "
+                f"{'OK' if ratio >= 0.5 else 'UNDER TARGET'}"
+            )
+
     finally:
-        cluster.stop()
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
         server.terminate()
 
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from _support import throwaway_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -70,9 +69,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
 
-    from prefect_integrations import db as dbmod
-    from prefect_integrations.db import Database
-    from prefect_integrations.embedded import EmbeddedCluster
     from prefect_integrations.keyring import generate_key, parse_keyring
     from prefect_integrations.oauth.lifecycle import RefreshOutcome, TokenLifecycle
     from prefect_integrations.registry import load_registry
@@ -80,15 +76,10 @@ def main() -> None:
     from prefect_integrations.store import instances
     from prefect_integrations.store.definitions import sync_definitions
 
-    home = Path(tempfile.mkdtemp(prefix="pi-bench-"))
-    home.chmod(0o755)
-    folder = home / "definitions"
-    folder.mkdir()
-    (folder / "benchm2m.json").write_text(json.dumps(M2M))
-    cluster = EmbeddedCluster(home, durable=False)
-    try:
-        db = Database.from_url(cluster.ensure_running(database="bench"), pool_size=args.workers + 2)
-        dbmod.upgrade(db)
+    with throwaway_database(pool_size=args.workers + 2) as (db, home):
+        folder = home / "definitions"
+        folder.mkdir()
+        (folder / "benchm2m.json").write_text(json.dumps(M2M))
         registry = load_registry([folder])
         keyring = parse_keyring(f"k1:{generate_key()}")
         with start_oauth_server(
@@ -145,11 +136,6 @@ def main() -> None:
             f"token requests       {requests} for {n} instances  "
             f"{'OK' if requests == n else 'MISMATCH'}"
         )
-        db.dispose()
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

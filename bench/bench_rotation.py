@@ -32,19 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from _support import throwaway_database
 
-from prefect_integrations import db as dbmod
 from prefect_integrations.credentials import credentials_metadata
 from prefect_integrations.db import Database
-from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.keyring import generate_key, parse_keyring
 from prefect_integrations.registry import load_registry
 from prefect_integrations.store import rotation, vault
@@ -145,12 +141,7 @@ def main() -> None:
     parser.add_argument("--autovacuum", action="store_true", help="leave autovacuum on")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="pi-bench-"))
-    home.chmod(0o755)
-    cluster = EmbeddedCluster(home, durable=False)
-    try:
-        database = Database.from_url(cluster.ensure_running(database="bench"))
-        dbmod.upgrade(database)
+    with throwaway_database() as (database, _scratch):
         with database.transaction() as s:
             sync_definitions(s, load_registry(), actor="bench")
         old_key, new_key = generate_key(), generate_key()
@@ -250,11 +241,6 @@ def main() -> None:
         )
         print(f"verified     {report.verified} rows, {len(report.problems)} problems")
         print(f"after        {report.after}")
-        database.dispose()
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,13 @@ compared) and again on a durable cluster (the embedded default), where the audit
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import sqlalchemy as sa
+from _support import throwaway_database
 
-from prefect_integrations import db as dbmod
-from prefect_integrations.db import Database
-from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.keyring import generate_key, parse_keyring
 from prefect_integrations.registry import load_registry
 from prefect_integrations.scope import Scope
@@ -58,12 +53,7 @@ def main() -> None:
 def measure(*, rounds: int, per_round: int, durable: bool) -> None:
     """Measure both sides on a fresh cluster and print medians and the ratio."""
 
-    home = Path(tempfile.mkdtemp(prefix="pi-bench-"))
-    home.chmod(0o755)
-    cluster = EmbeddedCluster(home, durable=durable)
-    try:
-        database = Database.from_url(cluster.ensure_running(database="bench"))
-        dbmod.upgrade(database)
+    with throwaway_database(durable=durable) as (database, _scratch):
         registry = load_registry()
         keyring = parse_keyring(f"k1:{generate_key()}")
         with database.transaction() as s:
@@ -112,11 +102,6 @@ def measure(*, rounds: int, per_round: int, durable: bool) -> None:
             f"ratio     fetch / baseline             {ratio:8.2f}x  (target <= {TARGET}x)"
             f"  {'OK' if ratio <= TARGET else 'OVER TARGET'}"
         )
-        database.dispose()
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 import yaml
 
@@ -132,8 +130,8 @@ def test_provider_outage_is_reported_not_spread(
         provider.reply("GET", f"/down_{i}/items/1", Reply(503, {}))
     _add(echo_db, echo_registry, keyring, "down_ok", provider.url)
     provider.reply("GET", "/down_ok/items/1", OK)
-    with serve_closed() as closed:  # another integration, one instance unreachable
-        _add(echo_db, echo_registry, keyring, "lonely", closed, integration="echo_query")
+    # another integration, one instance unreachable
+    _add(echo_db, echo_registry, keyring, "lonely", _closed_url(), integration="echo_query")
     report = _run(_checker(echo_db, echo_registry, keyring))
     assert report.outages == {"echo": "provider_unavailable"}
     for i in range(5):
@@ -238,22 +236,11 @@ def test_prefect_yaml_matches_the_served_schedules() -> None:
         assert f"import {name}" in (Path(__file__).parents[1] / path).read_text()
 
 
-class serve_closed:
-    """The URL of a port nothing listens on."""
+def _closed_url() -> str:
+    """The URL of a loopback port nothing listens on."""
+    import socket
 
-    def __enter__(self) -> str:
-        import socket
-
-        sock = socket.socket()
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-@pytest.fixture
-def _unused() -> Iterator[None]:
-    yield
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
