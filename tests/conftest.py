@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_PERSIST_BY_DEFAULT
 from prefect.testing.utilities import prefect_test_harness
 from psycopg import sql
@@ -33,6 +34,19 @@ from .definitions import write_echo_definitions
 from .provider import FakeProvider, serve
 
 TEMPLATE = "pi_template"
+
+# Property tests talk to a real database: no per-example deadline, and no example
+# database written into the work tree. Under CI (CI set) the examples are derandomized so
+# a run is reproducible; locally every run explores new examples.
+settings.register_profile(
+    "project",
+    deadline=None,
+    database=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile("project")
 _counter = itertools.count(1)
 
 
