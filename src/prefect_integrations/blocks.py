@@ -12,6 +12,7 @@ stay encrypted in PostgreSQL and never enter Prefect's storage. Registered throu
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +21,10 @@ from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl
 
 from prefect_integrations.client import AsyncIntegrationClient, IntegrationClient
+from prefect_integrations.context import current_context
+from prefect_integrations.exceptions import InstanceNotFound
 from prefect_integrations.runtime import runtime
+from prefect_integrations.store.instances import get_instance
 
 __all__ = ["IntegrationInstance", "block_name"]
 
@@ -66,11 +70,11 @@ xero.call("list_contacts", {"page": 1})
 
     def get_client(self) -> IntegrationClient:
         """The process-wide pooled client of this instance."""
-        return runtime().client(self.instance_id)
+        return runtime().client(self._visible_id())
 
     def get_async_client(self) -> AsyncIntegrationClient:
         """A new asynchronous client of this instance; close it with ``aclose()``."""
-        return runtime().async_client(self.instance_id)
+        return runtime().async_client(self._visible_id())
 
     def call(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
         """Call a method of this instance and return its validated output."""
@@ -78,5 +82,33 @@ xero.call("list_contacts", {"page": 1})
 
     async def acall(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
         """Call a method of this instance asynchronously."""
-        async with self.get_async_client() as client:
+        instance_id = await asyncio.to_thread(self._visible_id)
+        async with runtime().async_client(instance_id) as client:
             return await client.call(method_id, inputs)
+
+    def _visible_id(self) -> str:
+        """The instance id, once checked to be visible in the caller's context, if any.
+
+        Inside `integration_context` a block is an explicit instance id like any other:
+        an instance of another tenant is "not found". Outside any context the block is
+        the operator's own reference and is used as it is.
+        """
+        context = current_context()
+        if context.client_id is None and context.user_id is None:
+            return self.instance_id
+        rt = runtime()
+        integration_id = self.integration_id or self._stored_integration()
+        try:
+            return rt.resolve(integration_id, context, self.instance_id)
+        except InstanceNotFound:
+            stored = self._stored_integration()  # the block's integration may be stale
+            if stored == integration_id:
+                raise
+            return rt.resolve(stored, context, self.instance_id)
+
+    def _stored_integration(self) -> str:
+        with runtime().transaction(f"read instance '{self.instance_id}'") as session:
+            found = get_instance(session, self.instance_id)
+        if found is None:
+            raise InstanceNotFound(self.instance_id)
+        return found.integration_id

@@ -199,6 +199,38 @@ def _role_exists(connection: Connection, role: str) -> bool:
     )
 
 
+_OWNED_TABLES = (
+    "integration_definitions",
+    "integration_instances",
+    "integration_audit_log",
+    "integration_oauth_states",
+)
+
+
+def _require_table_owner(connection: Connection) -> None:
+    """Refuse to grant unless the connected role owns the tables (or is a superuser).
+
+    PostgreSQL only warns when a role without the grant option runs GRANT or REVOKE, so
+    without this check `apply_grants` would report success having changed nothing.
+    """
+    rows = connection.execute(
+        sa.text(
+            "SELECT c.relname, pg_has_role(current_user, c.relowner, 'MEMBER') AS owns, "
+            "current_user AS me FROM pg_class c "
+            "WHERE c.relname = ANY(CAST(:names AS text[])) "
+            "AND c.relnamespace = to_regnamespace(current_schema())"
+        ),
+        {"names": list(_OWNED_TABLES)},
+    ).all()
+    foreign = sorted(r.relname for r in rows if not r.owns)
+    if foreign:
+        raise PermissionDenied(
+            f"Database role is not allowed to grant database privileges: role "
+            f"'{rows[0].me}' does not own {', '.join(foreign)}; run it as the owner of the "
+            "tables (the role that ran `db upgrade`)"
+        )
+
+
 def apply_grants(
     db: Database,
     *,
@@ -218,6 +250,7 @@ def apply_grants(
     updatable = ", ".join(RUNTIME_UPDATABLE_COLUMNS)
     with db.connect("grant database privileges") as connection:
         database = quote(connection.execute(sa.text("SELECT current_database()")).scalar_one())
+        _require_table_owner(connection)
         for role in (admin_role, runtime_role):
             if not _role_exists(connection, role):
                 option = "LOGIN" if login else "NOLOGIN"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -26,10 +25,7 @@ from prefect_integrations.scope import Context
 from prefect_integrations.settings import Settings, current_actor, get_settings
 from prefect_integrations.store.usage import UsageRecorder
 
-__all__ = ["RESOLUTION_TTL", "Runtime", "reset_runtime", "runtime"]
-
-#: Seconds a resolved (integration, context) -> instance choice is reused in a process.
-RESOLUTION_TTL = 10.0
+__all__ = ["Runtime", "reset_runtime", "runtime"]
 
 
 class Runtime:
@@ -39,7 +35,6 @@ class Runtime:
         if settings is not None:
             self.__dict__["settings"] = settings
         self._clients: dict[str, IntegrationClient] = {}
-        self._resolved: dict[tuple[str, Context, str | None], tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     @cached_property
@@ -87,22 +82,13 @@ class Runtime:
             )
 
     def resolve(self, integration_id: str, context: Context, instance_id: str | None = None) -> str:
-        """The instance id resolution chooses, remembered for ``RESOLUTION_TTL`` seconds.
+        """The instance id resolution chooses now, in ``context``.
 
-        Failures are not remembered. A client still refuses an instance that is no longer
-        active when it reloads it.
+        Never remembered: an instance moved to another tenant, deactivated or deleted is
+        out of reach of the very next call (one indexed query per resolution).
         """
-        key = (integration_id, context, instance_id)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._resolved.get(key)
-            if hit is not None and now - hit[0] < RESOLUTION_TTL:
-                return hit[1]
         with self.db.transaction(f"resolve an instance of '{integration_id}'") as session:
-            chosen = resolve(session, integration_id, context, instance_id=instance_id)
-        with self._lock:
-            self._resolved[key] = (now, chosen.instance_id)
-        return chosen.instance_id
+            return resolve(session, integration_id, context, instance_id=instance_id).instance_id
 
     def client(self, instance_id: str) -> IntegrationClient:
         """The shared synchronous client of one instance."""
