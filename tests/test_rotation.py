@@ -286,10 +286,14 @@ def test_bad_rows_are_reported_left_untouched_and_the_rest_rotated(
     good = [i for i in ids if i not in bad]
     fetched = _fetch_all(synced, only_k2, good)
     assert fetched == {iid: ("k2", _secret(ids.index(iid))) for iid in good}
-    failures = [r for r in _rotate_audit(synced) if r.outcome == "failure"]
+    rows = _rotate_audit(synced)
+    failures = [r for r in rows if r.instance_id is not None]
+    assert {r.outcome for r in failures} == {"failure"}
     assert sorted((r.instance_id, r.details["reason"]) for r in failures) == sorted(bad.items())
-    batches = [r for r in _rotate_audit(synced) if r.outcome == "success"]
+    batches = [r for r in rows if r.instance_id is None]
     assert len(batches) == report.batches  # one row per batch, failures-only batches too
+    for batch in batches:  # a batch that rotated nothing is a failure
+        assert batch.outcome == ("success" if batch.details["count"] else "failure")
     assert sum(r.details["count"] for r in batches) == 30 - len(bad)
     assert sum(r.details["failed"] for r in batches) <= len(bad)  # not-base64/-JSON: row by row
     with synced.transaction() as s:

@@ -14,7 +14,8 @@ that
    ``ct`` and ``kid`` and the ``key_id`` column (the rest of the envelope, and
    ``credentials_version``, stay as they are: the OAuth compare-and-swap is unaffected),
 5. appends one ``keys.rotate`` audit row for the batch (rows rotated, from which key ids,
-   to which, rows failed) and one per failed row.
+   to which, rows failed; outcome ``failure`` when none of the batch could be rotated) and
+   one per failed row.
 
 Rows that fail (``unknown_key_id``, ``undecryptable``, ``malformed``,
 ``binding_mismatch``) are left untouched, reported, and not picked again in the same run.
@@ -179,7 +180,8 @@ WITH batch AS MATERIALIZED (
 ), aud AS (
   INSERT INTO integration_audit_log (actor, action, instance_id, integration_id, outcome,
                                      details)
-  SELECT CAST(:actor AS text), 'keys.rotate', NULL, NULL, 'success',
+  SELECT CAST(:actor AS text), 'keys.rotate', NULL, NULL,
+         CASE WHEN count(*) = 0 THEN 'failure' ELSE 'success' END,
          jsonb_build_object('count', count(*),
                             'from', coalesce(jsonb_agg(DISTINCT upd.kid ORDER BY upd.kid),
                                              '[]'),
