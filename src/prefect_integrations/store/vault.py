@@ -5,7 +5,9 @@ s2k-mode=1')`` (an authenticated OpenPGP message; never raw ``encrypt()``). Keys
 only as bind parameters and the engine hides parameters in errors. The plaintext binds
 the row's ``instance_id``, checked after decryption, so a ciphertext copied to another
 row is refused. Each successful decrypt appends an audit row in the same statement;
-each failure is audited so that it survives the caller's rollback.
+each failure is audited so that it survives the caller's rollback. The secret values of
+decrypted credentials are remembered by `prefect_integrations.logfilter`, which masks them
+in the HTTP libraries' log records.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from prefect_integrations import logfilter
 from prefect_integrations.credentials import Credentials, credentials_metadata
 from prefect_integrations.db import translate_errors
 from prefect_integrations.exceptions import (
@@ -37,6 +40,9 @@ __all__ = [
     "fetch_many",
     "store_credentials",
 ]
+
+# Decrypted values are remembered so the HTTP libraries' log records never show them.
+logfilter.install()
 
 ENVELOPE_VERSION = 1
 PGP_OPTIONS = "cipher-algo=aes256, s2k-mode=1"
@@ -183,6 +189,7 @@ def _credentials_or_error(row: Any) -> Credentials | tuple[CredentialsError, str
             ),
             "instance_binding_mismatch",
         )
+    logfilter.remember(document["credentials"])
     return Credentials(instance_id=instance_id, key_id=row.kid, values=document["credentials"])
 
 
