@@ -8,7 +8,8 @@
 3. build the request from the method's HTTP binding (or handler) and apply the auth scheme;
 4. send it with httpx over a pooled connection, retrying connection failures, 429 and
    502/503/504 (and read timeouts and 500 for idempotent methods) with bounded
-   exponential backoff and full jitter, honouring ``Retry-After``;
+   exponential backoff and full jitter, honouring ``Retry-After``; a response body larger
+   than ``max_response_bytes`` (default 10 MiB) is never read whole: `ResponseTooLarge`;
 5. turn other non-2xx answers into a typed `ProviderError`, validate the output against
    ``outputSchema``, and record one audit row (outcome, status, duration, attempts,
    Prefect flow-run and task-run ids) and ``last_used_at``.
@@ -41,6 +42,7 @@ from prefect_integrations.exceptions import (
     ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
+    ResponseTooLarge,
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.oauth.lifecycle import TokenLifecycle, refresh_due, should_refresh
@@ -50,10 +52,13 @@ from prefect_integrations.store.usage import CallRecord, UsageRecorder
 from prefect_integrations.store.vault import fetch_credentials
 
 __all__ = [
+    "MAX_RESPONSE_BYTES",
     "AsyncIntegrationClient",
     "IntegrationClient",
     "RetryPolicy",
+    "aread_limited",
     "build_call",
+    "read_limited",
     "read_response",
     "redact",
 ]
@@ -61,6 +66,69 @@ __all__ = [
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _ALWAYS_RETRY_STATUS = frozenset({429, 502, 503, 504})
 _MASK = "********"
+
+#: The largest response body a client or health check reads (decoded bytes).
+MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+_UNBUFFERED_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+def _declared_too_large(response: httpx.Response, limit: int) -> bool:
+    declared = response.headers.get("content-length", "").strip()
+    return declared.isdigit() and int(declared) > limit
+
+
+def _buffered(response: httpx.Response, content: bytes) -> httpx.Response:
+    """A read response holding ``content`` (already decoded) in place of a streamed one."""
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() not in _UNBUFFERED_HEADERS
+    ]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=content,
+        request=response.request,
+        extensions=response.extensions,
+    )
+
+
+def read_limited(response: httpx.Response, limit: int) -> httpx.Response | None:
+    """Read a streamed response's body, at most ``limit`` bytes; None when it is larger.
+
+    The streamed response is closed either way; a larger body is never read whole (a
+    declared ``Content-Length`` over the limit is refused before reading anything).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        if _declared_too_large(response, limit):
+            return None
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    finally:
+        response.close()
+    return _buffered(response, b"".join(chunks))
+
+
+async def aread_limited(response: httpx.Response, limit: int) -> httpx.Response | None:
+    """`read_limited` for a response of an async client."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        if _declared_too_large(response, limit):
+            return None
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    return _buffered(response, b"".join(chunks))
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +212,32 @@ def redact(text: str, credentials: Credentials | None) -> str:
 
 
 def _redacted(exc: IntegrationError, credentials: Credentials | None) -> IntegrationError:
+    """Redact ``exc`` in place: its message and, for a `ProviderError`, every provider field.
+
+    Exceptions are pickled with their attributes (Prefect result storage), so the
+    provider's code and message are cleaned too, not only the text of the message.
+    """
     clean = redact(exc.message, credentials)
     if clean != exc.message:
         exc.message = clean
         exc.args = (clean,)
-        if isinstance(exc, ProviderError) and exc.provider_message:
+    if isinstance(exc, ProviderError):
+        if exc.provider_message:
             exc.provider_message = redact(exc.provider_message, credentials)
+        if exc.provider_code:
+            exc.provider_code = redact(exc.provider_code, credentials)
     return exc
+
+
+def _as_inputs(inputs: object) -> Any:
+    """A copy of a mapping of inputs (``{}`` for None); anything else as is, for validation.
+
+    Validation then refuses what is not a JSON object with a `ValidationError` naming the
+    method, instead of ``dict()`` failing on it.
+    """
+    if inputs is None:
+        return {}
+    return dict(inputs) if isinstance(inputs, Mapping) else inputs
 
 
 def build_call(
@@ -164,7 +251,7 @@ def build_call(
 ) -> tuple[Method, httpx.Request, binding.RequestContext]:
     """Validate the inputs and build the authenticated request of one method call."""
     method = definition.method(method_id)
-    method.validate_input(dict(inputs))
+    method.validate_input(_as_inputs(inputs))
     request, context = binding.prepare(
         definition, method, inputs, instance.config, instance_id=instance.instance_id
     )
@@ -255,8 +342,12 @@ class _ClientCore:
         credentials_ttl: float = 300.0,
         require_active: bool = True,
         lifecycle: TokenLifecycle | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
+        if max_response_bytes < 1:
+            raise ValueError("max_response_bytes must be at least 1")
         self.instance_id = instance_id
+        self.max_response_bytes = max_response_bytes
         self._db = db
         self._registry = registry
         self._keyring = keyring
@@ -349,6 +440,16 @@ class _ClientCore:
         attempt.status = response.status_code
         return read_response(loaded.definition, attempt.method, response, attempt.context)
 
+    def _too_large(self, loaded: _Loaded, attempt: _Attempt, status: int) -> ResponseTooLarge:
+        attempt.status = status
+        return ResponseTooLarge(
+            integration_id=loaded.definition.id,
+            method_id=attempt.method.id,
+            status=status,
+            limit=self.max_response_bytes,
+            instance_id=self.instance_id,
+        )
+
     def _unavailable(self, loaded: _Loaded, attempt: _Attempt, error: Exception) -> ProviderError:
         return ProviderUnavailable(
             integration_id=loaded.definition.id,
@@ -418,7 +519,7 @@ class IntegrationClient(_ClientCore):
     def call(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
         """Call ``method_id`` with ``inputs``; return the validated output."""
         loaded = self._load()
-        inputs = dict(inputs or {})
+        inputs = _as_inputs(inputs)
         attempt: _Attempt | None = None
         try:
             attempt = self._start(loaded, method_id, inputs)
@@ -439,7 +540,8 @@ class IntegrationClient(_ClientCore):
         while True:
             attempt.attempts += 1
             try:
-                response = self._http.send(attempt.request)
+                streamed = self._http.send(attempt.request, stream=True)
+                response = read_limited(streamed, self.max_response_bytes)
             except httpx.TransportError as error:
                 delay = self.retry.delay(
                     attempt.attempts, method=attempt.request.method, error=error
@@ -448,15 +550,15 @@ class IntegrationClient(_ClientCore):
                     raise self._unavailable(loaded, attempt, error) from None
                 time.sleep(delay)
                 continue
+            if response is None:
+                raise self._too_large(loaded, attempt, streamed.status_code)
             delay = None
             if not response.is_success:
-                response.read()
                 delay = self.retry.delay(
                     attempt.attempts, method=attempt.request.method, response=response
                 )
             if delay is None:
                 return self._finish(loaded, attempt, response)
-            response.close()
             time.sleep(delay)
 
     def close(self) -> None:
@@ -494,7 +596,7 @@ class AsyncIntegrationClient(_ClientCore):
     async def call(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
         """Call ``method_id`` with ``inputs``; return the validated output."""
         loaded = await self._load()
-        inputs = dict(inputs or {})
+        inputs = _as_inputs(inputs)
         attempt: _Attempt | None = None
         try:
             attempt = self._start(loaded, method_id, inputs)
@@ -515,7 +617,8 @@ class AsyncIntegrationClient(_ClientCore):
         while True:
             attempt.attempts += 1
             try:
-                response = await self._http.send(attempt.request)
+                streamed = await self._http.send(attempt.request, stream=True)
+                response = await aread_limited(streamed, self.max_response_bytes)
             except httpx.TransportError as error:
                 delay = self.retry.delay(
                     attempt.attempts, method=attempt.request.method, error=error
@@ -524,15 +627,15 @@ class AsyncIntegrationClient(_ClientCore):
                     raise self._unavailable(loaded, attempt, error) from None
                 await asyncio.sleep(delay)
                 continue
+            if response is None:
+                raise self._too_large(loaded, attempt, streamed.status_code)
             delay = None
             if not response.is_success:
-                await response.aread()
                 delay = self.retry.delay(
                     attempt.attempts, method=attempt.request.method, response=response
                 )
             if delay is None:
                 return self._finish(loaded, attempt, response)
-            await response.aclose()
             await asyncio.sleep(delay)
 
     async def aclose(self) -> None:

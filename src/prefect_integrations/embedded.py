@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -38,12 +38,16 @@ __all__ = [
     "ClusterStatus",
     "EmbeddedCluster",
     "PostgresBinaries",
+    "ShutdownMode",
     "find_binaries",
 ]
 
 SUPERUSER = "prefect_integrations"
 DATABASE_NAME = "prefect_integrations"
 PORT = 5432
+
+#: How `EmbeddedCluster.stop` shuts the server down (``pg_ctl -m``).
+ShutdownMode = Literal["smart", "fast", "immediate"]
 _ROOT_FALLBACK = Path("/var/lib/prefect-integrations/clusters")
 _INSTALL_HINT = (
     "Install the PostgreSQL server and its contrib modules "
@@ -341,15 +345,25 @@ class EmbeddedCluster:
                 f"{exc.stderr.strip() or exc.stdout.strip()}\n{tail}"
             ) from None
 
-    def stop(self) -> bool:
-        """Stop the server (fast shutdown). Returns False when it was not running."""
+    def stop(self, *, mode: ShutdownMode = "fast") -> bool:
+        """Stop the server. Returns False when it was not running.
+
+        ``fast`` (default) ends sessions and shuts down cleanly; ``immediate`` aborts like a
+        crash, so the next start replays the WAL.
+        """
         with self._lock():
             if not self.is_running():
                 return False
             self._run(
-                [self.binaries.tool("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
+                [self.binaries.tool("pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"]
             )
             return True
+
+    def restart(self, *, mode: ShutdownMode = "fast") -> None:
+        """Stop the server (see `stop` for ``mode``) and start it again; waits until ready."""
+        self.stop(mode=mode)
+        with self._lock():
+            self.start()
 
     def ensure_running(self, *, database: str = DATABASE_NAME) -> str:
         """Initialise and start the cluster as needed, create ``database``; return its URL."""

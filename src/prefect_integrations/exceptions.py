@@ -28,7 +28,8 @@ one, the path inside it; they never contain credentials or keys.
     │   └── AuditChainBroken          `audit verify` found an altered or missing row
     ├── ProviderError                 the external service answered with an error
     │   ├── ProviderUnavailable       connection failures, timeouts, 429/5xx after retries
-    │   └── ProviderAuthError         401/403 from the provider
+    │   ├── ProviderAuthError         401/403 from the provider
+    │   └── ResponseTooLarge          the response body exceeds the size limit
     └── OAuthError                    an OAuth2 flow or token request failed
         ├── OAuthStateError           unknown, expired or reused authorization state
         ├── InvalidGrant              the authorization server refused the grant
@@ -66,16 +67,32 @@ __all__ = [
     "ProviderAuthError",
     "ProviderError",
     "ProviderUnavailable",
+    "ResponseTooLarge",
     "TokenEndpointUnavailable",
     "UnknownIntegration",
     "UnknownKeyId",
     "ValidationError",
     "format_json_path",
+    "quote",
 ]
 
 
+def quote(text: str, *, limit: int = 100) -> str:
+    """``'text'`` for a message: shortened past ``limit``, escaped (repr) unless printable.
+
+    Names given by a caller (an instance id, an integration id) may hold line breaks or
+    control characters; quoted this way, an error message stays one readable line.
+    """
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    return f"'{shown}'" if shown.isprintable() and "'" not in shown else repr(shown)
+
+
 def format_json_path(path: Sequence[str | int]) -> str:
-    """Render a JSON path as ``$.methods[0].inputSchema`` (``$`` alone for the root)."""
+    """Render a JSON path as ``$.methods[0].inputSchema`` (``$`` alone for the root).
+
+    Keys that are not identifiers are quoted (``$['a b']``), with unprintable characters
+    escaped so that the path is always one line.
+    """
     out = "$"
     for part in path:
         if isinstance(part, int):
@@ -84,6 +101,8 @@ def format_json_path(path: Sequence[str | int]) -> str:
             out += f".{part}"
         else:
             escaped = part.replace("\\", "\\\\").replace("'", "\\'")
+            if not escaped.isprintable():  # keep the path on one line: escape line breaks...
+                escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in escaped)
             out += f"['{escaped}']"
     return out
 
@@ -148,7 +167,8 @@ class DefinitionProblem:
         self.message = message
 
     def __str__(self) -> str:
-        return f"{self.source}: {format_json_path(self.path)}: {self.message}"
+        source = self.source if self.source.isprintable() else repr(self.source)
+        return f"{source}: {format_json_path(self.path)}: {self.message}"
 
     def __repr__(self) -> str:
         return f"DefinitionProblem({self!s})"
@@ -181,7 +201,7 @@ class UnknownIntegration(DefinitionError):
     def __init__(self, integration_id: str, *, known: Sequence[str] = ()) -> None:
         self.integration_id = integration_id
         hint = f" (known: {', '.join(sorted(known))})" if known else ""
-        super().__init__(f"Unknown integration '{integration_id}'{hint}")
+        super().__init__(f"Unknown integration {quote(integration_id)}{hint}")
 
 
 class ValidationError(IntegrationError):
@@ -209,7 +229,7 @@ class InstanceNotFound(InstanceError):
 
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
-        super().__init__(f"Instance '{instance_id}' not found")
+        super().__init__(f"Instance {quote(instance_id)} not found")
 
 
 class InstanceExists(InstanceError):
@@ -219,7 +239,7 @@ class InstanceExists(InstanceError):
 
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
-        super().__init__(f"Instance '{instance_id}' already exists")
+        super().__init__(f"Instance {quote(instance_id)} already exists")
 
 
 class InstanceUnavailable(InstanceError):
@@ -344,6 +364,31 @@ class ProviderAuthError(ProviderError):
     """The provider refused the credentials (HTTP 401 or 403)."""
 
     code = "provider_auth_failed"
+
+
+class ResponseTooLarge(ProviderError):
+    """The provider's response body is larger than the client accepts (never read whole)."""
+
+    code = "provider_response_too_large"
+
+    def __init__(
+        self,
+        *,
+        integration_id: str,
+        method_id: str,
+        status: int | None,
+        limit: int,
+        instance_id: str | None = None,
+    ) -> None:
+        self.limit = limit
+        super().__init__(
+            integration_id=integration_id,
+            method_id=method_id,
+            status=status,
+            provider_code="response_too_large",
+            provider_message=f"the response body exceeds the limit of {limit} bytes",
+            instance_id=instance_id,
+        )
 
 
 class OAuthError(IntegrationError):

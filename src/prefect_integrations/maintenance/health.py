@@ -12,7 +12,10 @@ Outcomes and the status they lead to:
 
 - ``ok``: ``active``;
 - ``auth_failed``, ``invalid_grant``, ``config_invalid``: ``error`` with that reason;
-- ``provider_unavailable``, ``network``: ``error`` with that reason, unless most checked
+- ``response_too_large`` (the body exceeds ``max_response_bytes``, never read whole):
+  ``error`` with that reason;
+- ``provider_unavailable`` (5xx, or a body declared JSON that does not parse),
+  ``network``: ``error`` with that reason, unless most checked
   instances of the integration fail the same transient way in the batch: then it is a
   provider outage, reported once, and the instances keep their state;
 - ``rate_limited``: the state is kept (the credentials work), the reason recorded.
@@ -36,7 +39,13 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from prefect_integrations.client import build_call, read_response
+from prefect_integrations.client import (
+    MAX_RESPONSE_BYTES,
+    aread_limited,
+    build_call,
+    read_response,
+    redact,
+)
 from prefect_integrations.credentials import Credentials
 from prefect_integrations.db import Database
 from prefect_integrations.events import emit_event, emit_instance_event
@@ -48,6 +57,7 @@ from prefect_integrations.exceptions import (
     ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
+    ResponseTooLarge,
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import audit_log
@@ -140,6 +150,10 @@ def classify(error: BaseException) -> str:
         return "invalid_grant"
     if isinstance(error, ProviderAuthError):
         return "auth_failed"
+    if isinstance(error, ResponseTooLarge):
+        return "response_too_large"
+    if isinstance(error, ProviderError) and error.provider_code == "malformed_response":
+        return "provider_unavailable"  # the provider answered garbage, not a config problem
     if isinstance(error, ProviderUnavailable):
         if error.status == 429:
             return "rate_limited"
@@ -212,8 +226,10 @@ class HealthChecker:
         outage_min: int = 3,
         transport: httpx.AsyncBaseTransport | None = None,
         lifecycle: TokenLifecycle | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self._db = db
+        self.max_response_bytes = max_response_bytes
         self._registry = registry
         self._keyring = keyring
         self._actor = actor
@@ -331,7 +347,8 @@ class HealthChecker:
                 definition, instance, creds, check.method_id, check.input, timeout=self._timeout
             )
             try:
-                response = await http.send(request)
+                streamed = await http.send(request, stream=True)
+                response = await aread_limited(streamed, self.max_response_bytes)
             except httpx.TransportError as exc:
                 raise ProviderUnavailable(
                     integration_id=definition.id,
@@ -340,15 +357,25 @@ class HealthChecker:
                     provider_code=type(exc).__name__,
                     instance_id=instance.instance_id,
                 ) from None
-            status_code = response.status_code
+            status_code = streamed.status_code
+            if response is None:
+                raise ResponseTooLarge(
+                    integration_id=definition.id,
+                    method_id=method.id,
+                    status=status_code,
+                    limit=self.max_response_bytes,
+                    instance_id=instance.instance_id,
+                )
             read_response(definition, method, response, context)
         except (IntegrationError, httpx.HTTPError) as exc:
             reason = classify(exc)
+            # The provider may echo a credential the request never carried (a signing
+            # secret, a refresh token): clean the message with all of them.
             return _result(
                 instance,
                 reason,
                 started,
-                error=str(exc),
+                error=redact(str(exc), creds if isinstance(creds, Credentials) else None),
                 status_code=status_code,
                 keep=reason in _KEEP_STATE,
             )

@@ -4,15 +4,20 @@
 exchange (with the PKCE verifier), the refresh grant and the client-credentials grant.
 Authlib accepts some error bodies as tokens, so every token response passes through a
 compliance hook that refuses anything but a 2xx JSON object with an ``access_token`` and
-turns provider errors into typed exceptions. Nothing raised here contains a token, a
-code, a verifier or a client secret.
+turns provider errors into typed exceptions. A request that could not be sent is
+`TokenEndpointUnavailable` with reason ``token_endpoint_unavailable``; one sent without a
+whole answer (read timeout, connection dropped) has reason ``token_endpoint_no_answer``:
+the endpoint may have processed it. A token response body larger than
+``max_response_bytes`` (default 1 MiB) is not read further: `OAuthError` with reason
+``token_response_too_large``. Nothing raised here contains a token, a code, a verifier or
+a client secret.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +30,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
     from authlib.integrations.httpx_client import OAuth2Client
 
-from prefect_integrations.credentials import Credentials
+from prefect_integrations.credentials import MASK, Credentials
 from prefect_integrations.exceptions import (
     CredentialsError,
     InvalidGrant,
@@ -34,7 +39,45 @@ from prefect_integrations.exceptions import (
 )
 from prefect_integrations.registry import Definition
 
-__all__ = ["TokenEndpoint", "merge_token", "oauth2_setting"]
+__all__ = ["MAX_TOKEN_RESPONSE_BYTES", "TokenEndpoint", "merge_token", "oauth2_setting"]
+
+#: The largest token response body read (raw bytes); token responses are a few KiB.
+MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024
+
+
+class _TooLarge(Exception):
+    """A token response body went over the limit (turned into `OAuthError`)."""
+
+
+class _LimitedStream(httpx.SyncByteStream):
+    """A response body stream that stops once more than ``limit`` bytes came."""
+
+    def __init__(self, inner: httpx.SyncByteStream, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        size = 0
+        for chunk in self._inner:
+            size += len(chunk)
+            if size > self._limit:
+                raise _TooLarge
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+#: Token request parameters whose values are secret.
+_GRANT_SECRETS = ("refresh_token", "code", "code_verifier")
+
+
+def _scrub_error(exc: OAuthError, secrets: list[str]) -> None:
+    """Mask ``secrets`` a token endpoint echoed into ``exc`` (its message and reason)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        exc.message = exc.message.replace(secret, MASK)
+        exc.reason = exc.reason.replace(secret, MASK)
+    exc.args = (exc.message,)
 
 
 def oauth2_setting(definition: Definition, config: Mapping[str, Any], name: str) -> str:
@@ -103,6 +146,7 @@ class TokenEndpoint:
     client_secret: str | None
     auth_method: str = "client_secret_basic"
     timeout: float = 15.0
+    max_response_bytes: int = MAX_TOKEN_RESPONSE_BYTES
 
     @classmethod
     def for_instance(
@@ -161,10 +205,21 @@ class TokenEndpoint:
             )
         return response
 
+    def _limit_body(self, response: httpx.Response) -> None:
+        """Response hook: refuse a body over the limit before and while it is read."""
+        declared = response.headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise _TooLarge
+        if isinstance(response.stream, httpx.SyncByteStream):
+            response.stream = _LimitedStream(response.stream, self.max_response_bytes)
+
     def _client(
         self, *, redirect_uri: str | None = None, transport: httpx.BaseTransport | None = None
     ) -> OAuth2Client:
-        kwargs: dict[str, Any] = {"timeout": self.timeout}
+        kwargs: dict[str, Any] = {
+            "timeout": self.timeout,
+            "event_hooks": {"response": [self._limit_body]},
+        }
         if transport is not None:
             kwargs["transport"] = transport
         client = OAuth2Client(
@@ -178,17 +233,36 @@ class TokenEndpoint:
         client.register_compliance_hook("refresh_token_response", self._check)
         return client
 
+    def _secrets(self, params: Mapping[str, Any]) -> list[str]:
+        """The secret values one token request carries: client secret, token, code."""
+        values = [self.client_secret, *(params.get(name) for name in _GRANT_SECRETS)]
+        return [v for v in values if isinstance(v, str) and len(v) >= 4]
+
     def _request(self, *, redirect_uri: str | None = None, **params: Any) -> dict[str, Any]:
         try:
             with self._client(redirect_uri=redirect_uri) as client:
                 token = client.fetch_token(self.token_url, **params)
-        except OAuthError:
+        except OAuthError as exc:
+            _scrub_error(exc, self._secrets(params))
             raise
-        except httpx.TransportError as exc:
+        except _TooLarge:
+            raise OAuthError(
+                f"Token endpoint of instance '{self.instance_id}' answered a body larger than "
+                f"{self.max_response_bytes} bytes",
+                reason="token_response_too_large",
+            ) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise TokenEndpointUnavailable(
                 f"Token endpoint of instance '{self.instance_id}' unreachable: "
                 f"{type(exc).__name__}",
                 reason="token_endpoint_unavailable",
+            ) from None
+        except httpx.TransportError as exc:
+            # Sent, but no (whole) answer: the endpoint may have processed the request.
+            raise TokenEndpointUnavailable(
+                f"Token endpoint of instance '{self.instance_id}' did not answer: "
+                f"{type(exc).__name__} (the request may have been processed)",
+                reason="token_endpoint_no_answer",
             ) from None
         except Exception as exc:  # Authlib's own errors: keep the class, drop the text
             raise OAuthError(

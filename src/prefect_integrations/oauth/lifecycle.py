@@ -10,10 +10,17 @@ make exactly one token request:
 2. claim a lease with a compare-and-swap on ``credentials_version`` (short transaction);
    a worker that loses waits until the version changes (the winner's token) or the lease
    runs out, then re-reads;
-3. call the token endpoint outside any transaction, retrying timeouts and 5xx;
+3. call the token endpoint outside any transaction, retrying connection failures, 5xx
+   and 429 (a refresh-token request that was sent but got no answer is not retried: it
+   may have been processed, and reusing a rotated refresh token makes providers such as
+   oidc-provider revoke the grant; client-credentials requests are always retried);
 4. write the new credentials only if the version is unchanged (compare-and-swap), which
    also releases the lease. A rotated refresh token is always saved; a response without
-   one keeps the old one.
+   one keeps the old one. When the database is unavailable at this point the write is
+   retried until the lease runs out: the provider may already have invalidated the old
+   refresh token, so giving up early would lose the only valid one. If the database stays
+   away longer, `DatabaseUnavailable` says so (the stored refresh token may then be dead,
+   and the next refresh sets ``error`` with reason ``invalid_grant``).
 
 ``invalid_grant``: re-read first (another worker may have rotated the token); if the
 stored token did not change, the instance goes to ``error`` with reason
@@ -25,6 +32,7 @@ event.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -38,6 +46,7 @@ from prefect_integrations.credentials import Credentials
 from prefect_integrations.db import Database
 from prefect_integrations.events import emit_instance_event
 from prefect_integrations.exceptions import (
+    DatabaseUnavailable,
     InstanceNotFound,
     InvalidGrant,
     OAuthError,
@@ -57,6 +66,8 @@ __all__ = [
     "refresh_due",
     "should_refresh",
 ]
+
+_logger = logging.getLogger(__name__)
 
 LEAD_SHARE = 0.1
 LEAD_FLOOR = 60.0
@@ -292,8 +303,13 @@ class TokenLifecycle:
                         reason="no_refresh_token",
                     )
                 return endpoint.refresh(refresh_token.get_secret_value())
-            except TokenEndpointUnavailable:
-                if attempt >= self.attempts:
+            except TokenEndpointUnavailable as exc:
+                # A refresh request sent without an answer may have been processed: the
+                # provider may have rotated the refresh token, and sending the old one
+                # again would make it revoke the whole grant. Only retry it when it was
+                # surely not processed (not sent, or answered 5xx/429).
+                ambiguous = exc.reason == "token_endpoint_no_answer"
+                if attempt >= self.attempts or (ambiguous and grant != "client_credentials"):
                     raise
                 time.sleep(random.uniform(0, self.backoff * 2 ** (attempt - 1)))  # noqa: S311
 
@@ -306,6 +322,7 @@ class TokenLifecycle:
         reason: str,
     ) -> RefreshOutcome:
         instance_id, version = instance.instance_id, instance.credentials_version
+        lease_ends = time.monotonic() + self.lease_seconds
         try:
             endpoint = self._endpoint_factory(definition, instance, creds)
             token = self._call_endpoint(endpoint, creds, grant, _scope(definition))
@@ -328,6 +345,43 @@ class TokenLifecycle:
             )
             raise
         merged = merge_token(creds.reveal(), token, now=self._clock())
+        delay = 0.05
+        while True:
+            try:
+                return self._store(definition, instance, grant, reason, merged, token)
+            except DatabaseUnavailable as exc:
+                rotated = "refresh_token" in token
+                if time.monotonic() + delay >= lease_ends:
+                    lost = (
+                        "; the provider rotated the refresh token, so the stored one may no "
+                        "longer work (reconnect the instance if the next refresh fails with "
+                        "invalid_grant)"
+                        if rotated
+                        else ""
+                    )
+                    raise DatabaseUnavailable(
+                        f"The refreshed token of instance '{instance_id}' was not stored: "
+                        f"{exc}{lost}"
+                    ) from None
+                _logger.warning(
+                    "Could not store the refreshed token of instance '%s' (database "
+                    "unavailable); retrying until its refresh lease ends",
+                    instance_id,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _store(
+        self,
+        definition: Definition,
+        instance: Instance,
+        grant: str,
+        reason: str,
+        merged: dict[str, Any],
+        token: Mapping[str, Any],
+    ) -> RefreshOutcome:
+        """Write refreshed credentials (compare-and-swap on the version) and audit it."""
+        instance_id, version = instance.instance_id, instance.credentials_version
         with self._db.transaction(f"store refreshed token of '{instance_id}'") as session:
             new_version = vault.store_credentials(
                 session, self._keyring, instance_id, merged, expected_version=version
