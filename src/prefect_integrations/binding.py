@@ -49,6 +49,7 @@ from prefect_integrations.exceptions import (
     ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
+    ValidationError,
 )
 
 if TYPE_CHECKING:
@@ -465,15 +466,34 @@ def _query_items(name: str, value: Any) -> list[tuple[str, str]]:
     return [(name, to_text(value))]
 
 
+def _header_value(ctx: RequestContext, name: str, text: str) -> str:
+    """``text`` if it can be sent as a header value (tab, space and visible ASCII).
+
+    Anything else (a line break, a control or non-ASCII character) is a `ValidationError`
+    naming the method and the header, raised before anything is sent.
+    """
+    if all(char == "\t" or " " <= char <= "~" for char in text):
+        return text
+    raise ValidationError(
+        f"Request of '{ctx.integration_id}.{ctx.method_id}'",
+        ("headers", name),
+        "header value may only contain printable ASCII characters "
+        "(no line breaks, control or non-ASCII characters)",
+    )
+
+
 def _set_headers(
-    headers: dict[str, tuple[str, str]], entries: Sequence[tuple[str, Node]], scope: Scope
+    headers: dict[str, tuple[str, str]],
+    entries: Sequence[tuple[str, Node]],
+    scope: Scope,
+    ctx: RequestContext,
 ) -> None:
     for name, node in entries:
         value = node(scope)
         if is_omitted(value):
             continue
         text = ", ".join(to_text(v) for v in value) if isinstance(value, list) else to_text(value)
-        headers[name.lower()] = (name, text)
+        headers[name.lower()] = (name, _header_value(ctx, name, text))
 
 
 def _base_url(binding: DefinitionBinding, config: Mapping[str, Any]) -> str:
@@ -497,7 +517,9 @@ def prepare(
     defaults are applied here. The URL is the base URL (``config.base_url`` or the
     definition's ``baseUrl``) followed by the rendered path; the headers are the
     definition's, then the method's (a later name replaces an earlier one, ignoring case).
-    Raises `DefinitionError` if a template fails while rendering.
+    Raises `DefinitionError` if a template fails while rendering, and `ValidationError` if
+    a rendered header value cannot be sent (a line break, a control or non-ASCII character)
+    or the URL cannot be built (e.g. a query too long).
     """
     definition_binding, method_binding = _bindings(definition, method)
     full_config = _with_defaults(definition_binding.config_defaults, config)
@@ -527,7 +549,7 @@ def _handler_request(
     request = handler.build_request(ctx)
     if binding.headers:
         extra: dict[str, tuple[str, str]] = {}
-        _set_headers(extra, binding.headers, scope)
+        _set_headers(extra, binding.headers, scope, ctx)
         for lower, (name, value) in extra.items():
             if lower not in request.headers:
                 request.headers[name] = value
@@ -560,15 +582,22 @@ def _http_request(
         if not is_omitted(value):
             content = value if isinstance(value, bytes) else to_text(value).encode("utf-8")
             headers["content-type"] = ("Content-Type", http.content_type or "text/plain")
-    _set_headers(headers, binding.headers, scope)
-    _set_headers(headers, http.headers, scope)
-    return httpx.Request(
-        http.verb,
-        ctx.base_url + path,
-        params=params or None,
-        headers=list(headers.values()),
-        content=content,
-    )
+    _set_headers(headers, binding.headers, scope, ctx)
+    _set_headers(headers, http.headers, scope, ctx)
+    try:
+        return httpx.Request(
+            http.verb,
+            ctx.base_url + path,
+            params=params or None,
+            headers=list(headers.values()),
+            content=content,
+        )
+    except httpx.InvalidURL as exc:  # e.g. a query longer than any server accepts
+        raise ValidationError(
+            f"Request of '{ctx.integration_id}.{ctx.method_id}'",
+            ("url",),
+            f"the inputs do not make a usable URL ({exc})",
+        ) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -585,6 +614,12 @@ def _response_body(response: httpx.Response) -> Any:
         return json.loads(content)
     except (ValueError, UnicodeDecodeError):
         return response.text
+
+
+def _declares_json(response: httpx.Response) -> bool:
+    """True when the response's content type is JSON (``application/json``, ``+json``)."""
+    media = str(response.headers.get("content-type", "")).split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 
 def _response_scope(
@@ -605,7 +640,8 @@ def parse(
     """Map a response to the method's output, or raise `ProviderError`.
 
     A non-2xx response, or a 2xx response for which the definition's ``errors.when``
-    renders truthy (Slack answers ``200 {"ok": false, ...}``), raises `provider_error`.
+    renders truthy (Slack answers ``200 {"ok": false, ...}``), raises `provider_error`; so
+    does a body declared JSON that does not parse (provider code ``malformed_response``).
     Otherwise the method's ``output`` tree is rendered (the parsed body itself if there is
     none) or the handler's ``parse_response`` is called. The output is not validated here.
     """
@@ -613,6 +649,15 @@ def parse(
     if not response.is_success:
         raise provider_error(definition, method, response, instance_id=ctx.instance_id)
     body = _response_body(response)
+    if isinstance(body, str) and _declares_json(response):
+        raise ProviderError(
+            integration_id=definition.id,
+            method_id=method.id,
+            status=response.status_code,
+            provider_code="malformed_response",
+            provider_message="the response body is declared JSON but is not valid JSON",
+            instance_id=ctx.instance_id,
+        )
     errors = definition_binding.errors
     http = method_binding.http
     wants_headers = (errors is not None and errors.uses_headers) or (

@@ -52,6 +52,7 @@ from prefect_integrations.exceptions import (
     UnknownIntegration,
     ValidationError,
 )
+from prefect_integrations.validation import check_json, json_problem
 
 __all__ = [
     "AuthType",
@@ -154,10 +155,14 @@ class Method:
         return self.binding.handler if self.binding is not None else None
 
     def validate_input(self, value: object, *, subject: str | None = None) -> None:
-        """Raise `ValidationError` if ``value`` breaks the input schema."""
-        _raise_first_error(
-            self.input_validator, value, subject or f"Input of '{self.qualified_name}'"
-        )
+        """Raise `ValidationError` if ``value`` breaks the input schema.
+
+        Anything but plain JSON data (NaN, bytes, sets, nesting deeper than
+        `~prefect_integrations.validation.MAX_DEPTH`) is refused first, naming its path.
+        """
+        subject = subject or f"Input of '{self.qualified_name}'"
+        check_json(value, subject=subject)
+        _raise_first_error(self.input_validator, value, subject)
 
     def validate_output(self, value: object, *, subject: str | None = None) -> None:
         """Raise `ValidationError` if ``value`` breaks the output schema."""
@@ -253,8 +258,10 @@ class Definition:
             ) from None
 
     def validate_config(self, config: object, *, subject: str | None = None) -> None:
-        """Raise `ValidationError` if ``config`` breaks the configuration schema."""
-        _raise_first_error(self.config_validator, config, subject or f"Config for '{self.id}'")
+        """Raise `ValidationError` if ``config`` is not plain JSON data or breaks the schema."""
+        subject = subject or f"Config for '{self.id}'"
+        check_json(config, subject=subject)
+        _raise_first_error(self.config_validator, config, subject)
 
     @classmethod
     def from_document(cls, document: object, *, source: str) -> Definition:
@@ -655,7 +662,7 @@ def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[Def
     # The health check names a method of this definition with inputs valid for it.
     health = document.get("healthCheck")
     if isinstance(health, dict) and isinstance(health.get("method"), str):
-        by_id = {m.get("id"): m for m in method_list}
+        by_id = {m["id"]: m for m in method_list if isinstance(m.get("id"), str)}
         target = by_id.get(health["method"])
         if target is None:
             known = ", ".join(str(m.get("id")) for m in method_list) or "none"
@@ -687,7 +694,7 @@ def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[Def
     # Credential rotation needs an apikey definition, a health check and known methods.
     rotation = document.get("credentialRotation")
     if isinstance(rotation, dict):
-        known_ids = {m.get("id") for m in method_list}
+        known_ids = {m["id"] for m in method_list if isinstance(m.get("id"), str)}
         if auth_type != "apikey":
             problems.append(
                 _problem(
@@ -718,8 +725,10 @@ def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[Def
 def validate_document(document: object, *, source: str) -> list[DefinitionProblem]:
     """Return every problem of a parsed definition document (``[]`` if it is valid).
 
-    Checks the meta-schema (all errors, sorted by path), that each embedded schema is a valid
-    draft 2020-12 JSON Schema, that method ids are unique, that ``oauth2Config`` is present
+    Checks that it is plain JSON data nested at most
+    `~prefect_integrations.validation.MAX_DEPTH` deep, the meta-schema (all errors, sorted
+    by path), that each embedded schema is a valid draft 2020-12 JSON Schema, that method
+    ids are unique, that ``oauth2Config`` is present
     exactly when ``authType`` is ``oauth2``, that required scopes are requested, and the
     bindings: one of ``http``/``handler`` per method, ``baseUrl`` unless all are handlers,
     ``auth`` matching ``authType``, the health check's method and inputs, every template
@@ -729,6 +738,9 @@ def validate_document(document: object, *, source: str) -> list[DefinitionProble
         return [
             _problem(source, (), f"top level must be a JSON object, not {_json_type(document)}")
         ]
+    unusable = json_problem(document)  # e.g. nested too deeply to validate without overflow
+    if unusable is not None:
+        return [_problem(source, *unusable)]
     problems: list[DefinitionProblem] = []
     for error in _meta_validator().iter_errors(document):
         problems.extend(_meta_error_problems(error, source))
@@ -781,6 +793,8 @@ def load_document(path: Path) -> tuple[dict[str, Any] | None, list[DefinitionPro
         return None, [_problem(source, (), message)]
     except ValueError as exc:
         return None, [_problem(source, (), f"malformed JSON: {exc}")]
+    except RecursionError:
+        return None, [_problem(source, (), "malformed JSON: nested too deeply")]
     if not isinstance(document, dict):
         message = f"top level must be a JSON object, not {_json_type(document)}"
         return None, [_problem(source, (), message)]
@@ -791,12 +805,16 @@ def _expand(paths: Iterable[Path]) -> Iterator[tuple[Path, list[DefinitionProble
     """Yield each definition file to read, or a path with the problem that prevents it."""
     seen: set[Path] = set()
     for path in paths:
-        if path.is_dir():
-            files = sorted(p for p in path.glob("*.json") if p.is_file())
-        elif path.exists():
-            files = [path]
-        else:
-            yield path, [_problem(str(path), (), "no such file or directory")]
+        try:
+            if path.is_dir():
+                files = sorted(p for p in path.glob("*.json") if p.is_file())
+            elif path.exists():
+                files = [path]
+            else:
+                yield path, [_problem(str(path), (), "no such file or directory")]
+                continue
+        except OSError as exc:  # e.g. a name too long for the file system
+            yield path, [_problem(str(path), (), f"cannot read: {exc.strerror or exc}")]
             continue
         for file in files:
             resolved = file.resolve()

@@ -120,10 +120,12 @@ def _task_function(definition: Definition, method: Method) -> Callable[..., Any]
 
     def run(**kwargs: Any) -> Any:
         instance = kwargs.pop("instance", None)
+        # An unknown keyword is passed on under its own name, so that input validation
+        # refuses it (naming it) instead of it being dropped without a word.
         inputs = {
-            names[name]: value
+            names.get(name, name): value
             for name, value in kwargs.items()
-            if name in names and value is not None and value is not _OMITTED
+            if value is not None and value is not _OMITTED
         }
         return call_method(integration_id, method_id, inputs, instance)
 

@@ -8,6 +8,7 @@ broken and never echo the rejected value when it may be secret.
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -19,10 +20,13 @@ from jsonschema.exceptions import best_match
 from prefect_integrations.exceptions import ValidationError
 
 __all__ = [
+    "MAX_DEPTH",
+    "check_json",
     "check_storable",
     "compile_schema",
     "credentials_validator",
     "first_error",
+    "json_problem",
     "load_packaged_schema",
     "status_validator",
     "validate",
@@ -61,11 +65,62 @@ def validate(
 ) -> None:
     """Raise `ValidationError` naming ``subject`` and the JSON path when ``value`` is invalid.
 
-    With ``secret=True`` the message never includes the offending value.
+    With ``secret=True`` the message never includes the offending value. Anything but plain
+    JSON data is refused first (`check_json`).
     """
+    check_json(value, subject=subject)
     error = first_error(validator, value)
     if error is not None:
         raise ValidationError(subject, list(error.absolute_path), _reason(error, secret=secret))
+
+
+#: Deepest nesting of objects and arrays accepted in a value (inputs, config, credentials).
+MAX_DEPTH = 100
+#: Largest integer accepted, in bits (Python refuses to print integers of 4300+ digits).
+_MAX_INT_BITS = 4096
+
+
+def json_problem(value: object) -> tuple[list[str | int], str] | None:
+    """The path and problem of the first part of ``value`` that is not plain JSON data.
+
+    Plain JSON data is dicts with string keys, lists, strings, booleans, None, integers of
+    sane size and finite floats, nested at most `MAX_DEPTH` deep. Walked without recursion,
+    so any depth is reported rather than overflowing the stack.
+    """
+    stack: list[tuple[object, list[str | int]]] = [(value, [])]
+    while stack:
+        item, path = stack.pop()
+        if item is None or isinstance(item, str | bool):
+            continue
+        if isinstance(item, int):
+            if item.bit_length() > _MAX_INT_BITS:
+                return path, f"integer too large (more than {_MAX_INT_BITS} bits)"
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return path, f"{item!r} is not a JSON number"
+            continue
+        if not isinstance(item, dict | list):
+            return path, f"a {type(item).__name__} is not a JSON value"
+        if len(path) >= MAX_DEPTH:
+            return path, f"nested too deeply (more than {MAX_DEPTH} levels)"
+        children: list[tuple[object, list[str | int]]] = []
+        if isinstance(item, list):
+            children.extend((child, [*path, index]) for index, child in enumerate(item))
+        else:
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return path, f"has a {type(key).__name__} key; JSON keys are strings"
+                children.append((child, [*path, key]))
+        stack.extend(reversed(children))
+    return None
+
+
+def check_json(value: object, *, subject: str) -> None:
+    """Refuse anything but plain JSON data (NaN, bytes, sets...), naming the JSON path."""
+    problem = json_problem(value)
+    if problem is not None:
+        raise ValidationError(subject, *problem)
 
 
 def _nul_path(value: object, path: list[str | int]) -> list[str | int] | None:
@@ -87,7 +142,11 @@ def _nul_path(value: object, path: list[str | int]) -> list[str | int] | None:
 
 
 def check_storable(value: object, *, subject: str) -> None:
-    """Refuse strings PostgreSQL cannot store (NUL characters), naming the JSON path."""
+    """Refuse what PostgreSQL cannot store as jsonb, naming the JSON path.
+
+    That is anything `check_json` refuses, and strings with a NUL character.
+    """
+    check_json(value, subject=subject)
     path = _nul_path(value, [])
     if path is not None:
         raise ValidationError(subject, path, "contains a NUL character (\\u0000)")

@@ -22,7 +22,7 @@ from prefect_integrations.cli import (
     oauth_commands,
 )
 from prefect_integrations.cli._common import runtime
-from prefect_integrations.exceptions import IntegrationError
+from prefect_integrations.exceptions import IntegrationError, ValidationError
 
 __all__ = ["app", "main", "run"]
 
@@ -120,14 +120,33 @@ def serve(
     run_service(rt, once=once, oauth=oauth, prefect_port=prefect_port, echo=typer.echo)
 
 
+def _check_encodable(args: Sequence[str]) -> None:
+    """Refuse arguments that are not text (undecodable bytes arrive as lone surrogates).
+
+    Nothing could store, compare or even print them, so they are refused before anything
+    else, with the position of the argument.
+    """
+    for position, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValidationError(
+                "Command line",
+                [position],
+                f"not UTF-8 text (undecodable byte at character {exc.start + 1})",
+            ) from None
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv``; return the exit code (errors become one clear line).
 
     Usage errors are typer's (usage and the problem, exit 2); errors of the package are
     one line ``error[code]: message`` with exit 1.
     """
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        app(args=list(argv) if argv is not None else None, standalone_mode=True)
+        _check_encodable(args)
+        app(args=args, standalone_mode=True)
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)

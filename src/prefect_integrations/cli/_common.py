@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from prefect_integrations.exceptions import ValidationError
+from prefect_integrations.exceptions import ValidationError, quote
 from prefect_integrations.runtime import Runtime, reset_runtime, runtime
 
 __all__ = [
@@ -37,6 +37,8 @@ def _loads(text: str, subject: str) -> Any:
         ) from None
     except ValueError as exc:  # NaN / Infinity
         raise ValidationError(subject, [], f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValidationError(subject, [], "not valid JSON (nested too deeply)") from None
 
 
 def parse_json_option(text: str, *, option: str) -> Any:
@@ -49,23 +51,23 @@ def read_json_file(path: str, *, what: str) -> Any:
 
     Error messages give the position of a syntax error, never the content.
     """
-    label = "standard input" if path == "-" else path
+    label = "standard input" if path == "-" else quote(path, limit=1000)
     try:
         if path == "-":
             text = sys.stdin.read()
         else:
             file = Path(path)
             if file.is_dir():
-                raise ValidationError(f"{what} file '{label}'", [], "is a folder, not a file")
+                raise ValidationError(f"{what} file {label}", [], "is a folder, not a file")
             if not file.is_file():
-                raise ValidationError(f"{what} file '{label}'", [], "no such file")
+                raise ValidationError(f"{what} file {label}", [], "no such file")
             text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ValidationError(
             f"{what} from {label}", [], f"not UTF-8 text (byte {exc.start})"
         ) from None
     except OSError as exc:
-        raise ValidationError(f"{what} file '{label}'", [], exc.strerror or "unreadable") from None
+        raise ValidationError(f"{what} file {label}", [], exc.strerror or "unreadable") from None
     return _loads(text, f"{what} from {label}")
 
 

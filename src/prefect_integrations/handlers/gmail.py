@@ -31,12 +31,17 @@ __all__ = ["SendMessage", "build_message", "send_message"]
 _POLICY = SMTP.clone(cte_type="7bit")
 
 
+def _has_line_break(text: str) -> bool:
+    """True if ``text`` has a line boundary (CR, LF, or any other `str.splitlines` breaks)."""
+    return "".join(text.splitlines()) != text
+
+
 def _header_text(inputs: Mapping[str, Any], name: str) -> str | None:
     value = inputs.get(name)
     if value is None:
         return None
     text = str(value)
-    if "\r" in text or "\n" in text:  # a line break would start a new header
+    if _has_line_break(text):  # a line break would start a new header
         raise ValidationError(
             "Input of 'gmail.send_message'", (name,), "must not contain line breaks"
         )
@@ -49,7 +54,7 @@ def _addresses(inputs: Mapping[str, Any], name: str) -> str | None:
         return None
     items: Sequence[Any] = value if isinstance(value, list | tuple) else [value]
     for index, item in enumerate(items):
-        if "\r" in str(item) or "\n" in str(item):
+        if _has_line_break(str(item)):
             raise ValidationError(
                 "Input of 'gmail.send_message'", (name, index), "must not contain line breaks"
             )

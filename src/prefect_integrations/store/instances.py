@@ -151,13 +151,14 @@ def _check_name(instance_id: str, name: str) -> str:
     return name
 
 
-def _check_config(
-    definition: Definition, instance_id: str, config: Mapping[str, Any]
-) -> dict[str, Any]:
+def _check_config(definition: Definition, instance_id: str, config: object) -> dict[str, Any]:
     subject = f"Config of instance '{instance_id}'"
-    definition.validate_config(dict(config), subject=subject)
-    check_storable(config, subject=subject)
-    return dict(config)
+    if not isinstance(config, Mapping):
+        raise ValidationError(subject, [], "config must be a JSON object")
+    values = dict(config)
+    definition.validate_config(values, subject=subject)
+    check_storable(values, subject=subject)
+    return values
 
 
 def _credential_kind(values: Mapping[str, Any]) -> str | None:
@@ -269,7 +270,7 @@ def create_instance(
     _check_instance_id(instance_id)
     _check_name(instance_id, name)
     definition = registry.get(integration_id)
-    config = _check_config(definition, instance_id, config or {})
+    config = _check_config(definition, instance_id, {} if config is None else config)
     creds = None
     if credentials is not None:
         creds = validate_credentials(definition, instance_id, credentials)
