@@ -34,7 +34,7 @@ import httpx
 
 from prefect_integrations import binding
 from prefect_integrations.auth import apply_auth
-from prefect_integrations.credentials import Credentials
+from prefect_integrations.credentials import Credentials, secret_strings
 from prefect_integrations.db import Database
 from prefect_integrations.exceptions import (
     InstanceUnavailable,
@@ -192,20 +192,7 @@ def redact(text: str, credentials: Credentials | None) -> str:
     """Replace every secret value of ``credentials`` found in ``text`` with a mask."""
     if credentials is None or not text:
         return text
-    secrets: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            if len(value) >= 4:
-                secrets.append(value)
-        elif isinstance(value, Mapping):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(credentials.reveal())
+    secrets = secret_strings(credentials.reveal(), min_length=4)
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, _MASK)
     return text

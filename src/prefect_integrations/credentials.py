@@ -19,11 +19,32 @@ __all__ = [
     "Credentials",
     "EncryptedCredentials",
     "credentials_metadata",
+    "secret_strings",
 ]
 
 MASK = "********"
 #: Credential fields that are not secret and may be shown and stored unencrypted as metadata.
 NON_SECRET_FIELDS = frozenset({"token_type", "scope", "expires_at"})
+
+
+def secret_strings(values: Mapping[str, Any], *, min_length: int) -> list[str]:
+    """Every string of at least ``min_length`` characters in credential ``values``.
+
+    Nested mappings and lists are walked; the top-level `NON_SECRET_FIELDS` are skipped.
+    Used to mask secrets in text (shorter strings would garble unrelated text).
+    """
+    found: list[str] = []
+    stack: list[Any] = [v for k, v in values.items() if k not in NON_SECRET_FIELDS]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if len(value) >= min_length:
+                found.append(value)
+        elif isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return found
 
 
 def _wrap(value: Any) -> Any:

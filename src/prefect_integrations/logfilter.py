@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from prefect_integrations.credentials import MASK, NON_SECRET_FIELDS
+from prefect_integrations.credentials import MASK, secret_strings
 
 __all__ = [
     "FILTERED_LOGGERS",
@@ -50,31 +50,11 @@ _secrets: OrderedDict[str, None] = OrderedDict()
 _pattern: re.Pattern[str] | None = None  # all remembered secrets, longest first; rebuilt lazily
 
 
-def _strings(values: Mapping[str, Any]) -> list[str]:
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            if len(value) >= _MIN_LENGTH:
-                found.append(value)
-        elif isinstance(value, Mapping):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    for name, value in values.items():
-        if name not in NON_SECRET_FIELDS:
-            walk(value)
-    return found
-
-
 def remember(values: Mapping[str, Any]) -> None:
     """Remember the secret strings of decrypted credential ``values`` for `scrub`."""
     global _pattern
     with _lock:
-        for secret in _strings(values):
+        for secret in secret_strings(values, min_length=_MIN_LENGTH):
             if secret not in _secrets:
                 _pattern = None
             _secrets[secret] = None
