@@ -386,6 +386,7 @@ def test_public_entry_points_never_cross_tenants(
         with synced.transaction() as s:
             s.execute(sa.text("DELETE FROM integration_instances"))
             population = insert(s, test_registry, drawn, moves)
+        assert runtime().wait_for_changes()  # resolutions remembered before are forgotten
         ids = [s.instance_id for s in population]
         cases = data.draw(
             st.lists(
@@ -514,8 +515,8 @@ def test_block_of_another_tenant_is_not_found_inside_a_context(
 def test_a_moved_instance_is_out_of_reach_on_the_next_call(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    """Resolution is never remembered: moving an instance to another tenant takes effect
-    for the very next task call of a running process."""
+    """Moving an instance to another tenant takes effect for the next task call of a
+    running process once the change has reached it (`Runtime.wait_for_changes`)."""
     from prefect_integrations.tasks import call_method
 
     _add_echo(echo_db, echo_registry, keyring, "echo_acme", Scope("client", "acme"), provider.url)
@@ -526,6 +527,7 @@ def test_a_moved_instance_is_out_of_reach_on_the_next_call(
             instances.update_instance(
                 s, echo_registry, "echo_acme", scope=Scope("client", "beta"), actor="tests"
             )
+        assert runtime().wait_for_changes()
         with pytest.raises(NoInstanceFound):
             call_method("echo", "get_item", {"item_id": 1})
         with pytest.raises(InstanceNotFound):

@@ -102,6 +102,26 @@ def _tables(db: Database) -> set[str]:
         )
 
 
+NOTIFY_TRIGGERS = {"integration_instances_notify_write", "integration_instances_notify_update"}
+
+
+def _notify_objects(db: Database) -> tuple[set[str], bool]:
+    """The change-notification triggers on instances, and whether their function exists."""
+    with db.transaction() as s:
+        triggers = set(
+            s.execute(
+                sa.text(
+                    "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
+                    "AND tgrelid = to_regclass('integration_instances')"
+                )
+            ).scalars()
+        )
+        function = s.execute(
+            sa.text("SELECT to_regprocedure('integration_instances_notify()') IS NOT NULL")
+        ).scalar_one()
+    return triggers, bool(function)
+
+
 def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
     assert dbmod.current_revision(empty_db) is None
     dbmod.upgrade(empty_db)
@@ -116,6 +136,11 @@ def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
             == 1
         )
 
+    assert _notify_objects(empty_db) == (NOTIFY_TRIGGERS, True)
+    dbmod.downgrade(empty_db, "2026_11_27_0003")
+    assert _notify_objects(empty_db) == (set(), False)
+    assert _columns(empty_db) == SCHEMA
+
     dbmod.downgrade(empty_db, "base")
     assert dbmod.current_revision(empty_db) is None
     assert _tables(empty_db) == {"prefect_integrations_alembic_version"}
@@ -123,6 +148,7 @@ def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
     dbmod.upgrade(empty_db)
     dbmod.apply_grants(empty_db)  # roles exist already: grants are idempotent
     assert _columns(empty_db) == SCHEMA
+    assert _notify_objects(empty_db) == (NOTIFY_TRIGGERS, True)
     assert set(INDEXES) <= set(_indexes(empty_db))
     assert {"integration_definitions", "integration_instances", "integration_audit_log"} <= _tables(
         empty_db

@@ -1,0 +1,57 @@
+"""Announce changes of instances that can change a resolution (LISTEN/NOTIFY).
+
+A statement-level trigger sends an empty notification on the channel
+``integration_instance_changes`` after every insert, delete or truncate of instances and
+after updates of the columns resolution reads. PostgreSQL delivers it at commit and
+sends one per transaction, so processes that remember resolutions forget them then.
+
+Revision ID: 2026_11_27_0004
+Revises: 2026_11_27_0003
+Create Date: 2026-11-27
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "2026_11_27_0004"
+down_revision: str | None = "2026_11_27_0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# Also in prefect_integrations.runtime.INSTANCE_CHANGES_CHANNEL.
+CHANNEL = "integration_instance_changes"
+
+# The columns `prefect_integrations.resolve` reads (status holds the state).
+RESOLUTION_COLUMNS = "instance_id, integration_id, context_type, context_id, status"
+
+# pg_notify needs no privilege, so the function runs as the writer (no SECURITY DEFINER).
+FUNCTIONS = f"""
+CREATE FUNCTION integration_instances_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('{CHANNEL}', '');
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER integration_instances_notify_write
+  AFTER INSERT OR DELETE OR TRUNCATE ON integration_instances
+  FOR EACH STATEMENT EXECUTE FUNCTION integration_instances_notify();
+CREATE TRIGGER integration_instances_notify_update
+  AFTER UPDATE OF {RESOLUTION_COLUMNS} ON integration_instances
+  FOR EACH STATEMENT EXECUTE FUNCTION integration_instances_notify();
+"""
+
+
+def upgrade() -> None:
+    op.execute(FUNCTIONS)
+
+
+def downgrade() -> None:
+    op.execute(
+        "DROP TRIGGER IF EXISTS integration_instances_notify_update ON integration_instances"
+    )
+    op.execute("DROP TRIGGER IF EXISTS integration_instances_notify_write ON integration_instances")
+    op.execute("DROP FUNCTION IF EXISTS integration_instances_notify()")
