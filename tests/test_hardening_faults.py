@@ -735,6 +735,13 @@ _TOKEN_FAULTS: dict[str, tuple[dict[str, Any], type[OAuthError], str, str, int]]
         "active",
         3,  # retried
     ),
+    "429_retry_after_3600": (
+        {"status": 429, "headers": {"Retry-After": "3600"}, "count": 3},
+        TokenEndpointUnavailable,
+        "token_endpoint_unavailable",
+        "active",
+        1,  # asked to come back in an hour: not waited for
+    ),
     "429": (
         {"status": 429, "count": 3},
         TokenEndpointUnavailable,

@@ -21,18 +21,17 @@ against the instance's secrets before they are raised.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
 import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from prefect_integrations import binding
+from prefect_integrations._http import retry_after_seconds
 from prefect_integrations.auth import apply_auth
 from prefect_integrations.credentials import Credentials, secret_strings
 from prefect_integrations.db import Database
@@ -164,28 +163,12 @@ class RetryPolicy:
             if status not in _ALWAYS_RETRY_STATUS and not (status == 500 and idempotent):
                 return None
         backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))  # noqa: S311
-        retry_after = _retry_after(response) if response is not None else None
+        retry_after = retry_after_seconds(response) if response is not None else None
         if retry_after is None:
             return backoff
         if retry_after > self.max_retry_after:
             return None
         return retry_after
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def redact(text: str, credentials: Credentials | None) -> str:

@@ -414,6 +414,19 @@ class InvalidGrant(OAuthError):
 
 
 class TokenEndpointUnavailable(OAuthError):
-    """The token endpoint could not be reached or kept failing."""
+    """The token endpoint could not be reached or kept failing.
+
+    ``retry_after`` is the wait, in seconds, the endpoint asked for (``Retry-After``).
+    """
 
     code = "token_endpoint_unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "token_endpoint_unavailable",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after

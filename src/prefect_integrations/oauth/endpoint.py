@@ -30,6 +30,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
     from authlib.integrations.httpx_client import OAuth2Client
 
+from prefect_integrations._http import retry_after_seconds
 from prefect_integrations.credentials import MASK, Credentials
 from prefect_integrations.exceptions import (
     CredentialsError,
@@ -178,7 +179,9 @@ class TokenEndpoint:
         detail = f" ({description})" if description else ""
         if status == 429 or status >= 500:
             raise TokenEndpointUnavailable(
-                f"{where} answered HTTP {status}", reason="token_endpoint_unavailable"
+                f"{where} answered HTTP {status}",
+                reason="token_endpoint_unavailable",
+                retry_after=retry_after_seconds(response),
             )
         if error == "invalid_grant":
             raise InvalidGrant(

@@ -11,9 +11,11 @@ make exactly one token request:
    a worker that loses waits until the version changes (the winner's token) or the lease
    runs out, then re-reads;
 3. call the token endpoint outside any transaction, retrying connection failures, 5xx
-   and 429 (a refresh-token request that was sent but got no answer is not retried: it
-   may have been processed, and reusing a rotated refresh token makes providers such as
-   oidc-provider revoke the grant; client-credentials requests are always retried);
+   and 429, after the ``Retry-After`` the endpoint asks for when it gives one (a longer
+   one than ``max_retry_after`` is not waited for; a refresh-token request that was sent
+   but got no answer is not retried: it may have been processed, and reusing a rotated
+   refresh token makes providers such as oidc-provider revoke the grant;
+   client-credentials requests are always retried);
 4. write the new credentials only if the version is unchanged (compare-and-swap), which
    also releases the lease. A rotated refresh token is always saved; a response without
    one keeps the old one. When the database is unavailable at this point the write is
@@ -156,6 +158,7 @@ class TokenLifecycle:
         lease_seconds: float = 30.0,
         attempts: int = 3,
         backoff: float = 0.5,
+        max_retry_after: float = 10.0,
         failure_threshold: int = 3,
         clock: Callable[[], float] = time.time,
         endpoint_factory: Callable[[Definition, Instance, Credentials], TokenEndpoint]
@@ -168,6 +171,8 @@ class TokenLifecycle:
         self.lease_seconds = lease_seconds
         self.attempts = attempts
         self.backoff = backoff
+        # A longer Retry-After is not waited for (the refresh lease is 30 s by default).
+        self.max_retry_after = max_retry_after
         self.failure_threshold = failure_threshold
         self._clock = clock
         self._endpoint_factory = endpoint_factory or (
@@ -311,7 +316,12 @@ class TokenLifecycle:
                 ambiguous = exc.reason == "token_endpoint_no_answer"
                 if attempt >= self.attempts or (ambiguous and grant != "client_credentials"):
                     raise
-                time.sleep(random.uniform(0, self.backoff * 2 ** (attempt - 1)))  # noqa: S311
+                delay = exc.retry_after
+                if delay is None:
+                    delay = random.uniform(0, self.backoff * 2 ** (attempt - 1))  # noqa: S311
+                elif delay > self.max_retry_after:
+                    raise  # asked to come back later than is worth waiting for here
+                time.sleep(delay)
 
     def _refresh_claimed(
         self,
