@@ -42,3 +42,21 @@ def test_filter_rewrites_the_formatted_message(caplog: pytest.LogCaptureFixture)
     with caplog.at_level(logging.INFO, logger="httpx"):
         logging.getLogger("httpx").info("HTTP Request: GET %s", "https://x/?key=key-canary-77")
     assert caplog.messages == ["HTTP Request: GET https://x/?key=********"]
+
+
+def test_child_loggers_and_percent_encoded_values_are_masked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logfilter.install()
+    logfilter.remember({"api_key": "ab/cd+ef=="})
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("prefect_integrations.oauth.lifecycle").warning("saw ab/cd+ef==")
+        logging.getLogger("authlib.oauth2.rfc6749").debug("saw %s", "ab/cd+ef==")
+        logging.getLogger("httpx").info("GET https://x/?key=ab%2Fcd%2Bef%3D%3D")
+        logging.getLogger("elsewhere").info("ab/cd+ef==")  # not a filtered logger
+    assert caplog.messages == [
+        "saw ********",
+        "saw ********",
+        "GET https://x/?key=********",
+        "ab/cd+ef==",
+    ]

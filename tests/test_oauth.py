@@ -20,7 +20,7 @@ from prefect_integrations.client import IntegrationClient
 from prefect_integrations.db import Database
 from prefect_integrations.exceptions import InvalidGrant, OAuthError, TokenEndpointUnavailable
 from prefect_integrations.keyring import Keyring, parse_keyring
-from prefect_integrations.oauth.endpoint import merge_token
+from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
 from prefect_integrations.oauth.lifecycle import TokenLifecycle, should_refresh
 from prefect_integrations.oauth.service import authorization_url, create_app
 from prefect_integrations.registry import Registry, load_registry
@@ -28,6 +28,7 @@ from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault
 
 from .oauth import OAuthServer, start_oauth_server
+from .provider import FakeProvider, Reply
 
 REDIRECT_URI = "http://127.0.0.1:8765/callback"
 
@@ -550,3 +551,28 @@ def test_client_credentials_grant(
     assert "refresh_token" not in _creds(echo_db, keyring, "m2m_1")
     page = _app(echo_db, echo_registry, keyring).get("/connect/m2m_1")
     assert page.status_code == 400 and "client-credentials grant" in page.text
+
+
+@pytest.mark.parametrize("offset", [0, 290, 299, 5000])
+def test_a_secret_echoed_anywhere_in_a_long_error_description_is_masked(
+    provider: FakeProvider, offset: int
+) -> None:
+    """Masking comes before shortening: a secret straddling the cut is not half kept."""
+    secret, client_secret = "RT-echoed-0123456789abcdef", "CS-echoed-fedcba9876543210"
+    provider.reply(
+        "POST",
+        "/token",
+        Reply(400, {"error": "invalid_request", "error_description": "x" * offset + secret}),
+    )
+    endpoint = TokenEndpoint(
+        instance_id="i1",
+        token_url=f"{provider.url}/token",
+        client_id="c1",
+        client_secret=client_secret,
+    )
+    with pytest.raises(OAuthError) as caught:
+        endpoint.refresh(secret)
+    text = f"{caught.value} {caught.value.reason!r} {caught.value.args!r}"
+    for value in (secret, client_secret):
+        assert value[:8] not in text and value[-8:] not in text
+    assert len(str(caught.value)) <= 500

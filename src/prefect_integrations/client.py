@@ -33,7 +33,7 @@ import httpx
 from prefect_integrations import binding
 from prefect_integrations._http import retry_after_seconds
 from prefect_integrations.auth import apply_auth
-from prefect_integrations.credentials import Credentials, secret_strings
+from prefect_integrations.credentials import Credentials, mask_secrets, secret_strings
 from prefect_integrations.db import Database
 from prefect_integrations.exceptions import (
     InstanceUnavailable,
@@ -64,7 +64,6 @@ __all__ = [
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _ALWAYS_RETRY_STATUS = frozenset({429, 502, 503, 504})
-_MASK = "********"
 
 #: The largest response body a client or health check reads (decoded bytes).
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
@@ -175,10 +174,7 @@ def redact(text: str, credentials: Credentials | None) -> str:
     """Replace every secret value of ``credentials`` found in ``text`` with a mask."""
     if credentials is None or not text:
         return text
-    secrets = secret_strings(credentials.reveal(), min_length=4)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, _MASK)
-    return text
+    return mask_secrets(text, secret_strings(credentials.reveal(), min_length=4))
 
 
 def _redacted(exc: IntegrationError, credentials: Credentials | None) -> IntegrationError:

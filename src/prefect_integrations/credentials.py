@@ -7,7 +7,7 @@ every string as a `SecretStr`, so printing, logging or pickling it never shows a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ __all__ = [
     "Credentials",
     "EncryptedCredentials",
     "credentials_metadata",
+    "mask_secrets",
     "secret_strings",
 ]
 
@@ -45,6 +46,17 @@ def secret_strings(values: Mapping[str, Any], *, min_length: int) -> list[str]:
         elif isinstance(value, list):
             stack.extend(value)
     return found
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every one of ``secrets`` replaced by `MASK`.
+
+    Longest first, so a secret that contains another is masked whole.
+    """
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def _wrap(value: Any) -> Any:

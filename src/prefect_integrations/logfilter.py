@@ -1,12 +1,13 @@
-"""Keeping decrypted credentials out of the HTTP libraries' log records.
+"""Keeping decrypted credentials out of log records.
 
 httpx logs every request's URL at INFO (with its query string, where an API key may
-travel) and httpcore logs response headers at DEBUG (where a provider may echo a
-credential back). The vault remembers the secret values of every credentials it decrypts
-(process-wide, the most recent `MAX_REMEMBERED`); `SecretLogFilter`, installed on those
-libraries' loggers and on this package's own, replaces them with ``********`` in a
-record's message before any handler sees it. With those loggers below INFO/DEBUG (the
-default), no record is made and the filter costs nothing.
+travel, percent-encoded) and httpcore logs response headers at DEBUG (where a provider
+may echo a credential back). The vault remembers the secret values of every credentials
+it decrypts (process-wide, the most recent `MAX_REMEMBERED`, each also as it appears
+percent-encoded in a URL). `install` wraps the log record factory so that records of the
+loggers under `FILTERED_LOGGERS` (children included) have them replaced by ``********``
+in their message when they are made, before any filter or handler sees them. Records
+that are not made (the logger's level is above the call's) cost nothing.
 """
 
 from __future__ import annotations
@@ -17,29 +18,21 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from prefect_integrations.credentials import MASK, secret_strings
 
 __all__ = [
     "FILTERED_LOGGERS",
     "MAX_REMEMBERED",
-    "SecretLogFilter",
     "install",
     "remember",
     "scrub",
 ]
 
-#: Loggers whose records are scrubbed (logger filters apply to records made there).
-FILTERED_LOGGERS = (
-    "httpx",
-    "httpcore.connection",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.proxy",
-    "httpcore.socks",
-    "authlib",
-    "prefect_integrations",
-)
+#: Loggers whose records (and their children's) are scrubbed.
+FILTERED_LOGGERS = ("httpx", "httpcore", "authlib", "prefect_integrations")
+_PREFIXES = tuple(f"{name}." for name in FILTERED_LOGGERS)
 #: How many secret values are remembered; the oldest are forgotten first.
 MAX_REMEMBERED = 4096
 #: Shorter values are not remembered: masking them would garble unrelated text.
@@ -54,11 +47,12 @@ def remember(values: Mapping[str, Any]) -> None:
     """Remember the secret strings of decrypted credential ``values`` for `scrub`."""
     global _pattern
     with _lock:
-        for secret in secret_strings(values, min_length=_MIN_LENGTH):
-            if secret not in _secrets:
-                _pattern = None
-            _secrets[secret] = None
-            _secrets.move_to_end(secret)
+        for value in secret_strings(values, min_length=_MIN_LENGTH):
+            for secret in {value, quote(value, safe=""), quote_plus(value)}:
+                if secret not in _secrets:
+                    _pattern = None
+                _secrets[secret] = None
+                _secrets.move_to_end(secret)
         while len(_secrets) > MAX_REMEMBERED:
             _secrets.popitem(last=False)
             _pattern = None
@@ -77,26 +71,32 @@ def scrub(text: str) -> str:
     return pattern.sub(MASK, text)
 
 
-class SecretLogFilter(logging.Filter):
-    """Masks remembered secrets in a record's message (never drops a record)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite the record's message if it contains a remembered secret."""
-        if not _secrets:
-            return True
-        message = record.getMessage()
-        clean = scrub(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
+def _scrub_record(record: logging.LogRecord) -> None:
+    """Mask remembered secrets in the message of a record of a filtered logger."""
+    name = record.name
+    if not _secrets or not (name in FILTERED_LOGGERS or name.startswith(_PREFIXES)):
+        return
+    message = record.getMessage()
+    clean = scrub(message)
+    if clean != message:
+        record.msg, record.args = clean, None
 
 
-_FILTER = SecretLogFilter()
+_installed = False
 
 
 def install() -> None:
-    """Add the filter to every logger in `FILTERED_LOGGERS` (idempotent)."""
-    for name in FILTERED_LOGGERS:
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
+    """Wrap the process's log record factory with `_scrub_record` (idempotent)."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        _installed = True
+        previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        _scrub_record(record)
+        return record
+
+    logging.setLogRecordFactory(factory)

@@ -31,7 +31,7 @@ with warnings.catch_warnings():
     from authlib.integrations.httpx_client import OAuth2Client
 
 from prefect_integrations._http import retry_after_seconds
-from prefect_integrations.credentials import MASK, Credentials
+from prefect_integrations.credentials import Credentials, mask_secrets
 from prefect_integrations.exceptions import (
     CredentialsError,
     InvalidGrant,
@@ -73,12 +73,23 @@ class _LimitedStream(httpx.SyncByteStream):
 _GRANT_SECRETS = ("refresh_token", "code", "code_verifier")
 
 
+#: Longest error text kept of what a token endpoint said (message, reason).
+_MAX_MESSAGE = 500
+_MAX_REASON = 100
+
+
 def _scrub_error(exc: OAuthError, secrets: list[str]) -> None:
-    """Mask ``secrets`` a token endpoint echoed into ``exc`` (its message and reason)."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        exc.message = exc.message.replace(secret, MASK)
-        exc.reason = exc.reason.replace(secret, MASK)
+    """Mask ``secrets`` a token endpoint echoed into ``exc``, then shorten it.
+
+    Masking comes first: a secret cut in two by shortening would no longer match.
+    """
+    exc.message = _shorten(mask_secrets(exc.message, secrets), _MAX_MESSAGE)
+    exc.reason = _shorten(mask_secrets(exc.reason, secrets), _MAX_REASON)
     exc.args = (exc.message,)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def oauth2_setting(definition: Definition, config: Mapping[str, Any], name: str) -> str:
@@ -133,7 +144,7 @@ def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
     description = body.get("error_description")
     return (
         str(error) if error else None,
-        str(description)[:300] if isinstance(description, str) else None,
+        description if isinstance(description, str) else None,  # shortened once masked
     )
 
 
