@@ -641,7 +641,8 @@ def parse(
 
     A non-2xx response, or a 2xx response for which the definition's ``errors.when``
     renders truthy (Slack answers ``200 {"ok": false, ...}``), raises `provider_error`; so
-    does a body declared JSON that does not parse (provider code ``malformed_response``).
+    does a body declared JSON that does not parse (`ProviderUnavailable`, provider code
+    ``malformed_response``: the provider answered garbage).
     Otherwise the method's ``output`` tree is rendered (the parsed body itself if there is
     none) or the handler's ``parse_response`` is called. The output is not validated here.
     """
@@ -650,7 +651,7 @@ def parse(
         raise provider_error(definition, method, response, instance_id=ctx.instance_id)
     body = _response_body(response)
     if isinstance(body, str) and _declares_json(response):
-        raise ProviderError(
+        raise ProviderUnavailable(
             integration_id=definition.id,
             method_id=method.id,
             status=response.status_code,

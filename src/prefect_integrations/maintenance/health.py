@@ -152,8 +152,6 @@ def classify(error: BaseException) -> str:
         return "auth_failed"
     if isinstance(error, ResponseTooLarge):
         return "response_too_large"
-    if isinstance(error, ProviderError) and error.provider_code == "malformed_response":
-        return "provider_unavailable"  # the provider answered garbage, not a config problem
     if isinstance(error, ProviderUnavailable):
         if error.status == 429:
             return "rate_limited"
