@@ -293,7 +293,12 @@ class TokenLifecycle:
             )
 
     def _call_endpoint(
-        self, endpoint: TokenEndpoint, creds: Credentials, grant: str, scope: str | None
+        self,
+        endpoint: TokenEndpoint,
+        creds: Credentials,
+        grant: str,
+        scope: str | None,
+        lease_ends: float,
     ) -> dict[str, Any]:
         attempt = 0
         while True:
@@ -321,6 +326,10 @@ class TokenLifecycle:
                     delay = random.uniform(0, self.backoff * 2 ** (attempt - 1))  # noqa: S311
                 elif delay > self.max_retry_after:
                     raise  # asked to come back later than is worth waiting for here
+                if time.monotonic() + delay + endpoint.timeout >= lease_ends:
+                    # Another worker may claim the instance once the lease ends; a request
+                    # still in flight then could reuse a refresh token it has rotated.
+                    raise
                 time.sleep(delay)
 
     def _refresh_claimed(
@@ -335,7 +344,7 @@ class TokenLifecycle:
         lease_ends = time.monotonic() + self.lease_seconds
         try:
             endpoint = self._endpoint_factory(definition, instance, creds)
-            token = self._call_endpoint(endpoint, creds, grant, _scope(definition))
+            token = self._call_endpoint(endpoint, creds, grant, _scope(definition), lease_ends)
         except InvalidGrant as exc:
             self._release(instance_id, version)
             now_version, _ = self._read_version(instance_id)
