@@ -137,6 +137,15 @@ def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
         )
 
     assert _notify_objects(empty_db) == (NOTIFY_TRIGGERS, True)
+    with empty_db.transaction() as s:
+        update = s.execute(
+            sa.text(
+                "SELECT pg_get_triggerdef(oid) FROM pg_trigger "
+                "WHERE tgname = 'integration_instances_notify_update'"
+            )
+        ).scalar_one()
+    # row-level, and only when what resolution reads changes (not every status write)
+    assert "FOR EACH ROW WHEN" in update and "'state'::text" in update, update
     dbmod.downgrade(empty_db, "2026_11_27_0003")
     assert _notify_objects(empty_db) == (set(), False)
     assert _columns(empty_db) == SCHEMA

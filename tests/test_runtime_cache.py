@@ -8,6 +8,10 @@ thread of the runtime forgets what it remembered. Resolution queries are counted
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +22,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy.engine import make_url
 
 from prefect_integrations.db import Database
 from prefect_integrations.embedded import EmbeddedCluster
@@ -81,6 +86,24 @@ def _warm(rt: Runtime, context: Context = ACME, explicit: str | None = None) -> 
         assert rt.resolve("echo", context, explicit) == chosen
     assert statements == []
     return chosen
+
+
+# A state change and its undoing in one transaction: it notifies, and changes nothing.
+TOGGLE_STATE = (
+    "UPDATE integration_instances SET status = jsonb_set(status, '{state}', '\"error\"') "
+    "|| jsonb_build_object('was', status->'state') {where}",
+    "UPDATE integration_instances SET status = jsonb_set(status - 'was', '{state}', "
+    "status->'was') {where}",
+)
+
+
+def _toggle_state(s: Any, where: str = "") -> None:
+    for statement in TOGGLE_STATE:
+        s.execute(sa.text(statement.replace("{where}", where)))
+
+
+def _runtime_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "prefect_integrations.runtime"]
 
 
 def _listeners(db: Database) -> list[int]:
@@ -212,6 +235,74 @@ def test_usage_columns_do_not_forget_resolutions(echo_acme: Database) -> None:
     assert statements == []
 
 
+def test_status_writes_keeping_the_state_do_not_forget_resolutions(echo_acme: Database) -> None:
+    """Health checks and OAuth refreshes rewrite status active -> active: no notification.
+    A change of the state does notify."""
+    rt = runtime()
+    _warm(rt)
+    cache = _cache(rt)
+    before = cache.generation
+    with echo_acme.transaction() as s:
+        s.execute(
+            sa.text(
+                "UPDATE integration_instances SET last_checked_at = now(), status = status "
+                "|| jsonb_build_object('error', 'timed out', 'checked_at', now()::text)"
+            )
+        )
+    assert rt.wait_for_changes(BOUND)
+    assert cache.generation == before
+    with counted(rt) as statements:
+        assert rt.resolve("echo", ACME) == "echo_acme"
+    assert statements == []
+
+    with echo_acme.transaction() as s:
+        s.execute(
+            sa.text(
+                "UPDATE integration_instances SET status = jsonb_set(status, '{state}', "
+                "'\"inactive\"') WHERE instance_id = 'echo_acme'"
+            )
+        )
+    assert rt.wait_for_changes(BOUND)
+    after = cache.generation
+    assert before is not None and after is not None and after > before
+    assert rt.resolve("echo", ACME) == "echo_global"
+
+
+def test_an_unknown_query_option_of_the_url_resolves_uncached(
+    echo_acme: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A driver option libpq does not know: no listener, one warning, resolve still works.
+
+    The URL is swapped in after the engine was built: SQLAlchemy hands query options to
+    psycopg.connect as strings, which this test does not mean to exercise.
+    """
+    url = (
+        make_url(echo_acme.url)
+        .set(password="pi-s3cret")
+        .update_query_dict({"prepare_threshold": "0"})
+        .render_as_string(hide_password=False)
+    )
+    reset_runtime()
+    caplog.set_level(logging.DEBUG, logger="prefect_integrations.runtime")
+    try:
+        rt = runtime()
+        rt.__dict__["db"] = dataclasses.replace(rt.db, url=url)
+        for _ in range(2):
+            with counted(rt) as statements:
+                assert rt.resolve("echo", ACME) == "echo_acme"
+                assert rt.resolve("echo", ACME, "echo_global") == "echo_global"
+            assert len(statements) >= 2, "nothing is remembered: every call queries"
+        assert rt.resolutions is None
+        assert rt.wait_for_changes(BOUND)
+        [record] = _runtime_records(caplog)
+        assert record.levelno == logging.WARNING
+        message = record.getMessage()
+        assert "ProgrammingError" in message
+        assert "pi-s3cret" not in message and echo_acme.url not in message
+    finally:
+        reset_runtime()
+
+
 def test_failures_are_never_remembered(
     echo_acme: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
@@ -259,7 +350,7 @@ def test_a_change_during_the_query_is_not_remembered(echo_acme: Database) -> Non
         fired.set()
         before = cache.generation
         with echo_acme.transaction() as s:  # another connection, committed mid-resolution
-            s.execute(sa.text("UPDATE integration_instances SET status = status"))
+            _toggle_state(s)
         _until(lambda: cache.generation != before, "the notification")
 
     sa.event.listen(rt.db.engine, "before_cursor_execute", change_now)
@@ -336,7 +427,10 @@ def test_close_stops_the_listener(echo_acme: Database) -> None:
     assert not [t for t in threading.enumerate() if t.name == cache.thread.name]
 
 
-def test_an_unreachable_database_leaves_the_cache_off(cluster: EmbeddedCluster) -> None:
+def test_an_unreachable_database_leaves_the_cache_off(
+    cluster: EmbeddedCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="prefect_integrations.runtime")
     cache = ResolutionCache(
         listener_conninfo(cluster.url(database="pi_no_such_database")), max_backoff=0.05
     )
@@ -346,9 +440,77 @@ def test_an_unreachable_database_leaves_the_cache_off(cluster: EmbeddedCluster) 
         key = ("echo", ACME, None)
         assert not cache.store(key, "echo_acme", 0)
         assert cache.get(key) is None
+        _until(lambda: len(_runtime_records(caplog)) >= 3, "repeated failures")
     finally:
         cache.close()
     assert not cache.thread.is_alive()
+    records = _runtime_records(caplog)
+    # one warning, then debug while it keeps failing; never the connection string
+    assert [r.levelno for r in records[:3]] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    for record in records:
+        assert "OperationalError" in record.getMessage()
+        assert "pi_no_such_database" not in record.getMessage()
+        assert str(cluster.socket_dir) not in record.getMessage()
+
+
+def test_an_unexpected_error_does_not_end_the_listener(
+    echo_acme: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="prefect_integrations.runtime")
+    calls: list[int] = []
+    listen = ResolutionCache._listen
+
+    def flaky(self: ResolutionCache, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug, with the conninfo in its text")
+        listen(self, conn)
+
+    monkeypatch.setattr(ResolutionCache, "_listen", flaky)
+    cache = ResolutionCache(listener_conninfo(echo_acme.url), max_backoff=0.05)
+    try:
+        _until(lambda: len(calls) >= 2 and cache.generation is not None, "it to listen again")
+        assert cache.thread.is_alive()
+    finally:
+        cache.close()
+    assert not cache.thread.is_alive()
+    [record] = _runtime_records(caplog)
+    assert record.levelno == logging.WARNING
+    assert "RuntimeError" in record.getMessage() and "conninfo" not in record.getMessage()
+
+
+def test_the_listener_works_with_descriptors_above_1023(echo_acme: Database) -> None:
+    """select.select refuses descriptors >= FD_SETSIZE (1024); the selectors do not."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 1200
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    fillers: list[int] = []
+    cache: ResolutionCache | None = None
+    try:
+        while not fillers or fillers[-1] < 1024:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        cache = ResolutionCache(listener_conninfo(echo_acme.url), max_backoff=0.05)
+        assert cache._wake_r.fileno() >= 1024
+        assert cache.wait_until_listening(BOUND)
+        before = cache.generation
+        assert before is not None
+        with echo_acme.transaction() as s:
+            s.execute(sa.text("SELECT pg_notify('integration_instance_changes', '')"))
+        _until(lambda: cache is not None and cache.generation != before, "the notification")
+        assert cache.generation is not None
+        started = time.monotonic()
+        cache.close()
+        assert time.monotonic() - started < BOUND / 2
+        assert not cache.thread.is_alive()
+    finally:
+        if cache is not None:
+            cache.close()
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_the_trigger_notifies_once_per_transaction(echo_acme: Database) -> None:
@@ -357,9 +519,17 @@ def test_the_trigger_notifies_once_per_transaction(echo_acme: Database) -> None:
     ) as conn:  # a plain listener, as another process would hold
         conn.execute("LISTEN integration_instance_changes")
         with echo_acme.transaction() as s:
-            s.execute(sa.text("UPDATE integration_instances SET status = status"))
-            s.execute(sa.text("UPDATE integration_instances SET context_id = context_id"))
+            _toggle_state(s)
+            s.execute(sa.text("UPDATE integration_instances SET context_id = context_id || '~'"))
         received = list(conn.notifies(timeout=BOUND, stop_after=1))
+        received += list(conn.notifies(timeout=0.2))
+        with echo_acme.transaction() as s:  # rewrites of what resolution reads: no change
+            s.execute(
+                sa.text(
+                    "UPDATE integration_instances SET status = status, context_id = context_id, "
+                    "context_type = context_type, integration_id = integration_id"
+                )
+            )
         received += list(conn.notifies(timeout=0.2))
     assert [(n.channel, n.payload) for n in received] == [("integration_instance_changes", "")]
 
@@ -371,12 +541,7 @@ def test_both_roles_still_write_and_their_writes_notify(
     with psycopg.connect(listener_conninfo(runtime_db.url), autocommit=True) as conn:
         conn.execute("LISTEN integration_instance_changes")
         with runtime_db.transaction() as s:  # the runtime role: status only
-            s.execute(
-                sa.text(
-                    "UPDATE integration_instances SET status = status "
-                    "WHERE instance_id = 'echo_acme'"
-                )
-            )
+            _toggle_state(s, "WHERE instance_id = 'echo_acme'")
         assert len(list(conn.notifies(timeout=BOUND, stop_after=1))) == 1
         with admin_db.transaction() as s:  # the admin role: delete
             s.execute(sa.text("DELETE FROM integration_instances WHERE instance_id = 'echo_acme'"))

@@ -1,9 +1,12 @@
 """Announce changes of instances that can change a resolution (LISTEN/NOTIFY).
 
 A statement-level trigger sends an empty notification on the channel
-``integration_instance_changes`` after every insert, delete or truncate of instances and
-after updates of the columns resolution reads. PostgreSQL delivers it at commit and
-sends one per transaction, so processes that remember resolutions forget them then.
+``integration_instance_changes`` after every insert, delete or truncate of instances; a
+row-level trigger sends it after an update that changes what resolution reads (the
+state in ``status``, the scope or the ids). Writes that keep those (health checks and
+OAuth refreshes rewriting ``status`` with the same state) do not notify. PostgreSQL
+delivers it at commit and drops identical notifications of one transaction, so
+processes that remember resolutions forget them once per transaction.
 
 Revision ID: 2026_11_27_0004
 Revises: 2026_11_27_0003
@@ -24,8 +27,14 @@ depends_on: str | Sequence[str] | None = None
 # Also in prefect_integrations.runtime.INSTANCE_CHANGES_CHANNEL.
 CHANNEL = "integration_instance_changes"
 
-# The columns `prefect_integrations.resolve` reads (status holds the state).
-RESOLUTION_COLUMNS = "instance_id, integration_id, context_type, context_id, status"
+# What `prefect_integrations.resolve` reads of a row (of status only the state).
+RESOLUTION_CHANGED = """
+  OLD.status->>'state' IS DISTINCT FROM NEW.status->>'state'
+  OR OLD.context_type IS DISTINCT FROM NEW.context_type
+  OR OLD.context_id IS DISTINCT FROM NEW.context_id
+  OR OLD.integration_id IS DISTINCT FROM NEW.integration_id
+  OR OLD.instance_id IS DISTINCT FROM NEW.instance_id
+"""
 
 # pg_notify needs no privilege, so the function runs as the writer (no SECURITY DEFINER).
 FUNCTIONS = f"""
@@ -40,8 +49,9 @@ CREATE TRIGGER integration_instances_notify_write
   AFTER INSERT OR DELETE OR TRUNCATE ON integration_instances
   FOR EACH STATEMENT EXECUTE FUNCTION integration_instances_notify();
 CREATE TRIGGER integration_instances_notify_update
-  AFTER UPDATE OF {RESOLUTION_COLUMNS} ON integration_instances
-  FOR EACH STATEMENT EXECUTE FUNCTION integration_instances_notify();
+  AFTER UPDATE ON integration_instances
+  FOR EACH ROW WHEN ({RESOLUTION_CHANGED})
+  EXECUTE FUNCTION integration_instances_notify();
 """
 
 

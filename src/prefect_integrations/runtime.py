@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import secrets
-import select
+import selectors
 import socket
 import threading
 import time
@@ -58,6 +59,8 @@ LISTENER_APPLICATION_NAME = "prefect-integrations-listener"
 """The ``application_name`` of the listener's connection (visible in pg_stat_activity)."""
 
 _ResolutionKey = tuple[str, Context, str | None]
+
+_logger = logging.getLogger(__name__)
 
 
 def listener_conninfo(url: str) -> str:
@@ -235,15 +238,24 @@ class ResolutionCache:
 
     def _run(self) -> None:
         backoff = 0.1
+        failing = False  # a failure was logged since the listener last listened
         while not self._stopping:
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {INSTANCE_CHANGES_CHANNEL}")
                     self._set_listening(True, conn.info.backend_pid)
                     backoff = 0.1
+                    failing = False
                     self._listen(conn)
-            except (psycopg.Error, OSError):
-                pass
+            except Exception as exc:  # the thread must never die; never log the conninfo
+                if not self._stopping:
+                    _logger.log(
+                        logging.DEBUG if failing else logging.WARNING,
+                        "The instance-change listener failed (%s); resolutions are not "
+                        "remembered until it listens again",
+                        type(exc).__name__,
+                    )
+                    failing = True
             finally:
                 self._set_listening(False)
             if not self._stopping:
@@ -251,20 +263,25 @@ class ResolutionCache:
                 backoff = min(backoff * 2, self._max_backoff)
 
     def _listen(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        while not self._stopping:
-            fd = conn.fileno()
-            readable, _, _ = select.select([fd, self._wake_r.fileno()], [], [])
-            if self._wake_r.fileno() in readable:
-                self._drain_wake()
-            if fd in readable:
-                for notify in conn.notifies(timeout=0):
-                    self._announce(notify.payload)
+        # selectors, not select.select: that fails for descriptors of 1024 and above.
+        with selectors.DefaultSelector() as selector:
+            selector.register(conn.fileno(), selectors.EVENT_READ, "conn")
+            selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            while not self._stopping:
+                ready = {key.data for key, _ in selector.select()}
+                if "wake" in ready:
+                    self._drain_wake()
+                if "conn" in ready:
+                    for notify in conn.notifies(timeout=0):
+                        self._announce(notify.payload)
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while not self._stopping and (left := deadline - time.monotonic()) > 0:
-            select.select([self._wake_r], [], [], left)
-            self._drain_wake()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping and (left := deadline - time.monotonic()) > 0:
+                selector.select(left)
+                self._drain_wake()
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -282,6 +299,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._cache: ResolutionCache | None = None
         self._closed = False
+        self._uncached = False  # no listener can be built for the database URL
 
     @cached_property
     def settings(self) -> Settings:
@@ -329,12 +347,28 @@ class Runtime:
 
     @property
     def resolutions(self) -> ResolutionCache | None:
-        """The cache of resolutions (its listener starts on first use); None once closed."""
+        """The cache of resolutions (its listener starts on first use).
+
+        None once closed, and when no listener connection string can be built from the
+        database URL (say, a query option of the driver that libpq does not know): then
+        every call resolves afresh.
+        """
         with self._lock:
             if self._cache is not None and self._cache.forked:
                 self._cache = None  # inherited from the parent; its listener is not here
-            if self._cache is None and not self._closed:
-                self._cache = ResolutionCache(listener_conninfo(self.db.url))
+            if self._cache is None and not self._closed and not self._uncached:
+                try:
+                    conninfo = listener_conninfo(self.db.url)
+                except (psycopg.Error, ValueError) as exc:  # never log the URL: a password
+                    self._uncached = True
+                    _logger.warning(
+                        "Resolutions are not remembered: no listener connection can be "
+                        "made from the database URL (%s; a query option libpq does not "
+                        "know?)",
+                        type(exc).__name__,
+                    )
+                    return None
+                self._cache = ResolutionCache(conninfo)
             return self._cache
 
     def resolve(self, integration_id: str, context: Context, instance_id: str | None = None) -> str:
