@@ -221,7 +221,7 @@ def env(
 
 ACME_DEFINITION = """
 {
-  "id": "acme",
+  "integrationId": "acme",
   "name": "Acme API",
   "description": "An API-key integration used by the tests.",
   "version": "1.2.3",
@@ -254,7 +254,7 @@ ACME_DEFINITION = """
 
 SIGNER_DEFINITION = """
 {
-  "id": "signer",
+  "integrationId": "signer",
   "name": "Signer",
   "description": "A custom-auth integration used by the tests.",
   "version": "0.1.0",

@@ -13,7 +13,7 @@ ITEM_OUTPUT = {
     "required": ["id", "name"],
 }
 ECHO: dict[str, Any] = {
-    "id": "echo",
+    "integrationId": "echo",
     "name": "Echo",
     "description": "A provider served by the tests.",
     "version": "1.0.0",
@@ -73,13 +73,13 @@ ECHO: dict[str, Any] = {
 
 def _variant(new_id: str, **changes: Any) -> dict[str, Any]:
     doc = copy.deepcopy(ECHO)
-    doc["id"] = new_id
+    doc["integrationId"] = new_id
     doc.update(changes)
     return doc
 
 
 ITEMS_API: dict[str, Any] = {
-    "id": "authsrv",
+    "integrationId": "authsrv",
     "name": "Items API",
     "description": "An API protected by the test OAuth 2.0 server (tests/oauth_server).",
     "version": "1.0.0",
@@ -189,7 +189,7 @@ def write_echo_definitions(folder: Path) -> Path:
         ITEMS_API,
         {
             **ITEMS_API,
-            "id": "authsrv_m2m",
+            "integrationId": "authsrv_m2m",
             "oauth2Config": {
                 **ITEMS_API["oauth2Config"],
                 "grantType": "client_credentials",
@@ -201,5 +201,5 @@ def write_echo_definitions(folder: Path) -> Path:
     ]
     for doc in docs:
         clean = {k: v for k, v in doc.items() if v is not None}
-        (folder / f"{doc['id']}.json").write_text(json.dumps(clean))
+        (folder / f"{doc['integrationId']}.json").write_text(json.dumps(clean))
     return folder

@@ -1647,7 +1647,7 @@ def test_render_failure_names_the_template() -> None:
 
 def demo_document(**top: Any) -> dict[str, Any]:
     document: dict[str, Any] = {
-        "id": "demo",
+        "integrationId": "demo",
         "name": "Demo",
         "description": "A definition used by the binding tests.",
         "version": "1.0.0",
@@ -1830,8 +1830,9 @@ def test_handler_methods_get_definition_headers_and_error_checks() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _without_http(document: dict[str, Any]) -> None:
+def _unbound_health_check(document: dict[str, Any]) -> None:
     del document["methods"][0]["http"]
+    document["healthCheck"] = {"method": "ping"}
 
 
 def _both(document: dict[str, Any]) -> None:
@@ -1919,10 +1920,10 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str | int, ...], st
         "not a valid input of method 'ping': 'one' is not of type 'integer'",
     ),
     (
-        "neither http nor handler",
-        _without_http,
-        ("methods", 0),
-        "needs a binding: exactly one of 'http' or 'handler' is required",
+        "health check of a method without a binding",
+        _unbound_health_check,
+        ("healthCheck", "method"),
+        "method 'ping' is not callable (it has no 'http' or 'handler' binding)",
     ),
     (
         "both http and handler",
@@ -1998,7 +1999,7 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str | int, ...], st
         "no baseUrl",
         _delete("baseUrl"),
         ("baseUrl",),
-        "required unless every method has a 'handler'",
+        "required when a method has an 'http' binding",
     ),
     (
         "baseUrl not http(s)",

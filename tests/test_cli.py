@@ -203,22 +203,23 @@ def test_definitions_sync_creates_then_is_unchanged(cli: Cli, db: Database) -> N
 
 def test_definitions_list_table_and_json(cli: Cli) -> None:
     table = cli.ok("definitions", "list").out.splitlines()
-    assert table[0].split() == ["ID", "NAME", "VERSION", "AUTH", "METHODS"]
+    assert table[0].split() == ["ID", "NAME", "VERSION", "AUTH", "METHODS", "NOT", "CALLABLE"]
     assert set(table[1]) <= {"-", " "}
     assert [line.split()[0] for line in table[2:]] == SHIPPED
-    assert all(" oauth2 " in line for line in table[2:])
+    assert all(" oauth2 " in line and line.endswith(" -") for line in table[2:])
     listed = cli.json("definitions", "list")
-    assert [d["id"] for d in listed] == SHIPPED
+    assert [d["integrationId"] for d in listed] == SHIPPED
     xero = listed[2]
-    assert xero["name"] == "Xero" and xero["auth_type"] == "oauth2"
-    assert "create_invoice" in xero["methods"]
+    assert xero["name"] == "Xero" and xero["authType"] == "oauth2"
+    create = next(m for m in xero["methods"] if m["id"] == "create_invoice")
+    assert create == {"id": "create_invoice", "name": "Create invoice", "callable": True}
     assert xero["source"].endswith("xero.json")
 
 
 def test_definitions_list_includes_configured_folder(acme: Cli) -> None:
-    listed = {d["id"]: d for d in acme.json("definitions", "list")}
+    listed = {d["integrationId"]: d for d in acme.json("definitions", "list")}
     assert sorted(listed) == ["acme", *SHIPPED]
-    assert listed["acme"]["auth_type"] == "apikey"
+    assert listed["acme"]["authType"] == "apikey"
     assert listed["acme"]["version"] == "1.2.3"
     assert acme.ok("definitions", "sync").out.startswith("created 4,")
 
@@ -236,7 +237,7 @@ def test_definitions_validate_lists_every_problem(cli: Cli, tmp_path: Path, db: 
     broken["authType"] = "magic"
     broken["configSchema"]["properties"]["limits"]["properties"]["per_minute"]["type"] = "int"
     acme_file = write(folder, "acme.json", broken)
-    malformed = write(folder, "zeta.json", '{\n  "id": "zeta",\n  "name": }')
+    malformed = write(folder, "zeta.json", '{\n  "integrationId": "zeta",\n  "name": }')
     before = counts(db)
 
     result = cli("definitions", "validate", str(folder))

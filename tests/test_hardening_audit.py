@@ -93,7 +93,7 @@ class World:
         folder = self.tmp_path / f"extra-{version}"
         folder.mkdir(exist_ok=True)
         doc = json.loads(ACME_DEFINITION)
-        doc.update(id="audit_extra", version=version)
+        doc.update(integrationId="audit_extra", version=version)
         (folder / "audit_extra.json").write_text(json.dumps(doc))
         return load_registry([self.echo_dir, folder])
 

@@ -842,8 +842,20 @@ DEFINITION_CASES: list[tuple[str, str, Any, str, str]] = [
         "$.methods[0].requiredScopes[0]",
         "not requested",
     ),
-    ("id-not-an-identifier", "echo", (("id",), "Echo Service"), "$.id", "not a valid id"),
-    ("id-not-the-file-name", "echo", (("id",), "other"), "$.id", "does not match id 'other'"),
+    (
+        "id-not-an-identifier",
+        "echo",
+        (("integrationId",), "Echo Service"),
+        "$.integrationId",
+        "not a valid id",
+    ),
+    (
+        "id-not-the-file-name",
+        "echo",
+        (("integrationId",), "other"),
+        "$.integrationId",
+        "does not match id 'other'",
+    ),
 ]
 
 
@@ -890,9 +902,9 @@ def test_every_top_level_field_removed_or_of_the_wrong_type(
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
-        pytest.param('{"id": "echo", "name": }', "malformed JSON", id="syntax"),
+        pytest.param('{"integrationId": "echo", "name": }', "malformed JSON", id="syntax"),
         pytest.param(b"\xff\xfe{}", "not UTF-8", id="not-utf8"),
-        pytest.param('{"id": NaN}', "malformed JSON", id="nan"),
+        pytest.param('{"integrationId": NaN}', "malformed JSON", id="nan"),
         pytest.param("[]", "top level must be a JSON object", id="array"),
         pytest.param(
             '{"a": ' + "[" * 50_000 + "]" * 50_000 + "}", "nested too deeply", id="deep-json"
@@ -922,7 +934,10 @@ def test_every_location_of_a_definition_with_a_wrong_type(tmp_path: Path) -> Non
                 if type(wrong) is type(_at(document, path)):
                     continue
                 _problems(
-                    tmp_path, document["id"], _mutate(document, path, wrong), via_registry=False
+                    tmp_path,
+                    document["integrationId"],
+                    _mutate(document, path, wrong),
+                    via_registry=False,
                 )
                 tried += 1
     _report("definition locations retyped", tried)

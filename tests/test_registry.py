@@ -44,7 +44,7 @@ INVOICE_ID = "a03ffcd2-5d91-4c7e-b483-318584e9e439"
 def demo_document(integration_id: str = "demo", *, auth: str = "apikey") -> dict[str, Any]:
     """A small valid definition to break in one place per test."""
     document: dict[str, Any] = {
-        "id": integration_id,
+        "integrationId": integration_id,
         "name": "Demo",
         "description": "A definition used by the tests.",
         "version": "1.0.0",
@@ -539,7 +539,7 @@ def test_definition_from_document_raises_with_problems() -> None:
 
 def test_malformed_json(tmp_path: Path) -> None:
     path = tmp_path / "demo.json"
-    path.write_text('{\n  "id": "demo",\n  "name": "Demo",,\n}\n', encoding="utf-8")
+    path.write_text('{\n  "integrationId": "demo",\n  "name": "Demo",,\n}\n', encoding="utf-8")
     (problem,) = problems_of(path)
     assert problem.source == str(path)
     assert problem.path == ()
@@ -549,7 +549,7 @@ def test_malformed_json(tmp_path: Path) -> None:
 
 def test_nan_is_malformed_json(tmp_path: Path) -> None:
     path = tmp_path / "demo.json"
-    path.write_text('{"id": "demo", "x": NaN}', encoding="utf-8")
+    path.write_text('{"integrationId": "demo", "x": NaN}', encoding="utf-8")
     (problem,) = problems_of(path)
     assert "NaN is not valid JSON" in problem.message
 
@@ -616,8 +616,13 @@ BAD_DOCUMENTS: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str | int
         ("version",),
         "'01.0.0' is not a semantic version",
     ),
-    ("bad id", _set(("id",), "Demo"), ("id",), "'Demo' is not a valid id"),
-    ("id with line break", _set(("id",), "demo\n"), ("id",), "'demo\\n' ends with a line break"),
+    ("bad id", _set(("integrationId",), "Demo"), ("integrationId",), "'Demo' is not a valid id"),
+    (
+        "id with line break",
+        _set(("integrationId",), "demo\n"),
+        ("integrationId",),
+        "'demo\\n' ends with a line break",
+    ),
     (
         "version with line break",
         _set(("version",), "1.0.0\n"),
@@ -740,7 +745,7 @@ def test_oauth2_checks(tmp_path: Path) -> None:
 
 def test_garbage_document_is_reported_not_raised(tmp_path: Path) -> None:
     garbage = {
-        "id": 5,
+        "integrationId": 5,
         "authType": "oauth2",
         "oauth2Config": "x",
         "configSchema": 5,
@@ -749,7 +754,7 @@ def test_garbage_document_is_reported_not_raised(tmp_path: Path) -> None:
     file = write_json(tmp_path / "garbage.json", garbage)
     problems = problems_of(file)
     located = {p.path for p in problems}
-    assert {("id",), ("oauth2Config",), ("configSchema",), ("methods", 0)} <= located
+    assert {("integrationId",), ("oauth2Config",), ("configSchema",), ("methods", 0)} <= located
     assert ("methods", 1, "inputSchema") in located
     assert all(p.source == str(file) for p in problems)
 
@@ -783,7 +788,7 @@ def test_all_meta_schema_errors_reported_sorted_by_path(tmp_path: Path) -> None:
 def test_file_name_must_match_id(tmp_path: Path) -> None:
     file = write_json(tmp_path / "other.json", demo_document())
     (problem,) = problems_of(file)
-    assert (problem.source, problem.path) == (str(file), ("id",))
+    assert (problem.source, problem.path) == (str(file), ("integrationId",))
     assert (
         problem.message == "file name 'other.json' does not match id 'demo' (expected 'demo.json')"
     )
@@ -795,7 +800,7 @@ def test_duplicate_ids_across_files(tmp_path: Path) -> None:
     definitions, problems = collect([tmp_path / "one", tmp_path / "two"])
     assert [d.source for d in definitions] == [str(first)]
     (problem,) = problems
-    assert (problem.source, problem.path) == (str(second), ("id",))
+    assert (problem.source, problem.path) == (str(second), ("integrationId",))
     assert problem.message == f"duplicate integration id 'demo', already defined in {first}"
 
 
@@ -825,7 +830,7 @@ def test_collect_reports_every_problem_of_every_file(tmp_path: Path) -> None:
         ("bad_version.json", ("methods", 0, "inputSchema", "type")),
         ("bad_version.json", ("version",)),
         ("broken.json", ()),
-        ("mismatch.json", ("id",)),
+        ("mismatch.json", ("integrationId",)),
     ]
 
 
@@ -840,28 +845,35 @@ def test_load_registry_merges_extra_paths(tmp_path: Path) -> None:
 
 
 def test_load_registry_raises_with_every_problem(tmp_path: Path) -> None:
-    write_json(tmp_path / "demo.json", demo_document())
-    clash = demo_document("xero")
-    write_json(tmp_path / "xero.json", clash)
+    write_json(tmp_path / "one" / "demo.json", demo_document())
+    write_json(tmp_path / "two" / "demo.json", demo_document())
     bad = demo_document("bad")
     bad["authType"] = "oauth2"
     bad["methods"][1]["id"] = "ping"
-    write_json(tmp_path / "bad.json", bad)
+    write_json(tmp_path / "two" / "bad.json", bad)
 
     with pytest.raises(DefinitionError) as caught:
-        load_registry(extra_paths=[tmp_path])
+        load_registry(extra_paths=[tmp_path / "one", tmp_path / "two"])
 
     located = sorted((Path(p.source).name, p.path) for p in caught.value.problems)
     assert located == [
         ("bad.json", ("methods", 1, "id")),
         ("bad.json", ("oauth2Config",)),
-        ("xero.json", ("id",)),
+        ("demo.json", ("integrationId",)),
     ]
     message = str(caught.value)
     assert message.startswith("3 problems in definitions:")
-    assert str(tmp_path / "bad.json") in message
-    assert "already defined in" in message
-    assert str(shipped_definitions_dir() / "xero.json") in message
+    assert str(tmp_path / "two" / "bad.json") in message
+    assert f"already defined in {tmp_path / 'one' / 'demo.json'}" in message
+
+
+def test_configured_definition_replaces_the_shipped_one(tmp_path: Path) -> None:
+    mine = write_json(tmp_path / "xero.json", demo_document("xero"))
+    merged = load_registry(extra_paths=[tmp_path])
+    assert merged.ids() == list(SHIPPED)
+    assert merged.get("xero").source == str(mine)
+    assert list(merged.get("xero").methods) == ["ping", "echo"]
+    assert merged.get("slack").source == str(shipped_definitions_dir() / "slack.json")
 
 
 def test_load_registry_is_fast_once_warm() -> None:
@@ -869,3 +881,13 @@ def test_load_registry_is_fast_once_warm() -> None:
     started = time.perf_counter()
     load_registry()
     assert time.perf_counter() - started < 0.1
+
+
+def test_the_old_id_field_points_at_integration_id() -> None:
+    document = demo_document()
+    document["id"] = document.pop("integrationId")
+    problems = validate_document(document, source="demo.json")
+    assert [(p.path, p.message.split(" (allowed")[0]) for p in problems] == [
+        ((), "'integrationId' is a required property"),
+        (("id",), "unknown field 'id'; did you mean 'integrationId'?"),
+    ]

@@ -46,6 +46,7 @@ from prefect_integrations.credentials import MASK
 from prefect_integrations.exceptions import (
     DefinitionError,
     DefinitionProblem,
+    MethodNotBound,
     ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
@@ -326,8 +327,15 @@ def _compile_http(raw: Mapping[str, Any], location: _JsonPath, sink: Sink) -> Ht
     )
 
 
-def _compile_method(raw: Mapping[str, Any], location: _JsonPath, sink: Sink) -> MethodBinding:
-    """Compile one method's binding; problems go to ``sink`` with their JSON paths."""
+def _compile_method(
+    raw: Mapping[str, Any], location: _JsonPath, sink: Sink
+) -> MethodBinding | None:
+    """Compile one method's binding; problems go to ``sink`` with their JSON paths.
+
+    None for a method with neither ``http`` nor ``handler`` (listed, not callable).
+    """
+    if "http" not in raw and "handler" not in raw:
+        return None
     http: HttpBinding | None = None
     handler: MethodHandler | None = None
     handler_path: str | None = None
@@ -417,7 +425,7 @@ def compile_definition(
         for index, raw in enumerate(raw_methods):
             if isinstance(raw, Mapping):
                 compiled = _compile_method(raw, ("methods", index), sink)
-                if isinstance(raw.get("id"), str):
+                if compiled is not None and isinstance(raw.get("id"), str):
                     methods.setdefault(raw["id"], compiled)
     health = document.get("healthCheck")
     health_check = None
@@ -446,7 +454,7 @@ def compile_definition(
 
 def _bindings(definition: Definition, method: Method) -> tuple[DefinitionBinding, MethodBinding]:
     if definition.binding is None or method.binding is None:
-        raise DefinitionError(f"Method '{method.qualified_name}' has no HTTP binding")
+        raise MethodNotBound(method.integration_id, method.id)
     return definition.binding, method.binding
 
 

@@ -217,6 +217,7 @@ def build_call(
 ) -> tuple[Method, httpx.Request, binding.RequestContext]:
     """Validate the inputs and build the authenticated request of one method call."""
     method = definition.method(method_id)
+    method.require_bound()
     method.validate_input(_as_inputs(inputs))
     request, context = binding.prepare(
         definition, method, inputs, instance.config, instance_id=instance.instance_id

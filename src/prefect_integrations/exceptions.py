@@ -12,7 +12,8 @@ one, the path inside it; they never contain credentials or keys.
     │   ├── DatabaseUnavailable       cannot connect to PostgreSQL
     │   └── PermissionDenied          the database role may not do this
     ├── DefinitionError               a definition file is malformed or invalid
-    │   └── UnknownIntegration        no definition with that id
+    │   ├── UnknownIntegration        no definition with that id
+    │   └── MethodNotBound            the method has no 'http' or 'handler' binding
     ├── ValidationError               config / credentials / status / input breaks its schema
     ├── InstanceError
     │   ├── InstanceNotFound          no such instance (or not visible in this context)
@@ -58,6 +59,7 @@ __all__ = [
     "IntegrationError",
     "InvalidGrant",
     "KeyringError",
+    "MethodNotBound",
     "NoCredentials",
     "NoInstanceFound",
     "OAuthError",
@@ -202,6 +204,20 @@ class UnknownIntegration(DefinitionError):
         self.integration_id = integration_id
         hint = f" (known: {', '.join(sorted(known))})" if known else ""
         super().__init__(f"Unknown integration {quote(integration_id)}{hint}")
+
+
+class MethodNotBound(DefinitionError):
+    """The method is defined (schemas, name) but has no ``http`` or ``handler`` binding."""
+
+    code = "method_not_bound"
+
+    def __init__(self, integration_id: str, method_id: str) -> None:
+        self.integration_id = integration_id
+        self.method_id = method_id
+        super().__init__(
+            f"Method '{integration_id}.{method_id}' is not callable: its definition gives it "
+            "no 'http' binding or 'handler'"
+        )
 
 
 class ValidationError(IntegrationError):

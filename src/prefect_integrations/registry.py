@@ -49,6 +49,7 @@ from prefect_integrations.binding import (
 from prefect_integrations.exceptions import (
     DefinitionError,
     DefinitionProblem,
+    MethodNotBound,
     UnknownIntegration,
     ValidationError,
 )
@@ -145,6 +146,17 @@ class Method:
         return f"{self.integration_id}.{self.id}"
 
     @property
+    def callable(self) -> bool:
+        """True when the method has an ``http`` binding or a ``handler``."""
+        return self.binding is not None
+
+    def require_bound(self) -> MethodBinding:
+        """The method's binding; `MethodNotBound` for a method without one."""
+        if self.binding is None:
+            raise MethodNotBound(self.integration_id, self.id)
+        return self.binding
+
+    @property
     def http(self) -> HttpBinding | None:
         """The compiled declarative binding (``http``), or None for a handler method."""
         return self.binding.http if self.binding is not None else None
@@ -179,7 +191,7 @@ class Method:
             integration_id=integration_id,
             id=raw["id"],
             name=raw["name"],
-            description=raw["description"],
+            description=raw.get("description", ""),
             input_schema=raw["inputSchema"],
             output_schema=raw["outputSchema"],
             required_scopes=tuple(raw.get("requiredScopes", ())),
@@ -278,7 +290,7 @@ class Definition:
 
 def _build(document: dict[str, Any], *, source: str) -> Definition:
     """Build a `Definition` from a document that passed `validate_document`."""
-    integration_id: str = document["id"]
+    integration_id: str = document["integrationId"]
     binding, method_bindings, problems = compile_definition(document)
     if problems:  # pragma: no cover - validate_document reported them already
         raise DefinitionError([_problem(source, path, message) for path, message in problems])
@@ -325,7 +337,7 @@ class Registry:
                 problems.append(
                     DefinitionProblem(
                         source=definition.source,
-                        path=("id",),
+                        path=("integrationId",),
                         message=(
                             f"duplicate integration id '{definition.id}', "
                             f"already defined in {first.source}"
@@ -410,6 +422,8 @@ def _meta_error_problems(error: SchemaValidationError, source: str) -> list[Defi
             if key in allowed:
                 continue
             hint = difflib.get_close_matches(str(key), allowed, n=1)
+            if not path and key == "id" and "integrationId" in allowed:
+                hint = ["integrationId"]  # the name before the specification's
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
             out.append(
                 _problem(
@@ -432,7 +446,7 @@ def _meta_error_problems(error: SchemaValidationError, source: str) -> list[Defi
         if schema == _meta_schema()["$defs"]["scope"]:
             message = f"{instance!r} is not a single scope (list each scope as its own item)"
             return [_problem(source, path, message)]
-        if path[-1] == "id":
+        if path[-1] in ("id", "integrationId"):
             message = (
                 f"{instance!r} is not a valid id "
                 "(lowercase letters, digits and '_', starting with a letter)"
@@ -530,7 +544,7 @@ def _rule_problems(document: Mapping[str, Any], source: str) -> list[DefinitionP
 
     # Patterns end in '$', which Python's re also matches before a final line break.
     methods = document.get("methods")
-    names: list[tuple[_JsonPath, object]] = [(("id",), document.get("id"))]
+    names: list[tuple[_JsonPath, object]] = [(("integrationId",), document.get("integrationId"))]
     names.append((("version",), document.get("version")))
     if isinstance(methods, list):
         names.extend(
@@ -602,19 +616,16 @@ def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[Def
     methods = document.get("methods")
     method_list = [m for m in methods if isinstance(m, dict)] if isinstance(methods, list) else []
 
-    # Each method is bound exactly once: declaratively ('http') or by a handler.
-    all_handlers = bool(method_list)
+    # Each method is bound at most once: declaratively ('http') or by a handler. A method
+    # with neither (as in the specification's own example) is listed but not callable.
+    any_http = False
     for index, method in enumerate(methods if isinstance(methods, list) else []):
         if not isinstance(method, dict):
             continue
         has_http, has_handler = "http" in method, "handler" in method
-        all_handlers = all_handlers and has_handler
-        if has_http == has_handler:
-            message = (
-                "'http' and 'handler' are mutually exclusive (use one)"
-                if has_http
-                else "needs a binding: exactly one of 'http' or 'handler' is required"
-            )
+        any_http = any_http or has_http
+        if has_http and has_handler:
+            message = "'http' and 'handler' are mutually exclusive (use one)"
             problems.append(_problem(source, ("methods", index), message))
         http = method.get("http")
         body = http.get("body") if isinstance(http, dict) else None
@@ -631,10 +642,15 @@ def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[Def
                 )
             if http.get("method") == "GET":  # type: ignore[union-attr]
                 problems.append(_problem(source, location, "a GET request has no body"))
-    if "baseUrl" not in document and not all_handlers:
+    if "baseUrl" not in document and any_http:
         problems.append(
-            _problem(source, ("baseUrl",), "required unless every method has a 'handler'")
+            _problem(source, ("baseUrl",), "required when a method has an 'http' binding")
         )
+    bound = {
+        m["id"]
+        for m in method_list
+        if isinstance(m.get("id"), str) and ("http" in m or "handler" in m)
+    }
 
     # Credential placement must match authType.
     auth_type = document.get("authType")
@@ -671,6 +687,15 @@ def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[Def
                     source,
                     ("healthCheck", "method"),
                     f"unknown method '{health['method']}' (known: {known})",
+                )
+            )
+        elif health["method"] not in bound:
+            problems.append(
+                _problem(
+                    source,
+                    ("healthCheck", "method"),
+                    f"method '{health['method']}' is not callable (it has no 'http' or "
+                    "'handler' binding)",
                 )
             )
         else:
@@ -715,6 +740,15 @@ def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[Def
                 problems.append(
                     _problem(source, ("credentialRotation", step), f"unknown method '{method_id}'")
                 )
+            elif isinstance(method_id, str) and method_id not in bound:
+                problems.append(
+                    _problem(
+                        source,
+                        ("credentialRotation", step),
+                        f"method '{method_id}' is not callable (it has no 'http' or 'handler' "
+                        "binding)",
+                    )
+                )
 
     # Templates compile and use known variables; handlers import.
     _, _, compile_problems = compile_definition(document)
@@ -730,7 +764,7 @@ def validate_document(document: object, *, source: str) -> list[DefinitionProble
     by path), that each embedded schema is a valid draft 2020-12 JSON Schema, that method
     ids are unique, that ``oauth2Config`` is present
     exactly when ``authType`` is ``oauth2``, that required scopes are requested, and the
-    bindings: one of ``http``/``handler`` per method, ``baseUrl`` unless all are handlers,
+    bindings: at most one of ``http``/``handler`` per method, ``baseUrl`` when one is ``http``,
     ``auth`` matching ``authType``, the health check's method and inputs, every template
     compiling (with known variables) and every handler importing.
     """
@@ -844,13 +878,13 @@ def collect(paths: Iterable[Path]) -> tuple[list[Definition], list[DefinitionPro
             problems.extend(file_problems)
             continue
         file_problems = validate_document(document, source=source)
-        integration_id = document.get("id")
+        integration_id = document.get("integrationId")
         if isinstance(integration_id, str) and _IDENTIFIER_RE.fullmatch(integration_id):
             if path.stem != integration_id:
                 file_problems.append(
                     _problem(
                         source,
-                        ("id",),
+                        ("integrationId",),
                         f"file name '{path.name}' does not match id '{integration_id}' "
                         f"(expected '{integration_id}.json')",
                     )
@@ -859,7 +893,7 @@ def collect(paths: Iterable[Path]) -> tuple[list[Definition], list[DefinitionPro
                 file_problems.append(
                     _problem(
                         source,
-                        ("id",),
+                        ("integrationId",),
                         f"duplicate integration id '{integration_id}', "
                         f"already defined in {first_source[integration_id]}",
                     )
@@ -882,11 +916,17 @@ def shipped_definitions_dir() -> Path:
 def load_registry(extra_paths: Sequence[Path] = (), *, include_shipped: bool = True) -> Registry:
     """Load the shipped definitions plus ``extra_paths`` into a `Registry`.
 
-    Raises `DefinitionError` listing every problem of every file if any file is invalid.
+    A definition in ``extra_paths`` replaces the shipped one with the same integration id
+    (so a team can bring its own ``xero.json``); an id defined twice within
+    ``extra_paths`` is a problem. Raises `DefinitionError` listing every problem of every
+    file if any file is invalid.
     """
-    paths = [shipped_definitions_dir()] if include_shipped else []
-    paths.extend(Path(p) for p in extra_paths)
-    definitions, problems = collect(paths)
+    definitions, problems = collect([Path(p) for p in extra_paths])
+    if include_shipped:
+        shipped, shipped_problems = collect([shipped_definitions_dir()])
+        problems = shipped_problems + problems
+        replaced = {d.id for d in definitions}
+        definitions = [d for d in shipped if d.id not in replaced] + definitions
     if problems:
         raise DefinitionError(problems)
     return Registry(definitions)

@@ -37,25 +37,40 @@ def validate(
 def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
-    """List the definitions in the files."""
+    """List the definitions in the files; methods without a binding are "not callable"."""
     rt = runtime()
-    rows = [
-        {
-            "id": d.id,
-            "name": d.name,
-            "version": d.version,
-            "auth_type": d.auth_type,
-            "methods": list(d.methods),
-            "source": d.source,
-        }
-        for d in rt.registry
-    ]
+    definitions = list(rt.registry)
     if as_json:
-        emit_json(rows)
+        emit_json(
+            [
+                {
+                    "integrationId": d.id,
+                    "name": d.name,
+                    "version": d.version,
+                    "authType": d.auth_type,
+                    "methods": [
+                        {"id": m.id, "name": m.name, "callable": m.callable}
+                        for m in d.methods.values()
+                    ],
+                    "source": d.source,
+                }
+                for d in definitions
+            ]
+        )
         return
     echo_table(
-        ["ID", "NAME", "VERSION", "AUTH", "METHODS"],
-        [[r["id"], r["name"], r["version"], r["auth_type"], len(r["methods"])] for r in rows],
+        ["ID", "NAME", "VERSION", "AUTH", "METHODS", "NOT CALLABLE"],
+        [
+            [
+                d.id,
+                d.name,
+                d.version,
+                d.auth_type,
+                len(d.methods),
+                ", ".join(m.id for m in d.methods.values() if not m.callable) or "-",
+            ]
+            for d in definitions
+        ],
     )
 
 
