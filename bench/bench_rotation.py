@@ -52,10 +52,11 @@ TARGET = 1.5
 # json.dumps({"instance_id": iid, "credentials": values}, separators=(",", ":")).
 _SETUP = sa.text(
     """
-    INSERT INTO integration_instances (instance_id, integration_id, name, context_type,
+    INSERT INTO integration_instances (instance_id, integration_definition_id, name, context_type,
                                        config, status, credentials, key_id,
                                        token_expires_at, credentials_version)
-    SELECT g.iid, 'xero', 'Xero ' || g.n, 'global', '{"tenant_id": "t"}',
+    SELECT g.iid, (SELECT id FROM integration_definitions WHERE integration_id = 'xero'),
+           'Xero ' || g.n, 'global', '{"tenant_id": "t"}',
            '{"state": "active"}',
            jsonb_build_object(
              'v', CAST(:v AS integer),

@@ -303,14 +303,15 @@ def test_instance_lifecycle(cli: Cli, db: Database, xero_creds: str, tmp_path: P
     listed = cli.json("instances", "list")
     assert len(listed) == 1
     entry = listed[0]
-    assert entry["instance_id"] == "xero_main" and entry["name"] == "Main Xero"
+    assert entry["instanceId"] == "xero_main" and entry["name"] == "Main Xero"
+    assert entry["integrationId"] == "xero" and "description" not in entry
     assert entry["config"] == {"tenant_id": "tenant-1"}
     assert entry["status"] == {"state": "active"}
-    assert entry["context"] == "global" and entry["context_id"] is None
-    assert entry["credentials"]["key_id"] == "k1"
+    assert entry["context"] == {"type": "global"}
+    assert entry["credentials"]["keyId"] == entry["keyId"] == "k1"
     assert entry["credentials"]["fields"] == sorted(XERO_CREDENTIALS)
     assert entry["credentials"]["has_refresh_token"] is True
-    assert entry["credentials_version"] == 1
+    assert entry["credentialsVersion"] == 1
 
     shown = cli.ok("instances", "show", "xero_main").out
     assert re.search(r"^instance_id\s+xero_main$", shown, re.M)
@@ -337,14 +338,14 @@ def test_instance_lifecycle(cli: Cli, db: Database, xero_creds: str, tmp_path: P
     assert after["name"] == "Renamed"
     assert after["config"] == {"tenant_id": "tenant-2"}
     assert after["status"] == {"state": "error", "error": "token revoked"}
-    assert (after["context_type"], after["context_id"]) == ("client", "c1")
+    assert after["context"] == {"type": "client", "contextId": "c1"}
 
     new_creds = write(tmp_path, "new.json", {"access_token": ACCESS_TOKEN + "-2"})
     cli.secrets.append(ACCESS_TOKEN + "-2")
     stored = cli.ok("instances", "set-credentials", "xero_main", "--credentials-file", new_creds)
     assert stored.out.strip() == "Stored credentials of 'xero_main' under key 'k1' (version 2)"
     after = cli.json("instances", "show", "xero_main")
-    assert after["credentials_version"] == 2
+    assert after["credentialsVersion"] == 2
     assert after["credentials"]["fields"] == ["access_token"]
     assert after["status"]["state"] == "error"  # only inactive instances are activated
 
@@ -413,12 +414,12 @@ def test_set_credentials_from_stdin_activates_an_inactive_instance(acme: Cli) ->
     acme.ok("definitions", "sync")
     created = acme.ok("instances", "create", "acme_1", "--integration", "acme", "--name", "A")
     assert created.out.strip() == "Created instance 'acme_1' (acme, global, inactive)"
-    assert acme.json("instances", "show", "acme_1")["credentials"] is None
+    assert acme.json("instances", "show", "acme_1")["credentials"] == {}
     stored = acme.ok("instances", "set-credentials", "acme_1", stdin=json.dumps(ACME_CREDENTIALS))
     assert "(version 1)" in stored.out
     shown = acme.json("instances", "show", "acme_1")
     assert shown["status"]["state"] == "active"
-    assert shown["credentials"] == {"key_id": "k1", "fields": ["api_key"]}
+    assert shown["credentials"] == {"keyId": "k1", "fields": ["api_key"]}
 
 
 def test_delete_asks_for_confirmation(cli: Cli, xero_creds: str, db: Database) -> None:
@@ -809,7 +810,7 @@ def test_generated_key_is_usable_and_new_writes_use_it(
 
     stored = cli.ok("instances", "set-credentials", "xero_main", "--credentials-file", xero_creds)
     assert stored.out.strip() == "Stored credentials of 'xero_main' under key 'k2' (version 2)"
-    assert cli.json("instances", "show", "xero_main")["credentials"]["key_id"] == "k2"
+    assert cli.json("instances", "show", "xero_main")["credentials"]["keyId"] == "k2"
     assert "stored (k2)" in cli.ok("instances", "list").out
     details = cli.json("audit", "tail", "--action", "credentials.set")[-1]["details"]
     assert details["key_id"] == "k2"
@@ -849,7 +850,7 @@ def test_missing_keyring_with_external_database(
         "PREFECT_INTEGRATIONS_KEYS",
     )
     assert counts(db) == before
-    assert cli.json("instances", "show", "xero_main")["credentials_version"] == 1
+    assert cli.json("instances", "show", "xero_main")["credentialsVersion"] == 1
     # Without credentials no key is needed.
     created = cli.ok(
         "instances", "create", "x3", "--integration", "xero", "--name", "X", "--config", XERO_CONFIG
@@ -1007,7 +1008,7 @@ def test_runtime_role_cannot_create_or_delete(
     assert counts(db) == before
 
     listed = cli.json("instances", "list")
-    assert [i["instance_id"] for i in listed] == ["xero_main"]
+    assert [i["instanceId"] for i in listed] == ["xero_main"]
     assert listed[0]["name"] == "xero_main"
     assert cli.json("instances", "resolve", "xero")["chosen"] == "xero_main"
     cli.ok("audit", "verify")

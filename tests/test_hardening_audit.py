@@ -851,8 +851,8 @@ def _instances_and_audit(db: Database) -> tuple[list[tuple[Any, ...]], int]:
             tuple(r)
             for r in s.execute(
                 sa.text(
-                    "SELECT instance_id, integration_id, name, context_type, context_id, "
-                    "config::text, status::text, credentials_version "
+                    "SELECT instance_id, integration_definition_id, name, context_type, "
+                    "context_id, config::text, status::text, credentials_version "
                     "FROM integration_instances ORDER BY instance_id"
                 )
             )
@@ -930,8 +930,8 @@ def test_runtime_role_still_reads_resolves_and_calls(
     as_runtime: Cli, echo_db: Database, provider: FakeProvider, tmp_path: Path
 ) -> None:
     provider.reply("GET", "/echo_1/items/7", Reply(200, {"id": 7, "name": "seven"}))
-    assert [i["instance_id"] for i in as_runtime.json("instances", "list")] == ["echo_1"]
-    assert as_runtime.json("instances", "show", "echo_1")["credentials"]["key_id"] == "k1"
+    assert [i["instanceId"] for i in as_runtime.json("instances", "list")] == ["echo_1"]
+    assert as_runtime.json("instances", "show", "echo_1")["credentials"]["keyId"] == "k1"
     assert as_runtime.json("instances", "resolve", "echo")["chosen"] == "echo_1"
     out = as_runtime.json("call", "echo.get_item", "--input", '{"item_id": 7}')
     assert out == {"id": 7, "name": "seven"}
@@ -943,7 +943,8 @@ def test_runtime_role_still_reads_resolves_and_calls(
         "--credentials-file",
         str(_write(tmp_path / "new.json", {"api_key": NEW_API_KEY})),
     )
-    as_runtime.ok("instances", "update", "echo_1", "--status", '{"state": "active"}')
+    status = '{"state": "active", "lastChecked": "2026-01-01T00:00:00Z"}'
+    as_runtime.ok("instances", "update", "echo_1", "--status", status)
     as_runtime.ok("audit", "verify")
     with echo_db.transaction() as s:
         mine = [e for e in audit.tail(s, limit=100) if e.db_role != "prefect_integrations"]

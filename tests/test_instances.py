@@ -254,7 +254,8 @@ def test_scope_constraint_in_database(synced: Database) -> None:
         s.execute(
             sa.text(
                 "INSERT INTO integration_instances "
-                "(instance_id, integration_id, name, context_type) "
-                "VALUES ('x', 'xero', 'x', 'client')"
+                "(instance_id, integration_definition_id, name, context_type) "
+                "SELECT 'x', id, 'x', 'client' FROM integration_definitions "
+                "WHERE integration_id = 'xero'"
             )
         )

@@ -9,7 +9,12 @@ from prefect_integrations import db as dbmod
 from prefect_integrations.db import Database
 from prefect_integrations.embedded import EmbeddedCluster
 
-SCHEMA = {
+from .spec import EXTRA_COLUMNS, SPEC_COLUMNS, SPEC_INDEXES
+
+# The head schema: the specification's columns plus the package's extra columns.
+SCHEMA = {table: {**SPEC_COLUMNS[table], **EXTRA_COLUMNS[table]} for table in SPEC_COLUMNS}
+# The schema of revision 0004, before the specification's layout (revision 0005).
+SCHEMA_0004 = {
     "integration_definitions": {
         "id": ("character varying", 255, "NO"),
         "name": ("character varying", 255, "NO"),
@@ -20,31 +25,17 @@ SCHEMA = {
         "updated_at": ("timestamp with time zone", None, "YES"),
     },
     "integration_instances": {
-        "id": ("uuid", None, "NO"),
-        "instance_id": ("character varying", 255, "NO"),
+        **{
+            name: shape
+            for name, shape in SCHEMA["integration_instances"].items()
+            if name not in ("integration_definition_id", "description")
+        },
         "integration_id": ("character varying", 255, "NO"),
-        "name": ("character varying", 255, "NO"),
         "context_type": ("character varying", 20, "NO"),
-        "context_id": ("character varying", 255, "YES"),
-        "config": ("jsonb", None, "NO"),
-        "credentials": ("jsonb", None, "YES"),
-        "status": ("jsonb", None, "NO"),
-        "created_at": ("timestamp with time zone", None, "YES"),
-        "updated_at": ("timestamp with time zone", None, "YES"),
-        "last_used_at": ("timestamp with time zone", None, "YES"),
-        "key_id": ("character varying", 64, "YES"),
-        "token_expires_at": ("timestamp with time zone", None, "YES"),
-        "credentials_version": ("bigint", None, "NO"),
-        "refresh_lease_until": ("timestamp with time zone", None, "YES"),
-        "last_checked_at": ("timestamp with time zone", None, "YES"),
-        "maintenance_lease_until": ("timestamp with time zone", None, "YES"),
-        "maintenance_lease_owner": ("text", None, "YES"),
     },
 }
 INDEXES = {
-    "idx_integration_instances_integration_id": "btree (integration_id)",
-    "idx_integration_instances_context": "btree (context_type, context_id)",
-    "idx_integration_instances_status": "gin (status)",
+    **SPEC_INDEXES,
     "idx_integration_instances_last_used_at": "btree (last_used_at)",
     "idx_integration_definitions_name": "btree (name)",
     "idx_integration_instances_key_id": "btree (key_id)",
@@ -146,9 +137,12 @@ def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
         ).scalar_one()
     # row-level, and only when what resolution reads changes (not every status write)
     assert "FOR EACH ROW WHEN" in update and "'state'::text" in update, update
+    dbmod.downgrade(empty_db, "2026_11_27_0004")
+    assert _columns(empty_db) == SCHEMA_0004
+    assert _notify_objects(empty_db) == (NOTIFY_TRIGGERS, True)
     dbmod.downgrade(empty_db, "2026_11_27_0003")
     assert _notify_objects(empty_db) == (set(), False)
-    assert _columns(empty_db) == SCHEMA
+    assert _columns(empty_db) == SCHEMA_0004
 
     dbmod.downgrade(empty_db, "base")
     assert dbmod.current_revision(empty_db) is None

@@ -527,7 +527,8 @@ def test_the_trigger_notifies_once_per_transaction(echo_acme: Database) -> None:
             s.execute(
                 sa.text(
                     "UPDATE integration_instances SET status = status, context_id = context_id, "
-                    "context_type = context_type, integration_id = integration_id"
+                    "context_type = context_type, "
+                    "integration_definition_id = integration_definition_id"
                 )
             )
         received += list(conn.notifies(timeout=0.2))

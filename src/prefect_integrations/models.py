@@ -24,13 +24,23 @@ RUNTIME_ROLE = "prefect_integrations_runtime"
 definitions = sa.Table(
     "integration_definitions",
     metadata,
-    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column(
+        "id", UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")
+    ),
+    sa.Column("integration_id", sa.String(255), nullable=False),
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("description", sa.Text),
     sa.Column("version", sa.String(50), nullable=False),
-    sa.Column("definition", JSONB, nullable=False),
+    sa.Column("methods", JSONB, nullable=False),
+    sa.Column("config_schema", JSONB, nullable=False),
+    sa.Column("auth_type", sa.String(50), nullable=False),
+    sa.Column("oauth2_config", JSONB),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    # Extra column: the package's extension fields of the definition (baseUrl, auth,
+    # headers, errors, healthCheck, ...), so the stored row holds the whole document.
+    sa.Column("extensions", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.UniqueConstraint("integration_id", name="integration_definitions_integration_id_idx"),
 )
 
 instances = sa.Table(
@@ -39,15 +49,16 @@ instances = sa.Table(
     sa.Column(
         "id", UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")
     ),
-    sa.Column("instance_id", sa.String(255), nullable=False, unique=True),
+    sa.Column("instance_id", sa.String(255), nullable=False),
     sa.Column(
-        "integration_id",
-        sa.String(255),
-        sa.ForeignKey("integration_definitions.id"),
+        "integration_definition_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("integration_definitions.id", name="fk_integration_instances_definition"),
         nullable=False,
     ),
     sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("context_type", sa.String(20), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("context_type", sa.String(50), nullable=False),
     sa.Column("context_id", sa.String(255)),
     sa.Column("config", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("credentials", JSONB),
@@ -70,6 +81,7 @@ instances = sa.Table(
     sa.Column("last_checked_at", sa.DateTime(timezone=True)),
     sa.Column("maintenance_lease_until", sa.DateTime(timezone=True)),
     sa.Column("maintenance_lease_owner", sa.Text),
+    sa.UniqueConstraint("instance_id", name="integration_instances_instance_id_idx"),
 )
 
 audit_log = sa.Table(

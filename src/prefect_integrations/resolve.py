@@ -30,9 +30,9 @@ from prefect_integrations.exceptions import (
     InstanceUnavailable,
     NoInstanceFound,
 )
-from prefect_integrations.models import instances
+from prefect_integrations.models import definitions, instances
 from prefect_integrations.scope import SCOPE_ORDER, Context
-from prefect_integrations.store.instances import Instance, instance_from_row
+from prefect_integrations.store.instances import Instance, instance_from_row, instances_query
 
 __all__ = ["Candidate", "Explanation", "explain", "resolve"]
 
@@ -106,11 +106,11 @@ def explain(
 ) -> Explanation:
     """Apply the resolution rules and report every step; never raises for a failed choice."""
     result = Explanation(integration_id=integration_id, context=context, requested=instance_id)
-    query = sa.select(instances).where(_visible_clause(context))
+    query = instances_query().where(_visible_clause(context))
     if instance_id is not None:
         query = query.where(instances.c.instance_id == instance_id)
     else:
-        query = query.where(instances.c.integration_id == integration_id)
+        query = query.where(definitions.c.integration_id == integration_id)
     with translate_errors(f"resolve an instance of '{integration_id}'"):
         found = [
             instance_from_row(r) for r in session.execute(query.order_by(instances.c.instance_id))

@@ -51,6 +51,12 @@ class Scope:
             return "global"
         return f"{self.context_type}:{self.context_id}"
 
+    def as_document(self) -> dict[str, str]:
+        """The specification's ``context`` object: ``{"type": ..., "contextId": ...}``."""
+        if self.context_id is None:
+            return {"type": self.context_type}
+        return {"type": self.context_type, "contextId": self.context_id}
+
 
 def parse_scope(text: str) -> Scope:
     """Parse ``global``, ``client:ID`` or ``user:ID``."""

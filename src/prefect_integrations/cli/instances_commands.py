@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.resolve import explain
 from prefect_integrations.scope import Context, parse_scope
 from prefect_integrations.store import instances as store
+from prefect_integrations.store.documents import apply_documents
 
 app = typer.Typer(help="Integration instances (connected accounts).", no_args_is_help=True)
 
@@ -70,9 +72,10 @@ def create(
     integration: Annotated[str, typer.Option(help="Integration id, e.g. xero")],
     name: Annotated[str, typer.Option(help="Human-readable name")],
     context: Annotated[str, typer.Option(help="global | client:ID | user:ID")] = "global",
+    description: Annotated[str | None, typer.Option(help="What the instance is for")] = None,
     config: Annotated[str | None, typer.Option(help="Config as a JSON object")] = None,
     credentials_file: CredentialsFile = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the instance document")] = False,
 ) -> None:
     """Create an instance; credentials are validated and stored encrypted."""
     rt = runtime()
@@ -89,13 +92,14 @@ def create(
             instance_id=instance_id,
             integration_id=integration,
             name=name,
+            description=description,
             scope=scope,
             config=config_doc,
             credentials=creds,
             actor=rt.actor,
         )
     if as_json:
-        emit_json(inst.as_dict())
+        emit_json(inst.as_document())
     else:
         typer.echo(
             f"Created instance '{inst.instance_id}' ({inst.integration_id}, "
@@ -108,7 +112,7 @@ def list_(
     integration: Annotated[str | None, typer.Option(help="Only this integration")] = None,
     context: Annotated[str | None, typer.Option(help="Only this scope")] = None,
     state: Annotated[State | None, typer.Option(help="Only instances in this state")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print instance documents")] = False,
 ) -> None:
     """List instances."""
     rt = runtime()
@@ -118,7 +122,7 @@ def list_(
             session, integration_id=integration, scope=scope, state=state.value if state else None
         )
     if as_json:
-        emit_json([i.as_dict() for i in found])
+        emit_json([i.as_document() for i in found])
         return
     echo_table(
         ["INSTANCE", "INTEGRATION", "CONTEXT", "STATE", "CREDENTIALS", "LAST USED"],
@@ -139,34 +143,49 @@ def list_(
 @app.command()
 def show(
     instance_id: str,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the instance document")] = False,
 ) -> None:
     """Show one instance; credentials only as field names and key id, never values."""
     rt = runtime()
     with rt.transaction(f"read instance '{instance_id}'") as session:
         inst = store.require_instance(session, instance_id)
-    data = inst.as_dict()
     if as_json:
-        emit_json(data)
+        emit_json(inst.as_document())
         return
-    creds = data.pop("credentials")
-    if creds:
-        fields = ", ".join(f"{f}=********" for f in creds.get("fields", []))
-        data["credentials"] = f"{fields} (key {creds['key_id']})"
-    else:
-        data["credentials"] = None
-    _show(data)
+    creds = None
+    if inst.credentials is not None:
+        fields = ", ".join(f"{f}=********" for f in inst.credentials.metadata.get("fields", []))
+        creds = f"{fields} (key {inst.credentials.key_id})"
+    _show(
+        {
+            "instance_id": inst.instance_id,
+            "integration_id": inst.integration_id,
+            "name": inst.name,
+            "description": inst.description,
+            "context": str(inst.scope),
+            "state": inst.state,
+            "status": json.dumps(inst.status),
+            "config": json.dumps(inst.config),
+            "credentials": creds,
+            "credentials_version": inst.credentials_version,
+            "token_expires_at": inst.token_expires_at,
+            "created_at": inst.created_at,
+            "updated_at": inst.updated_at,
+            "last_used_at": inst.last_used_at,
+        }
+    )
 
 
 @app.command()
 def update(
     instance_id: str,
     name: Annotated[str | None, typer.Option(help="New name")] = None,
+    description: Annotated[str | None, typer.Option(help="New description ('' clears it)")] = None,
     config: Annotated[str | None, typer.Option(help="New config (JSON object)")] = None,
     status: Annotated[str | None, typer.Option(help="New status (JSON object)")] = None,
     context: Annotated[str | None, typer.Option(help="New scope")] = None,
 ) -> None:
-    """Change name, config, status or scope of an instance."""
+    """Change name, description, config, status or scope of an instance."""
     rt = runtime()
     scope = parse_scope(context) if context else None
     config_doc = _object(config, "--config")
@@ -178,6 +197,7 @@ def update(
             registry,
             instance_id,
             name=name,
+            description=store.UNSET if description is None else (description or None),
             config=config_doc,
             status=status_doc,
             scope=scope,
@@ -199,6 +219,68 @@ def set_credentials(instance_id: str, credentials_file: CredentialsFile = None) 
         f"Stored credentials of '{inst.instance_id}' under key "
         f"'{keyring.primary_id}' (version {inst.credentials_version})"
     )
+
+
+@app.command()
+def apply(
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="JSON file with one instance document or an array of them ('-' reads "
+            "standard input)"
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON")] = False,
+) -> None:
+    """Create or update instances from specification documents (idempotent, all or nothing).
+
+    Every document is checked before anything is written; one bad document writes none.
+    Credentials in a document are stored encrypted; `{}` or none keeps the stored ones.
+    """
+    rt = runtime()
+    value = read_json_file(path, what="Instance documents")
+    registry = rt.registry
+    needs_key = any(
+        isinstance(d, dict) and d.get("credentials")
+        for d in (value if isinstance(value, list) else [value])
+    )
+    keyring = rt.keyring if needs_key else None
+    with rt.transaction("apply instance documents") as session:
+        results = apply_documents(session, registry, keyring, value, actor=rt.actor)
+    if as_json:
+        emit_json(
+            [
+                {"instanceId": r.instance_id, "action": r.action, "fields": list(r.fields)}
+                for r in results
+            ]
+        )
+        return
+    for r in results:
+        detail = f" ({', '.join(r.fields)})" if r.fields else ""
+        typer.echo(f"{r.action:<9} {r.instance_id}{detail}")
+    counts = {a: sum(r.action == a for r in results) for a in ("created", "updated", "unchanged")}
+    typer.echo(", ".join(f"{n} {a}" for a, n in counts.items()))
+
+
+@app.command()
+def export(
+    instance_ids: Annotated[
+        list[str] | None, typer.Argument(help="Instances to export (default: all)")
+    ] = None,
+) -> None:
+    """Print instance documents without secrets, ready for `instances apply`.
+
+    One document for one id, an array otherwise. `credentials` is always `{}`: applying
+    the output keeps the stored credentials.
+    """
+    rt = runtime()
+    with rt.transaction("export instances") as session:
+        if instance_ids:
+            found = [store.require_instance(session, i) for i in instance_ids]
+        else:
+            found = store.list_instances(session)
+    documents = [i.as_document(secrets_metadata=False) for i in found]
+    emit_json(documents[0] if instance_ids and len(instance_ids) == 1 else documents)
 
 
 @app.command()

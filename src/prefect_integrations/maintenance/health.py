@@ -180,13 +180,16 @@ _CLAIM = sa.text(
                                                CAST(:run_started AS timestamptz)))
                AND status->>'state' IN ('active', 'error')
                AND (CAST(:integrations AS text[]) IS NULL
-                    OR integration_id = ANY(CAST(:integrations AS text[])))
+                    OR integration_definition_id IN (
+                         SELECT id FROM integration_definitions
+                          WHERE integration_id = ANY(CAST(:integrations AS text[]))))
                AND (CAST(:ids AS text[]) IS NULL
                     OR instance_id = ANY(CAST(:ids AS text[])))
              ORDER BY last_checked_at NULLS FIRST, id
              LIMIT :batch
                FOR UPDATE SKIP LOCKED)
-    RETURNING i.*
+    RETURNING i.*, (SELECT d.integration_id FROM integration_definitions d
+                     WHERE d.id = i.integration_definition_id) AS integration_id
     """
 )
 

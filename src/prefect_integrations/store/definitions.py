@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,13 +17,33 @@ from prefect_integrations.models import definitions, instances
 from prefect_integrations.registry import Registry
 from prefect_integrations.store import audit
 
-__all__ = ["StoredDefinition", "SyncReport", "list_definitions", "sync_definitions"]
+__all__ = [
+    "StoredDefinition",
+    "SyncReport",
+    "definition_uuid",
+    "list_definitions",
+    "sync_definitions",
+]
+
+
+#: Definition fields stored in a column of their own; the others go to ``extensions``.
+_COLUMN_FIELDS = {
+    "integrationId": "integration_id",
+    "name": "name",
+    "description": "description",
+    "version": "version",
+    "methods": "methods",
+    "configSchema": "config_schema",
+    "authType": "auth_type",
+    "oauth2Config": "oauth2_config",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class StoredDefinition:
     """A row of `integration_definitions` with its instance count."""
 
+    uuid: uuid.UUID
     id: str
     name: str
     version: str
@@ -29,6 +51,24 @@ class StoredDefinition:
     updated_at: datetime | None
     instance_count: int
     definition: dict[str, Any] = field(repr=False)
+
+
+def _row_values(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The column values of one definition document (the specification's fields as columns)."""
+    values = {column: document.get(name) for name, column in _COLUMN_FIELDS.items()}
+    values["extensions"] = {k: v for k, v in document.items() if k not in _COLUMN_FIELDS}
+    return values
+
+
+def _document(row: Any) -> dict[str, Any]:
+    """The definition document a row holds, in the file's format."""
+    document: dict[str, Any] = {}
+    for name, column in _COLUMN_FIELDS.items():
+        value = getattr(row, column)
+        if value is not None:
+            document[name] = value
+    document.update(row.extensions or {})
+    return document
 
 
 @dataclass(slots=True)
@@ -58,34 +98,16 @@ def sync_definitions(session: Session, registry: Registry, *, actor: str) -> Syn
     report = SyncReport()
     with translate_errors("sync definitions"):
         for definition in registry:
-            values = {
-                "id": definition.id,
-                "name": definition.name,
-                "description": definition.description,
-                "version": definition.version,
-                "definition": definition.raw,
-            }
-            stmt = pg_insert(definitions).values(**values)
+            stmt = pg_insert(definitions).values(**_row_values(definition.raw))
             excluded = stmt.excluded
-            changed = sa.tuple_(
-                definitions.c.name,
-                definitions.c.description,
-                definitions.c.version,
-                definitions.c.definition,
-            ).is_distinct_from(
-                sa.tuple_(
-                    excluded.name, excluded.description, excluded.version, excluded.definition
-                )
+            columns = [*_COLUMN_FIELDS.values(), "extensions"]
+            columns.remove("integration_id")
+            changed = sa.tuple_(*(definitions.c[c] for c in columns)).is_distinct_from(
+                sa.tuple_(*(excluded[c] for c in columns))
             )
             upsert = stmt.on_conflict_do_update(
-                index_elements=[definitions.c.id],
-                set_={
-                    "name": excluded.name,
-                    "description": excluded.description,
-                    "version": excluded.version,
-                    "definition": excluded.definition,
-                    "updated_at": sa.func.now(),
-                },
+                index_elements=[definitions.c.integration_id],
+                set_={**{c: excluded[c] for c in columns}, "updated_at": sa.func.now()},
                 where=changed,
             )
             inserted = sa.literal_column("xmax = 0", sa.Boolean).label("inserted")
@@ -105,19 +127,28 @@ def sync_definitions(session: Session, registry: Registry, *, actor: str) -> Syn
 
         known = set(registry.ids())
         counts = (
-            sa.select(definitions.c.id, sa.func.count(instances.c.id).label("n"))
+            sa.select(
+                definitions.c.id,
+                definitions.c.integration_id,
+                sa.func.count(instances.c.id).label("n"),
+            )
             .select_from(definitions.outerjoin(instances))
             .group_by(definitions.c.id)
         )
         for row in session.execute(counts):
-            if row.id in known:
+            if row.integration_id in known:
                 continue
             if row.n:
-                report.orphaned[row.id] = int(row.n)
+                report.orphaned[row.integration_id] = int(row.n)
                 continue
             session.execute(sa.delete(definitions).where(definitions.c.id == row.id))
-            report.removed.append(row.id)
-            audit.record(session, action="definition.delete", actor=actor, integration_id=row.id)
+            report.removed.append(row.integration_id)
+            audit.record(
+                session,
+                action="definition.delete",
+                actor=actor,
+                integration_id=row.integration_id,
+            )
     return report
 
 
@@ -127,19 +158,31 @@ def list_definitions(session: Session) -> list[StoredDefinition]:
         sa.select(definitions, sa.func.count(instances.c.id).label("n"))
         .select_from(definitions.outerjoin(instances))
         .group_by(definitions.c.id)
-        .order_by(definitions.c.id)
+        .order_by(definitions.c.integration_id)
     )
     with translate_errors("list definitions"):
         rows = session.execute(query).all()
     return [
         StoredDefinition(
-            id=r.id,
+            uuid=r.id,
+            id=r.integration_id,
             name=r.name,
             version=r.version,
             description=r.description,
             updated_at=r.updated_at,
             instance_count=int(r.n),
-            definition=r.definition,
+            definition=_document(r),
         )
         for r in rows
     ]
+
+
+def definition_uuid(session: Session, integration_id: str) -> uuid.UUID | None:
+    """The primary key of the stored definition ``integration_id``, or None.
+
+    Driver errors are left to the caller's `translate_errors`, which names its operation.
+    """
+    found: uuid.UUID | None = session.execute(
+        sa.select(definitions.c.id).where(definitions.c.integration_id == integration_id)
+    ).scalar()
+    return found

@@ -8,6 +8,7 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
+import enum
 import re
 import uuid
 from collections.abc import Mapping
@@ -28,10 +29,11 @@ from prefect_integrations.exceptions import (
     ValidationError,
 )
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.models import instances
+from prefect_integrations.models import definitions, instances
 from prefect_integrations.registry import Definition, Registry
 from prefect_integrations.scope import ContextType, Scope
 from prefect_integrations.store import audit, vault
+from prefect_integrations.store.definitions import definition_uuid
 from prefect_integrations.validation import (
     check_storable,
     credentials_validator,
@@ -40,11 +42,18 @@ from prefect_integrations.validation import (
 )
 
 __all__ = [
+    "UNSET",
     "Instance",
+    "Unset",
+    "check_config",
+    "check_description",
+    "check_instance_id",
+    "check_name",
     "create_instance",
     "delete_instance",
     "get_instance",
     "instance_from_row",
+    "instances_query",
     "list_instances",
     "require_instance",
     "set_credentials",
@@ -54,6 +63,19 @@ __all__ = [
 ]
 
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+_UNIQUE_INSTANCE_ID = "integration_instances_instance_id_idx"
+
+
+def instances_query() -> sa.Select[Any]:
+    """SELECT of instance rows with their definition's ``integration_id``.
+
+    Instances refer to their definition by ``integration_definition_id`` (the spec's
+    schema); every read of instances goes through this join so rows carry the
+    integration id that the rest of the package speaks.
+    """
+    return sa.select(instances, definitions.c.integration_id).join_from(
+        instances, definitions, instances.c.integration_definition_id == definitions.c.id
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +86,7 @@ class Instance:
     instance_id: str
     integration_id: str
     name: str
+    description: str | None
     scope: Scope
     config: dict[str, Any]
     status: dict[str, Any]
@@ -84,27 +107,41 @@ class Instance:
         """True when credentials are stored."""
         return self.credentials is not None
 
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready view; credentials appear only as key id and non-secret metadata."""
-        creds = None
-        if self.credentials is not None:
-            creds = {"key_id": self.credentials.key_id, **dict(self.credentials.metadata)}
-        return {
-            "instance_id": self.instance_id,
-            "integration_id": self.integration_id,
+    def as_document(self, *, secrets_metadata: bool = True) -> dict[str, Any]:
+        """The specification's instance document, never with a secret value.
+
+        ``credentials`` holds the stored non-secret facts (field names, token type, scope,
+        expiry, key id) with ``secrets_metadata``, and is ``{}`` otherwise (as `instances
+        export` prints it, ready to be applied again). The package's own facts
+        (``createdAt``, ``updatedAt``, ``lastUsedAt``, ``keyId``, ``tokenExpiresAt``,
+        ``credentialsVersion``) follow the specification's fields.
+        """
+        document: dict[str, Any] = {
+            "instanceId": self.instance_id,
+            "integrationId": self.integration_id,
             "name": self.name,
-            "context": str(self.scope),
-            "context_type": self.scope.context_type,
-            "context_id": self.scope.context_id,
-            "config": self.config,
-            "status": self.status,
-            "credentials": creds,
-            "credentials_version": self.credentials_version,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "last_used_at": _iso(self.last_used_at),
-            "token_expires_at": _iso(self.token_expires_at),
         }
+        if self.description is not None:
+            document["description"] = self.description
+        document["context"] = self.scope.as_document()
+        creds: dict[str, Any] = {}
+        if secrets_metadata and self.credentials is not None:
+            creds = {**dict(self.credentials.metadata), "keyId": self.credentials.key_id}
+        document["credentials"] = creds
+        document["config"] = self.config
+        document["status"] = self.status
+        if secrets_metadata:
+            document.update(
+                {
+                    "keyId": self.credentials.key_id if self.credentials else None,
+                    "credentialsVersion": self.credentials_version,
+                    "tokenExpiresAt": _iso(self.token_expires_at),
+                    "createdAt": _iso(self.created_at),
+                    "updatedAt": _iso(self.updated_at),
+                    "lastUsedAt": _iso(self.last_used_at),
+                }
+            )
+        return document
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -119,6 +156,7 @@ def instance_from_row(row: sa.Row[Any]) -> Instance:
         instance_id=row.instance_id,
         integration_id=row.integration_id,
         name=row.name,
+        description=row.description,
         scope=Scope(cast(ContextType, row.context_type), row.context_id),
         config=dict(row.config or {}),
         status=dict(row.status or {}),
@@ -131,7 +169,8 @@ def instance_from_row(row: sa.Row[Any]) -> Instance:
     )
 
 
-def _check_instance_id(instance_id: str) -> None:
+def check_instance_id(instance_id: str) -> None:
+    """Refuse an instance id that is not 1-255 letters, digits, "_", "." or "-"."""
     if not _INSTANCE_ID.match(instance_id):
         raise ValidationError(
             "Instance id",
@@ -141,7 +180,8 @@ def _check_instance_id(instance_id: str) -> None:
         )
 
 
-def _check_name(instance_id: str, name: str) -> str:
+def check_name(instance_id: str, name: str) -> str:
+    """The name if it is non-empty, at most 255 characters and storable."""
     subject = f"Instance '{instance_id}'"
     if not name.strip():
         raise ValidationError(subject, ["name"], "name must not be empty")
@@ -151,7 +191,33 @@ def _check_name(instance_id: str, name: str) -> str:
     return name
 
 
-def _check_config(definition: Definition, instance_id: str, config: object) -> dict[str, Any]:
+def check_description(instance_id: str, description: object) -> str | None:
+    """The description (None for none) if it is a storable string of at most 4000 characters."""
+    if description is None:
+        return None
+    subject = f"Instance '{instance_id}'"
+    if not isinstance(description, str):
+        raise ValidationError(subject, ["description"], "description must be a string")
+    if len(description) > 4000:
+        raise ValidationError(
+            subject, ["description"], "description must be at most 4000 characters"
+        )
+    check_storable(description, subject=f"Description of instance '{instance_id}'")
+    return description
+
+
+class Unset(enum.Enum):
+    """The type of `UNSET`: an argument that was not given (as opposed to None)."""
+
+    UNSET = "UNSET"
+
+
+#: A keyword argument left out, where None has a meaning of its own (clear the value).
+UNSET = Unset.UNSET
+
+
+def check_config(definition: Definition, instance_id: str, config: object) -> dict[str, Any]:
+    """The config as a dict if it is a JSON object valid for the definition's configSchema."""
     subject = f"Config of instance '{instance_id}'"
     if not isinstance(config, Mapping):
         raise ValidationError(subject, [], "config must be a JSON object")
@@ -211,7 +277,7 @@ def get_instance(session: Session, instance_id: str) -> Instance | None:
     """The instance with that id, or None."""
     with translate_errors(f"read instance '{instance_id}'"):
         row = session.execute(
-            sa.select(instances).where(instances.c.instance_id == instance_id)
+            instances_query().where(instances.c.instance_id == instance_id)
         ).first()
     return instance_from_row(row) if row else None
 
@@ -233,9 +299,9 @@ def list_instances(
     state: str | None = None,
 ) -> list[Instance]:
     """Instances matching every filter given, ordered by instance id."""
-    query = sa.select(instances).order_by(instances.c.instance_id)
+    query = instances_query().order_by(instances.c.instance_id)
     if integration_id is not None:
-        query = query.where(instances.c.integration_id == integration_id)
+        query = query.where(definitions.c.integration_id == integration_id)
     if scope is not None:
         query = query.where(instances.c.context_type == scope.context_type)
         query = query.where(instances.c.context_id.is_not_distinct_from(scope.context_id))
@@ -256,6 +322,7 @@ def create_instance(
     integration_id: str,
     name: str,
     scope: Scope,
+    description: str | None = None,
     config: Mapping[str, Any] | None = None,
     credentials: Mapping[str, Any] | None = None,
     status: Mapping[str, Any] | None = None,
@@ -267,10 +334,11 @@ def create_instance(
     token) and ``inactive`` otherwise (e.g. OAuth2 waiting to be connected), unless
     ``status`` says otherwise.
     """
-    _check_instance_id(instance_id)
-    _check_name(instance_id, name)
+    check_instance_id(instance_id)
+    check_name(instance_id, name)
+    check_description(instance_id, description)
     definition = registry.get(integration_id)
-    config = _check_config(definition, instance_id, {} if config is None else config)
+    config = check_config(definition, instance_id, {} if config is None else config)
     creds = None
     if credentials is not None:
         creds = validate_credentials(definition, instance_id, credentials)
@@ -282,11 +350,19 @@ def create_instance(
         state = "active" if _usable(definition, creds) else "inactive"
         status = {"state": state}
     status_doc = validate_status(instance_id, status)
+    with translate_errors(f"create instance '{instance_id}'"):
+        definition_id = definition_uuid(session, integration_id)
+    if definition_id is None:
+        raise DefinitionError(
+            f"Integration '{integration_id}' is not in the database yet; "
+            "run `prefect-integrations definitions sync`"
+        )
 
     values = {
         "instance_id": instance_id,
-        "integration_id": integration_id,
+        "integration_definition_id": definition_id,
         "name": name,
+        "description": description,
         "context_type": scope.context_type,
         "context_id": scope.context_id,
         "config": config,
@@ -298,13 +374,8 @@ def create_instance(
                 session.execute(sa.insert(instances).values(**values))
         except sa_exc.IntegrityError as exc:
             constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", "")
-            if constraint == "uq_integration_instances_instance_id":
+            if constraint == _UNIQUE_INSTANCE_ID:
                 raise InstanceExists(instance_id) from None
-            if constraint == "fk_integration_instances_definition":
-                raise DefinitionError(
-                    f"Integration '{integration_id}' is not in the database yet; "
-                    "run `prefect-integrations definitions sync`"
-                ) from None
             raise
     if creds is not None and keyring is not None:
         vault.store_credentials(session, keyring, instance_id, creds)
@@ -330,22 +401,33 @@ def update_instance(
     instance_id: str,
     *,
     name: str | None = None,
+    description: str | Unset | None = UNSET,
     config: Mapping[str, Any] | None = None,
     status: Mapping[str, Any] | None = None,
     scope: Scope | None = None,
     actor: str,
 ) -> Instance:
-    """Change the name, config, status or scope of an instance; audited."""
+    """Change the name, description, config, status or scope of an instance; audited.
+
+    Only what differs from the stored row is written (and audited); an update that
+    changes nothing writes nothing. ``description=None`` clears the description.
+    """
     current = require_instance(session, instance_id)
     changes: dict[str, Any] = {}
-    if name is not None:
-        changes["name"] = _check_name(instance_id, name)
+    if name is not None and name != current.name:
+        changes["name"] = check_name(instance_id, name)
+    if not isinstance(description, Unset) and description != current.description:
+        changes["description"] = check_description(instance_id, description)
     if config is not None:
         definition = registry.get(current.integration_id)
-        changes["config"] = _check_config(definition, instance_id, config)
+        checked = check_config(definition, instance_id, config)
+        if checked != current.config:
+            changes["config"] = checked
     if status is not None:
-        changes["status"] = validate_status(instance_id, status)
-    if scope is not None:
+        checked = validate_status(instance_id, status)
+        if checked != current.status:
+            changes["status"] = checked
+    if scope is not None and scope != current.scope:
         changes["context_type"] = scope.context_type
         changes["context_id"] = scope.context_id
     if not changes:
@@ -410,18 +492,23 @@ def set_credentials(
 
 def delete_instance(session: Session, instance_id: str, *, actor: str) -> None:
     """Delete an instance and its credentials; audited."""
+    integration_id = (
+        sa.select(definitions.c.integration_id)
+        .where(definitions.c.id == instances.c.integration_definition_id)
+        .scalar_subquery()
+    )
     with translate_errors(f"delete instance '{instance_id}'"):
-        integration_id = session.execute(
+        deleted = session.execute(
             sa.delete(instances)
             .where(instances.c.instance_id == instance_id)
-            .returning(instances.c.integration_id)
+            .returning(integration_id)
         ).scalar()
-    if integration_id is None:
+    if deleted is None:
         raise InstanceNotFound(instance_id)
     audit.record(
         session,
         action="instance.delete",
         actor=actor,
         instance_id=instance_id,
-        integration_id=integration_id,
+        integration_id=deleted,
     )

@@ -147,8 +147,9 @@ _VERIFY_REASON = f"""
 # id claimed (keyset), failures.
 _ROTATE_TEMPLATE = f"""
 WITH batch AS MATERIALIZED (
-  SELECT i.id, i.instance_id, i.integration_id, i.credentials AS envelope
+  SELECT i.id, i.instance_id, d.integration_id, i.credentials AS envelope
     FROM integration_instances i
+    JOIN integration_definitions d ON d.id = i.integration_definition_id
    WHERE i.key_id IS DISTINCT FROM CAST(:primary AS text)
      AND i.credentials IS NOT NULL
      AND i.id <> ALL (CAST(:skip AS uuid[]))
@@ -215,13 +216,18 @@ _PENDING_WHERE = """
      AND credentials IS NOT NULL
      AND id <> ALL (CAST(:skip AS uuid[]))
 """
+# The integration id of an instance row (instances refer to definitions by UUID).
+_INTEGRATION_ID = (
+    "(SELECT d.integration_id FROM integration_definitions d "
+    "WHERE d.id = integration_instances.integration_definition_id) AS integration_id"
+)
 _PENDING_COUNT = sa.text(f"SELECT count(*) FROM integration_instances {_PENDING_WHERE}")
 _PENDING_ROWS = sa.text(
-    "SELECT id, instance_id, integration_id, credentials->>'kid' AS kid "
+    f"SELECT id, instance_id, {_INTEGRATION_ID}, credentials->>'kid' AS kid "
     f"FROM integration_instances {_PENDING_WHERE} ORDER BY id LIMIT CAST(:batch AS integer)"
 )
 _PENDING_AFTER = sa.text(
-    "SELECT id, instance_id, integration_id, credentials->>'kid' AS kid "
+    f"SELECT id, instance_id, {_INTEGRATION_ID}, credentials->>'kid' AS kid "
     f"FROM integration_instances {_PENDING_WHERE} AND id > CAST(:after AS uuid) "
     "ORDER BY id LIMIT CAST(:batch AS integer)"
 )

@@ -73,10 +73,11 @@ _STORE = sa.text(
 _FETCH = sa.text(
     """
     WITH k AS MATERIALIZED (
-      SELECT i.instance_id, i.integration_id, i.credentials,
+      SELECT i.instance_id, d.integration_id, i.credentials,
              (CAST(:keys AS text[]))[array_position(CAST(:kids AS text[]),
                                                     i.credentials->>'kid')] AS key
         FROM integration_instances i
+        JOIN integration_definitions d ON d.id = i.integration_definition_id
        WHERE i.instance_id = ANY(CAST(:iids AS text[]))
     ), d AS MATERIALIZED (
       SELECT k.instance_id, k.integration_id,
