@@ -197,7 +197,8 @@ def test_definitions_sync_creates_then_is_unchanged(cli: Cli, db: Database) -> N
         ("definition.create", i) for i in SHIPPED
     ]
     stored = cli.json("definitions", "stored")
-    assert [(d["id"], d["instances"]) for d in stored] == [(i, 0) for i in SHIPPED]
+    assert [(d["integrationId"], d["instances"]) for d in stored] == [(i, 0) for i in SHIPPED]
+    assert {d["authType"] for d in stored} == {"oauth2"}
     assert counts(db) == (0, 3)
 
 

@@ -279,3 +279,26 @@ def test_revision_0005_converts_rows_and_back(old_db: Database) -> None:
         )
         == before
     )
+
+
+def test_a_synced_definition_reads_back_whole(db: Database) -> None:
+    from prefect_integrations.registry import load_registry
+    from prefect_integrations.store.definitions import list_definitions, sync_definitions
+
+    registry = load_registry()
+    with db.transaction() as s:
+        sync_definitions(s, registry, actor="test")
+    with db.transaction() as s:
+        stored = {d.id: d for d in list_definitions(s)}
+        row = s.execute(
+            sa.text(
+                "SELECT methods, config_schema, auth_type, oauth2_config, extensions "
+                "FROM integration_definitions WHERE integration_id = 'xero'"
+            )
+        ).one()
+    for definition in registry:
+        assert stored[definition.id].definition == definition.raw
+    xero = registry.get("xero").raw
+    assert row.methods == xero["methods"] and row.config_schema == xero["configSchema"]
+    assert (row.auth_type, row.oauth2_config) == ("oauth2", xero["oauth2Config"])
+    assert "baseUrl" in row.extensions and "integrationId" not in row.extensions

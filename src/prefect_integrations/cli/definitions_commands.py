@@ -105,11 +105,13 @@ def stored(
         emit_json(
             [
                 {
-                    "id": r.id,
+                    "integrationId": r.id,
                     "name": r.name,
                     "version": r.version,
+                    "authType": r.definition.get("authType"),
                     "instances": r.instance_count,
-                    "updated_at": r.updated_at,
+                    "id": str(r.uuid),
+                    "updatedAt": r.updated_at,
                 }
                 for r in rows
             ]
