@@ -17,8 +17,10 @@ from .conftest import ACME_DEFINITION
 
 def _stamps(db: Database) -> dict[str, object]:
     with db.transaction() as s:
-        rows = s.execute(sa.text("SELECT id, updated_at FROM integration_definitions")).all()
-    return {r.id: r.updated_at for r in rows}
+        rows = s.execute(
+            sa.text("SELECT integration_id, updated_at FROM integration_definitions")
+        ).all()
+    return {r.integration_id: r.updated_at for r in rows}
 
 
 def test_sync_is_idempotent_and_moves_updated_at_only_on_change(

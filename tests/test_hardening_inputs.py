@@ -988,8 +988,8 @@ def _store_counts(db: Database) -> tuple[int, int, int, str]:
     with db.transaction() as session:
         defined = session.execute(
             sa.text(
-                "SELECT count(*), coalesce(md5(string_agg(id || version || definition::text, ','"
-                " ORDER BY id)), '') FROM integration_definitions"
+                "SELECT count(*), coalesce(md5(string_agg(d::text, ',' ORDER BY d.id)), '') "
+                "FROM integration_definitions d"
             )
         ).one()
     found, rows = counts(db)
@@ -1415,7 +1415,7 @@ def test_cli_refuses_invalid_config_and_credentials_and_writes_nothing(
     _fuzz_cli_config(cli_store, db, registry, "xero", xero_creds, tally)
     _fuzz_cli_credentials(cli_store, db, "acme", "{}", "apikey", tally)
     _fuzz_cli_credentials(cli_store, db, "xero", '{"tenant_id": "t"}', "oauth2", tally)
-    assert cli_store.json("instances", "show", "existing")["credentials_version"] == 1
+    assert cli_store.json("instances", "show", "existing")["credentialsVersion"] == 1
     _report("CLI config/credentials", tally["tried"])
     assert tally["tried"] > 0
 
