@@ -151,7 +151,8 @@ def show(
         return
     creds = data.pop("credentials")
     if creds:
-        fields = ", ".join(f"{f}=********" for f in creds.get("fields", []))
+        prefix = f"{creds['kind']}." if creds.get("kind") else ""
+        fields = ", ".join(f"{prefix}{f}=********" for f in creds.get("fields", []))
         data["credentials"] = f"{fields} (key {creds['key_id']})"
     else:
         data["credentials"] = None
