@@ -89,8 +89,9 @@ def rotate(
     Each batch is one short transaction; rows in use elsewhere are skipped and retried,
     and an interrupted run is simply run again. Credentials still stored in the flat shape
     of earlier versions (envelope v1) are rewritten in the specification's shape. Prints
-    the instances per key id before and after, how many were upgraded, what failed (instance ids and reasons) and the verification of every row.
-    Exits 1 if any row failed or does not verify.
+    the instances per key id before and after, how many were upgraded, what failed
+    (instance ids and reasons) and the verification of every row. Exits 1 if any row
+    failed or does not verify.
     """
     rt = runtime()
     keyring = rt.keyring
