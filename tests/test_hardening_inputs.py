@@ -181,7 +181,7 @@ def _keywords(schema: object, found: set[str], formats: set[str]) -> None:
 
 def _credentials(definition: Definition) -> dict[str, Any]:
     if definition.auth_type == "apikey":
-        return {"api_key": SECRET}
+        return {"apikey": {"key": SECRET}}
     if definition.auth_type == "oauth2":
         return {"access_token": SECRET}
     if definition.id == "echo_hmac":
@@ -1262,7 +1262,7 @@ def test_invalid_credentials_are_refused_and_existing_ones_kept(
 # Config and credentials through the CLI
 # --------------------------------------------------------------------------------------
 
-ACME_CREDENTIALS = {"api_key": SECRET}
+ACME_CREDENTIALS = {"apikey": {"key": SECRET}}
 
 
 @pytest.fixture

@@ -408,16 +408,16 @@ def test_no_canary_reaches_any_sink(
         )
 
     created: dict[str, tuple[str, str, dict[str, Any]]] = {
-        "echo_main": ("echo", json.dumps({"base_url": f"{url}/echo_main"}), {"api_key": c.api_key}),
+        "echo_main": ("echo", json.dumps({"base_url": f"{url}/echo_main"}), {"apikey": {"key": c.api_key}}),
         "echo_q": (
             "echo_query",
             json.dumps({"base_url": f"{url}/echo_q"}),
-            {"api_key": c.query_key},
+            {"apikey": {"key": c.query_key}},
         ),
         "echo_down": (
             "echo",
             json.dumps({"base_url": f"http://127.0.0.1:{_free_port()}/down"}),
-            {"api_key": c.down_key},
+            {"apikey": {"key": c.down_key}},
         ),
         "signer": (
             "echo_hmac",
@@ -432,7 +432,7 @@ def test_no_canary_reaches_any_sink(
         "rot": (
             "echo_rotating",
             json.dumps({"base_url": f"{url}/rot"}),
-            {"api_key": c.rotating_key, "key_id": "key-1"},
+            {"apikey": {"key": c.rotating_key, "key_id": "key-1"}},
         ),
         "items": (
             "authsrv",

@@ -43,7 +43,7 @@ def _add(
             name=instance_id,
             scope=Scope("global"),
             config={"base_url": f"{url}/{instance_id}"},
-            credentials=None if credentials == {} else (credentials or {"api_key": "k"}),
+            credentials=None if credentials == {} else (credentials or {"apikey": {"key": "k"}}),
             status={"state": state},
             actor="t",
         )

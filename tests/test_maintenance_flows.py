@@ -88,7 +88,7 @@ def test_health_check_flow(
             name,
             "echo",
             {"base_url": f"{provider.url}/{name}"},
-            {"api_key": "k"},
+            {"apikey": {"key": "k"}},
         )
         provider.reply("GET", f"/{name}/items/1", reply)
     summary = asyncio.run(health_check(min_interval_seconds=0))
@@ -161,7 +161,7 @@ def test_rotate_credentials_flow(
         "rot",
         "echo_rotating",
         {"base_url": f"{provider.url}/rot"},
-        {"api_key": "old-key", "key_id": "key-1"},
+        {"apikey": {"key": "old-key", "key_id": "key-1"}},
     )
     _add(
         echo_db,
@@ -170,7 +170,7 @@ def test_rotate_credentials_flow(
         "plain",
         "echo",
         {"base_url": f"{provider.url}/plain"},
-        {"api_key": "k"},
+        {"apikey": {"key": "k"}},
     )
     provider.reply("POST", "/rot/keys", Reply(201, {"secret": "new-key", "id": "key-2"}))
     provider.reply("GET", "/rot/items/1", OK)
@@ -194,7 +194,7 @@ def test_rotate_credentials_flow(
     only_new = parse_keyring(f"k2:{new_ring.primary.get_secret_value()}")
     with echo_db.transaction() as s:
         creds = vault.fetch_credentials(s, only_new, "rot", actor="t", purpose="t").reveal()
-    assert creds == {"api_key": "new-key", "key_id": "key-2"}
+    assert creds == {"apikey": {"key": "new-key", "key_id": "key-2"}}
 
 
 @pytest.mark.usefixtures("env")
@@ -212,7 +212,7 @@ def test_rotation_keeps_the_old_key_when_the_new_one_fails(
         "rot",
         "echo_rotating",
         {"base_url": f"{provider.url}/rot"},
-        {"api_key": "old-key", "key_id": "key-1"},
+        {"apikey": {"key": "old-key", "key_id": "key-1"}},
     )
     provider.reply("POST", "/rot/keys", Reply(201, {"secret": "bad-key", "id": "key-2"}))
     provider.reply("GET", "/rot/items/1", Reply(401, {}))
@@ -221,7 +221,7 @@ def test_rotation_keeps_the_old_key_when_the_new_one_fails(
     assert not [r for r in provider.requests if r.method == "DELETE"]
     with echo_db.transaction() as s:
         creds = vault.fetch_credentials(s, keyring, "rot", actor="t", purpose="t").reveal()
-    assert creds["api_key"] == "old-key"
+    assert creds["apikey"]["key"] == "old-key"
 
 
 @pytest.mark.usefixtures("env")

@@ -60,7 +60,7 @@ def _make(db: Database, registry: Registry, keyring: Keyring, count: int) -> lis
                 integration_id="acme",
                 name=instance_id,
                 scope=Scope("global"),
-                credentials={"api_key": _secret(i)},
+                credentials={"apikey": {"key": _secret(i)}},
                 actor="tests",
             )
     return ids
@@ -105,7 +105,7 @@ def _fetch_all(db: Database, keyring: Keyring, ids: list[str]) -> dict[str, tupl
     with db.transaction() as s:
         for instance_id in ids:
             creds = vault.fetch_credentials(s, keyring, instance_id, actor="t", purpose="test")
-            out[instance_id] = (creds.key_id, creds.reveal()["api_key"])
+            out[instance_id] = (creds.key_id, creds.reveal()["apikey"]["key"])
     return out
 
 
@@ -162,7 +162,7 @@ def test_rotates_every_row_in_batches_keeping_plaintext_and_version(
     version = after[ids[0]].credentials_version
     with synced.transaction() as s:
         assert vault.store_credentials(
-            s, new, ids[0], {"api_key": "next"}, expected_version=version
+            s, new, ids[0], {"apikey": {"key": "next"}}, expected_version=version
         ) == (version + 1)
     # a second run finds nothing to do
     again = rotation.rotate_keys(synced, new, actor="rotator", batch_size=7)
@@ -477,7 +477,7 @@ def test_reads_keep_working_while_rotating(
                         creds = vault.fetch_credentials(
                             s, new, instance_id, actor="reader", purpose="call"
                         )
-                    seen.append((instance_id, creds.key_id, creds.reveal()["api_key"]))
+                    seen.append((instance_id, creds.key_id, creds.reveal()["apikey"]["key"]))
                 except BaseException as exc:
                     errors.append(exc)
 
@@ -567,7 +567,7 @@ def test_a_row_locked_elsewhere_is_skipped_and_waited_for_with_its_new_content(
 
     with _locked(synced, target) as conn, Session(bind=conn) as session:
         # a refresh in flight: new credentials, still under the old key, not yet committed
-        version = vault.store_credentials(session, keyring, target, {"api_key": "refreshed"})
+        version = vault.store_credentials(session, keyring, target, {"apikey": {"key": "refreshed"}})
         worker = threading.Thread(target=rotate)
         worker.start()
         deadline = time.monotonic() + 10
