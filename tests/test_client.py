@@ -120,12 +120,29 @@ def test_call_applies_header_apikey_and_maps_output(
         ),
         (
             "echo_oauth",
-            {"access_token": SECRET},
+            {"oauth2": {"access_token": SECRET}},
+            lambda r: r.headers["authorization"] == f"Bearer {SECRET}",
+        ),
+        (  # the specification's example document, verbatim but for the token value
+            "echo_oauth",
+            {
+                "oauth2": {
+                    "access_token": SECRET,
+                    "refresh_token": "...",
+                    "expires_at": "2030-01-01T00:00:00Z",
+                    "token_type": "Bearer",
+                }
+            },
             lambda r: r.headers["authorization"] == f"Bearer {SECRET}",
         ),
         (
+            "echo",
+            {"apikey": {"key": SECRET, "secret": "apikey-secret"}},
+            lambda r: r.headers["x-api-key"] == SECRET,
+        ),
+        (
             "echo_userpass",
-            {"username": "ann", "password": SECRET},
+            {"custom": {"username": "ann", "password": SECRET}},
             lambda r: (
                 r.headers["authorization"]
                 == "Basic " + base64.b64encode(f"ann:{SECRET}".encode()).decode()
@@ -158,7 +175,7 @@ def test_hmac_signature_verifies_on_the_server(
         keyring,
         "echo_hmac",
         provider.url,
-        {"key_id": "key-1", "secret": SECRET},
+        {"custom": {"key_id": "key-1", "secret": SECRET}},
     )
     provider.reply("POST", "/v1/items", Reply(201, {"id": 3, "name": "ü"}))
     with _client(echo_db, echo_registry, keyring, iid) as client:
