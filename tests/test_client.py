@@ -77,7 +77,9 @@ def _calls(db: Database) -> list[dict[str, Any]]:
 def test_call_applies_header_apikey_and_maps_output(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply("GET", "/v1/items/7", Reply(200, {"id": 7, "name": "seven", "extra": 1}))
     with _client(echo_db, echo_registry, keyring, iid) as client:
         assert client.call("get_item", {"item_id": 7, "verbose": True}) == {
@@ -194,7 +196,9 @@ def test_hmac_signature_verifies_on_the_server(
 def test_invalid_input_sends_nothing(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     with _client(echo_db, echo_registry, keyring, iid) as client:
         with pytest.raises(ValidationError) as info:
             client.call("get_item", {"item_id": 0})
@@ -210,7 +214,9 @@ def test_invalid_input_sends_nothing(
 def test_retries_5xx_and_429_honouring_retry_after(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply(
         "GET",
         "/v1/items/1",
@@ -230,7 +236,9 @@ def test_retries_5xx_and_429_honouring_retry_after(
 def test_retries_are_bounded(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply(
         "GET", "/v1/items/1", Reply(503, {"error": {"code": "down", "message": "maintenance"}})
     )
@@ -247,7 +255,9 @@ def test_retries_are_bounded(
 def test_retry_after_beyond_limit_is_not_waited_for(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply("GET", "/v1/items/1", Reply(429, {}, {"Retry-After": "3600"}))
     with (
         _client(echo_db, echo_registry, keyring, iid) as client,
@@ -260,7 +270,9 @@ def test_retry_after_beyond_limit_is_not_waited_for(
 def test_post_is_not_retried_on_500_but_get_is(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply("POST", "/v1/items", Reply(500, {}))
     provider.reply("GET", "/v1/items/1", Reply(500, {}), Reply(200, {"id": 1, "name": "a"}))
     with _client(echo_db, echo_registry, keyring, iid) as client:
@@ -288,7 +300,9 @@ def test_connection_refused_is_retried_then_unavailable(
 def test_provider_errors_are_typed_and_redacted(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply(
         "POST",
         "/v1/items",
@@ -315,7 +329,9 @@ def test_provider_errors_are_typed_and_redacted(
 def test_output_that_breaks_its_schema_is_an_error(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply("GET", "/v1/items/1", Reply(200, {"id": "one", "name": "x"}))
     with (
         _client(echo_db, echo_registry, keyring, iid) as client,
@@ -328,7 +344,13 @@ def test_inactive_instance_is_refused(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
     iid = _instance(
-        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}, state="error"
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo",
+        provider.url,
+        {"apikey": {"key": SECRET}},
+        state="error",
     )
     with (
         _client(echo_db, echo_registry, keyring, iid) as client,
@@ -341,12 +363,16 @@ def test_inactive_instance_is_refused(
 def test_401_rereads_changed_credentials_and_retries_once(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": "old"}})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": "old"}}
+    )
     provider.reply("GET", "/v1/items/1", Reply(200, {"id": 1, "name": "a"}))
     with _client(echo_db, echo_registry, keyring, iid) as client:
         client.call("get_item", {"item_id": 1})
         with echo_db.transaction() as s:  # another process replaces the key
-            instances.set_credentials(s, echo_registry, keyring, iid, {"apikey": {"key": "new"}}, actor="t")
+            instances.set_credentials(
+                s, echo_registry, keyring, iid, {"apikey": {"key": "new"}}, actor="t"
+            )
         provider.reply("GET", "/v1/items/1", Reply(401, {}), Reply(200, {"id": 1, "name": "a"}))
         assert client.call("get_item", {"item_id": 1})["id"] == 1
         provider.reply("GET", "/v1/items/1", Reply(401, {}))
@@ -359,7 +385,9 @@ def test_401_rereads_changed_credentials_and_retries_once(
 def test_async_client(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply("POST", "/v1/items", Reply(503, {}), Reply(201, {"id": 5, "name": "x"}))
 
     async def main() -> Any:

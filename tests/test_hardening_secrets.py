@@ -408,7 +408,11 @@ def test_no_canary_reaches_any_sink(
         )
 
     created: dict[str, tuple[str, str, dict[str, Any]]] = {
-        "echo_main": ("echo", json.dumps({"base_url": f"{url}/echo_main"}), {"apikey": {"key": c.api_key}}),
+        "echo_main": (
+            "echo",
+            json.dumps({"base_url": f"{url}/echo_main"}),
+            {"apikey": {"key": c.api_key}},
+        ),
         "echo_q": (
             "echo_query",
             json.dumps({"base_url": f"{url}/echo_q"}),

@@ -58,11 +58,18 @@ def test_every_secret_of_each_section_is_found() -> None:
     apikey = {"apikey": {"key": "key-canary", "secret": "secret-canary", "key_id": "kid-canary"}}
     custom = {"custom": {"password": "pw-canary", "nested": {"list": ["deep-canary"]}}}
     assert sorted(secret_strings(oauth2, min_length=4)) == sorted(
-        ["access-canary", "refresh-canary", "id-token-canary", "client-id-canary",
-         "client-secret-canary"]
+        [
+            "access-canary",
+            "refresh-canary",
+            "id-token-canary",
+            "client-id-canary",
+            "client-secret-canary",
+        ]
     )
     assert sorted(secret_strings(apikey, min_length=4)) == [
-        "key-canary", "kid-canary", "secret-canary"
+        "key-canary",
+        "kid-canary",
+        "secret-canary",
     ]
     assert sorted(secret_strings(custom, min_length=4)) == ["deep-canary", "pw-canary"]
 

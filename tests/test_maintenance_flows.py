@@ -12,6 +12,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from prefect_integrations.cli import run
+from prefect_integrations.credentials import to_epoch
 from prefect_integrations.db import Database
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.maintenance.flows import (
@@ -121,10 +122,12 @@ def test_refresh_tokens_flow(
         "authsrv_m2m",
         config,
         {
-            "access_token": "old",
-            "obtained_at": now - 3500,
-            "expires_at": now + 100,
-            "oauth2": client,
+            "oauth2": {
+                "access_token": "old",
+                "obtained_at": now - 3500,
+                "expires_at": now + 100,
+                **client,
+            }
         },
     )
     _add(
@@ -134,7 +137,14 @@ def test_refresh_tokens_flow(
         "m2m_fresh",
         "authsrv_m2m",
         config,
-        {"access_token": "new", "obtained_at": now, "expires_at": now + 3600, "oauth2": client},
+        {
+            "oauth2": {
+                "access_token": "new",
+                "obtained_at": now,
+                "expires_at": now + 3600,
+                **client,
+            }
+        },
     )
     oauth_server.reset_stats()
     summary = refresh_tokens(horizon_seconds=900)
@@ -142,7 +152,9 @@ def test_refresh_tokens_flow(
     assert oauth_server.stats()["by_grant"] == {"client_credentials": 1}
     with echo_db.transaction() as s:
         creds = vault.fetch_credentials(s, keyring, "m2m_expiring", actor="t", purpose="t").reveal()
-    assert creds["access_token"] != "old" and creds["expires_at"] > now + 3000
+    token = creds["oauth2"]
+    assert token["access_token"] != "old" and to_epoch(token["expires_at"]) > now + 3000
+    assert token["client_id"] == client["client_id"]  # the client stays in the section
 
 
 @pytest.mark.usefixtures("env")

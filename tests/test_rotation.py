@@ -567,7 +567,9 @@ def test_a_row_locked_elsewhere_is_skipped_and_waited_for_with_its_new_content(
 
     with _locked(synced, target) as conn, Session(bind=conn) as session:
         # a refresh in flight: new credentials, still under the old key, not yet committed
-        version = vault.store_credentials(session, keyring, target, {"apikey": {"key": "refreshed"}})
+        version = vault.store_credentials(
+            session, keyring, target, {"apikey": {"key": "refreshed"}}
+        )
         worker = threading.Thread(target=rotate)
         worker.start()
         deadline = time.monotonic() + 10
