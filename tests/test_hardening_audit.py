@@ -51,6 +51,7 @@ from prefect_integrations.store.rotation import rotate_keys
 
 from .clirunner import Cli, assert_one_error
 from .conftest import ACME_DEFINITION
+from .legacy import write_old_shape
 from .provider import FakeProvider, Reply
 
 ACTOR = "audit-tests"
@@ -122,7 +123,7 @@ class World:
     def add_oauth(self, instance_id: str, *, tokens: bool) -> None:
         creds: dict[str, Any] = {"oauth2": {"client_id": "cid", "client_secret": CLIENT_SECRET}}
         if tokens:
-            creds |= {
+            creds["oauth2"] |= {
                 "access_token": ACCESS_TOKEN,
                 "refresh_token": REFRESH_TOKEN,
                 "token_type": "Bearer",
@@ -342,6 +343,17 @@ def _rotate_keys(w: World) -> None:
     assert report.rotated == 1
 
 
+def _with_old_shape(w: World) -> None:
+    w.add("inst")
+    with w.db.transaction() as s:
+        write_old_shape(s, w.keyring, "inst", {"api_key": API_KEY, "key_id": "key-1"})
+
+
+def _upgrade_old_shape(w: World) -> None:
+    report = rotate_keys(w.db, w.keyring, actor=ACTOR)
+    assert (report.rotated, report.upgraded) == (0, 1)
+
+
 def _rotate_keys_unknown(w: World) -> None:
     report = rotate_keys(w.db, parse_keyring(f"k2:{generate_key()}"), actor=ACTOR)
     assert report.rotated == 0 and len(report.failed) == 1
@@ -448,6 +460,11 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "keys.rotate": Operation(
         _with_instance, _rotate_keys, (("keys.rotate", "success"),), instance_id=None
+    ),
+    "credentials.upgrade": Operation(
+        _with_old_shape,
+        _upgrade_old_shape,
+        (("credentials.decrypt", "success"), ("credentials.upgrade", "success")),
     ),
     "keys.rotate (failure)": Operation(
         _with_instance,

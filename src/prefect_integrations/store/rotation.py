@@ -625,7 +625,7 @@ _OLD_SHAPE_ROWS = sa.text(
 # is the row upgraded.
 _LOCK_OLD = sa.text(
     """
-    SELECT credentials_version,
+    SELECT credentials_version, integration_id,
            coalesce(refresh_lease_until >= now(), false) AS leased
       FROM integration_instances
      WHERE id = CAST(:id AS uuid)
@@ -744,6 +744,7 @@ def _upgrade_one(
             action="credentials.upgrade",
             actor=actor,
             instance_id=instance_id,
+            integration_id=locked.integration_id,
             details={"to_version": ENVELOPE_VERSION, "credentials_version": version},
         )
     return "upgraded"
