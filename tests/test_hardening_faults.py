@@ -857,10 +857,13 @@ def _token_instance(
             scope=Scope("global"),
             config={"base_url": url, "token_url": f"{url}/token"},
             credentials={
-                "oauth2": {"client_id": "cid", "client_secret": "client-secret-value"},
-                "access_token": f"old-access-{n}",
-                "refresh_token": f"old-refresh-{n}",
-                "expires_at": time.time() + 30,  # inside the refresh lead time
+                "oauth2": {
+                    "client_id": "cid",
+                    "client_secret": "client-secret-value",
+                    "access_token": f"old-access-{n}",
+                    "refresh_token": f"old-refresh-{n}",
+                    "expires_at": time.time() + 30,  # inside the refresh lead time
+                }
             },
             actor="t",
         )
@@ -1081,7 +1084,8 @@ def test_refresh_sweep_killed_mid_batch_is_finished_by_the_next_one(
     stored = {}
     with fdb.transaction() as s:
         for iid in ids:
-            stored[iid] = vault.fetch_credentials(s, keyring, iid, actor="t", purpose="t").reveal()
+            values = vault.fetch_credentials(s, keyring, iid, actor="t", purpose="t").reveal()
+            stored[iid] = values["oauth2"]
     refreshed_by_child = {iid for iid, c in stored.items() if c["refresh_token"].startswith("new-")}
     # Rotated by the provider but never stored (the crash window between the token
     # response and the store): with a provider that invalidates used refresh tokens these
@@ -1102,7 +1106,7 @@ def test_refresh_sweep_killed_mid_batch_is_finished_by_the_next_one(
     with fdb.transaction() as s:
         for n, iid in enumerate(ids):
             creds = vault.fetch_credentials(s, keyring, iid, actor="t", purpose="t").reveal()
-            assert creds["refresh_token"] == f"new-refresh-{n}"
+            assert creds["oauth2"]["refresh_token"] == f"new-refresh-{n}"
             assert creds["oauth2"]["client_secret"] == "client-secret-value"
     assert {iid: _version(fdb, iid) for iid in ids} == dict.fromkeys(ids, 2)
     assert_consistent(fdb, keyring, {iid: ("active", None) for iid in ids})
