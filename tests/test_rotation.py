@@ -35,6 +35,8 @@ from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, rotation, vault
 
+from .legacy import write_old_shape
+
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
@@ -673,6 +675,8 @@ def test_cli_status_and_rotate_name_key_ids_and_counts_only(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     ids = _make(synced, test_registry, keyring, 20)
+    with synced.transaction() as s:  # one row as written before the spec's shape
+        write_old_shape(s, keyring, ids[0], {"api_key": _secret(0)})
     new, only_k2 = _rotated_ring(keyring)
     secrets = [*_keys_of(new), *(_secret(i) for i in range(20))]
 
@@ -698,6 +702,7 @@ def test_cli_status_and_rotate_name_key_ids_and_counts_only(
 
     out = cli("keys", "rotate", "--batch-size", "8")
     assert "rotated: 20 instance(s) in 3 batch(es)" in out
+    assert "upgraded: 1 instance(s) to the specification's credentials shape" in out
     assert "failed: 0" in out and "verified: 20 ok, 0 problem(s)" in out
     before, after = out.split("after:")
     assert "k1" in before and " 20 " in before
@@ -707,6 +712,7 @@ def test_cli_status_and_rotate_name_key_ids_and_counts_only(
     ]
     report = json.loads(cli("keys", "rotate", "--json"))
     assert report["rotated"] == 0 and report["after"] == {"k2": 20} and report["ok"] is True
+    assert report["upgraded"] == 0
 
     # a keyring that lacks k2: the rows' key id is flagged as not in the keyring
     monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", f"k3:{generate_key()}")
