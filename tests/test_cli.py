@@ -371,7 +371,9 @@ def test_instance_lifecycle(cli: Cli, db: Database, xero_creds: str, tmp_path: P
     ]
     assert {r["actor"] for r in rows} == {"cli-tests"}
     assert {r["outcome"] for r in rows} == {"success"}
-    assert rows[3]["details"]["credentials_fields"] == sorted(XERO_CREDENTIALS)
+    assert rows[3]["details"]["credentials_fields"] == [
+        f"oauth2.{name}" for name in sorted(XERO_CREDENTIALS["oauth2"])
+    ]
     assert rows[4]["details"]["fields"] == [
         "config",
         "context_id",

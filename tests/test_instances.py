@@ -220,7 +220,7 @@ def test_base_url_and_oauth_overrides_allowed_in_config(
                 }
             },
             ValidationError,
-            "at $.oauth2.expires_at: not an ISO 8601 date-time",
+            "Credentials of instance 'xero_main' is invalid at $.oauth2.expires_at",
         ),
         (
             {"credentials": {}},

@@ -31,6 +31,7 @@ __all__ = [
     "Credentials",
     "EncryptedCredentials",
     "credentials_metadata",
+    "field_paths",
     "is_spec_shape",
     "mask_secrets",
     "normalize_times",
@@ -298,6 +299,17 @@ def credentials_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
         if client:
             meta["oauth2_client"] = client
     return meta
+
+
+def field_paths(values: Mapping[str, Any]) -> list[str]:
+    """The field names of spec-shaped ``values`` as ``section.field`` (for audit details)."""
+    paths: list[str] = []
+    for key, value in sorted(values.items()):
+        if isinstance(value, Mapping):
+            paths.extend(f"{key}.{name}" for name in sorted(value))
+        else:
+            paths.append(key)
+    return paths
 
 
 class Credentials:

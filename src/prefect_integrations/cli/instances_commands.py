@@ -34,7 +34,8 @@ CredentialsFile = Annotated[
     str | None,
     typer.Option(
         "--credentials-file",
-        help="JSON file with the credentials ('-' reads standard input). "
+        help="JSON file with the credentials ('-' reads standard input), one section named "
+        'after the authType: {"oauth2": {...}}, {"apikey": {"key": ...}} or {"custom": {...}}. '
         "Credentials are never accepted as arguments.",
     ),
 ]

@@ -23,6 +23,7 @@ from prefect_integrations.credentials import (
     SECTIONS,
     TIME_FIELDS,
     EncryptedCredentials,
+    field_paths,
     normalize_times,
     oauth2_section,
     spec_example,
@@ -348,7 +349,7 @@ def create_instance(
         details={
             "context": str(scope),
             "config_keys": sorted(config),
-            "credentials_fields": sorted(creds) if creds else [],
+            "credentials_fields": field_paths(creds) if creds else [],
             "state": status_doc["state"],
         },
     )
@@ -431,7 +432,7 @@ def set_credentials(
         instance_id=instance_id,
         integration_id=current.integration_id,
         details={
-            "fields": sorted(creds),
+            "fields": field_paths(creds),
             "key_id": keyring.primary_id,
             "credentials_version": version,
         },
