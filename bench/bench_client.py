@@ -189,7 +189,7 @@ def _run(url: str, calls: int, tasks: int, rounds: int) -> None:
             name="Bench",
             scope=Scope("global"),
             config={"base_url": url},
-            credentials={"api_key": TOKEN},
+            credentials={"apikey": {"key": TOKEN}},
             actor="bench",
         )
     inputs = {"title": "hello", "tags": ["a", "b"]}

@@ -148,7 +148,7 @@ def main() -> None:
                         name=f"h {i}",
                         scope=Scope("global"),
                         config={"base_url": url},
-                        credentials={"api_key": f"key-{i}"},
+                        credentials={"apikey": {"key": f"key-{i}"}},
                         actor="bench",
                     )
             asyncio.run(_raw(url, 500, args.concurrency))  # warm up

@@ -100,13 +100,13 @@ def main() -> None:
                         scope=Scope("global"),
                         config={"base_url": server.issuer, "token_url": server.token_url},
                         credentials={
-                            "access_token": "expiring",
-                            "obtained_at": now - 3590,
-                            "expires_at": now + 10,
                             "oauth2": {
+                                "access_token": "expiring",
+                                "obtained_at": now - 3590,
+                                "expires_at": now + 10,
                                 "client_id": server.m2m_client_id,
                                 "client_secret": server.m2m_client_secret,
-                            },
+                            }
                         },
                         actor="bench",
                     )

@@ -39,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from _support import throwaway_database
 
-from prefect_integrations.credentials import credentials_metadata
+from prefect_integrations.credentials import credentials_metadata, to_iso
 from prefect_integrations.db import Database
 from prefect_integrations.keyring import generate_key, parse_keyring
 from prefect_integrations.registry import load_registry
@@ -148,11 +148,14 @@ def main() -> None:
         old_key, new_key = generate_key(), generate_key()
         k1 = parse_keyring(f"k1:{old_key}")
         rotated_ring = parse_keyring(f"k2:{new_key},k1:{old_key}")
+        expires = 1_900_000_000
         values: dict[str, Any] = {
-            "access_token": "a" * args.token_size,
-            "refresh_token": "r" * 64,
-            "token_type": "Bearer",
-            "expires_at": 1_900_000_000,
+            "oauth2": {
+                "access_token": "a" * args.token_size,
+                "refresh_token": "r" * 64,
+                "token_type": "Bearer",
+                "expires_at": to_iso(expires),
+            }
         }
         started = time.perf_counter()
         with database.transaction() as s:
@@ -164,7 +167,7 @@ def main() -> None:
                     "key": old_key,
                     "opts": vault.PGP_OPTIONS,
                     "meta": json.dumps(credentials_metadata(values)),
-                    "expires": values["expires_at"],
+                    "expires": expires,
                     "rows": args.rows,
                 },
             )

@@ -69,9 +69,11 @@ def measure(*, rounds: int, per_round: int, durable: bool) -> None:
                     scope=Scope("global"),
                     config={"tenant_id": "t"},
                     credentials={
-                        "access_token": "a" * 1200,
-                        "refresh_token": "r" * 64,
-                        "expires_at": 1_900_000_000,
+                        "oauth2": {
+                            "access_token": "a" * 1200,
+                            "refresh_token": "r" * 64,
+                            "expires_at": 1_900_000_000,
+                        }
                     },
                     actor="bench",
                 )

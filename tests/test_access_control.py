@@ -23,7 +23,7 @@ def existing(synced: Database, test_registry: Registry, keyring: Keyring) -> Non
             integration_id="acme",
             name="Acme",
             scope=Scope("global"),
-            credentials={"api_key": "k"},
+            credentials={"apikey": {"key": "k"}},
             actor="admin",
         )
 
@@ -41,7 +41,7 @@ def test_admin_role_manages_instances(
             integration_id="acme",
             name="Acme 2",
             scope=Scope("client", "c1"),
-            credentials={"api_key": "k2"},
+            credentials={"apikey": {"key": "k2"}},
             actor="admin",
         )
         instances.update_instance(s, test_registry, "acme_2", name="Renamed", actor="admin")
@@ -56,7 +56,7 @@ def test_runtime_role_reads_and_updates_operational_columns(
     with runtime_db.transaction() as s:
         assert instances.require_instance(s, "acme_1").state == "active"
         creds = vault.fetch_credentials(s, keyring, "acme_1", actor="flow", purpose="call")
-        assert creds.reveal() == {"api_key": "k"}
+        assert creds.reveal() == {"apikey": {"key": "k"}}
         instances.update_instance(
             s,
             test_registry,
@@ -69,7 +69,7 @@ def test_runtime_role_reads_and_updates_operational_columns(
             actor="flow",
         )
         instances.set_credentials(
-            s, test_registry, keyring, "acme_1", {"api_key": "k3"}, actor="flow"
+            s, test_registry, keyring, "acme_1", {"apikey": {"key": "k3"}}, actor="flow"
         )
         assert audit.tail(s, limit=1)[0].db_role == "prefect_integrations_runtime"
 

@@ -37,13 +37,16 @@ API_KEY = "AK-canary-1f2e3d4c"
 CANARIES = (ACCESS_TOKEN, REFRESH_TOKEN, CLIENT_SECRET, API_KEY)
 
 XERO_CREDENTIALS: dict[str, Any] = {
-    "access_token": ACCESS_TOKEN,
-    "refresh_token": REFRESH_TOKEN,
-    "token_type": "Bearer",
-    "scope": "accounting.transactions",
-    "oauth2": {"client_id": "client-id-public", "client_secret": CLIENT_SECRET},
+    "oauth2": {
+        "access_token": ACCESS_TOKEN,
+        "refresh_token": REFRESH_TOKEN,
+        "token_type": "Bearer",
+        "scope": "accounting.transactions",
+        "client_id": "client-id-public",
+        "client_secret": CLIENT_SECRET,
+    }
 }
-ACME_CREDENTIALS: dict[str, Any] = {"api_key": API_KEY}
+ACME_CREDENTIALS: dict[str, Any] = {"apikey": {"key": API_KEY}}
 XERO_CONFIG = '{"tenant_id": "tenant-1"}'
 SHIPPED = ["gmail", "slack", "xero"]
 DOWN_URL = "postgresql+psycopg://x@/nope?host=/nonexistent-dir&port=5432"
@@ -310,14 +313,16 @@ def test_instance_lifecycle(cli: Cli, db: Database, xero_creds: str, tmp_path: P
     assert entry["status"] == {"state": "active"}
     assert entry["context"] == {"type": "global"}
     assert entry["credentials"]["keyId"] == entry["keyId"] == "k1"
-    assert entry["credentials"]["fields"] == sorted(XERO_CREDENTIALS)
-    assert entry["credentials"]["has_refresh_token"] is True
+    assert entry["credentials"]["oauth2"]["fields"] == sorted(XERO_CREDENTIALS["oauth2"])
+    assert entry["credentials"]["oauth2"]["has_refresh_token"] is True
+    assert entry["credentials"]["oauth2"]["oauth2_client"] == ["client_id", "client_secret"]
+    assert entry["credentials"]["oauth2"]["scope"] == "accounting.transactions"
     assert entry["credentialsVersion"] == 1
 
     shown = cli.ok("instances", "show", "xero_main").out
     assert re.search(r"^instance_id\s+xero_main$", shown, re.M)
     assert re.search(r"^name\s+Main Xero$", shown, re.M)
-    assert "access_token=********" in shown and "refresh_token=********" in shown
+    assert "oauth2.access_token=********" in shown and "oauth2.refresh_token=********" in shown
     assert "(key k1)" in shown
     assert cli.json("instances", "show", "xero_main") == entry
 
@@ -341,13 +346,14 @@ def test_instance_lifecycle(cli: Cli, db: Database, xero_creds: str, tmp_path: P
     assert after["status"] == {"state": "error", "error": "token revoked"}
     assert after["context"] == {"type": "client", "contextId": "c1"}
 
-    new_creds = write(tmp_path, "new.json", {"access_token": ACCESS_TOKEN + "-2"})
+    new_creds = write(tmp_path, "new.json", {"oauth2": {"access_token": ACCESS_TOKEN + "-2"}})
     cli.secrets.append(ACCESS_TOKEN + "-2")
     stored = cli.ok("instances", "set-credentials", "xero_main", "--credentials-file", new_creds)
     assert stored.out.strip() == "Stored credentials of 'xero_main' under key 'k1' (version 2)"
     after = cli.json("instances", "show", "xero_main")
     assert after["credentialsVersion"] == 2
-    assert after["credentials"]["fields"] == ["access_token"]
+    assert after["credentials"]["oauth2"]["fields"] == ["access_token"]
+    assert after["credentials"]["oauth2"]["has_refresh_token"] is False
     assert after["status"]["state"] == "error"  # only inactive instances are activated
 
     deleted = cli.ok("instances", "delete", "xero_main", "--yes")
@@ -367,7 +373,9 @@ def test_instance_lifecycle(cli: Cli, db: Database, xero_creds: str, tmp_path: P
     ]
     assert {r["actor"] for r in rows} == {"cli-tests"}
     assert {r["outcome"] for r in rows} == {"success"}
-    assert rows[3]["details"]["credentials_fields"] == sorted(XERO_CREDENTIALS)
+    assert rows[3]["details"]["credentials_fields"] == [
+        f"oauth2.{name}" for name in sorted(XERO_CREDENTIALS["oauth2"])
+    ]
     assert rows[4]["details"]["fields"] == [
         "config",
         "context_id",
@@ -408,7 +416,7 @@ def test_create_reads_credentials_from_stdin(cli: Cli) -> None:
     )
     assert created.out.strip() == "Created instance 'xero_stdin' (xero, global, active)"
     shown = cli.json("instances", "show", "xero_stdin")
-    assert shown["credentials"]["fields"] == sorted(XERO_CREDENTIALS)
+    assert shown["credentials"]["oauth2"]["fields"] == sorted(XERO_CREDENTIALS["oauth2"])
 
 
 def test_set_credentials_from_stdin_activates_an_inactive_instance(acme: Cli) -> None:
@@ -420,7 +428,7 @@ def test_set_credentials_from_stdin_activates_an_inactive_instance(acme: Cli) ->
     assert "(version 1)" in stored.out
     shown = acme.json("instances", "show", "acme_1")
     assert shown["status"]["state"] == "active"
-    assert shown["credentials"] == {"keyId": "k1", "fields": ["api_key"]}
+    assert shown["credentials"] == {"keyId": "k1", "apikey": {"fields": ["key"]}}
 
 
 def test_delete_asks_for_confirmation(cli: Cli, xero_creds: str, db: Database) -> None:
@@ -539,16 +547,22 @@ def test_canaries_never_printed(store: Cli, tmp_path: Path, xero_creds: str) -> 
 
     # Rejected credentials full of secrets: the errors describe rules, not values.
     rejected: list[object] = [
-        {"access_token": ACCESS_TOKEN, "refresh_token": REFRESH_TOKEN, "bogus": CLIENT_SECRET},
-        {"refresh_token": REFRESH_TOKEN},
-        {"access_token": ACCESS_TOKEN, "oauth2": {"client_secret": CLIENT_SECRET}},
         {
-            "access_token": ACCESS_TOKEN,
-            "oauth2": {"client_id": "x", "client_secret": 7, "other": CLIENT_SECRET},
+            "oauth2": {
+                "access_token": ACCESS_TOKEN,
+                "refresh_token": REFRESH_TOKEN,
+                "bogus": CLIENT_SECRET,
+            }
         },
-        {"access_token": ACCESS_TOKEN + "x" * 16384},
-        {"access_token": ACCESS_TOKEN, "token_type": 5},
-        {"api_key": API_KEY},
+        {"oauth2": {"refresh_token": REFRESH_TOKEN}},
+        {"oauth2": {"access_token": ACCESS_TOKEN, "client_secret": CLIENT_SECRET}},
+        {"oauth2": {"client_id": "x", "client_secret": 7, "other": CLIENT_SECRET}},
+        {"oauth2": {"access_token": ACCESS_TOKEN + "x" * 16384}},
+        {"oauth2": {"access_token": ACCESS_TOKEN, "token_type": 5}},
+        {"oauth2": {"access_token": ACCESS_TOKEN}, "bogus": CLIENT_SECRET},
+        {"oauth2": {"access_token": ACCESS_TOKEN, "expires_at": CLIENT_SECRET}},
+        {"access_token": ACCESS_TOKEN, "refresh_token": REFRESH_TOKEN},
+        {"apikey": {"key": API_KEY}},
         [ACCESS_TOKEN],
         ACCESS_TOKEN,
     ]
@@ -559,7 +573,9 @@ def test_canaries_never_printed(store: Cli, tmp_path: Path, xero_creds: str) -> 
             "validation_error",
             "Credentials",
         )
-    malformed = write(tmp_path, "malformed.json", f'{{"access_token": "{ACCESS_TOKEN}" "x"}}')
+    malformed = write(
+        tmp_path, "malformed.json", f'{{"oauth2": {{"access_token": "{ACCESS_TOKEN}" "x"}}}}'
+    )
     assert_one_error(
         cli("instances", "set-credentials", "xero_main", "--credentials-file", malformed),
         "validation_error",
@@ -570,10 +586,10 @@ def test_canaries_never_printed(store: Cli, tmp_path: Path, xero_creds: str) -> 
             "instances",
             "set-credentials",
             "acme_user",
-            stdin=json.dumps({"api_key": API_KEY, "extra": 5}),
+            stdin=json.dumps({"apikey": {"key": API_KEY, "extra": 5}}),
         ),
         "validation_error",
-        "$.extra",
+        "$.apikey.extra",
     )
     assert_one_error(
         cli(
@@ -631,22 +647,29 @@ BAD_INPUT: list[tuple[str, tuple[str, ...], object, str, tuple[str, ...]]] = [
     ("credentials-malformed-json", (*CREATE_XERO, "--config", XERO_CONFIG),
      f'{{"access_token": "{ACCESS_TOKEN}",\n  "refresh_token": }}',
      "validation_error", ("Credentials from ", "not valid JSON", "line 2, column 20")),
-    ("credentials-empty-token", (*CREATE_XERO, "--config", XERO_CONFIG), {"access_token": ""},
-     "validation_error", ("Credentials of instance 'x1'", "at $.access_token:", "minLength")),
+    ("credentials-empty-token", (*CREATE_XERO, "--config", XERO_CONFIG),
+     {"oauth2": {"access_token": ""}}, "validation_error",
+     ("Credentials of instance 'x1'", "at $.oauth2.access_token:", "minLength")),
     ("credentials-refresh-without-access", (*CREATE_XERO, "--config", XERO_CONFIG),
-     {"refresh_token": REFRESH_TOKEN}, "validation_error", ("Credentials of instance 'x1'",)),
+     {"oauth2": {"refresh_token": REFRESH_TOKEN}}, "validation_error",
+     ("Credentials of instance 'x1'",)),
     ("credentials-client-without-id", (*CREATE_XERO, "--config", XERO_CONFIG),
      {"oauth2": {"client_secret": CLIENT_SECRET}}, "validation_error",
-     ("Credentials of instance 'x1'", "at $.oauth2:", "'client_id'")),
+     ("Credentials of instance 'x1'", "at $.oauth2:")),
+    ("credentials-old-flat-oauth2", (*CREATE_XERO, "--config", XERO_CONFIG),
+     {"access_token": ACCESS_TOKEN, "refresh_token": REFRESH_TOKEN}, "validation_error",
+     ("Credentials of instance 'x1'", "at $.access_token:", '{"oauth2": {"access_token"')),
+    ("credentials-old-flat-apikey", CREATE_ACME, {"api_key": API_KEY}, "validation_error",
+     ("Credentials of instance 'x1'", "at $.api_key:", '{"apikey": {"key": ...')),
     ("credentials-not-an-object", (*CREATE_XERO, "--config", XERO_CONFIG), [ACCESS_TOKEN],
      "validation_error", ("Credentials", "must be a JSON object")),
     ("apikey-credentials-for-oauth2", (*CREATE_XERO, "--config", XERO_CONFIG),
      ACME_CREDENTIALS, "validation_error",
      ("Credentials of instance 'x1'", "apikey credentials", "'xero'", "'oauth2'")),
-    ("oauth2-credentials-for-apikey", CREATE_ACME, {"access_token": ACCESS_TOKEN},
+    ("oauth2-credentials-for-apikey", CREATE_ACME, {"oauth2": {"access_token": ACCESS_TOKEN}},
      "validation_error", ("Credentials of instance 'x1'", "oauth2 credentials", "'acme'")),
-    ("apikey-extra-not-a-string", CREATE_ACME, {"api_key": API_KEY, "n": 5},
-     "validation_error", ("Credentials of instance 'x1'", "at $.n:")),
+    ("apikey-extra-not-a-string", CREATE_ACME, {"apikey": {"key": API_KEY, "n": 5}},
+     "validation_error", ("Credentials of instance 'x1'", "at $.apikey.n:")),
     ("duplicate-instance-id", ("instances", "create", "existing", "--name", "Again",
                                "--integration", "acme"), ACME_CREDENTIALS,
      "instance_exists", ("Instance 'existing' already exists",)),
@@ -674,8 +697,8 @@ BAD_INPUT: list[tuple[str, tuple[str, ...], object, str, tuple[str, ...]]] = [
      "validation_error", ("Context", "$.context_id")),
     ("update-unknown-instance", ("instances", "update", "nope", "--name", "N"), None,
      "instance_not_found", ("'nope'",)),
-    ("set-credentials-bad", ("instances", "set-credentials", "existing"), {"api_key": ""},
-     "validation_error", ("Credentials of instance 'existing'", "at $.api_key:")),
+    ("set-credentials-bad", ("instances", "set-credentials", "existing"), {"apikey": {"key": ""}},
+     "validation_error", ("Credentials of instance 'existing'", "at $.apikey.key:")),
     ("set-credentials-unknown-instance", ("instances", "set-credentials", "nope"),
      ACME_CREDENTIALS, "instance_not_found", ("'nope'",)),
     ("delete-unknown-instance", ("instances", "delete", "nope", "--yes"), None,
@@ -729,12 +752,12 @@ def test_missing_credentials_file(store: Cli, db: Database, tmp_path: Path) -> N
         # Each of these inputs currently ends in `error[unexpected]`: see the report.
         pytest.param(b"\xff\xfe{}", ("Credentials",), id="credentials-file-not-utf8"),
         pytest.param(
-            json.dumps({"access_token": ACCESS_TOKEN, "expires_at": 1e300}).encode(),
+            json.dumps({"oauth2": {"access_token": ACCESS_TOKEN, "expires_at": 1e300}}).encode(),
             ("Credentials", "expires_at"),
             id="expires-at-out-of-range",
         ),
         pytest.param(
-            f'{{"access_token": "{ACCESS_TOKEN}", "expires_at": NaN}}'.encode(),
+            f'{{"oauth2": {{"access_token": "{ACCESS_TOKEN}", "expires_at": NaN}}}}'.encode(),
             ("Credentials",),
             id="expires-at-nan",
         ),

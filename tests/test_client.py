@@ -77,7 +77,9 @@ def _calls(db: Database) -> list[dict[str, Any]]:
 def test_call_applies_header_apikey_and_maps_output(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply("GET", "/v1/items/7", Reply(200, {"id": 7, "name": "seven", "extra": 1}))
     with _client(echo_db, echo_registry, keyring, iid) as client:
         assert client.call("get_item", {"item_id": 7, "verbose": True}) == {
@@ -109,10 +111,10 @@ def test_call_applies_header_apikey_and_maps_output(
 @pytest.mark.parametrize(
     ("integration", "credentials", "check"),
     [
-        ("echo_query", {"api_key": SECRET}, lambda r: r.query == {"key": [SECRET]}),
+        ("echo_query", {"apikey": {"key": SECRET}}, lambda r: r.query == {"key": [SECRET]}),
         (
             "echo_basic",
-            {"api_key": SECRET},
+            {"apikey": {"key": SECRET}},
             lambda r: (
                 r.headers["authorization"]
                 == "Basic " + base64.b64encode(f"{SECRET}:".encode()).decode()
@@ -120,12 +122,29 @@ def test_call_applies_header_apikey_and_maps_output(
         ),
         (
             "echo_oauth",
-            {"access_token": SECRET},
+            {"oauth2": {"access_token": SECRET}},
+            lambda r: r.headers["authorization"] == f"Bearer {SECRET}",
+        ),
+        (  # the specification's example document, verbatim but for the token value
+            "echo_oauth",
+            {
+                "oauth2": {
+                    "access_token": SECRET,
+                    "refresh_token": "...",
+                    "expires_at": "2030-01-01T00:00:00Z",
+                    "token_type": "Bearer",
+                }
+            },
             lambda r: r.headers["authorization"] == f"Bearer {SECRET}",
         ),
         (
+            "echo",
+            {"apikey": {"key": SECRET, "secret": "apikey-secret"}},
+            lambda r: r.headers["x-api-key"] == SECRET,
+        ),
+        (
             "echo_userpass",
-            {"username": "ann", "password": SECRET},
+            {"custom": {"username": "ann", "password": SECRET}},
             lambda r: (
                 r.headers["authorization"]
                 == "Basic " + base64.b64encode(f"ann:{SECRET}".encode()).decode()
@@ -158,7 +177,7 @@ def test_hmac_signature_verifies_on_the_server(
         keyring,
         "echo_hmac",
         provider.url,
-        {"key_id": "key-1", "secret": SECRET},
+        {"custom": {"key_id": "key-1", "secret": SECRET}},
     )
     provider.reply("POST", "/v1/items", Reply(201, {"id": 3, "name": "ü"}))
     with _client(echo_db, echo_registry, keyring, iid) as client:
@@ -177,7 +196,9 @@ def test_hmac_signature_verifies_on_the_server(
 def test_invalid_input_sends_nothing(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     with _client(echo_db, echo_registry, keyring, iid) as client:
         with pytest.raises(ValidationError) as info:
             client.call("get_item", {"item_id": 0})
@@ -193,7 +214,9 @@ def test_invalid_input_sends_nothing(
 def test_retries_5xx_and_429_honouring_retry_after(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply(
         "GET",
         "/v1/items/1",
@@ -213,7 +236,9 @@ def test_retries_5xx_and_429_honouring_retry_after(
 def test_retries_are_bounded(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply(
         "GET", "/v1/items/1", Reply(503, {"error": {"code": "down", "message": "maintenance"}})
     )
@@ -230,7 +255,9 @@ def test_retries_are_bounded(
 def test_retry_after_beyond_limit_is_not_waited_for(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply("GET", "/v1/items/1", Reply(429, {}, {"Retry-After": "3600"}))
     with (
         _client(echo_db, echo_registry, keyring, iid) as client,
@@ -243,7 +270,9 @@ def test_retry_after_beyond_limit_is_not_waited_for(
 def test_post_is_not_retried_on_500_but_get_is(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply("POST", "/v1/items", Reply(500, {}))
     provider.reply("GET", "/v1/items/1", Reply(500, {}), Reply(200, {"id": 1, "name": "a"}))
     with _client(echo_db, echo_registry, keyring, iid) as client:
@@ -258,7 +287,7 @@ def test_connection_refused_is_retried_then_unavailable(
 ) -> None:
     with serve() as gone:
         url = gone.url
-    iid = _instance(echo_db, echo_registry, keyring, "echo", url, {"api_key": SECRET})
+    iid = _instance(echo_db, echo_registry, keyring, "echo", url, {"apikey": {"key": SECRET}})
     with (
         _client(echo_db, echo_registry, keyring, iid) as client,
         pytest.raises(ProviderUnavailable, match="ConnectError") as info,
@@ -271,7 +300,9 @@ def test_connection_refused_is_retried_then_unavailable(
 def test_provider_errors_are_typed_and_redacted(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply(
         "POST",
         "/v1/items",
@@ -298,7 +329,9 @@ def test_provider_errors_are_typed_and_redacted(
 def test_output_that_breaks_its_schema_is_an_error(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply("GET", "/v1/items/1", Reply(200, {"id": "one", "name": "x"}))
     with (
         _client(echo_db, echo_registry, keyring, iid) as client,
@@ -311,7 +344,13 @@ def test_inactive_instance_is_refused(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
     iid = _instance(
-        echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET}, state="error"
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo",
+        provider.url,
+        {"apikey": {"key": SECRET}},
+        state="error",
     )
     with (
         _client(echo_db, echo_registry, keyring, iid) as client,
@@ -324,12 +363,16 @@ def test_inactive_instance_is_refused(
 def test_401_rereads_changed_credentials_and_retries_once(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": "old"})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": "old"}}
+    )
     provider.reply("GET", "/v1/items/1", Reply(200, {"id": 1, "name": "a"}))
     with _client(echo_db, echo_registry, keyring, iid) as client:
         client.call("get_item", {"item_id": 1})
         with echo_db.transaction() as s:  # another process replaces the key
-            instances.set_credentials(s, echo_registry, keyring, iid, {"api_key": "new"}, actor="t")
+            instances.set_credentials(
+                s, echo_registry, keyring, iid, {"apikey": {"key": "new"}}, actor="t"
+            )
         provider.reply("GET", "/v1/items/1", Reply(401, {}), Reply(200, {"id": 1, "name": "a"}))
         assert client.call("get_item", {"item_id": 1})["id"] == 1
         provider.reply("GET", "/v1/items/1", Reply(401, {}))
@@ -342,7 +385,9 @@ def test_401_rereads_changed_credentials_and_retries_once(
 def test_async_client(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(
+        echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
+    )
     provider.reply("POST", "/v1/items", Reply(503, {}), Reply(201, {"id": 5, "name": "x"}))
 
     async def main() -> Any:
@@ -360,7 +405,7 @@ def test_async_client(
 
 def test_mock_transport(echo_db: Database, echo_registry: Registry, keyring: Keyring) -> None:
     iid = _instance(
-        echo_db, echo_registry, keyring, "echo", "https://api.test", {"api_key": SECRET}
+        echo_db, echo_registry, keyring, "echo", "https://api.test", {"apikey": {"key": SECRET}}
     )
     seen: list[httpx.Request] = []
 

@@ -51,6 +51,7 @@ from prefect_integrations.store.rotation import rotate_keys
 
 from .clirunner import Cli, assert_one_error
 from .conftest import ACME_DEFINITION
+from .legacy import write_old_shape
 from .provider import FakeProvider, Reply
 
 ACTOR = "audit-tests"
@@ -115,14 +116,14 @@ class World:
                 name=instance_id,
                 scope=scope or Scope("global"),
                 config=config or {"base_url": f"{self.provider.url}/{instance_id}"},
-                credentials=credentials or {"api_key": API_KEY},
+                credentials=credentials or {"apikey": {"key": API_KEY}},
                 actor="setup",
             )
 
     def add_oauth(self, instance_id: str, *, tokens: bool) -> None:
         creds: dict[str, Any] = {"oauth2": {"client_id": "cid", "client_secret": CLIENT_SECRET}}
         if tokens:
-            creds |= {
+            creds["oauth2"] |= {
                 "access_token": ACCESS_TOKEN,
                 "refresh_token": REFRESH_TOKEN,
                 "token_type": "Bearer",
@@ -202,7 +203,7 @@ def _create(w: World) -> None:
             name="New",
             scope=Scope("client", "c1"),
             config={"base_url": f"{w.provider.url}/inst"},
-            credentials={"api_key": API_KEY},
+            credentials={"apikey": {"key": API_KEY}},
             actor=ACTOR,
         )
 
@@ -223,14 +224,14 @@ def _delete(w: World) -> None:
 def _set_credentials(w: World) -> None:
     with w.db.transaction() as s:
         instances.set_credentials(
-            s, w.registry, w.keyring, "inst", {"api_key": NEW_API_KEY}, actor=ACTOR
+            s, w.registry, w.keyring, "inst", {"apikey": {"key": NEW_API_KEY}}, actor=ACTOR
         )
 
 
 def _decrypt(w: World) -> None:
     with w.db.transaction() as s:
         creds = vault.fetch_credentials(s, w.keyring, "inst", actor=ACTOR, purpose="test")
-    assert creds.reveal() == {"api_key": API_KEY}
+    assert creds.reveal() == {"apikey": {"key": API_KEY}}
 
 
 def _decrypt_unknown_key(w: World) -> None:
@@ -342,13 +343,24 @@ def _rotate_keys(w: World) -> None:
     assert report.rotated == 1
 
 
+def _with_old_shape(w: World) -> None:
+    w.add("inst")
+    with w.db.transaction() as s:
+        write_old_shape(s, w.keyring, "inst", {"api_key": API_KEY, "key_id": "key-1"})
+
+
+def _upgrade_old_shape(w: World) -> None:
+    report = rotate_keys(w.db, w.keyring, actor=ACTOR)
+    assert (report.rotated, report.upgraded) == (0, 1)
+
+
 def _rotate_keys_unknown(w: World) -> None:
     report = rotate_keys(w.db, parse_keyring(f"k2:{generate_key()}"), actor=ACTOR)
     assert report.rotated == 0 and len(report.failed) == 1
 
 
 def _with_rotating(w: World) -> None:
-    w.add("inst", "echo_rotating", {"api_key": API_KEY, "key_id": "key-1"})
+    w.add("inst", "echo_rotating", {"apikey": {"key": API_KEY, "key_id": "key-1"}})
     w.provider.reply("POST", "/inst/keys", Reply(201, {"secret": ROTATED_KEY, "id": "key-2"}))
     w.provider.reply("GET", "/inst/items/1", OK)
     w.provider.reply("DELETE", "/inst/keys/key-1", Reply(200, {}))
@@ -448,6 +460,11 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "keys.rotate": Operation(
         _with_instance, _rotate_keys, (("keys.rotate", "success"),), instance_id=None
+    ),
+    "credentials.upgrade": Operation(
+        _with_old_shape,
+        _upgrade_old_shape,
+        (("credentials.decrypt", "success"), ("credentials.upgrade", "success")),
     ),
     "keys.rotate (failure)": Operation(
         _with_instance,
@@ -829,7 +846,7 @@ def as_runtime(
         "--config",
         json.dumps({"base_url": f"{provider.url}/echo_1"}),
         "--credentials-file",
-        str(_write(tmp_path / "creds.json", {"api_key": API_KEY})),
+        str(_write(tmp_path / "creds.json", {"apikey": {"key": API_KEY}})),
     )
     monkeypatch.setenv(
         "PREFECT_INTEGRATIONS_DATABASE_URL", cluster.url(database=database_name, user=RUNTIME_ROLE)
@@ -919,7 +936,7 @@ def test_runtime_role_cannot_manage_through_the_cli(
     as_runtime: Cli, echo_db: Database, tmp_path: Path, kind: str
 ) -> None:
     args, message = DENIED[kind]
-    creds = str(_write(tmp_path / "more.json", {"api_key": NEW_API_KEY}))
+    creds = str(_write(tmp_path / "more.json", {"apikey": {"key": NEW_API_KEY}}))
     before = _instances_and_audit(echo_db)
     result = as_runtime(*[a.replace("{creds}", creds) for a in args])
     assert_one_error(result, "permission_denied", message)
@@ -941,7 +958,7 @@ def test_runtime_role_still_reads_resolves_and_calls(
         "set-credentials",
         "echo_1",
         "--credentials-file",
-        str(_write(tmp_path / "new.json", {"api_key": NEW_API_KEY})),
+        str(_write(tmp_path / "new.json", {"apikey": {"key": NEW_API_KEY}})),
     )
     status = '{"state": "active", "lastChecked": "2026-01-01T00:00:00Z"}'
     as_runtime.ok("instances", "update", "echo_1", "--status", status)

@@ -240,7 +240,7 @@ def test_calls_survive_a_restart_and_no_audit_row_is_lost(
     provider: FakeProvider,
     mode: ShutdownMode,
 ) -> None:
-    iid = _instance(fdb, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(fdb, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
     provider.reply("GET", "/v1/items/1", Reply(200, {"id": 1, "name": "one"}))
     # Rows are written only on flush: the ones queued before the stop must survive it.
     recorder = UsageRecorder(fdb, interval=3600, batch_size=1_000_000)
@@ -472,7 +472,7 @@ def _echo_instances(db: Database, registry: Registry, keyring: Keyring, count: i
                 name=iid,
                 scope=Scope("global"),
                 config={"base_url": f"https://echo.invalid/{i}"},
-                credentials={"api_key": f"echo-key-{i:03d}"},
+                credentials={"apikey": {"key": f"echo-key-{i:03d}"}},
                 actor="t",
             )
     return ids
@@ -511,7 +511,7 @@ def test_rotation_interrupted_by_a_restart_resumes_and_completes(
     with fdb.transaction() as s:
         for i, iid in enumerate(ids):
             creds = vault.fetch_credentials(s, only_new, iid, actor="t", purpose="t")
-            assert (creds.key_id, creds.reveal()["api_key"]) == ("k2", f"echo-key-{i:03d}")
+            assert (creds.key_id, creds.reveal()["apikey"]["key"]) == ("k2", f"echo-key-{i:03d}")
     assert_consistent(fdb, only_new, {iid: ("active", None) for iid in ids})
 
 
@@ -580,7 +580,7 @@ def test_client_provider_faults_are_typed_audited_and_change_nothing_stored(
             keyring,
             "echo",
             f"{provider.url}/{name}",
-            {"api_key": SECRET},
+            {"apikey": {"key": SECRET}},
             instance_id=f"f_{name}",
         )
         ids[name] = iid
@@ -628,7 +628,7 @@ def test_client_provider_faults_are_typed_audited_and_change_nothing_stored(
 def test_async_client_refuses_a_huge_body_without_reading_it(
     fdb: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    iid = _instance(fdb, echo_registry, keyring, "echo", provider.url, {"api_key": SECRET})
+    iid = _instance(fdb, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}})
     provider.reply("GET", "/v1/items/1", Reply(200, chunks=_huge_chunks()), Reply(200, _ITEM))
 
     async def main() -> tuple[BaseException, Any]:
@@ -682,7 +682,7 @@ def test_health_statuses_tell_what_the_provider_did_then_recover(
             keyring,
             "echo",
             f"{provider.url}/{name}",
-            {"api_key": SECRET},
+            {"apikey": {"key": SECRET}},
             instance_id=f"h_{name}",
         )
         provider.reply("GET", f"/{name}/v1/items/1", replies[0])
@@ -857,10 +857,13 @@ def _token_instance(
             scope=Scope("global"),
             config={"base_url": url, "token_url": f"{url}/token"},
             credentials={
-                "oauth2": {"client_id": "cid", "client_secret": "client-secret-value"},
-                "access_token": f"old-access-{n}",
-                "refresh_token": f"old-refresh-{n}",
-                "expires_at": time.time() + 30,  # inside the refresh lead time
+                "oauth2": {
+                    "client_id": "cid",
+                    "client_secret": "client-secret-value",
+                    "access_token": f"old-access-{n}",
+                    "refresh_token": f"old-refresh-{n}",
+                    "expires_at": time.time() + 30,  # inside the refresh lead time
+                }
             },
             actor="t",
         )
@@ -987,7 +990,7 @@ def test_health_sweep_killed_mid_batch_is_finished_by_the_next_one(
             keyring,
             "echo",
             f"{provider.url}/{i}",
-            {"api_key": SECRET},
+            {"apikey": {"key": SECRET}},
             instance_id=f"sweep_{i:02d}",
         )
         for i in range(25)
@@ -1081,7 +1084,8 @@ def test_refresh_sweep_killed_mid_batch_is_finished_by_the_next_one(
     stored = {}
     with fdb.transaction() as s:
         for iid in ids:
-            stored[iid] = vault.fetch_credentials(s, keyring, iid, actor="t", purpose="t").reveal()
+            values = vault.fetch_credentials(s, keyring, iid, actor="t", purpose="t").reveal()
+            stored[iid] = values["oauth2"]
     refreshed_by_child = {iid for iid, c in stored.items() if c["refresh_token"].startswith("new-")}
     # Rotated by the provider but never stored (the crash window between the token
     # response and the store): with a provider that invalidates used refresh tokens these
@@ -1102,7 +1106,7 @@ def test_refresh_sweep_killed_mid_batch_is_finished_by_the_next_one(
     with fdb.transaction() as s:
         for n, iid in enumerate(ids):
             creds = vault.fetch_credentials(s, keyring, iid, actor="t", purpose="t").reveal()
-            assert creds["refresh_token"] == f"new-refresh-{n}"
+            assert creds["oauth2"]["refresh_token"] == f"new-refresh-{n}"
             assert creds["oauth2"]["client_secret"] == "client-secret-value"
     assert {iid: _version(fdb, iid) for iid in ids} == dict.fromkeys(ids, 2)
     assert_consistent(fdb, keyring, {iid: ("active", None) for iid in ids})
@@ -1124,7 +1128,7 @@ def test_health_sweep_meeting_a_crash_writes_nothing_half_and_the_next_one_finis
             keyring,
             "echo",
             f"{provider.url}/{i}",
-            {"api_key": SECRET},
+            {"apikey": {"key": SECRET}},
             instance_id=f"crash_{i:02d}",
         )
         for i in range(8)

@@ -181,12 +181,12 @@ def _keywords(schema: object, found: set[str], formats: set[str]) -> None:
 
 def _credentials(definition: Definition) -> dict[str, Any]:
     if definition.auth_type == "apikey":
-        return {"api_key": SECRET}
+        return {"apikey": {"key": SECRET}}
     if definition.auth_type == "oauth2":
-        return {"access_token": SECRET}
+        return {"oauth2": {"access_token": SECRET}}
     if definition.id == "echo_hmac":
-        return {"key_id": "key-1", "secret": SECRET}
-    return {"username": "ann", "password": SECRET}
+        return {"custom": {"key_id": "key-1", "secret": SECRET}}
+    return {"custom": {"username": "ann", "password": SECRET}}
 
 
 def _config(definition: Definition, url: str) -> dict[str, Any]:
@@ -1063,6 +1063,18 @@ def _for_generator(schema: dict[str, Any]) -> Any:
     return walk(schema)
 
 
+def _plant(value: dict[str, Any], secret: str) -> dict[str, Any]:
+    """``value`` with every string, at the top level and one section down, set to ``secret``."""
+    return {
+        k: secret
+        if isinstance(v, str)
+        else {n: (secret if isinstance(x, str) else x) for n, x in v.items()}
+        if isinstance(v, dict)
+        else v
+        for k, v in value.items()
+    }
+
+
 def _credentials_variant(auth_type: str) -> Any:
     """The credentials schema of one authType, for the generator."""
     schema = load_packaged_schema("credentials.schema.json")
@@ -1109,7 +1121,7 @@ def store_db(db: Database, store_registry: Registry, keyring: Keyring) -> Databa
 
 def _store_credentials(definition: Definition) -> dict[str, Any]:
     if definition.auth_type == "custom":
-        return {"key_id": "k", "secret": SECRET}
+        return {"custom": {"key_id": "k", "secret": SECRET}}
     return _credentials(definition)
 
 
@@ -1212,7 +1224,7 @@ def _fuzz_credentials(
     @given(value=invalid_inputs(variant), secret=canary)
     def check(value: Any, secret: str) -> None:
         if isinstance(value, dict):  # plant a secret in every string the value holds
-            value = {k: (secret if isinstance(v, str) else v) for k, v in value.items()}
+            value = _plant(value, secret)
         storable = _is_plain_json(value) and not _has_nul(value)
         refused = not isinstance(value, dict) or not storable or not validator.is_valid(value)
         before = _snapshot(db)
@@ -1277,7 +1289,7 @@ def test_invalid_credentials_are_refused_and_existing_ones_kept(
 # Config and credentials through the CLI
 # --------------------------------------------------------------------------------------
 
-ACME_CREDENTIALS = {"api_key": SECRET}
+ACME_CREDENTIALS = {"apikey": {"key": SECRET}}
 
 
 @pytest.fixture
@@ -1360,7 +1372,7 @@ def _fuzz_cli_credentials(
     @given(value=invalid_inputs(variant))
     def check(value: Any) -> None:
         if isinstance(value, dict):
-            value = {k: (SECRET if isinstance(v, str) else v) for k, v in value.items()}
+            value = _plant(value, SECRET)
         if not _is_plain_json(value) or (
             isinstance(value, dict) and validator.is_valid(value) and not _has_nul(value)
         ):
@@ -1410,7 +1422,7 @@ def test_cli_refuses_invalid_config_and_credentials_and_writes_nothing(
     registry = load_registry([Path(os.environ["PREFECT_INTEGRATIONS_DEFINITIONS_PATH"])])
     tally: Counter[str] = Counter()
     creds = write(tmp_path, "valid.json", ACME_CREDENTIALS)
-    xero_creds = write(tmp_path, "xero.json", {"access_token": SECRET})
+    xero_creds = write(tmp_path, "xero.json", {"oauth2": {"access_token": SECRET}})
     _fuzz_cli_config(cli_store, db, registry, "acme", creds, tally)
     _fuzz_cli_config(cli_store, db, registry, "xero", xero_creds, tally)
     _fuzz_cli_credentials(cli_store, db, "acme", "{}", "apikey", tally)

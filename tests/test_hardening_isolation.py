@@ -467,7 +467,7 @@ def _add_echo(
             name=iid,
             scope=scope,
             config={"base_url": f"{url}/{iid}"},
-            credentials={"api_key": f"key-of-{iid}"},
+            credentials={"apikey": {"key": f"key-of-{iid}"}},
             actor="tests",
         )
 

@@ -408,42 +408,48 @@ def test_no_canary_reaches_any_sink(
         )
 
     created: dict[str, tuple[str, str, dict[str, Any]]] = {
-        "echo_main": ("echo", json.dumps({"base_url": f"{url}/echo_main"}), {"api_key": c.api_key}),
+        "echo_main": (
+            "echo",
+            json.dumps({"base_url": f"{url}/echo_main"}),
+            {"apikey": {"key": c.api_key}},
+        ),
         "echo_q": (
             "echo_query",
             json.dumps({"base_url": f"{url}/echo_q"}),
-            {"api_key": c.query_key},
+            {"apikey": {"key": c.query_key}},
         ),
         "echo_down": (
             "echo",
             json.dumps({"base_url": f"http://127.0.0.1:{_free_port()}/down"}),
-            {"api_key": c.down_key},
+            {"apikey": {"key": c.down_key}},
         ),
         "signer": (
             "echo_hmac",
             json.dumps({"base_url": f"{url}/signer"}),
-            {"key_id": "kid-public", "secret": c.hmac_secret},
+            {"custom": {"key_id": "kid-public", "secret": c.hmac_secret}},
         ),
         "userpass": (
             "echo_userpass",
             json.dumps({"base_url": f"{url}/userpass"}),
-            {"username": "alice", "password": c.password},
+            {"custom": {"username": "alice", "password": c.password}},
         ),
         "rot": (
             "echo_rotating",
             json.dumps({"base_url": f"{url}/rot"}),
-            {"api_key": c.rotating_key, "key_id": "key-1"},
+            {"apikey": {"key": c.rotating_key, "key_id": "key-1"}},
         ),
         "items": (
             "authsrv",
             oauth_config("items"),
             {
-                "access_token": c.access_token,
-                "refresh_token": c.refresh_token,
-                "token_type": "Bearer",
-                "obtained_at": now - 4000,
-                "expires_at": now - 400,
-                "oauth2": oauth_client,
+                "oauth2": {
+                    "access_token": c.access_token,
+                    "refresh_token": c.refresh_token,
+                    "token_type": "Bearer",
+                    "obtained_at": now - 4000,
+                    "expires_at": now - 400,
+                    **oauth_client,
+                }
             },
         ),
     }
@@ -452,11 +458,13 @@ def test_no_canary_reaches_any_sink(
             "authsrv",
             oauth_config(path),
             {
-                "access_token": c.access_token,
-                "refresh_token": c.expiring_refresh_token,
-                "obtained_at": now - 3500,
-                "expires_at": now + 100,
-                "oauth2": oauth_client,
+                "oauth2": {
+                    "access_token": c.access_token,
+                    "refresh_token": c.expiring_refresh_token,
+                    "obtained_at": now - 3500,
+                    "expires_at": now + 100,
+                    **oauth_client,
+                }
             },
         )
     for instance_id, (integration, config, creds) in created.items():
@@ -788,12 +796,13 @@ def test_no_canary_from_the_authorization_server(
             assert client.call("list_items")["items"]
         second = remember_tokens("refreshed")
 
-        set_credentials({**second, "refresh_token": first["refresh_token"]})  # rotated away
+        # rotated away
+        set_credentials({"oauth2": {**second, "refresh_token": first["refresh_token"]}})
         assert "invalid_grant" in str(
             raised.expect(lambda: lifecycle.refresh("items_1", force=True))
         )
         wrong = {"client_id": OAUTH_CLIENT_ID, "client_secret": canaries["wrong_client_secret"]}
-        set_credentials({**second, "oauth2": wrong})
+        set_credentials({"oauth2": {**second, **wrong}})
         assert "invalid_client" in str(
             raised.expect(lambda: lifecycle.refresh("items_1", force=True))
         )

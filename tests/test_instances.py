@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from prefect_integrations.exceptions import (
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope, parse_scope
-from prefect_integrations.store import audit, instances
+from prefect_integrations.store import audit, instances, vault
 
 XERO_CONFIG = {"tenant_id": "0ce8d8d2-4b0c-4d8a-9f2f-3a1e5b7a9c11"}
 
@@ -49,7 +51,9 @@ def test_create_read_list_update_delete(
         synced,
         test_registry,
         keyring,
-        credentials={"access_token": "at", "refresh_token": "rt", "expires_at": 1_900_000_000},
+        credentials={
+            "oauth2": {"access_token": "at", "refresh_token": "rt", "expires_at": 1_900_000_000}
+        },
     )
     assert created.state == "active"
     assert created.credentials is not None and created.credentials.key_id == "k1"
@@ -117,7 +121,7 @@ def test_oauth_instance_without_tokens_stays_inactive_until_credentials(
             test_registry,
             keyring,
             "xero_main",
-            {"access_token": "a", "oauth2": {"client_id": "cid", "client_secret": "cs"}},
+            {"oauth2": {"access_token": "a", "client_id": "cid", "client_secret": "cs"}},
             actor="tester",
         )
     assert after.state == "active" and after.credentials_version == 2
@@ -164,29 +168,69 @@ def test_base_url_and_oauth_overrides_allowed_in_config(
             "is invalid at $.limits.per_minute",
         ),
         (
-            {"credentials": {"api_key": "k-SECRET"}},
+            {"credentials": {"apikey": {"key": "k-SECRET"}}},
             ValidationError,
             "apikey credentials but integration 'xero' uses authType 'oauth2'",
         ),
         (
-            {"integration_id": "acme", "config": {}, "credentials": {"access_token": "t-SECRET"}},
+            {
+                "integration_id": "acme",
+                "config": {},
+                "credentials": {"oauth2": {"access_token": "t-SECRET"}},
+            },
             ValidationError,
             "oauth2 credentials but integration 'acme' uses authType 'apikey'",
         ),
         (
-            {"credentials": {"access_token": ""}},
+            {"credentials": {"oauth2": {"access_token": ""}}},
             ValidationError,
-            "Credentials of instance 'xero_main' is invalid at $.access_token",
+            "Credentials of instance 'xero_main' is invalid at $.oauth2.access_token",
         ),
         (
-            {"credentials": {"access_token": "t-SECRET", "oauth2": {"client_secret": "c-SECRET"}}},
+            {"credentials": {"oauth2": {"access_token": "t-SECRET", "client_secret": "c-SECRET"}}},
             ValidationError,
-            "at $.oauth2: 'client_id' is a required property",
+            "at $.oauth2: 'client_id' is a dependency of 'client_secret'",
         ),
         (
-            {"integration_id": "acme", "config": {}, "credentials": {"api_key": 5}},
+            {"credentials": {"access_token": "t-SECRET", "refresh_token": "r-SECRET"}},
             ValidationError,
-            "at $.api_key",
+            "at $.access_token: unexpected field; credentials take the specification's shape "
+            '{"oauth2": {"access_token": ...',
+        ),
+        (
+            {"integration_id": "acme", "config": {}, "credentials": {"api_key": "k-SECRET"}},
+            ValidationError,
+            "at $.api_key: unexpected field; credentials take the specification's shape "
+            '{"apikey": {"key": ..., "secret": ...}}',
+        ),
+        (
+            {"credentials": {"oauth2": {"access_token": "t-SECRET"}, "extra": "x-SECRET"}},
+            ValidationError,
+            "at $.extra: unexpected field",
+        ),
+        (
+            {"credentials": {"oauth2": {"access_token": "t-SECRET", "expires_at": "soon-SECRET"}}},
+            ValidationError,
+            "at $.oauth2.expires_at",
+        ),
+        (
+            {
+                "credentials": {
+                    "oauth2": {"access_token": "t", "expires_at": "2030-13-01T00:00:00Z"}
+                }
+            },
+            ValidationError,
+            "Credentials of instance 'xero_main' is invalid at $.oauth2.expires_at",
+        ),
+        (
+            {"credentials": {}},
+            ValidationError,
+            "at $: the 'oauth2' section is required",
+        ),
+        (
+            {"integration_id": "acme", "config": {}, "credentials": {"apikey": {"key": 5}}},
+            ValidationError,
+            "at $.apikey.key",
         ),
         (
             {"status": {"state": "broken"}},
@@ -221,10 +265,10 @@ def test_bad_input_is_refused_and_nothing_is_written(
 def test_duplicate_instance_id_rolls_back_everything(
     synced: Database, test_registry: Registry, keyring: Keyring
 ) -> None:
-    _create(synced, test_registry, keyring, credentials={"access_token": "a"})
+    _create(synced, test_registry, keyring, credentials={"oauth2": {"access_token": "a"}})
     before = _counts(synced)
     with pytest.raises(InstanceExists, match="Instance 'xero_main' already exists"):
-        _create(synced, test_registry, keyring, credentials={"access_token": "b"})
+        _create(synced, test_registry, keyring, credentials={"oauth2": {"access_token": "b"}})
     assert _counts(synced) == before
     with synced.transaction() as s:
         assert instances.require_instance(s, "xero_main").credentials_version == 1
@@ -259,3 +303,94 @@ def test_scope_constraint_in_database(synced: Database) -> None:
                 "WHERE integration_id = 'xero'"
             )
         )
+
+
+SPEC_EXAMPLE = {
+    "oauth2": {
+        "access_token": "...",
+        "refresh_token": "...",
+        "expires_at": "2030-01-01T00:00:00Z",
+        "token_type": "Bearer",
+    }
+}
+
+
+def test_the_specifications_example_credentials_are_accepted(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    inst = _create(synced, test_registry, keyring, credentials=SPEC_EXAMPLE)
+    assert inst.state == "active"
+    assert inst.token_expires_at == datetime(2030, 1, 1, tzinfo=UTC)
+    assert inst.credentials is not None
+    assert inst.credentials.version == vault.ENVELOPE_VERSION == 2
+    assert dict(inst.credentials.metadata) == {
+        "kind": "oauth2",
+        "fields": ["access_token", "expires_at", "refresh_token", "token_type"],
+        "expires_at": "2030-01-01T00:00:00Z",
+        "token_type": "Bearer",
+        "has_refresh_token": True,
+    }
+    with synced.transaction() as s:
+        creds = vault.fetch_credentials(s, keyring, "xero_main", actor="t", purpose="test")
+    assert creds.reveal() == SPEC_EXAMPLE
+    assert creds.kind == "oauth2"
+    token = creds.secret("oauth2", "access_token")
+    assert token is not None and token.get_secret_value() == "..."
+    assert creds.value("oauth2", "expires_at") == "2030-01-01T00:00:00Z"
+
+
+def test_epoch_times_are_stored_as_iso_8601_utc(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    epoch = 1_893_456_000  # 2030-01-01T00:00:00Z
+    inst = _create(
+        synced,
+        test_registry,
+        keyring,
+        credentials={
+            "oauth2": {
+                "access_token": "a",
+                "expires_at": epoch,
+                "obtained_at": epoch - 3600.5,
+            }
+        },
+    )
+    assert inst.token_expires_at == datetime(2030, 1, 1, tzinfo=UTC)
+    assert inst.credentials is not None
+    assert inst.credentials.metadata["expires_at"] == "2030-01-01T00:00:00Z"
+    with synced.transaction() as s:
+        stored = vault.fetch_credentials(s, keyring, "xero_main", actor="t", purpose="t")
+        stored_values = stored.reveal()["oauth2"]
+        assert stored_values["expires_at"] == "2030-01-01T00:00:00Z"
+        assert stored_values["obtained_at"] == "2029-12-31T22:59:59.500000Z"
+        # another timezone is stored as UTC
+        instances.set_credentials(
+            s,
+            test_registry,
+            keyring,
+            "xero_main",
+            {"oauth2": {"access_token": "a", "expires_at": "2030-01-01T02:00:00+02:00"}},
+            actor="t",
+        )
+        again = vault.fetch_credentials(s, keyring, "xero_main", actor="t", purpose="t")
+    assert again.reveal()["oauth2"]["expires_at"] == "2030-01-01T00:00:00Z"
+
+
+def test_apikey_and_custom_sections(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    inst = _create(
+        synced,
+        test_registry,
+        keyring,
+        instance_id="a1",
+        integration_id="acme",
+        config={},
+        credentials={"apikey": {"key": "k-SECRET", "secret": "s-SECRET", "key_id": "kid"}},
+    )
+    assert inst.credentials is not None
+    assert dict(inst.credentials.metadata) == {
+        "kind": "apikey",
+        "fields": ["key", "key_id", "secret"],
+    }
+    assert "SECRET" not in json.dumps(inst.as_document())

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from prefect_integrations import logfilter
+from prefect_integrations.credentials import secret_strings
 
 
 @pytest.fixture(autouse=True)
@@ -22,23 +23,67 @@ def forget() -> Iterator[None]:
 
 
 def test_scrub_masks_remembered_values_longest_first() -> None:
-    logfilter.remember({"api_key": "abcdef123", "oauth2": {"client_secret": "abcdef123456"}})
+    logfilter.remember({"oauth2": {"access_token": "abcdef123", "client_secret": "abcdef123456"}})
     assert logfilter.scrub("k=abcdef123456 and abcdef123.") == "k=******** and ********."
     # non-secret fields and short values are not remembered
-    logfilter.remember({"token_type": "Bearer-long-value", "api_key": "short"})
-    assert logfilter.scrub("Bearer-long-value short") == "Bearer-long-value short"
+    logfilter.remember(
+        {
+            "oauth2": {
+                "token_type": "Bearer-long-value",
+                "scope": "read write admin",
+                "expires_at": "2030-01-01T00:00:00Z",
+                "obtained_at": "2029-12-31T23:00:00Z",
+                "refresh_token": "short",
+            }
+        }
+    )
+    text = "Bearer-long-value read write admin 2030-01-01T00:00:00Z 2029-12-31T23:00:00Z short"
+    assert logfilter.scrub(text) == text
+
+
+def test_every_secret_of_each_section_is_found() -> None:
+    oauth2 = {
+        "oauth2": {
+            "access_token": "access-canary",
+            "refresh_token": "refresh-canary",
+            "id_token": "id-token-canary",
+            "client_id": "client-id-canary",
+            "client_secret": "client-secret-canary",
+            "token_type": "Bearer",
+            "scope": "read-canary-scope",
+            "expires_at": "2030-01-01T00:00:00Z",
+            "obtained_at": "2029-12-31T23:00:00Z",
+        }
+    }
+    apikey = {"apikey": {"key": "key-canary", "secret": "secret-canary", "key_id": "kid-canary"}}
+    custom = {"custom": {"password": "pw-canary", "nested": {"list": ["deep-canary"]}}}
+    assert sorted(secret_strings(oauth2, min_length=4)) == sorted(
+        [
+            "access-canary",
+            "refresh-canary",
+            "id-token-canary",
+            "client-id-canary",
+            "client-secret-canary",
+        ]
+    )
+    assert sorted(secret_strings(apikey, min_length=4)) == [
+        "key-canary",
+        "kid-canary",
+        "secret-canary",
+    ]
+    assert sorted(secret_strings(custom, min_length=4)) == ["deep-canary", "pw-canary"]
 
 
 def test_oldest_values_are_forgotten_beyond_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logfilter, "MAX_REMEMBERED", 2)
     for n in range(3):
-        logfilter.remember({"api_key": f"secret-{n}"})
+        logfilter.remember({"apikey": {"key": f"secret-{n}"}})
     assert logfilter.scrub("secret-0 secret-1 secret-2") == "secret-0 ******** ********"
 
 
 def test_filter_rewrites_the_formatted_message(caplog: pytest.LogCaptureFixture) -> None:
     logfilter.install()
-    logfilter.remember({"api_key": "key-canary-77"})
+    logfilter.remember({"apikey": {"key": "key-canary-77"}})
     with caplog.at_level(logging.INFO, logger="httpx"):
         logging.getLogger("httpx").info("HTTP Request: GET %s", "https://x/?key=key-canary-77")
     assert caplog.messages == ["HTTP Request: GET https://x/?key=********"]
@@ -48,7 +93,7 @@ def test_child_loggers_and_percent_encoded_values_are_masked(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     logfilter.install()
-    logfilter.remember({"api_key": "ab/cd+ef=="})
+    logfilter.remember({"apikey": {"key": "ab/cd+ef=="}})
     with caplog.at_level(logging.DEBUG):
         logging.getLogger("prefect_integrations.oauth.lifecycle").warning("saw ab/cd+ef==")
         logging.getLogger("authlib.oauth2.rfc6749").debug("saw %s", "ab/cd+ef==")

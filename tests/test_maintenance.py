@@ -43,7 +43,7 @@ def _add(
             name=instance_id,
             scope=Scope("global"),
             config={"base_url": f"{url}/{instance_id}"},
-            credentials=None if credentials == {} else (credentials or {"api_key": "k"}),
+            credentials=None if credentials == {} else (credentials or {"apikey": {"key": "k"}}),
             status={"state": state},
             actor="t",
         )
@@ -190,10 +190,12 @@ def test_health_check_refreshes_tokens_first(
                     keyring,
                     instance_id,
                     {
-                        **creds,
-                        "access_token": "fresh",
-                        "expires_at": time.time() + 3600,
-                        "obtained_at": time.time(),
+                        "oauth2": {
+                            **creds["oauth2"],
+                            "access_token": "fresh",
+                            "expires_at": time.time() + 3600,
+                            "obtained_at": time.time(),
+                        }
                     },
                     actor="t",
                 )
@@ -210,10 +212,12 @@ def test_health_check_refreshes_tokens_first(
             scope=Scope("global"),
             config={"base_url": f"{provider.url}/oauthy"},
             credentials={
-                "access_token": "stale",
-                "refresh_token": "r",
-                "expires_at": time.time() + 5,
-                "obtained_at": time.time() - 3600,
+                "oauth2": {
+                    "access_token": "stale",
+                    "refresh_token": "r",
+                    "expires_at": time.time() + 5,
+                    "obtained_at": time.time() - 3600,
+                }
             },
             actor="t",
         )

@@ -12,6 +12,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from prefect_integrations.cli import run
+from prefect_integrations.credentials import to_epoch
 from prefect_integrations.db import Database
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.maintenance.flows import (
@@ -88,7 +89,7 @@ def test_health_check_flow(
             name,
             "echo",
             {"base_url": f"{provider.url}/{name}"},
-            {"api_key": "k"},
+            {"apikey": {"key": "k"}},
         )
         provider.reply("GET", f"/{name}/items/1", reply)
     summary = asyncio.run(health_check(min_interval_seconds=0))
@@ -121,10 +122,12 @@ def test_refresh_tokens_flow(
         "authsrv_m2m",
         config,
         {
-            "access_token": "old",
-            "obtained_at": now - 3500,
-            "expires_at": now + 100,
-            "oauth2": client,
+            "oauth2": {
+                "access_token": "old",
+                "obtained_at": now - 3500,
+                "expires_at": now + 100,
+                **client,
+            }
         },
     )
     _add(
@@ -134,7 +137,14 @@ def test_refresh_tokens_flow(
         "m2m_fresh",
         "authsrv_m2m",
         config,
-        {"access_token": "new", "obtained_at": now, "expires_at": now + 3600, "oauth2": client},
+        {
+            "oauth2": {
+                "access_token": "new",
+                "obtained_at": now,
+                "expires_at": now + 3600,
+                **client,
+            }
+        },
     )
     oauth_server.reset_stats()
     summary = refresh_tokens(horizon_seconds=900)
@@ -142,7 +152,9 @@ def test_refresh_tokens_flow(
     assert oauth_server.stats()["by_grant"] == {"client_credentials": 1}
     with echo_db.transaction() as s:
         creds = vault.fetch_credentials(s, keyring, "m2m_expiring", actor="t", purpose="t").reveal()
-    assert creds["access_token"] != "old" and creds["expires_at"] > now + 3000
+    token = creds["oauth2"]
+    assert token["access_token"] != "old" and to_epoch(token["expires_at"]) > now + 3000
+    assert token["client_id"] == client["client_id"]  # the client stays in the section
 
 
 @pytest.mark.usefixtures("env")
@@ -161,7 +173,7 @@ def test_rotate_credentials_flow(
         "rot",
         "echo_rotating",
         {"base_url": f"{provider.url}/rot"},
-        {"api_key": "old-key", "key_id": "key-1"},
+        {"apikey": {"key": "old-key", "key_id": "key-1"}},
     )
     _add(
         echo_db,
@@ -170,7 +182,7 @@ def test_rotate_credentials_flow(
         "plain",
         "echo",
         {"base_url": f"{provider.url}/plain"},
-        {"api_key": "k"},
+        {"apikey": {"key": "k"}},
     )
     provider.reply("POST", "/rot/keys", Reply(201, {"secret": "new-key", "id": "key-2"}))
     provider.reply("GET", "/rot/items/1", OK)
@@ -194,7 +206,7 @@ def test_rotate_credentials_flow(
     only_new = parse_keyring(f"k2:{new_ring.primary.get_secret_value()}")
     with echo_db.transaction() as s:
         creds = vault.fetch_credentials(s, only_new, "rot", actor="t", purpose="t").reveal()
-    assert creds == {"api_key": "new-key", "key_id": "key-2"}
+    assert creds == {"apikey": {"key": "new-key", "key_id": "key-2"}}
 
 
 @pytest.mark.usefixtures("env")
@@ -212,7 +224,7 @@ def test_rotation_keeps_the_old_key_when_the_new_one_fails(
         "rot",
         "echo_rotating",
         {"base_url": f"{provider.url}/rot"},
-        {"api_key": "old-key", "key_id": "key-1"},
+        {"apikey": {"key": "old-key", "key_id": "key-1"}},
     )
     provider.reply("POST", "/rot/keys", Reply(201, {"secret": "bad-key", "id": "key-2"}))
     provider.reply("GET", "/rot/items/1", Reply(401, {}))
@@ -221,7 +233,7 @@ def test_rotation_keeps_the_old_key_when_the_new_one_fails(
     assert not [r for r in provider.requests if r.method == "DELETE"]
     with echo_db.transaction() as s:
         creds = vault.fetch_credentials(s, keyring, "rot", actor="t", purpose="t").reveal()
-    assert creds["api_key"] == "old-key"
+    assert creds["apikey"]["key"] == "old-key"
 
 
 @pytest.mark.usefixtures("env")

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from prefect_integrations.client import IntegrationClient
+from prefect_integrations.credentials import TIME_FIELDS, normalize_times, to_epoch
 from prefect_integrations.db import Database
 from prefect_integrations.exceptions import InvalidGrant, OAuthError, TokenEndpointUnavailable
 from prefect_integrations.keyring import Keyring, parse_keyring
@@ -101,8 +102,12 @@ def _callback(app: TestClient, callback_url: str) -> httpx.Response:
 
 
 def _creds(db: Database, keyring: Keyring, instance_id: str = "items_1") -> dict[str, Any]:
+    """The stored ``oauth2`` section of the instance (the only section it has)."""
     with db.transaction() as s:
-        return vault.fetch_credentials(s, keyring, instance_id, actor="t", purpose="test").reveal()
+        values = vault.fetch_credentials(s, keyring, instance_id, actor="t", purpose="t").reveal()
+    assert list(values) == ["oauth2"]
+    section: dict[str, Any] = values["oauth2"]
+    return section
 
 
 def _state(db: Database, instance_id: str = "items_1") -> dict[str, Any]:
@@ -153,8 +158,9 @@ def test_authorization_code_flow_with_pkce(
 
     creds = _creds(echo_db, keyring)
     assert creds["access_token"] and creds["refresh_token"]
-    assert creds["expires_at"] > time.time() + 3000
-    assert creds["oauth2"] == {"client_id": server.client_id, "client_secret": server.client_secret}
+    assert to_epoch(creds["expires_at"]) > time.time() + 3000
+    assert creds["expires_at"].endswith("Z") and creds["obtained_at"].endswith("Z")
+    assert (creds["client_id"], creds["client_secret"]) == (server.client_id, server.client_secret)
     assert _state(echo_db)["state"] == "active"
     with IntegrationClient(
         "items_1", db=echo_db, registry=echo_registry, keyring=keyring, actor="t"
@@ -321,15 +327,32 @@ def test_refresh_rotates_and_old_refresh_token_is_dead(
 
 
 def test_response_without_refresh_token_keeps_the_old_one() -> None:
-    old = {"access_token": "a1", "refresh_token": "r1", "oauth2": {"client_id": "c"}}
+    old = {"oauth2": {"access_token": "a1", "refresh_token": "r1", "client_id": "c"}}
     merged = merge_token(old, {"access_token": "a2", "expires_in": 60}, now=1000.0)
     assert merged == {
-        "access_token": "a2",
-        "refresh_token": "r1",
-        "token_type": "Bearer",
-        "obtained_at": 1000.0,
-        "expires_at": 1060.0,
-        "oauth2": {"client_id": "c"},
+        "oauth2": {
+            "access_token": "a2",
+            "refresh_token": "r1",
+            "token_type": "Bearer",
+            "obtained_at": "1970-01-01T00:16:40Z",
+            "expires_at": "1970-01-01T00:17:40Z",
+            "client_id": "c",
+        }
+    }
+
+
+def test_merge_token_reads_a_flat_document_of_earlier_versions() -> None:
+    old = {"access_token": "a1", "refresh_token": "r1", "oauth2": {"client_id": "c"}}
+    merged = merge_token(old, {"access_token": "a2", "expires_at": 2_000}, now=1000.0)
+    assert merged == {
+        "oauth2": {
+            "access_token": "a2",
+            "refresh_token": "r1",
+            "token_type": "Bearer",
+            "obtained_at": "1970-01-01T00:16:40Z",
+            "expires_at": "1970-01-01T00:33:20Z",
+            "client_id": "c",
+        }
     }
 
 
@@ -359,7 +382,11 @@ def test_response_without_refresh_token_keeps_the_old_one() -> None:
     ],
 )
 def test_should_refresh(values: dict[str, Any], now: float, expected: tuple[bool, str]) -> None:
-    decision = should_refresh(values, now=now)
+    decision = should_refresh({"oauth2": values}, now=now)
+    assert (decision.refresh, decision.reason) == expected
+    iso = normalize_times({"oauth2": values})  # the stored form: ISO 8601 strings
+    assert all(isinstance(iso["oauth2"][k], str) for k in TIME_FIELDS & values.keys())
+    decision = should_refresh(iso, now=now)
     assert (decision.refresh, decision.reason) == expected
 
 
@@ -375,7 +402,7 @@ def test_invalid_grant_sets_error_after_rereading(
             echo_registry,
             keyring,
             "items_1",
-            {**creds, "refresh_token": "revoked-token"},
+            {"oauth2": {**creds, "refresh_token": "revoked-token"}},
             actor="t",
         )
     with pytest.raises(InvalidGrant, match="invalid_grant"):
@@ -454,7 +481,7 @@ def test_client_refreshes_an_expiring_token_before_the_call(
             echo_registry,
             keyring,
             "items_1",
-            {**creds, "expires_at": time.time() + 30},
+            {"oauth2": {**creds, "expires_at": time.time() + 30}},
             actor="t",
         )
     server.reset_stats()
@@ -464,7 +491,7 @@ def test_client_refreshes_an_expiring_token_before_the_call(
         client.call("list_items")
         client.call("list_items")
     assert server.stats()["by_grant"] == {"refresh_token": 1}
-    assert _creds(echo_db, keyring)["expires_at"] > time.time() + 3000
+    assert to_epoch(_creds(echo_db, keyring)["expires_at"]) > time.time() + 3000
 
 
 def test_concurrent_refresh_in_threads_makes_one_request(

@@ -76,7 +76,7 @@ def _add(
             name=instance_id,
             scope=parse_scope(scope),
             config={"base_url": f"{url}/{instance_id}"},
-            credentials={"api_key": token},
+            credentials={"apikey": {"key": token}},
             actor="t",
         )
 

@@ -35,6 +35,8 @@ from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, rotation, vault
 
+from .legacy import write_old_shape
+
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
@@ -60,7 +62,7 @@ def _make(db: Database, registry: Registry, keyring: Keyring, count: int) -> lis
                 integration_id="acme",
                 name=instance_id,
                 scope=Scope("global"),
-                credentials={"api_key": _secret(i)},
+                credentials={"apikey": {"key": _secret(i)}},
                 actor="tests",
             )
     return ids
@@ -105,7 +107,7 @@ def _fetch_all(db: Database, keyring: Keyring, ids: list[str]) -> dict[str, tupl
     with db.transaction() as s:
         for instance_id in ids:
             creds = vault.fetch_credentials(s, keyring, instance_id, actor="t", purpose="test")
-            out[instance_id] = (creds.key_id, creds.reveal()["api_key"])
+            out[instance_id] = (creds.key_id, creds.reveal()["apikey"]["key"])
     return out
 
 
@@ -162,7 +164,7 @@ def test_rotates_every_row_in_batches_keeping_plaintext_and_version(
     version = after[ids[0]].credentials_version
     with synced.transaction() as s:
         assert vault.store_credentials(
-            s, new, ids[0], {"api_key": "next"}, expected_version=version
+            s, new, ids[0], {"apikey": {"key": "next"}}, expected_version=version
         ) == (version + 1)
     # a second run finds nothing to do
     again = rotation.rotate_keys(synced, new, actor="rotator", batch_size=7)
@@ -477,7 +479,7 @@ def test_reads_keep_working_while_rotating(
                         creds = vault.fetch_credentials(
                             s, new, instance_id, actor="reader", purpose="call"
                         )
-                    seen.append((instance_id, creds.key_id, creds.reveal()["api_key"]))
+                    seen.append((instance_id, creds.key_id, creds.reveal()["apikey"]["key"]))
                 except BaseException as exc:
                     errors.append(exc)
 
@@ -567,7 +569,9 @@ def test_a_row_locked_elsewhere_is_skipped_and_waited_for_with_its_new_content(
 
     with _locked(synced, target) as conn, Session(bind=conn) as session:
         # a refresh in flight: new credentials, still under the old key, not yet committed
-        version = vault.store_credentials(session, keyring, target, {"api_key": "refreshed"})
+        version = vault.store_credentials(
+            session, keyring, target, {"apikey": {"key": "refreshed"}}
+        )
         worker = threading.Thread(target=rotate)
         worker.start()
         deadline = time.monotonic() + 10
@@ -671,6 +675,8 @@ def test_cli_status_and_rotate_name_key_ids_and_counts_only(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     ids = _make(synced, test_registry, keyring, 20)
+    with synced.transaction() as s:  # one row as written before the spec's shape
+        write_old_shape(s, keyring, ids[0], {"api_key": _secret(0)})
     new, only_k2 = _rotated_ring(keyring)
     secrets = [*_keys_of(new), *(_secret(i) for i in range(20))]
 
@@ -696,6 +702,7 @@ def test_cli_status_and_rotate_name_key_ids_and_counts_only(
 
     out = cli("keys", "rotate", "--batch-size", "8")
     assert "rotated: 20 instance(s) in 3 batch(es)" in out
+    assert "upgraded: 1 instance(s) to the specification's credentials shape" in out
     assert "failed: 0" in out and "verified: 20 ok, 0 problem(s)" in out
     before, after = out.split("after:")
     assert "k1" in before and " 20 " in before
@@ -705,6 +712,7 @@ def test_cli_status_and_rotate_name_key_ids_and_counts_only(
     ]
     report = json.loads(cli("keys", "rotate", "--json"))
     assert report["rotated"] == 0 and report["after"] == {"k2": 20} and report["ok"] is True
+    assert report["upgraded"] == 0
 
     # a keyring that lacks k2: the rows' key id is flagged as not in the keyring
     monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", f"k3:{generate_key()}")

@@ -33,7 +33,7 @@ def _create(
             integration_id="acme",
             name=instance_id,
             scope=Scope("global"),
-            credentials={"api_key": token},
+            credentials={"apikey": {"key": token}},
             actor="t",
         )
 
@@ -52,8 +52,8 @@ def test_round_trip_and_envelope(
     assert set(raw.credentials) == {"v", "kid", "ct", "meta"}
     assert raw.credentials["kid"] == "k1" and raw.key_id == "k1"
     assert CANARY not in raw.txt
-    assert raw.credentials["meta"]["fields"] == ["api_key"]
-    secret = creds.get("api_key")
+    assert raw.credentials["meta"] == {"kind": "apikey", "fields": ["key"]}
+    secret = creds.secret("apikey", "key")
     assert secret is not None and secret.get_secret_value() == CANARY
     assert CANARY not in repr(creds) and CANARY not in str(creds)
     assert CANARY not in str(creds.masked())
@@ -132,8 +132,8 @@ def test_reads_old_rows_with_their_key_after_a_new_primary(
         old = vault.fetch_credentials(s, rotated, "acme_old", actor="t", purpose="t")
         new = vault.fetch_credentials(s, rotated, "acme_new", actor="t", purpose="t")
     assert (old.key_id, new.key_id) == ("k1", "k2")
-    assert old.reveal() == {"api_key": CANARY}
-    assert new.reveal() == {"api_key": "other-secret"}
+    assert old.reveal() == {"apikey": {"key": CANARY}}
+    assert new.reveal() == {"apikey": {"key": "other-secret"}}
 
 
 def test_ciphertext_copied_to_another_row_is_refused(

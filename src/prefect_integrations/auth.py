@@ -1,5 +1,8 @@
 """Apply stored credentials to an outgoing `httpx.Request`.
 
+Values are read from the instance's credential section (the specification's shape):
+``oauth2.access_token``, ``apikey.key``, and the ``custom`` section for custom schemes.
+
 - ``apikey``: the key goes where the definition's ``auth.apikey`` places it: a header
   (with an optional prefix), a query parameter, or HTTP basic auth (key as user name).
   Without a placement: ``Authorization: Bearer <key>``.
@@ -49,11 +52,11 @@ class AuthScheme(Protocol):
         """Add authentication to ``request`` in place."""
 
 
-def _required(credentials: Credentials, name: str) -> str:
-    value = credentials.get(name)
+def _required(credentials: Credentials, section: str, name: str) -> str:
+    value = credentials.secret(section, name)
     if value is None:
         raise CredentialsError(
-            f"Instance '{credentials.instance_id}' has no '{name}' in its credentials"
+            f"Instance '{credentials.instance_id}' has no '{section}.{name}' in its credentials"
         )
     return value.get_secret_value()
 
@@ -64,14 +67,15 @@ def _basic(user: str, password: str) -> str:
 
 
 class BasicScheme:
-    """HTTP basic authentication from the credentials' ``username`` and ``password``."""
+    """HTTP basic authentication from ``custom.username`` and ``custom.password``."""
 
     def apply(
         self, request: httpx.Request, credentials: Credentials, options: Mapping[str, Any]
     ) -> None:
         """Set ``Authorization: Basic ...``."""
         request.headers["Authorization"] = _basic(
-            _required(credentials, "username"), _required(credentials, "password")
+            _required(credentials, "custom", "username"),
+            _required(credentials, "custom", "password"),
         )
 
 
@@ -80,7 +84,8 @@ class HmacSha256Scheme:
 
     String to sign (lines joined with newlines): the HTTP method, the path with its raw
     query, the Unix timestamp, and the hex SHA-256 of the body. Headers set:
-    ``X-Timestamp`` and ``Authorization: HMAC-SHA256 keyId=<key_id>, signature=<base64>``.
+    ``X-Timestamp`` and ``Authorization: HMAC-SHA256 keyId=<key_id>, signature=<base64>``,
+    with ``key_id`` and ``secret`` from the ``custom`` section.
     Options: ``header`` (default ``Authorization``), ``timestampHeader`` (default
     ``X-Timestamp``).
     """
@@ -99,8 +104,8 @@ class HmacSha256Scheme:
         self, request: httpx.Request, credentials: Credentials, options: Mapping[str, Any]
     ) -> None:
         """Sign ``request``."""
-        key_id = _required(credentials, "key_id")
-        secret = _required(credentials, "secret").encode()
+        key_id = _required(credentials, "custom", "key_id")
+        secret = _required(credentials, "custom", "secret").encode()
         timestamp = str(int(self._clock()))
         digest = hmac.new(secret, self.string_to_sign(request, timestamp), hashlib.sha256)
         signature = base64.b64encode(digest.digest()).decode("ascii")
@@ -139,10 +144,10 @@ def _auth_section(definition: Definition, kind: str) -> Mapping[str, Any]:
 def apply_auth(definition: Definition, request: httpx.Request, credentials: Credentials) -> None:
     """Add the instance's credentials to ``request`` as the definition says."""
     if definition.auth_type == "oauth2":
-        token = _required(credentials, "access_token")
+        token = _required(credentials, "oauth2", "access_token")
         request.headers["Authorization"] = f"Bearer {token}"
     elif definition.auth_type == "apikey":
-        key = _required(credentials, "api_key")
+        key = _required(credentials, "apikey", "key")
         placement = _auth_section(definition, "apikey")
         where = placement.get("in", "header")
         if where == "query":

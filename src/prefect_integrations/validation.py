@@ -48,8 +48,8 @@ def _reason(error: SchemaViolation, *, secret: bool) -> str:
     if not secret:
         return error.message
     # Describe the rule, not the value: the value may be a credential.
-    if error.validator == "required":
-        return error.message
+    if error.validator in ("required", "dependentRequired"):
+        return error.message  # names properties of the schema only
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
         extra = sorted(repr(k) for k in error.instance if k not in allowed)

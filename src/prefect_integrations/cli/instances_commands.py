@@ -36,7 +36,8 @@ CredentialsFile = Annotated[
     str | None,
     typer.Option(
         "--credentials-file",
-        help="JSON file with the credentials ('-' reads standard input). "
+        help="JSON file with the credentials ('-' reads standard input), one section named "
+        'after the authType: {"oauth2": {...}}, {"apikey": {"key": ...}} or {"custom": {...}}. '
         "Credentials are never accepted as arguments.",
     ),
 ]
@@ -154,7 +155,9 @@ def show(
         return
     creds = None
     if inst.credentials is not None:
-        fields = ", ".join(f"{f}=********" for f in inst.credentials.metadata.get("fields", []))
+        meta = inst.credentials.metadata
+        prefix = f"{meta['kind']}." if meta.get("kind") else ""
+        fields = ", ".join(f"{prefix}{f}=********" for f in meta.get("fields", []))
         creds = f"{fields} (key {inst.credentials.key_id})"
     _show(
         {
@@ -259,7 +262,7 @@ def apply(
         detail = f" ({', '.join(r.fields)})" if r.fields else ""
         typer.echo(f"{r.action:<9} {r.instance_id}{detail}")
     counts = {a: sum(r.action == a for r in results) for a in ("created", "updated", "unchanged")}
-    typer.echo(", ".join(f"{n} {a}" for a, n in counts.items()))
+    typer.echo(", ".join(f"{a} {n}" for a, n in counts.items()))
 
 
 @app.command()

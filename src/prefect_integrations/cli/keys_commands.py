@@ -87,9 +87,11 @@ def rotate(
     """Re-encrypt every stored credential to the primary key, online, in batches.
 
     Each batch is one short transaction; rows in use elsewhere are skipped and retried,
-    and an interrupted run is simply run again. Prints the instances per key id before and
-    after, what failed (instance ids and reasons) and the verification of every row.
-    Exits 1 if any row failed or does not verify.
+    and an interrupted run is simply run again. Credentials still stored in the flat shape
+    of earlier versions (envelope v1) are rewritten in the specification's shape. Prints
+    the instances per key id before and after, how many were upgraded, what failed
+    (instance ids and reasons) and the verification of every row. Exits 1 if any row
+    failed or does not verify.
     """
     rt = runtime()
     keyring = rt.keyring
@@ -123,6 +125,7 @@ def _echo_report(report: rotation.RotationReport, keyring: Keyring) -> None:
         f"rotated: {report.rotated} instance(s) in {report.batches} batch(es), "
         f"{report.seconds:.1f} s"
     )
+    typer.echo(f"upgraded: {report.upgraded} instance(s) to the specification's credentials shape")
     typer.echo(f"failed: {len(report.failed)}")
     if report.failed:
         echo_table(["INSTANCE", "REASON"], [list(f) for f in report.failed])

@@ -1,8 +1,10 @@
 """Provider credential rotation, for definitions that declare ``credentialRotation``.
 
 For each active apikey instance of such a definition: mint a new key with the ``create``
-method, store it (encrypted, audited), verify it with the definition's ``healthCheck``,
-and only then revoke the previous key with the ``revoke`` method. A new key that does not
+method (its output's ``api_key``, and ``key_id`` when given), store it (encrypted,
+audited) as the credentials' ``apikey.key`` (the id as ``apikey.key_id``, which the next
+rotation revokes), verify it with the definition's ``healthCheck``, and only then revoke
+the previous key with the ``revoke`` method. A new key that does not
 verify is discarded and the previous credentials are put back. Instances whose
 integration declares no rotation are reported as ``not_applicable``, not as failures.
 One failing instance never stops the others; every outcome is audited.
@@ -87,9 +89,13 @@ def _rotate_one(rt: Runtime, instance_id: str, spec: dict[str, Any]) -> Provider
     new_key = minted.get("api_key") if isinstance(minted, dict) else None
     if not isinstance(new_key, str) or not new_key:
         return ProviderRotation("failed", f"method '{spec['create']}' returned no api_key")
-    new = {**old, "api_key": new_key}
+    # The method's output names the new key ``api_key`` (and its id ``key_id``); it is
+    # stored in the credentials' ``apikey`` section as ``key`` (the id beside it).
+    section = dict(old.get("apikey") or {})
+    section["key"] = new_key
     if isinstance(minted.get("key_id"), str):
-        new["key_id"] = minted["key_id"]
+        section["key_id"] = minted["key_id"]
+    new = {"apikey": section}
     with rt.transaction(f"store the new key of '{instance_id}'") as session:
         instances.set_credentials(
             session, rt.registry, rt.keyring, instance_id, new, actor=rt.actor
@@ -108,7 +114,8 @@ def _rotate_one(rt: Runtime, instance_id: str, spec: dict[str, Any]) -> Provider
             "failed", f"the new key did not verify ({exc.code}); the previous key was kept"
         )
     revoke = spec.get("revoke")
-    old_key_id = old.get("key_id")
+    old_section = old.get("apikey")
+    old_key_id = old_section.get("key_id") if isinstance(old_section, dict) else None
     if isinstance(revoke, str) and isinstance(old_key_id, str):
         try:
             _client(rt, instance_id).call(revoke, {"key_id": old_key_id})

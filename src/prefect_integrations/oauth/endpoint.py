@@ -15,6 +15,7 @@ a client secret.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -31,7 +32,13 @@ with warnings.catch_warnings():
     from authlib.integrations.httpx_client import OAuth2Client
 
 from prefect_integrations._http import retry_after_seconds
-from prefect_integrations.credentials import Credentials, mask_secrets
+from prefect_integrations.credentials import (
+    Credentials,
+    mask_secrets,
+    oauth2_section,
+    to_iso,
+    to_spec_shape,
+)
 from prefect_integrations.exceptions import (
     CredentialsError,
     InvalidGrant,
@@ -109,28 +116,37 @@ def oauth2_setting(definition: Definition, config: Mapping[str, Any], name: str)
 def merge_token(
     credentials: Mapping[str, Any], token: Mapping[str, Any], *, now: float | None = None
 ) -> dict[str, Any]:
-    """New credentials from a token response; a missing refresh token keeps the old one."""
+    """New spec-shaped credentials from a token response.
+
+    ``credentials`` are the current plain values (``{"oauth2": {...}}``; a flat document
+    of earlier versions is converted first). The OAuth client and other fields are kept,
+    a missing refresh token keeps the old one, and ``expires_at``/``obtained_at`` are
+    written as ISO 8601 UTC.
+    """
     now = time.time() if now is None else now
+    current = oauth2_section(to_spec_shape(credentials))
     merged = {
         k: v
-        for k, v in credentials.items()
+        for k, v in current.items()
         if k not in ("access_token", "expires_at", "obtained_at", "id_token")
     }
     merged["access_token"] = str(token["access_token"])
     merged["token_type"] = str(token.get("token_type") or "Bearer")
-    merged["obtained_at"] = now
+    merged["obtained_at"] = to_iso(now)
     expires_in = token.get("expires_in")
     if isinstance(expires_in, int | float | str) and str(expires_in).isdigit():
-        merged["expires_at"] = now + int(expires_in)
-    elif isinstance(token.get("expires_at"), int | float):
-        merged["expires_at"] = float(token["expires_at"])
+        merged["expires_at"] = to_iso(now + int(expires_in))
+    elif isinstance(token.get("expires_at"), int | float | str):
+        # an expiry that is not a time: the token is treated as without one
+        with contextlib.suppress(ValueError):
+            merged["expires_at"] = to_iso(token["expires_at"])
     if isinstance(token.get("refresh_token"), str) and token["refresh_token"]:
         merged["refresh_token"] = token["refresh_token"]
     if isinstance(token.get("scope"), str):
         merged["scope"] = token["scope"]
     if isinstance(token.get("id_token"), str):
         merged["id_token"] = token["id_token"]
-    return merged
+    return {"oauth2": merged}
 
 
 def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
@@ -165,14 +181,13 @@ class TokenEndpoint:
         cls, definition: Definition, config: Mapping[str, Any], credentials: Credentials
     ) -> TokenEndpoint:
         """The endpoint of an instance whose credentials hold its OAuth client."""
-        client = credentials.section("oauth2")
-        client_id = client.get("client_id")
+        client_id = credentials.secret("oauth2", "client_id")
         if client_id is None:
             raise CredentialsError(
                 f"Instance '{credentials.instance_id}' has no OAuth client in its credentials "
                 '(set {"oauth2": {"client_id": ..., "client_secret": ...}})'
             )
-        secret = client.get("client_secret")
+        secret = credentials.secret("oauth2", "client_secret")
         oauth2 = definition.oauth2_config or {}
         return cls(
             instance_id=credentials.instance_id,

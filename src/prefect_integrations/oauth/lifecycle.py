@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from prefect_integrations.credentials import Credentials
+from prefect_integrations.credentials import Credentials, oauth2_section, to_epoch
 from prefect_integrations.db import Database
 from prefect_integrations.events import emit_instance_event
 from prefect_integrations.exceptions import (
@@ -83,19 +83,31 @@ class RefreshDecision:
     reason: str
 
 
+def _epoch(value: object) -> float | None:
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            return to_epoch(value)
+        except ValueError:
+            return None
+    return None
+
+
 def refresh_due(
     values: Mapping[str, Any], *, share: float = LEAD_SHARE, floor: float = LEAD_FLOOR
 ) -> float | None:
     """When the token enters its lead time (epoch seconds); None without an expiry.
 
-    That is ``expires_at`` less a share of the token's lifetime, at least ``floor``.
+    ``values`` are plain spec-shaped credentials; the times are read from the ``oauth2``
+    section (ISO 8601, or epoch seconds). That is ``expires_at`` less a share of the
+    token's lifetime, at least ``floor``.
     """
-    expires_at = values.get("expires_at")
-    if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
+    section = oauth2_section(values)
+    expires_at = _epoch(section.get("expires_at"))
+    if expires_at is None:
         return None
-    obtained_at = values.get("obtained_at")
-    lifetime = expires_at - obtained_at if isinstance(obtained_at, int | float) else 0.0
-    return float(expires_at) - max(floor, share * lifetime)
+    obtained_at = _epoch(section.get("obtained_at"))
+    lifetime = expires_at - obtained_at if obtained_at is not None else 0.0
+    return expires_at - max(floor, share * lifetime)
 
 
 def should_refresh(
@@ -106,15 +118,16 @@ def should_refresh(
     share: float = LEAD_SHARE,
     floor: float = LEAD_FLOOR,
 ) -> RefreshDecision:
-    """Decide from plain credential values (pure: no I/O, no clock)."""
-    can_refresh = grant_type == "client_credentials" or bool(values.get("refresh_token"))
-    if not values.get("access_token"):
+    """Decide from plain spec-shaped credential values (pure: no I/O, no clock)."""
+    section = oauth2_section(values)
+    can_refresh = grant_type == "client_credentials" or bool(section.get("refresh_token"))
+    if not section.get("access_token"):
         if can_refresh:
             return RefreshDecision(True, "no_access_token")
         return RefreshDecision(False, "not_connected")
-    expires_at = values.get("expires_at")
+    expires_at = _epoch(section.get("expires_at"))
     due = refresh_due(values, share=share, floor=floor)
-    if due is None or not isinstance(expires_at, int | float):
+    if due is None or expires_at is None:
         return RefreshDecision(False, "no_expiry")
     if now < due:
         return RefreshDecision(False, "fresh")
@@ -306,7 +319,7 @@ class TokenLifecycle:
             try:
                 if grant == "client_credentials":
                     return endpoint.client_credentials(scope)
-                refresh_token = creds.get("refresh_token")
+                refresh_token = creds.secret("oauth2", "refresh_token")
                 if refresh_token is None:
                     raise InvalidGrant(
                         f"Instance '{creds.instance_id}' has no refresh token",
@@ -488,7 +501,7 @@ class TokenLifecycle:
 
 def grant_type_can_refresh(creds: Credentials, grant: str) -> bool:
     """True when a forced refresh is possible (a refresh token, or client credentials)."""
-    return grant == "client_credentials" or creds.get("refresh_token") is not None
+    return grant == "client_credentials" or creds.secret("oauth2", "refresh_token") is not None
 
 
 def _scope(definition: Definition) -> str | None:

@@ -232,7 +232,10 @@ def finish(
             actor=actor,
             instance_id=instance_id,
             integration_id=definition.id,
-            details={"scope": merged.get("scope"), "refresh_token": "refresh_token" in merged},
+            details={
+                "scope": merged["oauth2"].get("scope"),
+                "refresh_token": "refresh_token" in merged["oauth2"],
+            },
         )
     if inst.state == "error":
         emit_instance_event("integration.instance.recovered", inst, reason="connected")

@@ -137,9 +137,10 @@ def _check_one(raw: object, position: tuple[int, ...], registry: Registry) -> In
         try:
             checked[name] = step()
         except ValidationError as exc:
-            # The store names a path inside the field it checked (or none for the id).
-            inner = exc.path if name not in ("instanceId", "name", "description") else ()
-            raise _refine(exc, subject, (*root, name, *inner)) from None
+            # The store's path is inside the field it checked; name and description
+            # errors already name their field.
+            prefix = root if name in ("name", "description") else (*root, name)
+            raise _refine(exc, subject, prefix) from None
     return InstanceDocument(
         position=position,
         instance_id=instance_id,

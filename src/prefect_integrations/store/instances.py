@@ -20,7 +20,16 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from prefect_integrations.credentials import EncryptedCredentials
+from prefect_integrations.credentials import (
+    SECTIONS,
+    TIME_FIELDS,
+    EncryptedCredentials,
+    field_paths,
+    normalize_times,
+    oauth2_section,
+    spec_example,
+    to_epoch,
+)
 from prefect_integrations.db import translate_errors
 from prefect_integrations.exceptions import (
     DefinitionError,
@@ -35,6 +44,7 @@ from prefect_integrations.scope import ContextType, Scope
 from prefect_integrations.store import audit, vault
 from prefect_integrations.store.definitions import definition_uuid
 from prefect_integrations.validation import (
+    check_json,
     check_storable,
     credentials_validator,
     status_validator,
@@ -126,7 +136,7 @@ class Instance:
         document["context"] = self.scope.as_document()
         creds: dict[str, Any] = {}
         if secrets_metadata and self.credentials is not None:
-            creds = {**dict(self.credentials.metadata), "keyId": self.credentials.key_id}
+            creds = _described(self.credentials)
         document["credentials"] = creds
         document["config"] = self.config
         document["status"] = self.status
@@ -142,6 +152,19 @@ class Instance:
                 }
             )
         return document
+
+
+def _described(credentials: EncryptedCredentials) -> dict[str, Any]:
+    """Stored credentials as the specification's sections holding only non-secret facts.
+
+    ``{"oauth2": {"fields": [...], "token_type": ..., "expires_at": ...}, "keyId": ...}``;
+    a row written before the sections were used shows its flat facts as they are.
+    """
+    facts = dict(credentials.metadata)
+    kind = facts.pop("kind", None)
+    described: dict[str, Any] = {kind: facts} if isinstance(kind, str) else facts
+    described["keyId"] = credentials.key_id
+    return described
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -227,32 +250,53 @@ def check_config(definition: Definition, instance_id: str, config: object) -> di
     return values
 
 
-def _credential_kind(values: Mapping[str, Any]) -> str | None:
-    if "api_key" in values:
-        return "apikey"
-    if "access_token" in values or "refresh_token" in values or "oauth2" in values:
-        return "oauth2"
-    return None
+def _check_sections(definition: Definition, subject: str, values: Mapping[str, Any]) -> None:
+    """Refuse any top-level field but the definition's own section, with the expected shape."""
+    auth_type = definition.auth_type
+    expected = spec_example(auth_type)
+    for key in values:
+        if key not in SECTIONS:
+            raise ValidationError(
+                subject,
+                [key],
+                f"unexpected field; credentials take the specification's shape {expected} "
+                "(the flat shape of earlier versions is not accepted)",
+            )
+        if key != auth_type:
+            raise ValidationError(
+                subject,
+                [key],
+                f"these are {key} credentials but integration '{definition.id}' uses "
+                f"authType '{auth_type}'; expected {expected}",
+            )
+    if auth_type not in values:
+        raise ValidationError(subject, [], f"the '{auth_type}' section is required: {expected}")
 
 
 def validate_credentials(
     definition: Definition, instance_id: str, values: object
 ) -> dict[str, Any]:
-    """Check credentials against the schema of the definition's authType; return them."""
+    """Check credentials against the schema of the definition's authType; return them.
+
+    Only the specification's shape is accepted (``{"oauth2": {...}}``, ``{"apikey":
+    {...}}`` or ``{"custom": {...}}``, the definition's own section). Times given as
+    epoch seconds are returned as ISO 8601 UTC strings. Messages never echo a value.
+    """
     subject = f"Credentials of instance '{instance_id}'"
     if not isinstance(values, Mapping):
         raise ValidationError(subject, [], "credentials must be a JSON object")
-    kind = _credential_kind(values)
-    if kind is not None and definition.auth_type != "custom" and kind != definition.auth_type:
-        raise ValidationError(
-            subject,
-            [],
-            f"these are {kind} credentials but integration '{definition.id}' uses authType "
-            f"'{definition.auth_type}'",
-        )
+    check_json(values, subject=subject)
+    _check_sections(definition, subject, values)
     validate(credentials_validator(definition.auth_type), values, subject=subject, secret=True)
-    check_storable(values, subject=subject)
-    return dict(values)
+    section = oauth2_section(values)
+    for name in sorted(TIME_FIELDS & section.keys()):
+        try:
+            to_epoch(section[name])
+        except ValueError as exc:
+            raise ValidationError(subject, ["oauth2", name], str(exc)) from None
+    normalized = normalize_times(values)
+    check_storable(normalized, subject=subject)
+    return normalized
 
 
 def validate_status(instance_id: str, status: object) -> dict[str, Any]:
@@ -267,9 +311,10 @@ def _usable(definition: Definition, credentials: Mapping[str, Any] | None) -> bo
     if not credentials:
         return False
     if definition.auth_type == "oauth2":
+        section = oauth2_section(credentials)
         if definition.grant_type == "client_credentials":
-            return "oauth2" in credentials  # tokens are fetched with the client on first use
-        return "access_token" in credentials
+            return "client_id" in section  # tokens are fetched with the client on first use
+        return "access_token" in section
     return True
 
 
@@ -388,7 +433,7 @@ def create_instance(
         details={
             "context": str(scope),
             "config_keys": sorted(config),
-            "credentials_fields": sorted(creds) if creds else [],
+            "credentials_fields": field_paths(creds) if creds else [],
             "state": status_doc["state"],
         },
     )
@@ -482,7 +527,7 @@ def set_credentials(
         instance_id=instance_id,
         integration_id=current.integration_id,
         details={
-            "fields": sorted(creds),
+            "fields": field_paths(creds),
             "key_id": keyring.primary_id,
             "credentials_version": version,
         },

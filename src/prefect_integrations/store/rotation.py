@@ -20,8 +20,14 @@ that
 Rows that fail (``unknown_key_id``, ``undecryptable``, ``malformed``,
 ``binding_mismatch``) are left untouched, reported, and not picked again in the same run.
 A batch is committed on its own, so a crash or a lost connection loses at most the batch
-in flight, which the next run redoes. After the loop every row is verified (`verify_keys`)
-and the rows per key id are counted again.
+in flight, which the next run redoes.
+
+Then rows still in envelope version 1 (plaintext possibly in the flat shape of earlier
+versions) are upgraded to the specification's credentials shape (`upgrade_shapes`): each
+is decrypted through the vault (audited), converted and stored again as version 2 with a
+compare-and-swap on ``credentials_version``, so a concurrent OAuth refresh is never
+overwritten. After that every row is verified (`verify_keys`) and the rows per key id are
+counted again.
 """
 
 from __future__ import annotations
@@ -38,10 +44,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from prefect_integrations.db import Database, translate_errors
-from prefect_integrations.exceptions import DatabaseError
+from prefect_integrations.exceptions import CredentialsError, DatabaseError
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.store import audit
-from prefect_integrations.store.vault import PGP_OPTIONS
+from prefect_integrations.store import audit, vault
+from prefect_integrations.store.vault import ENVELOPE_VERSION, PGP_OPTIONS
 
 __all__ = [
     "BINDING_MISMATCH",
@@ -56,6 +62,7 @@ __all__ = [
     "count_keys",
     "key_counts",
     "rotate_keys",
+    "upgrade_shapes",
     "verify_keys",
 ]
 
@@ -336,6 +343,7 @@ class RotationReport:
     """
 
     rotated: int = 0
+    upgraded: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     batches: int = 0
     before: dict[str, int] = field(default_factory=dict)
@@ -356,6 +364,7 @@ class RotationReport:
         return {
             "primary": self.primary,
             "rotated": self.rotated,
+            "upgraded": self.upgraded,
             "batches": self.batches,
             "failed": [{"instance_id": i, "reason": r} for i, r in self.failed],
             "before": dict(self.before),
@@ -512,7 +521,9 @@ def rotate_keys(
     killed run stopped. ``on_batch`` is called after each committed batch with the number
     of rows it rotated. Rows still locked by others after ``lock_wait`` seconds without
     progress are reported as ``locked``. Failed rows are left untouched and reported;
-    they are audited, as is each batch. A batch aborted by a deadlock (its row locks
+    they are audited, as is each batch. Rows still in envelope version 1 are then
+    rewritten in the specification's credentials shape (`upgrade_shapes`; counted in
+    ``upgraded``). A batch aborted by a deadlock (its row locks
     against a transaction that holds the audit chain lock, such as the usage recorder's)
     is retried. Raises `DatabaseUnavailable` when the connection is lost (nothing
     committed is lost; run it again). Uses one connection for the whole run.
@@ -578,13 +589,171 @@ def rotate_keys(
                 break
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
-        with conn.begin():
-            report.after = key_counts(conn, keyring)
+    upgraded, upgrade_failed = upgrade_shapes(
+        db, keyring, actor=actor, skip=list(skip), lock_wait=lock_wait
+    )
+    report.upgraded = upgraded
+    report.failed.extend(upgrade_failed)
+    with (
+        translate_errors("count credentials per key id", url=db.url),
+        db.engine.connect() as conn,
+        conn.begin(),
+    ):
+        report.after = key_counts(conn, keyring)
     verify_started = time.monotonic()
     report.verified, report.problems = verify_keys(db, keyring)
     report.verify_seconds = time.monotonic() - verify_started
     report.seconds = time.monotonic() - started
     return report
+
+
+# --------------------------------------------------------------------------------------
+# Credentials shape upgrade
+# --------------------------------------------------------------------------------------
+
+#: (upgrade) the row could not be decrypted through the vault to be upgraded.
+UPGRADE_FAILED = "upgrade_failed"
+
+_OLD_SHAPE_ROWS = sa.text(
+    """
+    SELECT id, instance_id FROM integration_instances
+     WHERE credentials IS NOT NULL
+       AND coalesce(credentials->>'v', '1') <> CAST(:v AS text)
+       AND id <> ALL (CAST(:skip AS uuid[]))
+       AND (CAST(:after AS uuid) IS NULL OR id > CAST(:after AS uuid))
+     ORDER BY id
+     LIMIT CAST(:batch AS integer)
+    """
+)
+
+# Lock one old-shape row unless someone holds it (a refresh in progress, another run):
+# an OAuth refresh that claimed its lease first writes its new token, and only then
+# is the row upgraded.
+_LOCK_OLD = sa.text(
+    f"""
+    SELECT credentials_version, {_INTEGRATION_ID},
+           coalesce(refresh_lease_until >= now(), false) AS leased
+      FROM integration_instances
+     WHERE id = CAST(:id AS uuid)
+       AND credentials IS NOT NULL
+       AND coalesce(credentials->>'v', '1') <> CAST(:v AS text)
+       FOR UPDATE SKIP LOCKED
+    """
+)
+_STILL_OLD = sa.text(
+    "SELECT 1 FROM integration_instances WHERE id = CAST(:id AS uuid) "
+    "AND credentials IS NOT NULL AND coalesce(credentials->>'v', '1') <> CAST(:v AS text)"
+)
+
+
+def upgrade_shapes(
+    db: Database,
+    keyring: Keyring,
+    *,
+    actor: str,
+    skip: Sequence[uuid.UUID] = (),
+    batch_size: int = 500,
+    lock_wait: float = 60.0,
+) -> tuple[int, list[tuple[str, str]]]:
+    """Rewrite every row below envelope version `ENVELOPE_VERSION` in the spec shape.
+
+    Each row, in its own short transaction: lock it (rows locked by others or under a
+    refresh lease are retried later), decrypt it through the vault (audited, purpose
+    ``keys.upgrade``; converted to the specification's shape on the way), store it again
+    with a compare-and-swap on ``credentials_version`` and audit ``credentials.upgrade``.
+    Rows in ``skip`` (those key rotation failed) are left alone. Returns the number of
+    rows upgraded and ``(instance_id, reason)`` of the rows that could not be: decryption
+    failures (``upgrade_failed``) and rows still held by others after ``lock_wait``
+    seconds without progress (``locked``). Nothing is lost: a row that fails keeps its
+    stored credentials, which stay readable.
+    """
+    upgraded = 0
+    failed: list[tuple[str, str]] = []
+    done: list[uuid.UUID] = list(skip)
+    waiting_since: float | None = None
+    delay = 0.05
+    while True:
+        pending: list[tuple[uuid.UUID, str]] = []
+        after: uuid.UUID | None = None
+        progress = False
+        while True:
+            with db.transaction("list credentials to upgrade") as session:
+                rows = list(
+                    session.execute(
+                        _OLD_SHAPE_ROWS,
+                        {
+                            "v": str(ENVELOPE_VERSION),
+                            "skip": done,
+                            "after": after,
+                            "batch": batch_size,
+                        },
+                    )
+                )
+            if not rows:
+                break
+            after = rows[-1].id
+            for row in rows:
+                outcome = _upgrade_one(db, keyring, row.id, row.instance_id, actor)
+                if outcome == "upgraded":
+                    upgraded += 1
+                    progress = True
+                    done.append(row.id)
+                elif outcome == "gone":
+                    progress = True
+                    done.append(row.id)
+                elif outcome == "busy":
+                    pending.append((row.id, row.instance_id))
+                else:
+                    failed.append((row.instance_id, UPGRADE_FAILED))
+                    done.append(row.id)
+        if not pending:
+            return upgraded, failed
+        now = time.monotonic()
+        if waiting_since is None or progress:
+            waiting_since = now
+        if now - waiting_since >= lock_wait:
+            failed.extend((instance_id, LOCKED) for _, instance_id in pending)
+            return upgraded, failed
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def _upgrade_one(
+    db: Database, keyring: Keyring, row_id: uuid.UUID, instance_id: str, actor: str
+) -> str:
+    """Upgrade one row: ``upgraded``, ``gone`` (done by someone else), ``busy`` or ``failed``."""
+    v = str(ENVELOPE_VERSION)
+    with db.transaction(f"upgrade the credentials of '{instance_id}'") as session:
+        locked = session.execute(_LOCK_OLD, {"id": row_id, "v": v}).first()
+        if locked is None:
+            still_old = session.execute(_STILL_OLD, {"id": row_id, "v": v}).first()
+            return "busy" if still_old is not None else "gone"
+        if locked.leased:
+            return "busy"
+        try:
+            creds = vault.fetch_credentials(
+                session, keyring, instance_id, actor=actor, purpose="keys.upgrade"
+            )
+        except CredentialsError:
+            return "failed"  # audited by the vault; the row is left as it is
+        version = vault.store_credentials(
+            session,
+            keyring,
+            instance_id,
+            creds.reveal(),
+            expected_version=int(locked.credentials_version),
+        )
+        if version is None:
+            return "gone"  # cannot happen under the row lock; someone else wrote v2
+        audit.record(
+            session,
+            action="credentials.upgrade",
+            actor=actor,
+            instance_id=instance_id,
+            integration_id=locked.integration_id,
+            details={"to_version": ENVELOPE_VERSION, "credentials_version": version},
+        )
+    return "upgraded"
 
 
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from prefect_integrations import logfilter
-from prefect_integrations.credentials import Credentials, credentials_metadata
+from prefect_integrations.credentials import (
+    Credentials,
+    credentials_metadata,
+    oauth2_section,
+    to_epoch,
+    to_spec_shape,
+)
 from prefect_integrations.db import translate_errors
 from prefect_integrations.exceptions import (
     CredentialsError,
@@ -44,7 +50,10 @@ __all__ = [
 # Decrypted values are remembered so the HTTP libraries' log records never show them.
 logfilter.install()
 
-ENVELOPE_VERSION = 1
+#: The ``v`` of the stored envelope. 2: the plaintext holds the specification's credentials
+#: shape. 1: written before it, possibly a flat document; still read (converted on
+#: decryption), rewritten as 2 on the next write or by `rotation.rotate_keys`.
+ENVELOPE_VERSION = 2
 PGP_OPTIONS = "cipher-algo=aes256, s2k-mode=1"
 
 _STORE = sa.text(
@@ -73,14 +82,14 @@ _STORE = sa.text(
 _FETCH = sa.text(
     """
     WITH k AS MATERIALIZED (
-      SELECT i.instance_id, d.integration_id, i.credentials,
+      SELECT i.instance_id, d.integration_id, d.auth_type, i.credentials,
              (CAST(:keys AS text[]))[array_position(CAST(:kids AS text[]),
                                                     i.credentials->>'kid')] AS key
         FROM integration_instances i
         JOIN integration_definitions d ON d.id = i.integration_definition_id
        WHERE i.instance_id = ANY(CAST(:iids AS text[]))
     ), d AS MATERIALIZED (
-      SELECT k.instance_id, k.integration_id,
+      SELECT k.instance_id, k.integration_id, k.auth_type,
              k.credentials IS NOT NULL AS has_credentials,
              k.credentials->>'kid' AS kid,
              k.key IS NOT NULL AS key_known,
@@ -94,16 +103,20 @@ _FETCH = sa.text(
         FROM d
        WHERE d.pt IS NOT NULL AND (d.pt::jsonb ->> 'instance_id') = d.instance_id
     )
-    SELECT instance_id, integration_id, has_credentials, kid, key_known, pt FROM d
+    SELECT instance_id, integration_id, auth_type, has_credentials, kid, key_known, pt FROM d
     """
 )
 
 
 def _expires_at(values: Mapping[str, Any]) -> datetime | None:
-    expires = values.get("expires_at")
-    if isinstance(expires, int | float) and not isinstance(expires, bool):
-        return datetime.fromtimestamp(expires, tz=UTC)
-    return None
+    """The access token's expiry (``oauth2.expires_at``) for the ``token_expires_at`` column."""
+    expires = oauth2_section(values).get("expires_at")
+    if expires is None or isinstance(expires, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(to_epoch(expires), tz=UTC)
+    except ValueError:
+        return None
 
 
 def store_credentials(
@@ -119,8 +132,11 @@ def store_credentials(
     Validation and auditing are the caller's (see `instances.set_credentials`). Returns
     the new ``credentials_version``. With ``expected_version`` the write is a
     compare-and-swap: it happens only if the stored version is still that one, and None
-    is returned otherwise. Any refresh lease is released.
+    is returned otherwise. Any refresh lease is released. ``values`` are written in the
+    specification's shape (`to_spec_shape`: a flat document is converted, times become
+    ISO 8601 UTC) under envelope version `ENVELOPE_VERSION`.
     """
+    values = to_spec_shape(values)
     plaintext = json.dumps(
         {"instance_id": instance_id, "credentials": dict(values)}, separators=(",", ":")
     )
@@ -190,8 +206,10 @@ def _credentials_or_error(row: Any) -> Credentials | tuple[CredentialsError, str
             ),
             "instance_binding_mismatch",
         )
-    logfilter.remember(document["credentials"])
-    return Credentials(instance_id=instance_id, key_id=row.kid, values=document["credentials"])
+    # Rows written before the specification's shape (envelope v1) are read in either shape.
+    values = to_spec_shape(document["credentials"], auth_type=row.auth_type)
+    logfilter.remember(values)
+    return Credentials(instance_id=instance_id, key_id=row.kid, values=values)
 
 
 def fetch_credentials(
