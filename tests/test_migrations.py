@@ -10,6 +10,8 @@ from prefect_integrations.db import Database
 from prefect_integrations.embedded import EmbeddedCluster
 
 from .spec import EXTRA_COLUMNS, SPEC_COLUMNS, SPEC_INDEXES
+from .test_schema import columns as _columns
+from .test_schema import indexes as _indexes
 
 # The head schema: the specification's columns plus the package's extra columns.
 SCHEMA = {table: {**SPEC_COLUMNS[table], **EXTRA_COLUMNS[table]} for table in SPEC_COLUMNS}
@@ -52,36 +54,6 @@ def empty_db(cluster: EmbeddedCluster) -> Iterator[Database]:
     yield database
     database.dispose()
     cluster.drop_database(name)
-
-
-def _columns(db: Database) -> dict[str, dict[str, tuple[str, int | None, str]]]:
-    with db.transaction() as s:
-        rows = s.execute(
-            sa.text(
-                "SELECT table_name, column_name, data_type, character_maximum_length, is_nullable "
-                "FROM information_schema.columns WHERE table_name IN "
-                "('integration_definitions', 'integration_instances')"
-            )
-        ).all()
-    out: dict[str, dict[str, tuple[str, int | None, str]]] = {}
-    for r in rows:
-        out.setdefault(r.table_name, {})[r.column_name] = (
-            r.data_type,
-            r.character_maximum_length,
-            r.is_nullable,
-        )
-    return out
-
-
-def _indexes(db: Database) -> dict[str, str]:
-    with db.transaction() as s:
-        rows = s.execute(
-            sa.text(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN "
-                "('integration_definitions', 'integration_instances')"
-            )
-        ).all()
-    return {r.indexname: r.indexdef for r in rows}
 
 
 def _tables(db: Database) -> set[str]:

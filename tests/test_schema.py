@@ -29,7 +29,7 @@ BEFORE = "2026_11_27_0004"
 TABLES = ("integration_definitions", "integration_instances")
 
 
-def _columns(db: Database) -> dict[str, dict[str, tuple[str, int | None, str]]]:
+def columns(db: Database) -> dict[str, dict[str, tuple[str, int | None, str]]]:
     with db.transaction() as s:
         rows = s.execute(
             sa.text(
@@ -49,7 +49,7 @@ def _columns(db: Database) -> dict[str, dict[str, tuple[str, int | None, str]]]:
     return out
 
 
-def _indexes(db: Database) -> dict[str, str]:
+def indexes(db: Database) -> dict[str, str]:
     with db.transaction() as s:
         rows = s.execute(
             sa.text(
@@ -62,20 +62,20 @@ def _indexes(db: Database) -> dict[str, str]:
 
 
 def test_tables_are_the_specifications(db: Database) -> None:
-    columns = _columns(db)
+    found = columns(db)
     for table, spec in SPEC_COLUMNS.items():
         for name, shape in spec.items():
-            assert columns[table].get(name) == shape, (table, name)
-        extra = set(columns[table]) - set(spec)
+            assert found[table].get(name) == shape, (table, name)
+        extra = set(found[table]) - set(spec)
         assert extra == set(EXTRA_COLUMNS[table]), (table, extra)
         for name in extra:
-            assert columns[table][name] == EXTRA_COLUMNS[table][name], (table, name)
+            assert found[table][name] == EXTRA_COLUMNS[table][name], (table, name)
 
 
 def test_the_five_indexes_have_the_specifications_names(db: Database) -> None:
-    indexes = _indexes(db)
+    found = indexes(db)
     for name, definition in SPEC_INDEXES.items():
-        assert indexes.get(name) == f"CREATE {definition}", name
+        assert found.get(name) == f"CREATE {definition}", name
     with db.transaction() as s:
         foreign_key = s.execute(
             sa.text(

@@ -31,6 +31,7 @@ __all__ = [
     "Credentials",
     "EncryptedCredentials",
     "credentials_metadata",
+    "epoch_or_none",
     "field_paths",
     "is_spec_shape",
     "mask_secrets",
@@ -115,7 +116,8 @@ def _format(seconds: float) -> str:
     return moment.strftime(spec) + "Z"
 
 
-def _try_epoch(value: object) -> float | None:
+def epoch_or_none(value: object) -> float | None:
+    """``value`` (epoch seconds or ISO 8601) in epoch seconds; None if it is neither."""
     if isinstance(value, int | float | str) and not isinstance(value, bool):
         try:
             return to_epoch(value)
@@ -156,7 +158,7 @@ def normalize_times(values: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(section, Mapping):
         fixed = dict(section)
         for name in TIME_FIELDS & fixed.keys():
-            seconds = _try_epoch(fixed[name])
+            seconds = epoch_or_none(fixed[name])
             if seconds is not None:
                 fixed[name] = _format(seconds)
         result["oauth2"] = fixed

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from prefect_integrations.credentials import Credentials, oauth2_section, to_epoch
+from prefect_integrations.credentials import Credentials, epoch_or_none, oauth2_section
 from prefect_integrations.db import Database
 from prefect_integrations.events import emit_instance_event
 from prefect_integrations.exceptions import (
@@ -83,15 +83,6 @@ class RefreshDecision:
     reason: str
 
 
-def _epoch(value: object) -> float | None:
-    if isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:
-            return to_epoch(value)
-        except ValueError:
-            return None
-    return None
-
-
 def refresh_due(
     values: Mapping[str, Any], *, share: float = LEAD_SHARE, floor: float = LEAD_FLOOR
 ) -> float | None:
@@ -102,10 +93,10 @@ def refresh_due(
     token's lifetime, at least ``floor``.
     """
     section = oauth2_section(values)
-    expires_at = _epoch(section.get("expires_at"))
+    expires_at = epoch_or_none(section.get("expires_at"))
     if expires_at is None:
         return None
-    obtained_at = _epoch(section.get("obtained_at"))
+    obtained_at = epoch_or_none(section.get("obtained_at"))
     lifetime = expires_at - obtained_at if obtained_at is not None else 0.0
     return expires_at - max(floor, share * lifetime)
 
@@ -125,7 +116,7 @@ def should_refresh(
         if can_refresh:
             return RefreshDecision(True, "no_access_token")
         return RefreshDecision(False, "not_connected")
-    expires_at = _epoch(section.get("expires_at"))
+    expires_at = epoch_or_none(section.get("expires_at"))
     due = refresh_due(values, share=share, floor=floor)
     if due is None or expires_at is None:
         return RefreshDecision(False, "no_expiry")
