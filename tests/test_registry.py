@@ -891,3 +891,11 @@ def test_the_old_id_field_points_at_integration_id() -> None:
         ((), "'integrationId' is a required property"),
         (("id",), "unknown field 'id'; did you mean 'integrationId'?"),
     ]
+
+
+def test_an_unknown_field_with_a_line_break_stays_on_one_line() -> None:
+    document = demo_document()
+    document["methods"][0]["\n"] = None
+    (problem,) = validate_document(document, source="demo.json")
+    assert "\n" not in str(problem)
+    assert str(problem).startswith("demo.json: $.methods[0]['\\n']: unknown field '\\n'")

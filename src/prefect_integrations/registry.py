@@ -52,6 +52,7 @@ from prefect_integrations.exceptions import (
     MethodNotBound,
     UnknownIntegration,
     ValidationError,
+    quote,
 )
 from prefect_integrations.validation import check_json, json_problem
 
@@ -429,7 +430,7 @@ def _meta_error_problems(error: SchemaValidationError, source: str) -> list[Defi
                 _problem(
                     source,
                     (*path, key),
-                    f"unknown field '{key}'{suggestion} (allowed: {', '.join(allowed)})",
+                    f"unknown field {quote(str(key))}{suggestion} (allowed: {', '.join(allowed)})",
                 )
             )
         if out:
