@@ -8,6 +8,7 @@ checkout, as in CI) so a test can check that these copies still match it.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -177,10 +178,15 @@ _SQL_TYPES = {
 
 
 def spec_document() -> str | None:
-    """The text of ``integrations-spec.md`` when the shared specifications are present."""
+    """The text of `integrations-spec.md`: `$PREFECT_INTEGRATIONS_SPEC`, or beside the checkout."""
+    named = os.environ.get("PREFECT_INTEGRATIONS_SPEC")
     root = Path(__file__).resolve().parent.parent
-    for candidate in (root.parent / "shared", root.parent.parent / "shared"):
-        path = candidate / "specs" / "integrations-spec.md"
+    candidates = [Path(named)] if named else []
+    candidates += [
+        base / "shared" / "specs" / "integrations-spec.md"
+        for base in (root.parent, root.parent.parent)
+    ]
+    for path in candidates:
         if path.is_file():
             return path.read_text(encoding="utf-8")
     return None

@@ -462,3 +462,36 @@ def test_old_custom_row_stays_custom_whatever_its_field_names(
     assert report.upgraded == 1
     assert _versions(synced) == {"old_signer": 2}
     assert _reveal(synced, keyring, "old_signer") == {"custom": flat}
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [
+        {"apikey": "s-1"},
+        {"custom": "s-1"},
+        {"custom": {"key_id": "k"}, "apikey": "x"},
+        {"oauth2": {"client_id": "c"}},
+    ],
+)
+def test_old_custom_row_named_like_sections_is_wrapped(
+    synced: Database, test_registry: Registry, keyring: Keyring, flat: dict[str, Any]
+) -> None:
+    _create(synced, test_registry, keyring, "old_sections", "signer", {}, {"custom": {"x": "y"}})
+    with synced.transaction() as s:
+        write_old_shape(s, keyring, "old_sections", flat)
+    assert _reveal(synced, keyring, "old_sections") == {"custom": flat}
+    assert rotate_keys(synced, keyring, actor="t").upgraded == 1
+    assert _reveal(synced, keyring, "old_sections") == {"custom": flat}
+
+
+def test_an_expiry_beyond_any_time_is_no_expiry() -> None:
+    from prefect_integrations.oauth.endpoint import merge_token
+
+    for expires_in in (10**12, "9" * 5000, 10**13):
+        merged = merge_token(
+            {"oauth2": {"refresh_token": "old"}},
+            {"access_token": "new", "refresh_token": "rotated", "expires_in": expires_in},
+            now=1_700_000_000,
+        )
+        assert merged["oauth2"]["refresh_token"] == "rotated"
+        assert "expires_at" not in merged["oauth2"]

@@ -3,9 +3,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from prefect_integrations.db import Database
+from prefect_integrations.exceptions import DefinitionError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.registry import Registry, load_registry
 from prefect_integrations.scope import Scope
@@ -76,3 +78,35 @@ def test_removed_definition_deleted_unless_it_has_instances(
     assert report.removed == ["signer"]
     assert report.orphaned == {"acme": 1}
     assert remaining == {"acme": 1, "gmail": 0, "slack": 0, "xero": 0}
+
+
+def test_sync_refuses_an_auth_type_change_under_instances(
+    db: Database, tmp_path: Path, keyring: Keyring
+) -> None:
+    folder = tmp_path / "defs"
+    folder.mkdir()
+    (folder / "acme.json").write_text(ACME_DEFINITION)
+    registry = load_registry([folder])
+    with db.transaction() as s:
+        sync_definitions(s, registry, actor="t")
+        instances.create_instance(
+            s,
+            registry,
+            keyring,
+            instance_id="acme_1",
+            integration_id="acme",
+            name="A",
+            scope=Scope("global"),
+            credentials={"apikey": {"key": "k-1"}},
+            actor="t",
+        )
+    changed = json.loads(ACME_DEFINITION)
+    changed.update(authType="custom", auth={"custom": {"scheme": "basic"}})
+    (folder / "acme.json").write_text(json.dumps(changed))
+    stamps = _stamps(db)
+    with pytest.raises(DefinitionError) as caught, db.transaction() as s:
+        sync_definitions(s, load_registry([folder]), actor="t")
+    (problem,) = caught.value.problems
+    assert problem.path == ("authType",)
+    assert "changes from 'apikey' to 'custom' while 1 instance(s)" in problem.message
+    assert _stamps(db) == stamps

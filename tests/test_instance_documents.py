@@ -166,7 +166,7 @@ BAD_DOCUMENTS: list[tuple[str, object, tuple[str, ...]]] = [
     (
         "unknown field",
         [acme("ok1"), {**acme("x2"), "nmae": "typo"}],
-        ("[1] ('x2')", "at $[1]:", "'nmae'"),
+        ("[1] ('x2')", "at $[1].nmae:", "did you mean 'name'?"),
     ),
     ("missing name", [{"instanceId": "x1", "integrationId": "acme"}], ("'name'",)),
     (
@@ -210,6 +210,50 @@ BAD_DOCUMENTS: list[tuple[str, object, tuple[str, ...]]] = [
         "same id twice",
         [acme("x1"), acme("x2"), acme("x1")],
         ("[2] ('x1')", "at $[2].instanceId:", "already given at $[0]"),
+    ),
+    (
+        "misspelt id field",
+        [{"instanceId": "x1", "integrationID": "acme", "name": "n"}],
+        ("at $[0].integrationID:", "did you mean 'integrationId'?"),
+    ),
+    (
+        "snake case",
+        [{"instance_id": "x1", "integrationId": "acme", "name": "n"}],
+        ("at $[0].instance_id:", "did you mean 'instanceId'?"),
+    ),
+    (
+        "context as text",
+        [acme("x1", context="global")],
+        ("at $[0].context:", "is not of type 'object'"),
+    ),
+    ("status without state", [acme("x1", status={})], ("at $[0].status:", "'state'")),
+    ("id with a line break", [acme("x1\n")], ("('x1\\n')", "at $[0].instanceId:")),
+    (
+        "forged error line in the id",
+        [acme("a b\nerror[ok]: fake")],
+        ("at $[0].instanceId:",),
+    ),
+    ("surrogate in the name", [{**acme("x1"), "name": "a\ud800"}], ("at $[0].name:", "surrogate")),
+    ("surrogate in the description", [acme("x1", description="\udfff")], ("$[0].description:",)),
+    (
+        "surrogate in the context id",
+        [acme("x1", context={"type": "client", "contextId": "c\ud800"})],
+        ("at $[0].context.contextId:",),
+    ),
+    (
+        "surrogate in the status",
+        [acme("x1", status={"state": "error", "error": "\ud800"})],
+        ("at $[0].status.error:", "surrogate"),
+    ),
+    (
+        "surrogate in a secret",
+        [acme("x1", credentials={"apikey": {"key": "AK-\ud800-tail"}})],
+        ("at $[0].credentials.apikey.key:", "surrogate"),
+    ),
+    (
+        "surrogate in a credential field name",
+        [acme("x1", credentials={"apikey": {"key": "k", "\ud800": "v"}})],
+        ("at $[0].credentials.apikey", "surrogate"),
     ),
     ("empty array", [], ("the array is empty",)),
     ("a number", 7, ("instance document",)),
@@ -276,3 +320,24 @@ def test_create_and_update_take_a_description(cli: Cli) -> None:
     assert cli.json("instances", "show", "d1")["description"] == "Other"
     cli.ok("instances", "update", "d1", "--description", "")
     assert "description" not in cli.json("instances", "show", "d1")
+
+
+def test_fields_left_out_are_kept_and_status_is_observed_not_applied(
+    cli: Cli, tmp_path: Path, db: Database
+) -> None:
+    apply(
+        cli,
+        tmp_path,
+        [acme("kept", description="Mine", config={"region": "eu"}, status={"state": "active"})],
+    )
+    exported = json.loads(cli.ok("instances", "export", "kept").out)
+    # a health check finds the instance broken after the export was taken
+    cli.ok("instances", "update", "kept", "--status", '{"state": "error", "error": "401"}')
+    out = cli.ok("instances", "apply", "-", stdin=json.dumps(exported)).out
+    assert out.splitlines()[0] == "unchanged kept"
+    assert cli.json("instances", "show", "kept")["status"] == {"state": "error", "error": "401"}
+    # a partial document changes only what it names
+    out = cli.ok("instances", "apply", "-", stdin=json.dumps(acme("kept", credentials=None))).out
+    assert out.splitlines()[0] == "unchanged kept"
+    shown = cli.json("instances", "show", "kept")
+    assert (shown["description"], shown["config"]) == ("Mine", {"region": "eu"})

@@ -134,8 +134,19 @@ def test_calling_a_method_without_binding_is_method_not_bound(
     cli: Cli, spec_xero: Path, tmp_path: Path, provider: FakeProvider, xero_server: _ToLocal
 ) -> None:
     cli.ok("definitions", "sync")
-    document = {**as_json(EXAMPLE_INSTANCE), "credentials": as_json(EXAMPLE_OAUTH2_CREDENTIALS)}
+    # an expired token with a refresh token and a client: nothing may be refreshed either
+    expired = {
+        "oauth2": {
+            **as_json(EXAMPLE_OAUTH2_CREDENTIALS)["oauth2"],
+            "expires_at": "2020-01-01T00:00:00Z",
+            "client_id": "client-1",
+            "client_secret": "CS-spec-example-1",
+        }
+    }
+    cli.secrets.append("CS-spec-example-1")
+    document = {**as_json(EXAMPLE_INSTANCE), "credentials": expired}
     cli.ok("instances", "apply", write(tmp_path, "xero_main.json", document))
+    before = len(cli.json("audit", "tail", "-n", "1000"))
     result = cli(
         "call",
         "xero.create_invoice",
@@ -144,6 +155,8 @@ def test_calling_a_method_without_binding_is_method_not_bound(
     )
     assert_one_error(result, "method_not_bound", "'xero.create_invoice'", "not callable")
     assert xero_server.seen == [] and provider.requests == []
+    actions = [r["action"] for r in cli.json("audit", "tail", "-n", "1000")[before:]]
+    assert "credentials.decrypt" not in actions and "oauth.refresh" not in actions
 
 
 def test_example_instance_applies_resolves_calls_and_exports(

@@ -333,9 +333,13 @@ class _ClientCore:
 
     # -- loading ---------------------------------------------------------------------
 
-    def _load_now(self) -> _Loaded:
-        """Load the instance and credentials, refreshing an expiring OAuth2 token first."""
-        loaded = self._read()
+    def _load_now(self, method_id: str | None = None) -> _Loaded:
+        """Load the instance and credentials, refreshing an expiring OAuth2 token first.
+
+        With ``method_id``, a method that is not callable is refused (`MethodNotBound`)
+        before any credential is decrypted or token refreshed.
+        """
+        loaded = self._read(method_id)
         if loaded.definition.auth_type == "oauth2" and loaded.refresh_after <= time.time():
             self._lifecycle.refresh(self.instance_id)
             loaded = self._read()
@@ -356,7 +360,7 @@ class _ClientCore:
         self._loaded = fresh
         return fresh if _changed(loaded, fresh) else None
 
-    def _read(self) -> _Loaded:
+    def _read(self, method_id: str | None = None) -> _Loaded:
         with self._db.transaction(f"load instance '{self.instance_id}'") as session:
             instance = require_instance(session, self.instance_id)
             if self._require_active and instance.state != "active":
@@ -366,6 +370,8 @@ class _ClientCore:
                     + (f": {reason}" if reason else "")
                 )
             definition = self._registry.get(instance.integration_id)
+            if method_id is not None:
+                definition.method(method_id).require_bound()
             credentials = fetch_credentials(
                 session, self._keyring, self.instance_id, actor=self._actor, purpose="call"
             )
@@ -477,15 +483,15 @@ class IntegrationClient(_ClientCore):
         self._http = http or httpx.Client(timeout=self._timeout)
         self._owns_http = http is None
 
-    def _load(self) -> _Loaded:
+    def _load(self, method_id: str | None = None) -> _Loaded:
         loaded = self._cached()
         if loaded is None:
-            loaded = self._loaded = self._load_now()
+            loaded = self._loaded = self._load_now(method_id)
         return loaded
 
     def call(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
         """Call ``method_id`` with ``inputs``; return the validated output."""
-        loaded = self._load()
+        loaded = self._load(method_id)
         inputs = _as_inputs(inputs)
         attempt: _Attempt | None = None
         try:
@@ -554,15 +560,15 @@ class AsyncIntegrationClient(_ClientCore):
         self._http = http or httpx.AsyncClient(timeout=self._timeout)
         self._owns_http = http is None
 
-    async def _load(self) -> _Loaded:
+    async def _load(self, method_id: str | None = None) -> _Loaded:
         loaded = self._cached()
         if loaded is None:
-            loaded = self._loaded = await asyncio.to_thread(self._load_now)
+            loaded = self._loaded = await asyncio.to_thread(self._load_now, method_id)
         return loaded
 
     async def call(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
         """Call ``method_id`` with ``inputs``; return the validated output."""
-        loaded = await self._load()
+        loaded = await self._load(method_id)
         inputs = _as_inputs(inputs)
         attempt: _Attempt | None = None
         try:

@@ -165,12 +165,17 @@ def normalize_times(values: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-def to_spec_shape(values: Mapping[str, Any], *, auth_type: str | None = None) -> dict[str, Any]:
+def to_spec_shape(
+    values: Mapping[str, Any], *, auth_type: str | None = None, legacy: bool = False
+) -> dict[str, Any]:
     """``values`` in the specification's shape, converting a pre-specification flat document.
 
-    A spec-shaped document (see `is_spec_shape`) only has its times normalized. A flat one
-    of a ``custom`` integration becomes ``{"custom": {...}}`` whatever its field names;
-    otherwise (or with ``auth_type`` unknown) it is converted by what it holds:
+    ``legacy`` says the document was written before the specification's shape (envelope
+    v1): a legacy document of a ``custom`` integration becomes ``{"custom": {...}}``
+    whatever its field names, even names like ``apikey``. Otherwise a spec-shaped
+    document (see `is_spec_shape`) only has its times normalized, and a flat one of a
+    ``custom`` integration is wrapped the same way; other flat documents (or any with
+    ``auth_type`` unknown) are converted by what they hold:
 
     - ``api_key`` (plus other strings, e.g. a provider ``key_id``): ``{"apikey": {"key":
       api_key, ...the other fields}}``;
@@ -181,11 +186,11 @@ def to_spec_shape(values: Mapping[str, Any], *, auth_type: str | None = None) ->
 
     Numeric ``expires_at``/``obtained_at`` become ISO 8601 UTC. Nothing is dropped.
     """
+    if auth_type == "custom" and (legacy or not is_spec_shape(values)):
+        return {"custom": dict(values)}
     if is_spec_shape(values):
         return normalize_times(values)
     flat = dict(values)
-    if auth_type == "custom":
-        return {"custom": flat}
     if "api_key" in flat:
         key = flat.pop("api_key")
         if "key" in flat:  # an extra field of that name is kept under another name

@@ -93,7 +93,7 @@ def parse_keyring(text: str, *, source: str = "PREFECT_INTEGRATIONS_KEYS") -> Ke
         where = f"{source} entry {index + 1}"
         if not sep:
             raise KeyringError(f"{where} has no ':'; expected 'kid:base64key'")
-        if not _KID.match(kid):
+        if not _KID.fullmatch(kid):
             raise KeyringError(
                 f"{where}: key id must be 1-64 characters of letters, digits, '_', '.', '-'"
             )

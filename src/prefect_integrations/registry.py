@@ -62,6 +62,7 @@ __all__ = [
     "Method",
     "Registry",
     "collect",
+    "collect_layered",
     "load_document",
     "load_registry",
     "meta_schema",
@@ -922,12 +923,24 @@ def load_registry(extra_paths: Sequence[Path] = (), *, include_shipped: bool = T
     ``extra_paths`` is a problem. Raises `DefinitionError` listing every problem of every
     file if any file is invalid.
     """
+    definitions, problems = collect_layered(extra_paths, include_shipped=include_shipped)
+    if problems:
+        raise DefinitionError(problems)
+    return Registry(definitions)
+
+
+def collect_layered(
+    extra_paths: Sequence[Path], *, include_shipped: bool = True
+) -> tuple[list[Definition], list[DefinitionProblem]]:
+    """`collect` the shipped definitions and ``extra_paths``, the latter replacing the former.
+
+    What `load_registry` loads, without raising: the valid definitions (a configured one
+    in place of the shipped one with its id) and every problem of every file.
+    """
     definitions, problems = collect([Path(p) for p in extra_paths])
     if include_shipped:
         shipped, shipped_problems = collect([shipped_definitions_dir()])
         problems = shipped_problems + problems
         replaced = {d.id for d in definitions}
         definitions = [d for d in shipped if d.id not in replaced] + definitions
-    if problems:
-        raise DefinitionError(problems)
-    return Registry(definitions)
+    return definitions, problems

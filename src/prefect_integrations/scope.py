@@ -13,7 +13,7 @@ __all__ = ["SCOPE_ORDER", "Context", "ContextType", "Scope", "parse_scope"]
 ContextType = Literal["global", "client", "user"]
 #: Most specific first: the order in which resolution looks for an instance.
 SCOPE_ORDER: tuple[ContextType, ...] = ("user", "client", "global")
-_CONTEXT_ID = re.compile(r"^[^\s:][^\x00-\x1f]{0,254}$")
+_CONTEXT_ID = re.compile(r"[^\s:\ud800-\udfff][^\x00-\x1f\ud800-\udfff]{0,254}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,7 @@ class Scope:
                     ["context_id"],
                     f"a {self.context_type} instance needs a context id ({self.context_type}:ID)",
                 )
-            if not _CONTEXT_ID.match(self.context_id):
+            if not _CONTEXT_ID.fullmatch(self.context_id):
                 raise ValidationError(
                     "Context",
                     ["context_id"],

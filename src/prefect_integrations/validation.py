@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -50,6 +51,10 @@ def _reason(error: SchemaViolation, *, secret: bool) -> str:
     # Describe the rule, not the value: the value may be a credential.
     if error.validator in ("required", "dependentRequired"):
         return error.message  # names properties of the schema only
+    if error.validator in ("anyOf", "oneOf") and isinstance(error.schema, dict):
+        described = error.schema.get("description")
+        if isinstance(described, str):  # say what is expected, not the schema's JSON
+            return f"must be {described[0].lower()}{described[1:].rstrip('.')}"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
         extra = sorted(repr(k) for k in error.instance if k not in allowed)
@@ -123,33 +128,51 @@ def check_json(value: object, *, subject: str) -> None:
         raise ValidationError(subject, *problem)
 
 
-def _nul_path(value: object, path: list[str | int]) -> list[str | int] | None:
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(text: str) -> str | None:
+    """Why PostgreSQL cannot store ``text`` in jsonb, or None."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "contains a NUL character (\\u0000)"
+    return "contains a lone surrogate (an invalid \\ud800-\\udfff escape), not Unicode text"
+
+
+def _unstorable_path(value: object, path: list[str | int]) -> tuple[list[str | int], str] | None:
+    """The path of the first string or key PostgreSQL cannot store, and why."""
     if isinstance(value, str):
-        return path if "\x00" in value else None
+        reason = _unstorable(value)
+        return (path, reason) if reason else None
     if isinstance(value, dict):
         for key, item in value.items():
-            if "\x00" in str(key):
-                return [*path, str(key)]
-            found = _nul_path(item, [*path, str(key)])
+            reason = _unstorable(str(key))
+            if reason:
+                return [*path, str(key)], f"the key {reason}"
+            found = _unstorable_path(item, [*path, str(key)])
             if found is not None:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = _nul_path(item, [*path, index])
+            found = _unstorable_path(item, [*path, index])
             if found is not None:
                 return found
     return None
 
 
 def check_storable(value: object, *, subject: str) -> None:
-    """Refuse what PostgreSQL cannot store as jsonb, naming the JSON path.
+    r"""Refuse what PostgreSQL cannot store as jsonb, naming the JSON path.
 
-    That is anything `check_json` refuses, and strings with a NUL character.
+    That is anything `check_json` refuses, and strings (or keys) with a NUL character or
+    a lone UTF-16 surrogate (JSON's ``\ud800`` without its pair), which PostgreSQL
+    refuses when it reads the text back as jsonb.
     """
     check_json(value, subject=subject)
-    path = _nul_path(value, [])
-    if path is not None:
-        raise ValidationError(subject, path, "contains a NUL character (\\u0000)")
+    found = _unstorable_path(value, [])
+    if found is not None:
+        raise ValidationError(subject, *found)
 
 
 @cache

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from prefect_integrations.cli._common import echo_table, emit_json, runtime
-from prefect_integrations.registry import collect, shipped_definitions_dir
+from prefect_integrations.registry import collect, collect_layered
 from prefect_integrations.store.definitions import list_definitions, sync_definitions
 
 app = typer.Typer(help="Integration definitions (JSON files).", no_args_is_help=True)
@@ -18,13 +18,18 @@ app = typer.Typer(help="Integration definitions (JSON files).", no_args_is_help=
 def validate(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Files or folders; default: shipped and configured definitions"),
+        typer.Argument(
+            help="Files or folders; default: the shipped definitions and the configured "
+            "ones, which replace shipped ones of the same id"
+        ),
     ] = None,
 ) -> None:
     """Validate definition files; list every problem and exit non-zero if any."""
     rt = runtime()
-    targets = list(paths or [shipped_definitions_dir(), *rt.settings.extra_definition_paths])
-    found, problems = collect(targets)
+    if paths:
+        found, problems = collect(list(paths))
+    else:
+        found, problems = collect_layered(rt.settings.extra_definition_paths)
     for problem in problems:
         typer.echo(str(problem), err=True)
     if problems:

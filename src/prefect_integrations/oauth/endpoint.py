@@ -134,8 +134,14 @@ def merge_token(
     merged["token_type"] = str(token.get("token_type") or "Bearer")
     merged["obtained_at"] = to_iso(now)
     expires_in = token.get("expires_in")
-    if isinstance(expires_in, int | float | str) and str(expires_in).isdigit():
-        merged["expires_at"] = to_iso(now + int(expires_in))
+    if (
+        isinstance(expires_in, int | float | str)
+        and str(expires_in).isdigit()
+        and len(str(expires_in)) <= 12  # past year 9999 is no expiry at all
+    ):
+        # an expiry beyond what a time can say: the token is treated as without one
+        with contextlib.suppress(ValueError):
+            merged["expires_at"] = to_iso(now + int(expires_in))
     elif isinstance(token.get("expires_at"), int | float | str):
         # an expiry that is not a time: the token is treated as without one
         with contextlib.suppress(ValueError):

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from prefect_integrations.db import translate_errors
+from prefect_integrations.exceptions import DefinitionError, DefinitionProblem
 from prefect_integrations.models import definitions, instances
 from prefect_integrations.registry import Registry
 from prefect_integrations.store import audit
@@ -97,6 +98,7 @@ def sync_definitions(session: Session, registry: Registry, *, actor: str) -> Syn
     """
     report = SyncReport()
     with translate_errors("sync definitions"):
+        _refuse_auth_type_changes(session, registry)
         for definition in registry:
             stmt = pg_insert(definitions).values(**_row_values(definition.raw))
             excluded = stmt.excluded
@@ -150,6 +152,40 @@ def sync_definitions(session: Session, registry: Registry, *, actor: str) -> Syn
                 integration_id=row.integration_id,
             )
     return report
+
+
+def _refuse_auth_type_changes(session: Session, registry: Registry) -> None:
+    """Refuse a definition whose ``authType`` changes while instances use it.
+
+    Their stored credentials are of the old kind: the change would leave every one of
+    them unusable without saying so.
+    """
+    stored = session.execute(
+        sa.select(
+            definitions.c.integration_id,
+            definitions.c.auth_type,
+            sa.func.count(instances.c.id).label("n"),
+        )
+        .select_from(definitions.outerjoin(instances))
+        .group_by(definitions.c.id)
+    ).all()
+    for row in stored:
+        if row.integration_id in registry and row.n:
+            new = registry.get(row.integration_id)
+            if new.auth_type != row.auth_type:
+                raise DefinitionError(
+                    [
+                        DefinitionProblem(
+                            source=new.source,
+                            path=("authType",),
+                            message=(
+                                f"changes from '{row.auth_type}' to '{new.auth_type}' while "
+                                f"{row.n} instance(s) use integration '{row.integration_id}'; "
+                                "delete or move them first"
+                            ),
+                        )
+                    ]
+                )
 
 
 def list_definitions(session: Session) -> list[StoredDefinition]:

@@ -15,14 +15,23 @@ $[1].config.tenant_id: ...``.
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Literal, cast
 
+from jsonschema import Draft202012Validator
 from sqlalchemy.orm import Session
 
 from prefect_integrations.db import translate_errors
-from prefect_integrations.exceptions import IntegrationError, ValidationError
+from prefect_integrations.exceptions import (
+    CredentialsError,
+    IntegrationError,
+    ValidationError,
+    quote,
+)
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.registry import Registry
 from prefect_integrations.scope import ContextType, Scope
@@ -49,9 +58,10 @@ class InstanceDocument:
     instance_id: str
     integration_id: str
     name: str
-    description: str | None
+    #: What the document leaves out is kept for an existing instance (`UNSET`).
+    description: str | store.Unset | None
     scope: Scope
-    config: dict[str, Any]
+    config: dict[str, Any] | store.Unset
     credentials: dict[str, Any] | None = field(repr=False)
     status: dict[str, Any] | None
 
@@ -72,8 +82,36 @@ class Applied:
 
 def _subject(position: tuple[int, ...], instance_id: object) -> str:
     where = "".join(f"[{p}]" for p in position)
-    named = f" ('{instance_id}')" if isinstance(instance_id, str) and instance_id else ""
+    named = f" ({quote(instance_id)})" if isinstance(instance_id, str) and instance_id else ""
     return f"Instance document{' ' + where if where else ''}{named}"
+
+
+def _unknown_field(raw: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first field the document may not have, with a hint at the one meant."""
+    allowed = list(_document_schema()["properties"])
+    for key in raw:
+        if key in allowed:
+            continue
+        camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), str(key))
+        close = [a for a in allowed if a.lower() == camel.lower()] or difflib.get_close_matches(
+            str(key), allowed, n=1
+        )
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return str(key), f"unknown field {quote(str(key))}{hint} (allowed: {', '.join(allowed)})"
+    return None
+
+
+@cache
+def _document_schema() -> dict[str, Any]:
+    return load_packaged_schema("instance.schema.json")
+
+
+@cache
+def _document_validator() -> Draft202012Validator:
+    # Credentials are checked apart, by the store, which never echoes a secret.
+    schema = dict(_document_schema())
+    schema["properties"] = {**schema["properties"], "credentials": {}}
+    return compile_schema(schema)
 
 
 def _refine(error: IntegrationError, subject: str, prefix: Sequence[str | int]) -> ValidationError:
@@ -88,15 +126,18 @@ def _check_one(raw: object, position: tuple[int, ...], registry: Registry) -> In
     subject = _subject(position, raw.get("instanceId") if isinstance(raw, Mapping) else None)
     if not isinstance(raw, Mapping):
         raise ValidationError(subject, root, "must be a JSON object (an instance document)")
+    unknown = _unknown_field(raw)
+    if unknown is not None:
+        raise ValidationError(subject, (*root, unknown[0]), unknown[1])
     try:
-        validate(
-            compile_schema(load_packaged_schema("instance.schema.json")),
-            raw,
-            subject=subject,
-            secret=True,
-        )
+        validate(_document_validator(), raw, subject=subject)
     except ValidationError as exc:
         raise _refine(exc, subject, root) from None
+    credentials = raw.get("credentials")
+    if credentials is not None and not isinstance(credentials, Mapping):
+        raise ValidationError(
+            subject, (*root, "credentials"), "must be a JSON object (or {} to keep the stored ones)"
+        )
     instance_id = str(raw["instanceId"])
     integration_id = str(raw["integrationId"])
     try:
@@ -114,10 +155,11 @@ def _check_one(raw: object, position: tuple[int, ...], registry: Registry) -> In
         ("instanceId", lambda: store.check_instance_id(instance_id)),
         ("name", lambda: store.check_name(instance_id, str(raw["name"]))),
         ("description", lambda: store.check_description(instance_id, raw.get("description"))),
-        ("config", lambda: store.check_config(definition, instance_id, raw.get("config") or {})),
-        ("status", lambda: raw.get("status") and store.validate_status(instance_id, raw["status"])),
+        ("config", lambda: store.check_config(definition, instance_id, raw.get("config", {}))),
     ]
-    credentials = raw.get("credentials") or None
+    if raw.get("status") is not None:
+        steps.append(("status", lambda: store.validate_status(instance_id, raw["status"])))
+    credentials = credentials or None
     if credentials is not None:
         if "keyId" in credentials:
             raise ValidationError(
@@ -137,20 +179,19 @@ def _check_one(raw: object, position: tuple[int, ...], registry: Registry) -> In
         try:
             checked[name] = step()
         except ValidationError as exc:
-            # The store's path is inside the field it checked; name and description
-            # errors already name their field.
-            prefix = root if name in ("name", "description") else (*root, name)
-            raise _refine(exc, subject, prefix) from None
+            # The store's path is inside the field it checked, or names the field itself.
+            inner = exc.path[1:] if exc.path[:1] == (name,) else exc.path
+            raise ValidationError(subject, (*root, name, *inner), exc.reason) from None
     return InstanceDocument(
         position=position,
         instance_id=instance_id,
         integration_id=integration_id,
         name=str(raw["name"]),
-        description=checked["description"],
+        description=checked["description"] if "description" in raw else store.UNSET,
         scope=scope,
-        config=checked["config"],
+        config=checked["config"] if "config" in raw else store.UNSET,
         credentials=checked.get("credentials"),
-        status=checked["status"] or None,
+        status=checked.get("status"),
     )
 
 
@@ -195,7 +236,7 @@ def _same_credentials(
         stored = vault.fetch_credentials(
             session, keyring, instance_id, actor=actor, purpose="instances.apply"
         )
-    except IntegrationError:
+    except CredentialsError:  # none stored, or unreadable: the given ones replace them
         return False
     return stored.reveal() == dict(given)
 
@@ -266,9 +307,11 @@ def apply_documents(
                 instance_id=document.instance_id,
                 integration_id=document.integration_id,
                 name=document.name,
-                description=document.description,
+                description=None
+                if isinstance(document.description, store.Unset)
+                else document.description,
                 scope=document.scope,
-                config=document.config,
+                config={} if isinstance(document.config, store.Unset) else document.config,
                 credentials=document.credentials,
                 status=document.status,
                 actor=actor,
@@ -281,8 +324,7 @@ def apply_documents(
             document.instance_id,
             name=document.name,
             description=document.description,
-            config=document.config,
-            status=document.status,
+            config=None if isinstance(document.config, store.Unset) else document.config,
             scope=document.scope,
             actor=actor,
         )
@@ -293,7 +335,6 @@ def apply_documents(
                 ("description", current.description, changed.description),
                 ("context", current.scope, changed.scope),
                 ("config", current.config, changed.config),
-                ("status", current.status, changed.status),
             )
             if before != after
         ]
@@ -311,7 +352,6 @@ def apply_documents(
                 document.instance_id,
                 document.credentials,
                 actor=actor,
-                activate=document.status is None,
             )
             fields.append("credentials")
         action: Action = "updated" if fields else "unchanged"

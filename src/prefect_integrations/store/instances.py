@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -168,7 +168,8 @@ def _described(credentials: EncryptedCredentials) -> dict[str, Any]:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+    """ISO 8601 in UTC with a ``Z``, as the credentials' times are written."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 def instance_from_row(row: sa.Row[Any]) -> Instance:
@@ -194,7 +195,7 @@ def instance_from_row(row: sa.Row[Any]) -> Instance:
 
 def check_instance_id(instance_id: str) -> None:
     """Refuse an instance id that is not 1-255 letters, digits, "_", "." or "-"."""
-    if not _INSTANCE_ID.match(instance_id):
+    if not _INSTANCE_ID.fullmatch(instance_id):
         raise ValidationError(
             "Instance id",
             [],

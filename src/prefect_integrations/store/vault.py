@@ -91,6 +91,7 @@ _FETCH = sa.text(
     ), d AS MATERIALIZED (
       SELECT k.instance_id, k.integration_id, k.auth_type,
              k.credentials IS NOT NULL AS has_credentials,
+             coalesce(k.credentials->>'v', '1') AS envelope_version,
              k.credentials->>'kid' AS kid,
              k.key IS NOT NULL AS key_known,
              integration_try_decrypt(decode(k.credentials->>'ct', 'base64'), k.key) AS pt
@@ -103,7 +104,9 @@ _FETCH = sa.text(
         FROM d
        WHERE d.pt IS NOT NULL AND (d.pt::jsonb ->> 'instance_id') = d.instance_id
     )
-    SELECT instance_id, integration_id, auth_type, has_credentials, kid, key_known, pt FROM d
+    SELECT instance_id, integration_id, auth_type, has_credentials, envelope_version, kid,
+           key_known, pt
+      FROM d
     """
 )
 
@@ -207,7 +210,11 @@ def _credentials_or_error(row: Any) -> Credentials | tuple[CredentialsError, str
             "instance_binding_mismatch",
         )
     # Rows written before the specification's shape (envelope v1) are read in either shape.
-    values = to_spec_shape(document["credentials"], auth_type=row.auth_type)
+    values = to_spec_shape(
+        document["credentials"],
+        auth_type=row.auth_type,
+        legacy=row.envelope_version != str(ENVELOPE_VERSION),
+    )
     logfilter.remember(values)
     return Credentials(instance_id=instance_id, key_id=row.kid, values=values)
 
