@@ -341,3 +341,16 @@ def test_fields_left_out_are_kept_and_status_is_observed_not_applied(
     assert out.splitlines()[0] == "unchanged kept"
     shown = cli.json("instances", "show", "kept")
     assert (shown["description"], shown["config"]) == ("Mine", {"region": "eu"})
+
+
+def test_a_document_without_context_keeps_the_scope(cli: Cli, tmp_path: Path) -> None:
+    apply(cli, tmp_path, [acme("scoped", context={"type": "client", "contextId": "c1"})])
+    assert cli.ok("instances", "apply", "-", stdin=json.dumps(acme("scoped"))).out.startswith(
+        "unchanged scoped"
+    )
+    assert cli.json("instances", "show", "scoped")["context"] == {
+        "type": "client",
+        "contextId": "c1",
+    }
+    apply(cli, tmp_path, [acme("fresh")])
+    assert cli.json("instances", "show", "fresh")["context"] == {"type": "global"}

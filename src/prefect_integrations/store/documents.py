@@ -60,7 +60,8 @@ class InstanceDocument:
     name: str
     #: What the document leaves out is kept for an existing instance (`UNSET`).
     description: str | store.Unset | None
-    scope: Scope
+    #: None when the document gives no ``context``: global for a new instance, kept otherwise.
+    scope: Scope | None
     config: dict[str, Any] | store.Unset
     credentials: dict[str, Any] | None = field(repr=False)
     status: dict[str, Any] | None
@@ -188,7 +189,7 @@ def _check_one(raw: object, position: tuple[int, ...], registry: Registry) -> In
         integration_id=integration_id,
         name=str(raw["name"]),
         description=checked["description"] if "description" in raw else store.UNSET,
-        scope=scope,
+        scope=scope if raw.get("context") is not None else None,
         config=checked["config"] if "config" in raw else store.UNSET,
         credentials=checked.get("credentials"),
         status=checked.get("status"),
@@ -310,7 +311,7 @@ def apply_documents(
                 description=None
                 if isinstance(document.description, store.Unset)
                 else document.description,
-                scope=document.scope,
+                scope=document.scope or Scope("global"),
                 config={} if isinstance(document.config, store.Unset) else document.config,
                 credentials=document.credentials,
                 status=document.status,
