@@ -35,6 +35,7 @@ from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, rotation, vault
 
+from .factories import make_instance
 from .legacy import write_old_shape
 
 # --------------------------------------------------------------------------------------
@@ -54,16 +55,13 @@ def _make(db: Database, registry: Registry, keyring: Keyring, count: int) -> lis
     ids = [f"acme_{i:04d}" for i in range(count)]
     with db.transaction() as s:
         for i, instance_id in enumerate(ids):
-            instances.create_instance(
+            make_instance(
                 s,
                 registry,
                 keyring,
-                instance_id=instance_id,
-                integration_id="acme",
-                name=instance_id,
-                scope=Scope("global"),
+                instance_id,
+                "acme",
                 credentials={"apikey": {"key": _secret(i)}},
-                actor="tests",
             )
     return ids
 
