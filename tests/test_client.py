@@ -24,10 +24,10 @@ from prefect_integrations.exceptions import (
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.registry import Registry
-from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances
 from prefect_integrations.store.usage import UsageRecorder
 
+from .factories import make_instance
 from .provider import FakeProvider, Reply, serve
 
 SECRET = "canary-api-key-93b1f0"
@@ -46,14 +46,12 @@ def _instance(
 ) -> str:
     iid = instance_id or f"{integration}_1"
     with db.transaction() as s:
-        instances.create_instance(
+        make_instance(
             s,
             registry,
             keyring,
-            instance_id=iid,
-            integration_id=integration,
-            name=iid,
-            scope=Scope("global"),
+            iid,
+            integration,
             config={"base_url": url + "/v1"},
             credentials=credentials,
             status={"state": state},

@@ -25,10 +25,10 @@ from prefect_integrations.db import Database
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.registry import Registry
-from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault
 from prefect_integrations.store.rotation import rotate_keys
 
+from .factories import make_instance
 from .legacy import envelope_versions, write_old_shape
 from .provider import FakeProvider, Reply
 
@@ -154,32 +154,6 @@ def test_credentials_accessor() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _create(
-    db: Database,
-    registry: Registry,
-    keyring: Keyring,
-    instance_id: str,
-    integration_id: str,
-    config: dict[str, Any],
-    credentials: dict[str, Any],
-    status: dict[str, Any] | None = None,
-) -> None:
-    with db.transaction() as s:
-        instances.create_instance(
-            s,
-            registry,
-            keyring,
-            instance_id=instance_id,
-            integration_id=integration_id,
-            name=instance_id,
-            scope=Scope("global"),
-            config=config,
-            credentials=credentials,
-            status=status,
-            actor="t",
-        )
-
-
 def _reveal(db: Database, keyring: Keyring, instance_id: str) -> dict[str, Any]:
     with db.transaction() as s:
         return vault.fetch_credentials(s, keyring, instance_id, actor="t", purpose="t").reveal()
@@ -193,14 +167,14 @@ def _versions(db: Database) -> dict[str, int]:
 def test_old_apikey_row_is_used_and_rewritten_in_the_spec_shape_on_its_next_write(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
-    _create(
+    make_instance(
         echo_db,
         echo_registry,
         keyring,
         "old_key",
         "echo",
-        {"base_url": f"{provider.url}/v1"},
-        {"apikey": {"key": "placeholder"}},
+        config={"base_url": f"{provider.url}/v1"},
+        credentials={"apikey": {"key": "placeholder"}},
     )
     with echo_db.transaction() as s:
         write_old_shape(s, keyring, "old_key", {"api_key": "old-api-key", "key_id": "id-1"})
@@ -231,14 +205,14 @@ def test_old_oauth2_row_is_used_refreshed_and_rewritten(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
     url = provider.url
-    _create(
+    make_instance(
         echo_db,
         echo_registry,
         keyring,
         "old_oauth",
         "authsrv",
-        {"base_url": url, "token_url": f"{url}/token"},
-        {"oauth2": {"client_id": "cid", "client_secret": "client-secret-value"}},
+        config={"base_url": url, "token_url": f"{url}/token"},
+        credentials={"oauth2": {"client_id": "cid", "client_secret": "client-secret-value"}},
         status={"state": "active"},
     )
     now = time.time()
@@ -352,25 +326,25 @@ def test_keys_rotate_rewrites_every_old_row_in_the_spec_shape(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, new_key: bool
 ) -> None:
     for iid, (integration, old, _) in OLD_ROWS.items():
-        _create(
+        make_instance(
             echo_db,
             echo_registry,
             keyring,
             iid,
             integration,
-            {"base_url": "https://x.invalid"},
-            PLACEHOLDER[integration],
+            config={"base_url": "https://x.invalid"},
+            credentials=PLACEHOLDER[integration],
         )
         with echo_db.transaction() as s:
             write_old_shape(s, keyring, iid, old)
-    _create(
+    make_instance(
         echo_db,
         echo_registry,
         keyring,
         "already_new",
         "echo",
-        {"base_url": "https://x.invalid"},
-        {"apikey": {"key": "new-1"}},
+        config={"base_url": "https://x.invalid"},
+        credentials={"apikey": {"key": "new-1"}},
     )
     assert _versions(echo_db) == {**dict.fromkeys(OLD_ROWS, 1), "already_new": 2}
     with echo_db.transaction() as s:
@@ -415,14 +389,14 @@ def test_keys_rotate_rewrites_every_old_row_in_the_spec_shape(
 def test_an_old_row_under_a_refresh_lease_is_upgraded_after_the_lease(
     echo_db: Database, echo_registry: Registry, keyring: Keyring
 ) -> None:
-    _create(
+    make_instance(
         echo_db,
         echo_registry,
         keyring,
         "leased",
         "echo",
-        {"base_url": "https://x.invalid"},
-        {"apikey": {"key": "x"}},
+        config={"base_url": "https://x.invalid"},
+        credentials={"apikey": {"key": "x"}},
     )
     with echo_db.transaction() as s:
         write_old_shape(s, keyring, "leased", {"api_key": "k"})
@@ -445,14 +419,14 @@ def test_old_custom_row_stays_custom_whatever_its_field_names(
     synced: Database, test_registry: Registry, keyring: Keyring
 ) -> None:
     """A flat custom document is converted by the definition's authType, not its fields."""
-    _create(
+    make_instance(
         synced,
         test_registry,
         keyring,
         "old_signer",
         "signer",
-        {},
-        {"custom": {"key_id": "placeholder", "secret": "placeholder"}},
+        config={},
+        credentials={"custom": {"key_id": "placeholder", "secret": "placeholder"}},
     )
     flat = {"key_id": "kid-1", "secret": "s-1", "api_key": "looks-like-apikey", "access_token": "t"}
     with synced.transaction() as s:
@@ -476,7 +450,15 @@ def test_old_custom_row_stays_custom_whatever_its_field_names(
 def test_old_custom_row_named_like_sections_is_wrapped(
     synced: Database, test_registry: Registry, keyring: Keyring, flat: dict[str, Any]
 ) -> None:
-    _create(synced, test_registry, keyring, "old_sections", "signer", {}, {"custom": {"x": "y"}})
+    make_instance(
+        synced,
+        test_registry,
+        keyring,
+        "old_sections",
+        "signer",
+        config={},
+        credentials={"custom": {"x": "y"}},
+    )
     with synced.transaction() as s:
         write_old_shape(s, keyring, "old_sections", flat)
     assert _reveal(synced, keyring, "old_sections") == {"custom": flat}

@@ -17,6 +17,7 @@ from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault
 
+from .factories import make_instance
 from .provider import FakeProvider, Reply
 
 OK = Reply(200, {"id": 1, "name": "one"})
@@ -34,14 +35,12 @@ def _add(
     credentials: dict[str, Any] | None = None,
 ) -> None:
     with db.transaction() as s:
-        instances.create_instance(
+        make_instance(
             s,
             registry,
             keyring if credentials != {} else None,
-            instance_id=instance_id,
-            integration_id=integration,
-            name=instance_id,
-            scope=Scope("global"),
+            instance_id,
+            integration,
             config={"base_url": f"{url}/{instance_id}"},
             credentials=None if credentials == {} else (credentials or {"apikey": {"key": "k"}}),
             status={"state": state},

@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -22,9 +21,9 @@ from prefect_integrations.maintenance.flows import (
 )
 from prefect_integrations.registry import Registry
 from prefect_integrations.runtime import reset_runtime
-from prefect_integrations.scope import Scope
-from prefect_integrations.store import instances, vault
+from prefect_integrations.store import vault
 
+from .factories import make_instance
 from .oauth import OAuthServer, start_oauth_server
 from .provider import FakeProvider, Reply
 
@@ -37,30 +36,6 @@ def oauth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OAuthServ
         redirect_uris=["http://127.0.0.1:8765/callback"], tmp_path=tmp_path_factory.mktemp("oauth")
     ) as server:
         yield server
-
-
-def _add(
-    db: Database,
-    registry: Registry,
-    keyring: Keyring,
-    instance_id: str,
-    integration: str,
-    config: dict[str, Any],
-    credentials: dict[str, Any],
-) -> None:
-    with db.transaction() as s:
-        instances.create_instance(
-            s,
-            registry,
-            keyring,
-            instance_id=instance_id,
-            integration_id=integration,
-            name=instance_id,
-            scope=Scope("global"),
-            config=config,
-            credentials=credentials,
-            actor="t",
-        )
 
 
 async def _artifact_descriptions(key: str) -> list[str]:
@@ -82,14 +57,14 @@ def test_health_check_flow(
     provider: FakeProvider,
 ) -> None:
     for name, reply in {"fine": OK, "sick": Reply(401, {})}.items():
-        _add(
+        make_instance(
             echo_db,
             echo_registry,
             keyring,
             name,
             "echo",
-            {"base_url": f"{provider.url}/{name}"},
-            {"apikey": {"key": "k"}},
+            config={"base_url": f"{provider.url}/{name}"},
+            credentials={"apikey": {"key": "k"}},
         )
         provider.reply("GET", f"/{name}/items/1", reply)
     summary = asyncio.run(health_check(min_interval_seconds=0))
@@ -114,14 +89,14 @@ def test_refresh_tokens_flow(
         "client_id": oauth_server.m2m_client_id,
         "client_secret": oauth_server.m2m_client_secret,
     }
-    _add(
+    make_instance(
         echo_db,
         echo_registry,
         keyring,
         "m2m_expiring",
         "authsrv_m2m",
-        config,
-        {
+        config=config,
+        credentials={
             "oauth2": {
                 "access_token": "old",
                 "obtained_at": now - 3500,
@@ -130,14 +105,14 @@ def test_refresh_tokens_flow(
             }
         },
     )
-    _add(
+    make_instance(
         echo_db,
         echo_registry,
         keyring,
         "m2m_fresh",
         "authsrv_m2m",
-        config,
-        {
+        config=config,
+        credentials={
             "oauth2": {
                 "access_token": "new",
                 "obtained_at": now,
@@ -166,23 +141,23 @@ def test_rotate_credentials_flow(
     provider: FakeProvider,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _add(
+    make_instance(
         echo_db,
         echo_registry,
         keyring,
         "rot",
         "echo_rotating",
-        {"base_url": f"{provider.url}/rot"},
-        {"apikey": {"key": "old-key", "key_id": "key-1"}},
+        config={"base_url": f"{provider.url}/rot"},
+        credentials={"apikey": {"key": "old-key", "key_id": "key-1"}},
     )
-    _add(
+    make_instance(
         echo_db,
         echo_registry,
         keyring,
         "plain",
         "echo",
-        {"base_url": f"{provider.url}/plain"},
-        {"apikey": {"key": "k"}},
+        config={"base_url": f"{provider.url}/plain"},
+        credentials={"apikey": {"key": "k"}},
     )
     provider.reply("POST", "/rot/keys", Reply(201, {"secret": "new-key", "id": "key-2"}))
     provider.reply("GET", "/rot/items/1", OK)
@@ -217,14 +192,14 @@ def test_rotation_keeps_the_old_key_when_the_new_one_fails(
     keyring: Keyring,
     provider: FakeProvider,
 ) -> None:
-    _add(
+    make_instance(
         echo_db,
         echo_registry,
         keyring,
         "rot",
         "echo_rotating",
-        {"base_url": f"{provider.url}/rot"},
-        {"apikey": {"key": "old-key", "key_id": "key-1"}},
+        config={"base_url": f"{provider.url}/rot"},
+        credentials={"apikey": {"key": "old-key", "key_id": "key-1"}},
     )
     provider.reply("POST", "/rot/keys", Reply(201, {"secret": "bad-key", "id": "key-2"}))
     provider.reply("GET", "/rot/items/1", Reply(401, {}))

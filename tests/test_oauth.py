@@ -25,9 +25,9 @@ from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
 from prefect_integrations.oauth.lifecycle import TokenLifecycle, should_refresh
 from prefect_integrations.oauth.service import authorization_url, create_app
 from prefect_integrations.registry import Registry, load_registry
-from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault
 
+from .factories import make_instance
 from .oauth import OAuthServer, start_oauth_server
 from .provider import FakeProvider, Reply
 
@@ -71,14 +71,12 @@ def _create(
         server.m2m_client_secret if integration == "authsrv_m2m" else server.client_secret
     )
     with db.transaction() as s:
-        instances.create_instance(
+        make_instance(
             s,
             registry,
             keyring,
-            instance_id=instance_id,
-            integration_id=integration,
-            name=instance_id,
-            scope=Scope("global"),
+            instance_id,
+            integration,
             config=_config(server),
             credentials={
                 "oauth2": {"client_id": client_id, "client_secret": secret or default_secret}

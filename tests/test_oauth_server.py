@@ -97,12 +97,9 @@ def exchange(server: OAuthServer, code: str, verifier: str) -> dict[str, Any]:
     return body
 
 
-def test_startup_time_and_discovery(tmp_path: Path) -> None:
-    started = time.monotonic()
+def test_starts_serves_discovery_and_stops(tmp_path: Path) -> None:
+    # How long the server takes to start is measured in bench/bench_oauth_server.py.
     with start_oauth_server(redirect_uris=[REDIRECT_URI], tmp_path=tmp_path) as srv:
-        elapsed = time.monotonic() - started
-        print(f"oidc-provider test server ready in {srv.startup_seconds:.3f}s ({elapsed:.3f}s)")
-        assert srv.startup_seconds < 5
         assert srv.discovery["issuer"] == srv.issuer
         assert srv.discovery["code_challenge_methods_supported"] == ["S256"]
         assert "client_credentials" in srv.discovery["grant_types_supported"]

@@ -24,9 +24,9 @@ from prefect_integrations.exceptions import ProviderError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.registry import Registry
 from prefect_integrations.runtime import runtime
-from prefect_integrations.scope import parse_scope
-from prefect_integrations.store import audit, instances
+from prefect_integrations.store import audit
 
+from .factories import api_key, make_instance
 from .provider import FakeProvider, Reply
 
 CANARY = "canary-token-5d2e8a77"
@@ -55,30 +55,6 @@ def _stored_results(folder: Path) -> str:
             with contextlib.suppress(ValueError):
                 walk(json.loads(raw))
     return "\n".join(chunks)
-
-
-def _add(
-    db: Database,
-    registry: Registry,
-    keyring: Keyring,
-    instance_id: str,
-    scope: str,
-    url: str,
-    token: str = CANARY,
-) -> None:
-    with db.transaction() as s:
-        instances.create_instance(
-            s,
-            registry,
-            keyring,
-            instance_id=instance_id,
-            integration_id="echo",
-            name=instance_id,
-            scope=parse_scope(scope),
-            config={"base_url": f"{url}/{instance_id}"},
-            credentials={"apikey": {"key": token}},
-            actor="t",
-        )
 
 
 def test_generated_task_has_a_real_signature() -> None:
@@ -112,15 +88,24 @@ def test_flow_calls_tasks_for_global_and_client_instances(
 ) -> None:
     from prefect_integrations.tasks import echo
 
-    _add(echo_db, echo_registry, keyring, "echo_global", "global", provider.url)
-    _add(
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_global",
+        "echo",
+        config={"base_url": f"{provider.url}/echo_global"},
+        credentials=api_key(CANARY),
+    )
+    make_instance(
         echo_db,
         echo_registry,
         keyring,
         "echo_acme",
-        "client:acme",
-        provider.url,
-        token="acme-token",
+        "echo",
+        scope="client:acme",
+        config={"base_url": f"{provider.url}/echo_acme"},
+        credentials=api_key("acme-token"),
     )
     provider.reply("POST", "/echo_global/items", Reply(201, {"id": 1, "name": "g"}))
     provider.reply("POST", "/echo_acme/items", Reply(201, {"id": 2, "name": "a"}))
@@ -164,7 +149,16 @@ def test_other_tenants_instance_is_not_found_from_a_task(
 ) -> None:
     from prefect_integrations.tasks import echo
 
-    _add(echo_db, echo_registry, keyring, "echo_beta", "client:beta", provider.url)
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_beta",
+        "echo",
+        scope="client:beta",
+        config={"base_url": f"{provider.url}/echo_beta"},
+        credentials=api_key(CANARY),
+    )
 
     @flow
     def sneaky() -> Any:
@@ -189,7 +183,15 @@ def test_canary_never_reaches_prefect_or_the_audit_log(
 ) -> None:
     from prefect_integrations.tasks import echo
 
-    _add(echo_db, echo_registry, keyring, "echo_main", "global", provider.url)
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_main",
+        "echo",
+        config={"base_url": f"{provider.url}/echo_main"},
+        credentials=api_key(CANARY),
+    )
     provider.reply("POST", "/echo_main/items", Reply(201, {"id": 1, "name": "ok"}))
     provider.reply(
         "GET",
@@ -271,8 +273,25 @@ def test_block_registered_synced_and_callable(
 
     assert asyncio.run(block_type_slug()) == "integration-instance"  # no manual registration
 
-    _add(echo_db, echo_registry, keyring, "echo_main", "global", provider.url)
-    _add(echo_db, echo_registry, keyring, "Echo.Other", "user:u1", provider.url)
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_main",
+        "echo",
+        config={"base_url": f"{provider.url}/echo_main"},
+        credentials=api_key(CANARY),
+    )
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "Echo.Other",
+        "echo",
+        scope="user:u1",
+        config={"base_url": f"{provider.url}/Echo.Other"},
+        credentials=api_key(CANARY),
+    )
     assert run(["blocks", "sync"]) == 0
     assert "2 block(s) saved" in capsys.readouterr().out
     block = cast(IntegrationInstance, IntegrationInstance.load("echo-main"))

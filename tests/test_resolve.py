@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from prefect_integrations.db import Database
@@ -13,37 +11,11 @@ from prefect_integrations.exceptions import (
 )
 from prefect_integrations.registry import Registry
 from prefect_integrations.resolve import explain, resolve
-from prefect_integrations.scope import Context, parse_scope
-from prefect_integrations.store import instances
+from prefect_integrations.scope import Context
+
+from .factories import make_instance
 
 CONFIG = {"tenant_id": "t"}
-
-
-def _add(
-    db: Database,
-    registry: Registry,
-    instance_id: str,
-    scope: str,
-    state: str = "active",
-    error: str | None = None,
-    integration: str = "xero",
-) -> None:
-    status: dict[str, Any] = {"state": state}
-    if error:
-        status["error"] = error
-    with db.transaction() as s:
-        instances.create_instance(
-            s,
-            registry,
-            None,
-            instance_id=instance_id,
-            integration_id=integration,
-            name=instance_id,
-            scope=parse_scope(scope),
-            config=CONFIG if integration == "xero" else {},
-            status=status,
-            actor="t",
-        )
 
 
 def _resolve(db: Database, context: Context, instance_id: str | None = None) -> str:
@@ -53,10 +25,39 @@ def _resolve(db: Database, context: Context, instance_id: str | None = None) -> 
 
 @pytest.fixture
 def tenants(synced: Database, test_registry: Registry) -> Database:
-    _add(synced, test_registry, "g", "global")
-    _add(synced, test_registry, "c_acme", "client:acme")
-    _add(synced, test_registry, "c_beta", "client:beta")
-    _add(synced, test_registry, "u_ann", "user:ann")
+    make_instance(
+        synced, test_registry, None, "g", "xero", config=CONFIG, status={"state": "active"}
+    )
+    make_instance(
+        synced,
+        test_registry,
+        None,
+        "c_acme",
+        "xero",
+        scope="client:acme",
+        config=CONFIG,
+        status={"state": "active"},
+    )
+    make_instance(
+        synced,
+        test_registry,
+        None,
+        "c_beta",
+        "xero",
+        scope="client:beta",
+        config=CONFIG,
+        status={"state": "active"},
+    )
+    make_instance(
+        synced,
+        test_registry,
+        None,
+        "u_ann",
+        "xero",
+        scope="user:ann",
+        config=CONFIG,
+        status={"state": "active"},
+    )
     return synced
 
 
@@ -86,7 +87,9 @@ def test_explicit_id_only_when_visible(tenants: Database) -> None:
 def test_explicit_id_of_another_integration_is_not_found(
     tenants: Database, test_registry: Registry
 ) -> None:
-    _add(tenants, test_registry, "acme_1", "global", integration="acme")
+    make_instance(
+        tenants, test_registry, None, "acme_1", "acme", config={}, status={"state": "active"}
+    )
     with pytest.raises(InstanceNotFound):
         _resolve(tenants, Context(), "acme_1")
 
@@ -94,7 +97,16 @@ def test_explicit_id_of_another_integration_is_not_found(
 def test_error_at_most_specific_scope_never_falls_back(
     tenants: Database, test_registry: Registry
 ) -> None:
-    _add(tenants, test_registry, "u_bob", "user:bob", state="error", error="invalid_grant")
+    make_instance(
+        tenants,
+        test_registry,
+        None,
+        "u_bob",
+        "xero",
+        scope="user:bob",
+        config=CONFIG,
+        status={"state": "error", "error": "invalid_grant"},
+    )
     with pytest.raises(InstanceUnavailable, match=r"'u_bob' in error \('u_bob': invalid_grant"):
         _resolve(tenants, Context(client_id="acme", user_id="bob"))
     with tenants.transaction() as s:
@@ -109,7 +121,16 @@ def test_error_at_most_specific_scope_never_falls_back(
 
 
 def test_inactive_scope_is_skipped(tenants: Database, test_registry: Registry) -> None:
-    _add(tenants, test_registry, "u_cat", "user:cat", state="inactive")
+    make_instance(
+        tenants,
+        test_registry,
+        None,
+        "u_cat",
+        "xero",
+        scope="user:cat",
+        config=CONFIG,
+        status={"state": "inactive"},
+    )
     assert _resolve(tenants, Context(client_id="acme", user_id="cat")) == "c_acme"
     with tenants.transaction() as s:
         why = explain(s, "xero", Context(client_id="acme", user_id="cat"))
@@ -119,12 +140,30 @@ def test_inactive_scope_is_skipped(tenants: Database, test_registry: Registry) -
 def test_active_beside_errored_at_same_scope_is_chosen(
     tenants: Database, test_registry: Registry
 ) -> None:
-    _add(tenants, test_registry, "c_acme_broken", "client:acme", state="error")
+    make_instance(
+        tenants,
+        test_registry,
+        None,
+        "c_acme_broken",
+        "xero",
+        scope="client:acme",
+        config=CONFIG,
+        status={"state": "error"},
+    )
     assert _resolve(tenants, Context(client_id="acme")) == "c_acme"
 
 
 def test_ambiguity_raises_naming_candidates(tenants: Database, test_registry: Registry) -> None:
-    _add(tenants, test_registry, "c_acme_2", "client:acme")
+    make_instance(
+        tenants,
+        test_registry,
+        None,
+        "c_acme_2",
+        "xero",
+        scope="client:acme",
+        config=CONFIG,
+        status={"state": "active"},
+    )
     with pytest.raises(AmbiguousInstance, match="'c_acme', 'c_acme_2'") as info:
         _resolve(tenants, Context(client_id="acme"))
     assert info.value.scope == "client"
@@ -133,7 +172,16 @@ def test_ambiguity_raises_naming_candidates(tenants: Database, test_registry: Re
 
 
 def test_nothing_visible(synced: Database, test_registry: Registry) -> None:
-    _add(synced, test_registry, "c_acme", "client:acme")
+    make_instance(
+        synced,
+        test_registry,
+        None,
+        "c_acme",
+        "xero",
+        scope="client:acme",
+        config=CONFIG,
+        status={"state": "active"},
+    )
     with pytest.raises(NoInstanceFound, match="for client 'beta'"):
         _resolve(synced, Context(client_id="beta"))
     with synced.transaction() as s:

@@ -41,8 +41,8 @@ from prefect_integrations.runtime import (
 from prefect_integrations.scope import Context, Scope
 from prefect_integrations.store import instances
 
+from .factories import api_key, make_instance
 from .provider import FakeProvider
-from .test_hardening_isolation import _add_echo
 
 ACME = Context(client_id="acme")
 BOUND = 20.0  # seconds; a bound on waiting for the listener, never a measured time
@@ -124,8 +124,25 @@ def echo_acme(
     env: None, echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> Database:
     """A global echo instance and one of client acme, committed; the runtime is fresh."""
-    _add_echo(echo_db, echo_registry, keyring, "echo_global", Scope("global"), provider.url)
-    _add_echo(echo_db, echo_registry, keyring, "echo_acme", Scope("client", "acme"), provider.url)
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_global",
+        "echo",
+        config={"base_url": f"{provider.url}/echo_global"},
+        credentials=api_key("key-of-echo_global"),
+    )
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_acme",
+        "echo",
+        scope=Scope("client", "acme"),
+        config={"base_url": f"{provider.url}/echo_acme"},
+        credentials=api_key("key-of-echo_acme"),
+    )
     return echo_db
 
 
@@ -173,7 +190,16 @@ def _delete(db: Database, registry: Registry, keyring: Keyring, url: str) -> Non
 
 
 def _more_specific(db: Database, registry: Registry, keyring: Keyring, url: str) -> None:
-    _add_echo(db, registry, keyring, "echo_alice", Scope("user", "alice"), url)
+    make_instance(
+        db,
+        registry,
+        keyring,
+        "echo_alice",
+        "echo",
+        scope=Scope("user", "alice"),
+        config={"base_url": f"{url}/echo_alice"},
+        credentials=api_key("key-of-echo_alice"),
+    )
 
 
 # change -> what naming the changed instance explicitly raises afterwards

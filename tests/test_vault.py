@@ -18,30 +18,15 @@ from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault
 
+from .factories import api_key, make_instance
+
 CANARY = "canary-SECRET-7f3a9c"
-
-
-def _create(
-    db: Database, registry: Registry, keyring: Keyring, instance_id: str, token: str = CANARY
-) -> None:
-    with db.transaction() as s:
-        instances.create_instance(
-            s,
-            registry,
-            keyring,
-            instance_id=instance_id,
-            integration_id="acme",
-            name=instance_id,
-            scope=Scope("global"),
-            credentials={"apikey": {"key": token}},
-            actor="t",
-        )
 
 
 def test_round_trip_and_envelope(
     synced: Database, test_registry: Registry, keyring: Keyring
 ) -> None:
-    _create(synced, test_registry, keyring, "acme_1")
+    make_instance(synced, test_registry, keyring, "acme_1", "acme", credentials=api_key(CANARY))
     with synced.transaction() as s:
         raw = s.execute(
             sa.text(
@@ -64,7 +49,7 @@ def test_round_trip_and_envelope(
 def test_ciphertext_is_an_authenticated_pgp_message(
     synced: Database, test_registry: Registry, keyring: Keyring
 ) -> None:
-    _create(synced, test_registry, keyring, "acme_1")
+    make_instance(synced, test_registry, keyring, "acme_1", "acme", credentials=api_key(CANARY))
     with synced.transaction() as s:
         info = s.execute(
             sa.text(
@@ -79,7 +64,7 @@ def test_ciphertext_is_an_authenticated_pgp_message(
 def test_decrypt_is_audited_in_the_same_transaction(
     synced: Database, test_registry: Registry, keyring: Keyring
 ) -> None:
-    _create(synced, test_registry, keyring, "acme_1")
+    make_instance(synced, test_registry, keyring, "acme_1", "acme", credentials=api_key(CANARY))
     with synced.transaction() as s:
         vault.fetch_credentials(s, keyring, "acme_1", actor="alice", purpose="call")
         rows = audit.tail(s, action="credentials.decrypt")
@@ -97,7 +82,7 @@ def test_decrypt_is_audited_in_the_same_transaction(
 def test_wrong_key_names_key_and_instance_and_is_audited(
     synced: Database, test_registry: Registry, keyring: Keyring
 ) -> None:
-    _create(synced, test_registry, keyring, "acme_1")
+    make_instance(synced, test_registry, keyring, "acme_1", "acme", credentials=api_key(CANARY))
     wrong = parse_keyring(f"k1:{generate_key()}")
     with pytest.raises(DecryptionError) as info, synced.transaction() as s:
         vault.fetch_credentials(s, wrong, "acme_1", actor="t", purpose="call")
@@ -112,7 +97,7 @@ def test_wrong_key_names_key_and_instance_and_is_audited(
 
 
 def test_unknown_key_id(synced: Database, test_registry: Registry, keyring: Keyring) -> None:
-    _create(synced, test_registry, keyring, "acme_1")
+    make_instance(synced, test_registry, keyring, "acme_1", "acme", credentials=api_key(CANARY))
     other = parse_keyring(f"k9:{generate_key()}")
     with (
         pytest.raises(UnknownKeyId, match=r"acme_1.*'k1'.*not in the keyring"),
@@ -124,10 +109,12 @@ def test_unknown_key_id(synced: Database, test_registry: Registry, keyring: Keyr
 def test_reads_old_rows_with_their_key_after_a_new_primary(
     synced: Database, test_registry: Registry, keyring: Keyring
 ) -> None:
-    _create(synced, test_registry, keyring, "acme_old")
+    make_instance(synced, test_registry, keyring, "acme_old", "acme", credentials=api_key(CANARY))
     old_entry = f"k1:{keyring.primary.get_secret_value()}"
     rotated = parse_keyring(f"k2:{generate_key()},{old_entry}")
-    _create(synced, test_registry, rotated, "acme_new", token="other-secret")
+    make_instance(
+        synced, test_registry, rotated, "acme_new", "acme", credentials=api_key("other-secret")
+    )
     with synced.transaction() as s:
         old = vault.fetch_credentials(s, rotated, "acme_old", actor="t", purpose="t")
         new = vault.fetch_credentials(s, rotated, "acme_new", actor="t", purpose="t")
@@ -139,8 +126,10 @@ def test_reads_old_rows_with_their_key_after_a_new_primary(
 def test_ciphertext_copied_to_another_row_is_refused(
     synced: Database, test_registry: Registry, keyring: Keyring
 ) -> None:
-    _create(synced, test_registry, keyring, "victim")
-    _create(synced, test_registry, keyring, "attacker", token="attacker-token")
+    make_instance(synced, test_registry, keyring, "victim", "acme", credentials=api_key(CANARY))
+    make_instance(
+        synced, test_registry, keyring, "attacker", "acme", credentials=api_key("attacker-token")
+    )
     with synced.transaction() as s:
         s.execute(
             sa.text(
@@ -195,7 +184,7 @@ def test_keys_and_plaintext_never_reach_the_server_log(
         conn.commit()
     synced.dispose()
     before = cluster.log_file.stat().st_size
-    _create(synced, test_registry, keyring, "acme_log")
+    make_instance(synced, test_registry, keyring, "acme_log", "acme", credentials=api_key(CANARY))
     with synced.transaction() as s:
         s.execute(sa.text("SELECT 1 AS marker_for_log"))
         vault.fetch_credentials(s, keyring, "acme_log", actor="t", purpose="call")

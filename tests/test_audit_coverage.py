@@ -51,6 +51,7 @@ from prefect_integrations.store.rotation import rotate_keys
 
 from .clirunner import Cli, assert_one_error
 from .conftest import ACME_DEFINITION
+from .factories import make_instance
 from .legacy import write_old_shape
 from .provider import FakeProvider, Reply
 
@@ -107,13 +108,12 @@ class World:
         scope: Scope | None = None,
     ) -> None:
         with self.db.transaction() as s:
-            instances.create_instance(
+            make_instance(
                 s,
                 self.registry,
                 self.keyring,
-                instance_id=instance_id,
-                integration_id=integration_id,
-                name=instance_id,
+                instance_id,
+                integration_id,
                 scope=scope or Scope("global"),
                 config=config or {"base_url": f"{self.provider.url}/{instance_id}"},
                 credentials=credentials or {"apikey": {"key": API_KEY}},
@@ -194,12 +194,12 @@ def _with_instance(w: World) -> None:
 
 def _create(w: World) -> None:
     with w.db.transaction() as s:
-        instances.create_instance(
+        make_instance(
             s,
             w.registry,
             w.keyring,
-            instance_id="inst",
-            integration_id="echo",
+            "inst",
+            "echo",
             name="New",
             scope=Scope("client", "c1"),
             config={"base_url": f"{w.provider.url}/inst"},

@@ -71,6 +71,7 @@ from prefect_integrations.validation import (
 from .clirunner import Cli, assert_one_error, counts, write
 from .conftest import ACME_DEFINITION
 from .definitions import ECHO
+from .factories import make_instance
 from .provider import FakeProvider
 
 SECRET = "canary-fuzz-7c1e5a9d"
@@ -204,14 +205,12 @@ def _instance(
     with db.transaction() as session:
         if instances.get_instance(session, iid) is not None:
             return iid
-        instances.create_instance(
+        make_instance(
             session,
             registry,
             keyring,
-            instance_id=iid,
-            integration_id=integration,
-            name=iid,
-            scope=Scope("global"),
+            iid,
+            integration,
             config=_config(definition, url),
             credentials=_credentials(definition),
             status={"state": "active"},

@@ -56,6 +56,7 @@ from prefect_integrations.store import instances
 
 from .clirunner import Cli
 from .conftest import ACME_DEFINITION
+from .factories import api_key, make_instance
 from .provider import FakeProvider, Reply
 
 INTEGRATIONS = ("xero", "acme")
@@ -184,17 +185,15 @@ def insert(
         status: dict[str, Any] = {"state": spec.state}
         if spec.reason:
             status["error"] = spec.reason
-        instances.create_instance(
+        make_instance(
             session,
             registry,
             None,
-            instance_id=spec.instance_id,
-            integration_id=spec.integration_id,
-            name=spec.instance_id,
+            spec.instance_id,
+            spec.integration_id,
             scope=spec.scope,
             config=CONFIG[spec.integration_id],
             status=status,
-            actor="tests",
         )
     final = []
     for spec in population:
@@ -454,24 +453,6 @@ def check_public(
 # --------------------------------------------------------------------------------------
 
 
-def _add_echo(
-    db: Database, registry: Registry, keyring: Keyring, iid: str, scope: Scope, url: str
-) -> None:
-    with db.transaction() as s:
-        instances.create_instance(
-            s,
-            registry,
-            keyring,
-            instance_id=iid,
-            integration_id="echo",
-            name=iid,
-            scope=scope,
-            config={"base_url": f"{url}/{iid}"},
-            credentials={"apikey": {"key": f"key-of-{iid}"}},
-            actor="tests",
-        )
-
-
 @pytest.mark.usefixtures("env")
 @pytest.mark.parametrize("informational_integration", [True, False])
 def test_block_of_another_tenant_is_not_found_inside_a_context(
@@ -484,9 +465,35 @@ def test_block_of_another_tenant_is_not_found_inside_a_context(
     from prefect_integrations.blocks import IntegrationInstance
 
     url = provider.url
-    _add_echo(echo_db, echo_registry, keyring, "echo_g", Scope("global"), url)
-    _add_echo(echo_db, echo_registry, keyring, "echo_acme", Scope("client", "acme"), url)
-    _add_echo(echo_db, echo_registry, keyring, "echo_beta", Scope("client", "beta"), url)
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_g",
+        "echo",
+        config={"base_url": f"{url}/echo_g"},
+        credentials=api_key("key-of-echo_g"),
+    )
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_acme",
+        "echo",
+        scope=Scope("client", "acme"),
+        config={"base_url": f"{url}/echo_acme"},
+        credentials=api_key("key-of-echo_acme"),
+    )
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_beta",
+        "echo",
+        scope=Scope("client", "beta"),
+        config={"base_url": f"{url}/echo_beta"},
+        credentials=api_key("key-of-echo_beta"),
+    )
     for iid in ("echo_g", "echo_acme", "echo_beta"):
         provider.reply("GET", f"/{iid}/items/1", Reply(200, {"id": 1, "name": iid}))
 
@@ -519,7 +526,16 @@ def test_a_moved_instance_is_out_of_reach_on_the_next_call(
     running process once the change has reached it (`Runtime.wait_for_changes`)."""
     from prefect_integrations.tasks import call_method
 
-    _add_echo(echo_db, echo_registry, keyring, "echo_acme", Scope("client", "acme"), provider.url)
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_acme",
+        "echo",
+        scope=Scope("client", "acme"),
+        config={"base_url": f"{provider.url}/echo_acme"},
+        credentials=api_key("key-of-echo_acme"),
+    )
     provider.reply("GET", "/echo_acme/items/1", Reply(200, {"id": 1, "name": "echo_acme"}))
     with integration_context(client_id="acme"):
         assert call_method("echo", "get_item", {"item_id": 1})["name"] == "echo_acme"
