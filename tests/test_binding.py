@@ -22,11 +22,15 @@ import httpx
 import pytest
 
 from prefect_integrations import _templates, binding
-from prefect_integrations.binding import (
+from prefect_integrations.definitions import (
     ApiKeyPlacement,
     CustomAuth,
+    Definition,
     HealthCheck,
+    Registry,
     RequestContext,
+    collect,
+    load_registry,
 )
 from prefect_integrations.exceptions import (
     DefinitionError,
@@ -37,7 +41,6 @@ from prefect_integrations.exceptions import (
     ValidationError,
 )
 from prefect_integrations.handlers import gmail as gmail_handlers
-from prefect_integrations.registry import Definition, Registry, collect, load_registry
 
 FAKE_TOKEN = "ya29.FAKE-access-token-7c1f0e9d2b"
 TENANT_ID = "c2d7c9a4-1f3e-4d4b-9a57-2d1d0c9a1e11"

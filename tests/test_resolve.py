@@ -5,13 +5,13 @@ from typing import Any
 import pytest
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import (
     AmbiguousInstance,
     InstanceNotFound,
     InstanceUnavailable,
     NoInstanceFound,
 )
-from prefect_integrations.registry import Registry
 from prefect_integrations.resolve import explain, resolve
 from prefect_integrations.scope import Context, parse_scope
 from prefect_integrations.store import instances

@@ -27,8 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from prefect_integrations.credentials import Credentials
+from prefect_integrations.definitions import Definition
 from prefect_integrations.exceptions import ConfigurationError, CredentialsError
-from prefect_integrations.registry import Definition
 
 __all__ = [
     "ENTRY_POINT_GROUP",

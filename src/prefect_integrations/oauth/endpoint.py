@@ -39,13 +39,13 @@ from prefect_integrations.credentials import (
     to_iso,
     to_spec_shape,
 )
+from prefect_integrations.definitions import Definition
 from prefect_integrations.exceptions import (
     CredentialsError,
     InvalidGrant,
     OAuthError,
     TokenEndpointUnavailable,
 )
-from prefect_integrations.registry import Definition
 
 __all__ = ["MAX_TOKEN_RESPONSE_BYTES", "TokenEndpoint", "merge_token", "oauth2_setting"]
 

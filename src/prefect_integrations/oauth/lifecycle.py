@@ -46,6 +46,7 @@ import sqlalchemy as sa
 
 from prefect_integrations.credentials import Credentials, epoch_or_none, oauth2_section
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Definition, Registry
 from prefect_integrations.events import emit_instance_event
 from prefect_integrations.exceptions import (
     DatabaseUnavailable,
@@ -57,7 +58,6 @@ from prefect_integrations.exceptions import (
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import instances
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
-from prefect_integrations.registry import Definition, Registry
 from prefect_integrations.store import audit, vault
 from prefect_integrations.store.instances import Instance, require_instance
 

@@ -24,12 +24,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Definition, Registry
 from prefect_integrations.events import emit_instance_event
 from prefect_integrations.exceptions import IntegrationError, OAuthError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token, oauth2_setting
 from prefect_integrations.oauth.states import consume_state, create_state
-from prefect_integrations.registry import Definition, Registry
 from prefect_integrations.store import audit, instances, vault
 
 __all__ = ["authorization_url", "create_app"]
