@@ -7,7 +7,8 @@
     method.validate_input({"contact_id": ..., "line_items": [...]})
 
 - `model`: the frozen `Definition` and `Method` and the typed parts callers read
-  (`ApiKeyPlacement`, `CustomAuth`, `HealthCheck`, `CredentialRotation`).
+  (`ApiKeyPlacement`, `CustomAuth`, `HealthCheck`, `CredentialRotation`,
+  `OAuth2Config`).
 - `rules`: the meta-schema and the checks it cannot express (`validate_document`).
 - `bindings`: templates and handlers of a definition, compiled at load.
 - `loader`: files to documents to definitions (`collect`, `load_registry`).
@@ -42,6 +43,7 @@ from prefect_integrations.definitions.model import (
     Definition,
     HealthCheck,
     Method,
+    OAuth2Config,
 )
 from prefect_integrations.definitions.registry import Registry
 from prefect_integrations.definitions.rules import meta_schema, validate_document
@@ -59,6 +61,7 @@ __all__ = [
     "Method",
     "MethodBinding",
     "MethodHandler",
+    "OAuth2Config",
     "Registry",
     "RequestContext",
     "collect",

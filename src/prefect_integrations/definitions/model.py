@@ -45,6 +45,7 @@ __all__ = [
     "Definition",
     "HealthCheck",
     "Method",
+    "OAuth2Config",
     "build_definition",
 ]
 
@@ -129,6 +130,63 @@ class CredentialRotation:
             create=str(rotation.get("create")),
             revoke=revoke if isinstance(revoke, str) else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class OAuth2Config:
+    """An ``oauth2`` definition's authorization settings (``oauth2Config``), defaults applied.
+
+    ``scope_separator`` joins ``scopes`` in the authorization request;
+    ``additional_parameters`` are extra query parameters of that request; ``grant_type`` is
+    ``authorization_code`` (a person connects) or ``client_credentials`` (machine to
+    machine); ``token_endpoint_auth_method`` is ``client_secret_basic`` or
+    ``client_secret_post``.
+    """
+
+    authorization_url: str
+    token_url: str
+    scopes: tuple[str, ...] = ()
+    revocation_url: str | None = None
+    scope_separator: str = " "
+    additional_parameters: Mapping[str, str] = field(default_factory=dict)
+    pkce: bool = True
+    grant_type: str = "authorization_code"
+    token_endpoint_auth_method: str = "client_secret_basic"  # noqa: S105 - a method name
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> OAuth2Config | None:
+        """Read ``oauth2Config`` (None when the definition has none)."""
+        raw = document.get("oauth2Config")
+        if not isinstance(raw, Mapping):
+            return None
+        revocation_url = raw.get("revocationUrl")
+        extra = raw.get("additionalParameters")
+        return cls(
+            authorization_url=str(raw.get("authorizationUrl")),
+            token_url=str(raw.get("tokenUrl")),
+            scopes=tuple(str(scope) for scope in raw.get("scopes") or ()),
+            revocation_url=revocation_url if isinstance(revocation_url, str) else None,
+            scope_separator=str(raw.get("scopeSeparator", " ")),
+            additional_parameters=MappingProxyType(
+                {str(k): str(v) for k, v in extra.items()} if isinstance(extra, Mapping) else {}
+            ),
+            pkce=bool(raw.get("pkce", True)),
+            grant_type=str(raw.get("grantType", "authorization_code")),
+            token_endpoint_auth_method=str(
+                raw.get("tokenEndpointAuthMethod", "client_secret_basic")
+            ),
+        )
+
+    def url(self, name: str) -> str | None:
+        """The URL called ``name`` in the document (None if absent or unknown).
+
+        ``name`` is ``authorizationUrl``, ``tokenUrl`` or ``revocationUrl``.
+        """
+        return {
+            "authorizationUrl": self.authorization_url,
+            "tokenUrl": self.token_url,
+            "revocationUrl": self.revocation_url,
+        }.get(name)
 
 
 def _auth(document: Mapping[str, Any]) -> ApiKeyPlacement | CustomAuth | None:
@@ -250,8 +308,9 @@ class Definition:
     compared with the file without comparing field by field; read the typed fields, not
     ``raw``. ``binding`` holds the compiled integration-level binding (base URL, headers,
     errors); ``auth`` the credential placement (`ApiKeyPlacement` for apikey, `CustomAuth`
-    for custom, None for oauth2), ``health_check`` and ``credential_rotation`` what the
-    document declares (or None).
+    for custom, None for oauth2), ``oauth2`` the typed ``oauth2Config``, ``health_check`` and
+    ``credential_rotation`` what the document declares (or None). ``oauth2_config`` is
+    ``oauth2Config`` as written (the database mirror's column).
     """
 
     id: str
@@ -270,6 +329,7 @@ class Definition:
     auth: ApiKeyPlacement | CustomAuth | None = field(default=None, repr=False, compare=False)
     health_check: HealthCheck | None = field(default=None, repr=False, compare=False)
     credential_rotation: CredentialRotation | None = field(default=None, repr=False, compare=False)
+    oauth2: OAuth2Config | None = field(default=None, repr=False, compare=False)
     content_hash: str = field(init=False)
     config_validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
@@ -289,7 +349,7 @@ class Definition:
     @property
     def grant_type(self) -> str:
         """The OAuth2 grant of an oauth2 definition (``oauth2Config.grantType``)."""
-        return str((self.oauth2_config or {}).get("grantType", "authorization_code"))
+        return self.oauth2.grant_type if self.oauth2 is not None else "authorization_code"
 
     def method(self, method_id: str) -> Method:
         """Return the method ``method_id``; raise `DefinitionError` listing the known ones."""
@@ -347,4 +407,5 @@ def build_definition(document: dict[str, Any], *, source: str) -> Definition:
         auth=_auth(document),
         health_check=HealthCheck.from_document(document),
         credential_rotation=CredentialRotation.from_document(document),
+        oauth2=OAuth2Config.from_document(document),
     )

@@ -496,7 +496,7 @@ def grant_type_can_refresh(creds: Credentials, grant: str) -> bool:
 
 
 def _scope(definition: Definition) -> str | None:
-    oauth2 = definition.oauth2_config or {}
-    scopes = oauth2.get("scopes") or []
-    separator = str(oauth2.get("scopeSeparator", " "))
-    return separator.join(str(s) for s in scopes) or None
+    oauth2 = definition.oauth2
+    if oauth2 is None:
+        return None
+    return oauth2.scope_separator.join(oauth2.scopes) or None
