@@ -22,6 +22,7 @@ from prefect_integrations.definitions import (
     load_registry,
     model,
     rules,
+    schemas,
     shipped_definitions_dir,
     validate_document,
 )
@@ -419,7 +420,7 @@ def test_compiled_validators_are_reused(shipped: Registry, monkeypatch: pytest.M
 
     compiled: list[object] = []
     used: list[object] = []
-    original_compile = rules.compile_validator
+    original_compile = schemas.compile_validator
     original_iter_errors = Draft202012Validator.iter_errors
 
     def counting_compile(schema: Any) -> Draft202012Validator:

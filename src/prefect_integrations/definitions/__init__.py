@@ -11,11 +11,12 @@
   `OAuth2Config`).
 - `rules`: the meta-schema and the checks it cannot express (`validate_document`).
 - `bindings`: templates and handlers of a definition, compiled at load.
+- `schemas`: the embedded JSON Schemas, checked and compiled into validators.
 - `loader`: files to documents to definitions (`collect`, `load_registry`).
 - `registry`: the `Registry` of definitions by integration id.
 
 This package knows nothing of sending HTTP requests or of SQL; imports point down from
-``loader`` to ``registry``, ``model``, ``rules`` and ``bindings``, in that order.
+``loader`` to ``registry``, ``model``, ``rules``, ``schemas`` and ``bindings``.
 """
 
 from prefect_integrations.definitions.bindings import (

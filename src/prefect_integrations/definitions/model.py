@@ -28,12 +28,8 @@ from prefect_integrations.definitions.bindings import (
     MethodHandler,
     compile_definition,
 )
-from prefect_integrations.definitions.rules import (
-    compile_validator,
-    problem,
-    raise_first_error,
-    validate_document,
-)
+from prefect_integrations.definitions.rules import problem, validate_document
+from prefect_integrations.definitions.schemas import compile_validator, raise_first_error
 from prefect_integrations.exceptions import DefinitionError, MethodNotBound
 from prefect_integrations.validation import check_json
 

@@ -7,9 +7,8 @@ scopes requested, bindings matching ``authType``, health check and rotation meth
 and callable, templates compiling). Problems are collected, never reported one at a time;
 each names its source and a JSON path such as ``$.methods[1].inputSchema.properties.x``.
 
-Also here: the compiled validators of embedded schemas (`compile_validator`,
-`raise_first_error`), shared with `prefect_integrations.definitions.model`. About 500
-lines: the rules are one list of checks over one document, read together.
+Checking and compiling the embedded JSON Schemas themselves is in
+`prefect_integrations.definitions.schemas`.
 """
 
 from __future__ import annotations
@@ -20,66 +19,28 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema import ValidationError as SchemaValidationError
-from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.exceptions import best_match
 
 from prefect_integrations.definitions.bindings import compile_definition
-from prefect_integrations.exceptions import DefinitionProblem, ValidationError, quote
+from prefect_integrations.definitions.schemas import check_schema, compile_validator, reason
+from prefect_integrations.exceptions import DefinitionProblem, quote
 from prefect_integrations.validation import json_problem
 
 __all__ = [
     "JsonPath",
-    "compile_validator",
+    "json_type",
     "meta_schema",
     "path_key",
     "problem",
-    "raise_first_error",
     "validate_document",
 ]
 
 _META_SCHEMA_RESOURCE = ("schemas", "definition.schema.json")
 JsonPath = tuple[str | int, ...]
-
-
-# --------------------------------------------------------------------------------------
-# Compiled validators
-# --------------------------------------------------------------------------------------
-
-
-def compile_validator(schema: Mapping[str, Any]) -> Draft202012Validator:
-    """Build the reusable validator of an embedded schema that already passed check_schema."""
-    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
-
-
-def _reason(error: SchemaValidationError) -> str:
-    """Describe a schema error, spelling out alternatives (anyOf/oneOf).
-
-    `best_match` stops at an ``anyOf``/``oneOf`` error when its alternatives are equally
-    relevant; jsonschema's message then repeats the whole value, so name the rule instead.
-    """
-    if error.validator in ("anyOf", "oneOf") and error.context:
-        direct = [e for e in error.context if not e.path]
-        if direct and all(e.validator == "required" for e in direct):
-            names = list(
-                dict.fromkeys(str(n) for e in direct for n in cast("list[str]", e.validator_value))
-            )
-            quantity = "at least one" if error.validator == "anyOf" else "exactly one"
-            listed = ", ".join(f"'{n}'" for n in names)
-            return f"{quantity} of {listed} is required"
-        if error.validator == "anyOf":
-            return "does not match any of the allowed alternatives"
-        return "does not match exactly one of the allowed alternatives"
-    return error.message
-
-
-def raise_first_error(validator: Draft202012Validator, value: object, subject: str) -> None:
-    """Raise `ValidationError` with the most relevant error of ``value``, if any."""
-    error = best_match(validator.iter_errors(value))
-    if error is not None:
-        raise ValidationError(subject, list(error.absolute_path), _reason(error))
 
 
 @cache
@@ -155,7 +116,7 @@ def _meta_error_problems(error: SchemaValidationError, source: str) -> list[Defi
                 "(lowercase letters, digits and '_', starting with a letter)"
             )
             return [problem(source, path, message)]
-    return [problem(source, path, _reason(best))]
+    return [problem(source, path, reason(best))]
 
 
 def _embedded_schemas(document: Mapping[str, Any]) -> Iterator[tuple[JsonPath, object]]:
@@ -177,47 +138,6 @@ _DRAFT_2020_12_URIS = frozenset(
         "https://json-schema.org/draft/2020-12/schema#",
     }
 )
-_JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
-
-
-def _schema_error_message(error: SchemaError) -> str:
-    """Describe a SchemaError, more specifically than jsonschema where it is vague."""
-    path = list(error.absolute_path)
-    if error.validator == "anyOf" and path and path[-1] == "type":
-        return f"{error.instance!r} is not a JSON Schema type ({', '.join(_JSON_TYPES)})"
-    return error.message
-
-
-_SchemaCheck = tuple[JsonPath, str] | None
-_SCHEMA_CHECKS: dict[str, _SchemaCheck] = {}
-_SCHEMA_CHECKS_MAX = 4096
-
-
-def _check_schema_uncached(schema: Mapping[str, Any]) -> _SchemaCheck:
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        return tuple(exc.absolute_path), _schema_error_message(exc)
-    return None
-
-
-def _check_schema(schema: Mapping[str, Any]) -> _SchemaCheck:
-    """``Draft202012Validator.check_schema``, remembered per distinct schema text.
-
-    check_schema costs about 0.25 ms per subschema, most of a registry load; remembering
-    the outcome makes every later load in the process (CLI, tasks, maintenance) cheap.
-    """
-    try:
-        key = json.dumps(schema, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
-        return _check_schema_uncached(schema)  # not plain JSON data: do not remember
-    if key in _SCHEMA_CHECKS:
-        return _SCHEMA_CHECKS[key]
-    outcome = _check_schema_uncached(schema)
-    if len(_SCHEMA_CHECKS) >= _SCHEMA_CHECKS_MAX:
-        _SCHEMA_CHECKS.clear()
-    _SCHEMA_CHECKS[key] = outcome
-    return outcome
 
 
 def _rule_problems(document: Mapping[str, Any], source: str) -> list[DefinitionProblem]:
@@ -238,7 +158,7 @@ def _rule_problems(document: Mapping[str, Any], source: str) -> list[DefinitionP
                     "(omit $schema or use 'https://json-schema.org/draft/2020-12/schema')",
                 )
             )
-        error = _check_schema(schema)
+        error = check_schema(schema)
         if error is not None:
             error_path, message = error
             problems.append(
@@ -407,7 +327,7 @@ def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[Def
             if (
                 isinstance(schema, dict)
                 and isinstance(value, dict)
-                and _check_schema(schema) is None
+                and check_schema(schema) is None
             ):
                 error = best_match(compile_validator(schema).iter_errors(value))
                 if error is not None:
@@ -415,7 +335,7 @@ def _binding_rule_problems(document: Mapping[str, Any], source: str) -> list[Def
                         problem(
                             source,
                             ("healthCheck", "input", *error.absolute_path),
-                            f"not a valid input of method '{health['method']}': {_reason(error)}",
+                            f"not a valid input of method '{health['method']}': {reason(error)}",
                         )
                     )
 
