@@ -74,9 +74,7 @@ def upgrade() -> None:
 
     # integration_definitions: UUID key, integration_id, one column per field.
     op.alter_column("integration_definitions", "id", new_column_name="integration_id")
-    op.drop_constraint(
-        "integration_definitions_pkey", "integration_definitions", type_="primary"
-    )
+    op.drop_constraint("integration_definitions_pkey", "integration_definitions", type_="primary")
     op.add_column(
         "integration_definitions",
         sa.Column(
