@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from prefect_integrations import binding
-from prefect_integrations.registry import load_registry, shipped_definitions_dir
+from prefect_integrations.definitions import load_registry, shipped_definitions_dir
 
 LOAD_TARGET = 100.0
 BIND_TARGET = 10.0

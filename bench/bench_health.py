@@ -121,9 +121,9 @@ def main() -> None:
         except httpx.HTTPError:
             time.sleep(0.1)
 
+    from prefect_integrations.definitions import load_registry
     from prefect_integrations.keyring import generate_key, parse_keyring
     from prefect_integrations.maintenance.health import HealthChecker
-    from prefect_integrations.registry import load_registry
     from prefect_integrations.scope import Scope
     from prefect_integrations.store import instances
     from prefect_integrations.store.definitions import sync_definitions

@@ -69,9 +69,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
 
+    from prefect_integrations.definitions import load_registry
     from prefect_integrations.keyring import generate_key, parse_keyring
     from prefect_integrations.oauth.lifecycle import RefreshOutcome, TokenLifecycle
-    from prefect_integrations.registry import load_registry
     from prefect_integrations.scope import Scope
     from prefect_integrations.store import instances
     from prefect_integrations.store.definitions import sync_definitions

@@ -41,8 +41,8 @@ from _support import throwaway_database
 
 from prefect_integrations.credentials import credentials_metadata, to_iso
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import load_registry
 from prefect_integrations.keyring import generate_key, parse_keyring
-from prefect_integrations.registry import load_registry
 from prefect_integrations.store import rotation, vault
 from prefect_integrations.store.definitions import sync_definitions
 

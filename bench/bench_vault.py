@@ -23,8 +23,8 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from _support import throwaway_database
 
+from prefect_integrations.definitions import load_registry
 from prefect_integrations.keyring import generate_key, parse_keyring
-from prefect_integrations.registry import load_registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import instances, vault
 from prefect_integrations.store.definitions import sync_definitions

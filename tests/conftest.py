@@ -24,10 +24,10 @@ from psycopg import sql
 from prefect_integrations import db as dbmod
 from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
-from prefect_integrations.registry import Registry, load_registry
 from prefect_integrations.store.definitions import sync_definitions
 
 from .definitions import write_echo_definitions

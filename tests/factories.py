@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope, parse_scope
 from prefect_integrations.store import instances
 from prefect_integrations.store.instances import Instance

@@ -4,9 +4,9 @@ import pytest
 import sqlalchemy as sa
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import PermissionDenied
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault
 from prefect_integrations.store.definitions import sync_definitions

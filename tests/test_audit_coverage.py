@@ -31,6 +31,7 @@ from fastapi.testclient import TestClient
 import prefect_integrations
 from prefect_integrations.client import IntegrationClient
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.exceptions import (
     InvalidGrant,
     PermissionDenied,
@@ -42,7 +43,6 @@ from prefect_integrations.maintenance.health import HealthChecker
 from prefect_integrations.maintenance.rotation import rotate_provider_credentials
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.oauth.service import authorization_url, create_app, finish
-from prefect_integrations.registry import Registry, load_registry
 from prefect_integrations.runtime import reset_runtime, runtime
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault

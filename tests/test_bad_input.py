@@ -41,14 +41,7 @@ from prefect_integrations.cli import app
 from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.client import IntegrationClient, RetryPolicy
 from prefect_integrations.db import Database
-from prefect_integrations.exceptions import (
-    DefinitionError,
-    ProviderError,
-    ValidationError,
-    format_json_path,
-)
-from prefect_integrations.keyring import Keyring
-from prefect_integrations.registry import (
+from prefect_integrations.definitions import (
     Definition,
     Method,
     Registry,
@@ -57,6 +50,13 @@ from prefect_integrations.registry import (
     meta_schema,
     shipped_definitions_dir,
 )
+from prefect_integrations.exceptions import (
+    DefinitionError,
+    ProviderError,
+    ValidationError,
+    format_json_path,
+)
+from prefect_integrations.keyring import Keyring
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import instances
 from prefect_integrations.store.definitions import sync_definitions

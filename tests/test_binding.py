@@ -21,11 +21,15 @@ import httpx
 import pytest
 
 from prefect_integrations import _templates, binding
-from prefect_integrations.binding import (
+from prefect_integrations.definitions import (
     ApiKeyPlacement,
     CustomAuth,
+    Definition,
     HealthCheck,
+    Registry,
     RequestContext,
+    collect,
+    load_registry,
 )
 from prefect_integrations.exceptions import (
     DefinitionError,
@@ -36,7 +40,6 @@ from prefect_integrations.exceptions import (
     ValidationError,
 )
 from prefect_integrations.handlers import gmail as gmail_handlers
-from prefect_integrations.registry import Definition, Registry, collect, load_registry
 
 from .fixtures import payload
 

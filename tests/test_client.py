@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from prefect_integrations.client import AsyncIntegrationClient, IntegrationClient, RetryPolicy
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import (
     InstanceUnavailable,
     ProviderAuthError,
@@ -23,7 +24,6 @@ from prefect_integrations.exceptions import (
     ValidationError,
 )
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.registry import Registry
 from prefect_integrations.store import audit, instances
 from prefect_integrations.store.usage import UsageRecorder
 

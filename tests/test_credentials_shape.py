@@ -22,9 +22,9 @@ from prefect_integrations.credentials import (
     to_spec_shape,
 )
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
-from prefect_integrations.registry import Registry
 from prefect_integrations.store import audit, instances, vault
 from prefect_integrations.store.rotation import rotate_keys
 

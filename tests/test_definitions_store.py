@@ -7,9 +7,9 @@ import pytest
 import sqlalchemy as sa
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.exceptions import DefinitionError
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.registry import Registry, load_registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances
 from prefect_integrations.store.definitions import list_definitions, sync_definitions

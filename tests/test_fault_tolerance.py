@@ -45,6 +45,7 @@ from prefect_integrations.client import (
     RetryPolicy,
 )
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Definition, Registry
 from prefect_integrations.embedded import EmbeddedCluster, ShutdownMode
 from prefect_integrations.exceptions import (
     DatabaseUnavailable,
@@ -60,7 +61,6 @@ from prefect_integrations.maintenance.health import HealthChecker
 from prefect_integrations.maintenance.refresh import refresh_expiring
 from prefect_integrations.oauth.endpoint import TokenEndpoint
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
-from prefect_integrations.registry import Definition, Registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, rotation, vault
 from prefect_integrations.store.definitions import sync_definitions
@@ -922,7 +922,7 @@ _SWEEP_CHILD = textwrap.dedent(
     from prefect_integrations.maintenance.health import HealthChecker
     from prefect_integrations.maintenance.refresh import refresh_expiring
     from prefect_integrations.oauth.lifecycle import TokenLifecycle
-    from prefect_integrations.registry import load_registry
+    from prefect_integrations.definitions import load_registry
 
     db = Database.from_url(os.environ["PI_TEST_URL"])
     registry = load_registry([Path(os.environ["PI_TEST_DEFINITIONS"])])

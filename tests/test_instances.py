@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import (
     DefinitionError,
     InstanceExists,
@@ -16,7 +17,6 @@ from prefect_integrations.exceptions import (
     ValidationError,
 )
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope, parse_scope
 from prefect_integrations.store import audit, instances, vault
 

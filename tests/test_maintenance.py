@@ -11,9 +11,9 @@ import sqlalchemy as sa
 import yaml
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.maintenance.health import HealthChecker, HealthReport
-from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault
 

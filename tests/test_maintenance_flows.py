@@ -13,13 +13,13 @@ from prefect.client.orchestration import get_client
 from prefect_integrations.cli import run
 from prefect_integrations.credentials import to_epoch
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.maintenance.flows import (
     health_check,
     refresh_tokens,
     rotate_credentials,
 )
-from prefect_integrations.registry import Registry
 from prefect_integrations.runtime import reset_runtime
 from prefect_integrations.store import vault
 

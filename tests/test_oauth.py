@@ -19,12 +19,12 @@ from fastapi.testclient import TestClient
 from prefect_integrations.client import IntegrationClient
 from prefect_integrations.credentials import TIME_FIELDS, normalize_times, to_epoch
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.exceptions import InvalidGrant, OAuthError, TokenEndpointUnavailable
 from prefect_integrations.keyring import Keyring, parse_keyring
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
 from prefect_integrations.oauth.lifecycle import TokenLifecycle, should_refresh
 from prefect_integrations.oauth.service import authorization_url, create_app
-from prefect_integrations.registry import Registry, load_registry
 from prefect_integrations.store import audit, instances, vault
 
 from .factories import make_instance

@@ -20,9 +20,9 @@ from prefect.logging.handlers import APILogWorker
 from prefect_integrations.cli import run
 from prefect_integrations.context import integration_context
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import ProviderError
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.registry import Registry
 from prefect_integrations.runtime import runtime
 from prefect_integrations.store import audit
 

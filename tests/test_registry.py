@@ -13,21 +13,23 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from prefect_integrations import registry
-from prefect_integrations.exceptions import (
-    DefinitionError,
-    DefinitionProblem,
-    UnknownIntegration,
-    ValidationError,
-)
-from prefect_integrations.registry import (
+from prefect_integrations.definitions import (
     Definition,
     Registry,
     collect,
     load_document,
     load_registry,
+    model,
+    rules,
+    schemas,
     shipped_definitions_dir,
     validate_document,
+)
+from prefect_integrations.exceptions import (
+    DefinitionError,
+    DefinitionProblem,
+    UnknownIntegration,
+    ValidationError,
 )
 
 SHIPPED = ("gmail", "slack", "xero")
@@ -121,13 +123,13 @@ def shipped() -> Registry:
 
 
 def test_meta_schema_is_a_valid_draft_2020_12_schema() -> None:
-    schema = registry.meta_schema()
+    schema = rules.meta_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     Draft202012Validator.check_schema(schema)
 
 
 def test_meta_schema_refuses_unknown_fields_at_every_level() -> None:
-    schema = registry.meta_schema()
+    schema = rules.meta_schema()
     assert schema["additionalProperties"] is False
     for name in ("oauth2Config", "method", "auth", "errors", "healthCheck", "http"):
         assert schema["$defs"][name]["additionalProperties"] is False
@@ -417,7 +419,7 @@ def test_compiled_validators_are_reused(shipped: Registry, monkeypatch: pytest.M
 
     compiled: list[object] = []
     used: list[object] = []
-    original_compile = registry._compile
+    original_compile = schemas.compile_validator
     original_iter_errors = Draft202012Validator.iter_errors
 
     def counting_compile(schema: Any) -> Draft202012Validator:
@@ -428,7 +430,7 @@ def test_compiled_validators_are_reused(shipped: Registry, monkeypatch: pytest.M
         used.append(self)
         return original_iter_errors(self, instance)
 
-    monkeypatch.setattr(registry, "_compile", counting_compile)
+    monkeypatch.setattr(model, "compile_validator", counting_compile)
     monkeypatch.setattr(Draft202012Validator, "iter_errors", spying_iter_errors)
     for _ in range(3):
         method.validate_input(valid_invoice_input())

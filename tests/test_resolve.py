@@ -3,13 +3,13 @@ from __future__ import annotations
 import pytest
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import (
     AmbiguousInstance,
     InstanceNotFound,
     InstanceUnavailable,
     NoInstanceFound,
 )
-from prefect_integrations.registry import Registry
 from prefect_integrations.resolve import explain, resolve
 from prefect_integrations.scope import Context
 

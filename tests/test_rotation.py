@@ -28,10 +28,10 @@ from sqlalchemy.orm import Session
 from prefect_integrations.cli import run
 from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.exceptions import DatabaseError, DatabaseUnavailable, IntegrationError
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
-from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, rotation, vault
 

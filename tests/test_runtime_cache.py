@@ -25,11 +25,11 @@ from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import make_url
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.exceptions import InstanceNotFound, InstanceUnavailable, NoInstanceFound
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import RUNTIME_ROLE
-from prefect_integrations.registry import Registry
 from prefect_integrations.runtime import (
     LISTENER_APPLICATION_NAME,
     ResolutionCache,

@@ -282,7 +282,7 @@ def test_revision_0005_converts_rows_and_back(old_db: Database) -> None:
 
 
 def test_a_synced_definition_reads_back_whole(db: Database) -> None:
-    from prefect_integrations.registry import load_registry
+    from prefect_integrations.definitions import load_registry
     from prefect_integrations.store.definitions import list_definitions, sync_definitions
 
     registry = load_registry()

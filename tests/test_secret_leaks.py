@@ -46,13 +46,13 @@ import prefect_integrations.tasks as generated
 from prefect_integrations.blocks import IntegrationInstance
 from prefect_integrations.client import IntegrationClient
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.exceptions import DecryptionError
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.maintenance.flows import health_check, refresh_tokens, rotate_credentials
 from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
-from prefect_integrations.registry import Registry
 from prefect_integrations.runtime import reset_runtime, runtime
 from prefect_integrations.store import instances, vault
 

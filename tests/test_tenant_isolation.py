@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.context import integration_context
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import (
     AmbiguousInstance,
     InstanceError,
@@ -48,7 +49,6 @@ from prefect_integrations.exceptions import (
     NoInstanceFound,
 )
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.registry import Registry
 from prefect_integrations.resolve import explain, resolve
 from prefect_integrations.runtime import runtime
 from prefect_integrations.scope import Context, Scope

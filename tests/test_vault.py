@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.exceptions import (
     DecryptionError,
@@ -14,7 +15,6 @@ from prefect_integrations.exceptions import (
     UnknownKeyId,
 )
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
-from prefect_integrations.registry import Registry
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault
 

@@ -27,8 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from prefect_integrations.credentials import Credentials
+from prefect_integrations.definitions import ApiKeyPlacement, CustomAuth, Definition
 from prefect_integrations.exceptions import ConfigurationError, CredentialsError
-from prefect_integrations.registry import Definition
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -135,37 +135,29 @@ def load_scheme(name: str) -> AuthScheme:
     )
 
 
-def _auth_section(definition: Definition, kind: str) -> Mapping[str, Any]:
-    auth = definition.raw.get("auth")
-    section = auth.get(kind) if isinstance(auth, Mapping) else None
-    return section if isinstance(section, Mapping) else {}
-
-
 def apply_auth(definition: Definition, request: httpx.Request, credentials: Credentials) -> None:
-    """Add the instance's credentials to ``request`` as the definition says."""
+    """Add the instance's credentials to ``request`` as the definition says.
+
+    The placement is the one compiled with the definition (`Definition.auth`).
+    """
     if definition.auth_type == "oauth2":
         token = _required(credentials, "oauth2", "access_token")
         request.headers["Authorization"] = f"Bearer {token}"
     elif definition.auth_type == "apikey":
         key = _required(credentials, "apikey", "key")
-        placement = _auth_section(definition, "apikey")
-        where = placement.get("in", "header")
-        if where == "query":
-            request.url = request.url.copy_add_param(str(placement.get("name", "api_key")), key)
-        elif where == "basic":
+        placement = definition.auth
+        if not isinstance(placement, ApiKeyPlacement):
+            placement = ApiKeyPlacement()  # a definition built without its document's auth
+        if placement.location == "query":
+            request.url = request.url.copy_add_param(str(placement.name), key)
+        elif placement.location == "basic":
             request.headers["Authorization"] = _basic(key, "")
         else:
-            name = str(placement.get("name", "Authorization"))
-            default_prefix = "Bearer " if name.lower() == "authorization" else ""
-            request.headers[name] = f"{placement.get('prefix', default_prefix)}{key}"
+            request.headers[str(placement.name)] = f"{placement.prefix}{key}"
     else:
-        custom = _auth_section(definition, "custom")
-        scheme_name = custom.get("scheme")
-        if not isinstance(scheme_name, str):
+        custom = definition.auth
+        if not isinstance(custom, CustomAuth):
             raise ConfigurationError(
                 f"Definition '{definition.id}' uses authType custom without auth.custom.scheme"
             )
-        options = custom.get("options")
-        load_scheme(scheme_name).apply(
-            request, credentials, options if isinstance(options, Mapping) else {}
-        )
+        load_scheme(custom.scheme).apply(request, credentials, custom.options)

@@ -35,6 +35,7 @@ from prefect_integrations._http import retry_after_seconds
 from prefect_integrations.auth import apply_auth
 from prefect_integrations.credentials import Credentials, mask_secrets, secret_strings
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Definition, Method, Registry, RequestContext
 from prefect_integrations.exceptions import (
     InstanceUnavailable,
     IntegrationError,
@@ -45,7 +46,6 @@ from prefect_integrations.exceptions import (
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.oauth.lifecycle import TokenLifecycle, refresh_due, should_refresh
-from prefect_integrations.registry import Definition, Method, Registry
 from prefect_integrations.store.instances import Instance, require_instance
 from prefect_integrations.store.usage import CallRecord, UsageRecorder
 from prefect_integrations.store.vault import fetch_credentials
@@ -214,7 +214,7 @@ def build_call(
     inputs: Mapping[str, Any],
     *,
     timeout: httpx.Timeout,
-) -> tuple[Method, httpx.Request, binding.RequestContext]:
+) -> tuple[Method, httpx.Request, RequestContext]:
     """Validate the inputs and build the authenticated request of one method call."""
     method = definition.method(method_id)
     method.require_bound()
@@ -231,7 +231,7 @@ def read_response(
     definition: Definition,
     method: Method,
     response: httpx.Response,
-    context: binding.RequestContext,
+    context: RequestContext,
 ) -> Any:
     """The validated output of a response, or the typed `ProviderError` it amounts to."""
     if not response.is_success:
@@ -286,7 +286,7 @@ class _Loaded:
 class _Attempt:
     method: Method
     request: httpx.Request
-    context: binding.RequestContext
+    context: RequestContext
     started: float
     attempts: int = 0
     status: int | None = None

@@ -34,9 +34,9 @@ from sqlalchemy.orm import Session
 
 from prefect_integrations.client import AsyncIntegrationClient, IntegrationClient
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.exceptions import ConfigurationError
 from prefect_integrations.keyring import Keyring, load_keyring
-from prefect_integrations.registry import Registry, load_registry
 from prefect_integrations.resolve import resolve
 from prefect_integrations.scope import Context
 from prefect_integrations.settings import Settings, current_actor, get_settings

@@ -30,7 +30,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from prefect_integrations.context import current_context
-from prefect_integrations.registry import Definition, Method
+from prefect_integrations.definitions import Definition, Method
 from prefect_integrations.runtime import runtime
 
 __all__ = ["IntegrationTasks", "build_task", "call_method", "tasks_for"]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from prefect_integrations.cli._common import echo_table, emit_json, runtime
-from prefect_integrations.registry import collect, collect_layered
+from prefect_integrations.definitions import collect, collect_layered
 from prefect_integrations.store.definitions import list_definitions, sync_definitions
 
 app = typer.Typer(help="Integration definitions (JSON files).", no_args_is_help=True)

@@ -1,7 +1,7 @@
 """Python method handlers: bindings that templates cannot express.
 
 A definition method names one with ``"handler": "package.module:attribute"``; the object
-implements `prefect_integrations.binding.MethodHandler` (``build_request(ctx)`` and
+implements `prefect_integrations.definitions.MethodHandler` (``build_request(ctx)`` and
 ``parse_response(response, ctx)``). Shipped handlers:
 
 - `prefect_integrations.handlers.gmail.send_message`: Gmail ``users.messages.send`` with an

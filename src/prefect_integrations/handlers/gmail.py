@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from prefect_integrations._templates import path_segment
-from prefect_integrations.binding import RequestContext
+from prefect_integrations.definitions import RequestContext
 from prefect_integrations.exceptions import ValidationError
 
 __all__ = ["SendMessage", "build_message", "send_message"]

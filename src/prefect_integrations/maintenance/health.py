@@ -48,6 +48,7 @@ from prefect_integrations.client import (
 )
 from prefect_integrations.credentials import Credentials
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
 from prefect_integrations.events import emit_event, emit_instance_event
 from prefect_integrations.exceptions import (
     CredentialsError,
@@ -62,7 +63,6 @@ from prefect_integrations.exceptions import (
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import audit_log
 from prefect_integrations.oauth.lifecycle import TokenLifecycle, should_refresh
-from prefect_integrations.registry import Registry
 from prefect_integrations.store import vault
 from prefect_integrations.store.instances import Instance, instance_from_row
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from prefect_integrations.client import IntegrationClient
+from prefect_integrations.definitions import CredentialRotation
 from prefect_integrations.exceptions import IntegrationError
 from prefect_integrations.runtime import Runtime
 from prefect_integrations.store import audit, instances, vault
@@ -55,8 +55,8 @@ def rotate_provider_credentials(
         if instance_ids is not None and inst.instance_id not in instance_ids:
             continue
         definition = rt.registry.get(inst.integration_id)
-        spec = definition.raw.get("credentialRotation")
-        if not isinstance(spec, dict):
+        spec = definition.credential_rotation
+        if spec is None:
             results[inst.instance_id] = ProviderRotation(
                 "not_applicable", "the integration declares no rotation"
             )
@@ -80,15 +80,15 @@ def rotate_provider_credentials(
     return results
 
 
-def _rotate_one(rt: Runtime, instance_id: str, spec: dict[str, Any]) -> ProviderRotation:
+def _rotate_one(rt: Runtime, instance_id: str, spec: CredentialRotation) -> ProviderRotation:
     with rt.transaction(f"read credentials of '{instance_id}'") as session:
         old = vault.fetch_credentials(
             session, rt.keyring, instance_id, actor=rt.actor, purpose="credentials.rotate"
         ).reveal()
-    minted = _client(rt, instance_id).call(str(spec["create"]), {})
+    minted = _client(rt, instance_id).call(spec.create, {})
     new_key = minted.get("api_key") if isinstance(minted, dict) else None
     if not isinstance(new_key, str) or not new_key:
-        return ProviderRotation("failed", f"method '{spec['create']}' returned no api_key")
+        return ProviderRotation("failed", f"method '{spec.create}' returned no api_key")
     # The method's output names the new key ``api_key`` (and its id ``key_id``); it is
     # stored in the credentials' ``apikey`` section as ``key`` (the id beside it).
     section = dict(old.get("apikey") or {})
@@ -113,7 +113,7 @@ def _rotate_one(rt: Runtime, instance_id: str, spec: dict[str, Any]) -> Provider
         return ProviderRotation(
             "failed", f"the new key did not verify ({exc.code}); the previous key was kept"
         )
-    revoke = spec.get("revoke")
+    revoke = spec.revoke
     old_section = old.get("apikey")
     old_key_id = old_section.get("key_id") if isinstance(old_section, dict) else None
     if isinstance(revoke, str) and isinstance(old_key_id, str):

@@ -39,13 +39,13 @@ from prefect_integrations.credentials import (
     to_iso,
     to_spec_shape,
 )
+from prefect_integrations.definitions import Definition
 from prefect_integrations.exceptions import (
     CredentialsError,
     InvalidGrant,
     OAuthError,
     TokenEndpointUnavailable,
 )
-from prefect_integrations.registry import Definition
 
 __all__ = ["MAX_TOKEN_RESPONSE_BYTES", "TokenEndpoint", "merge_token", "oauth2_setting"]
 
@@ -104,9 +104,8 @@ def oauth2_setting(definition: Definition, config: Mapping[str, Any], name: str)
     override = {"authorizationUrl": "authorization_url", "tokenUrl": "token_url"}.get(name)
     if override and isinstance(config.get(override), str):
         return str(config[override])
-    oauth2 = definition.oauth2_config or {}
-    value = oauth2.get(name)
-    if not isinstance(value, str):
+    value = definition.oauth2.url(name) if definition.oauth2 is not None else None
+    if value is None:
         raise OAuthError(
             f"Definition '{definition.id}' has no oauth2Config.{name}", reason="not_oauth2"
         )
@@ -194,13 +193,16 @@ class TokenEndpoint:
                 '(set {"oauth2": {"client_id": ..., "client_secret": ...}})'
             )
         secret = credentials.secret("oauth2", "client_secret")
-        oauth2 = definition.oauth2_config or {}
         return cls(
             instance_id=credentials.instance_id,
             token_url=oauth2_setting(definition, config, "tokenUrl"),
             client_id=client_id.get_secret_value(),
             client_secret=secret.get_secret_value() if secret is not None else None,
-            auth_method=str(oauth2.get("tokenEndpointAuthMethod", "client_secret_basic")),
+            auth_method=(
+                definition.oauth2.token_endpoint_auth_method
+                if definition.oauth2 is not None
+                else "client_secret_basic"
+            ),
         )
 
     def _check(self, response: httpx.Response) -> httpx.Response:

@@ -46,6 +46,7 @@ import sqlalchemy as sa
 
 from prefect_integrations.credentials import Credentials, epoch_or_none, oauth2_section
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Definition, Registry
 from prefect_integrations.events import emit_instance_event
 from prefect_integrations.exceptions import (
     DatabaseUnavailable,
@@ -57,7 +58,6 @@ from prefect_integrations.exceptions import (
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import instances
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
-from prefect_integrations.registry import Definition, Registry
 from prefect_integrations.store import audit, vault
 from prefect_integrations.store.instances import Instance, require_instance
 
@@ -496,7 +496,7 @@ def grant_type_can_refresh(creds: Credentials, grant: str) -> bool:
 
 
 def _scope(definition: Definition) -> str | None:
-    oauth2 = definition.oauth2_config or {}
-    scopes = oauth2.get("scopes") or []
-    separator = str(oauth2.get("scopeSeparator", " "))
-    return separator.join(str(s) for s in scopes) or None
+    oauth2 = definition.oauth2
+    if oauth2 is None:
+        return None
+    return oauth2.scope_separator.join(oauth2.scopes) or None

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from authlib.common.security import generate_token
@@ -24,19 +22,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import Definition, OAuth2Config, Registry
 from prefect_integrations.events import emit_instance_event
 from prefect_integrations.exceptions import IntegrationError, OAuthError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token, oauth2_setting
 from prefect_integrations.oauth.states import consume_state, create_state
-from prefect_integrations.registry import Definition, Registry
 from prefect_integrations.store import audit, instances, vault
 
 __all__ = ["authorization_url", "create_app"]
 
 
-def _authorization_code_definition(definition: Definition, instance_id: str) -> None:
-    oauth2 = definition.oauth2_config
+def _authorization_code_definition(definition: Definition, instance_id: str) -> OAuth2Config:
+    oauth2 = definition.oauth2
     if definition.auth_type != "oauth2" or oauth2 is None:
         raise OAuthError(
             f"Instance '{instance_id}' uses integration '{definition.id}', which is not OAuth2",
@@ -48,6 +46,7 @@ def _authorization_code_definition(definition: Definition, instance_id: str) -> 
             "connects it; its tokens are fetched automatically",
             reason="not_authorization_code",
         )
+    return oauth2
 
 
 def authorization_url(
@@ -63,13 +62,12 @@ def authorization_url(
     with db.transaction(f"start an authorization for instance '{instance_id}'") as session:
         inst = instances.require_instance(session, instance_id)
         definition = registry.get(inst.integration_id)
-        _authorization_code_definition(definition, instance_id)
+        oauth2 = _authorization_code_definition(definition, instance_id)
         creds = vault.fetch_credentials(
             session, keyring, instance_id, actor=actor, purpose="oauth.connect"
         )
         client = TokenEndpoint.for_instance(definition, inst.config, creds)
-        oauth2: Mapping[str, Any] = definition.oauth2_config or {}
-        pkce = bool(oauth2.get("pkce", True))
+        pkce = oauth2.pkce
         verifier = generate_token(64) if pkce else ""
         state = create_state(
             session, keyring, instance_id=instance_id, redirect_uri=redirect_uri, verifier=verifier
@@ -86,14 +84,14 @@ def authorization_url(
         "response_type": "code",
         "client_id": client.client_id,
         "redirect_uri": redirect_uri,
-        "scope": str(oauth2.get("scopeSeparator", " ")).join(oauth2.get("scopes", [])),
+        "scope": oauth2.scope_separator.join(oauth2.scopes),
         "state": state,
     }
     if pkce:
         params["code_challenge"] = create_s256_code_challenge(verifier)
         params["code_challenge_method"] = "S256"
-    for name, value in (oauth2.get("additionalParameters") or {}).items():
-        params.setdefault(str(name), str(value))
+    for name, value in oauth2.additional_parameters.items():
+        params.setdefault(name, value)
     base = oauth2_setting(definition, inst.config, "authorizationUrl")
     separator = "&" if urlsplit(base).query else "?"
     return f"{base}{separator}{urlencode(params)}"

@@ -13,9 +13,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from prefect_integrations.db import translate_errors
+from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import DefinitionError, DefinitionProblem
 from prefect_integrations.models import definitions, instances
-from prefect_integrations.registry import Registry
 from prefect_integrations.store import audit
 
 __all__ = [

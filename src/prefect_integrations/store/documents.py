@@ -26,6 +26,7 @@ from jsonschema import Draft202012Validator
 from sqlalchemy.orm import Session
 
 from prefect_integrations.db import translate_errors
+from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import (
     CredentialsError,
     IntegrationError,
@@ -33,7 +34,6 @@ from prefect_integrations.exceptions import (
     quote,
 )
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.registry import Registry
 from prefect_integrations.scope import ContextType, Scope
 from prefect_integrations.store import instances as store
 from prefect_integrations.store import vault

@@ -31,6 +31,7 @@ from prefect_integrations.credentials import (
     to_epoch,
 )
 from prefect_integrations.db import translate_errors
+from prefect_integrations.definitions import Definition, Registry
 from prefect_integrations.exceptions import (
     DefinitionError,
     InstanceExists,
@@ -39,7 +40,6 @@ from prefect_integrations.exceptions import (
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import definitions, instances
-from prefect_integrations.registry import Definition, Registry
 from prefect_integrations.scope import ContextType, Scope
 from prefect_integrations.store import audit, vault
 from prefect_integrations.store.definitions import definition_uuid
