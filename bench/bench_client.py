@@ -32,7 +32,7 @@ import httpx
 
 TOKEN = "bench-token-0123456789abcdef"
 DEFINITION = {
-    "id": "benchapi",
+    "integrationId": "benchapi",
     "name": "Bench API",
     "description": "A local provider for the benchmark.",
     "version": "1.0.0",

@@ -27,7 +27,7 @@ import httpx
 from _support import throwaway_database
 
 DEFINITION = {
-    "id": "benchhealth",
+    "integrationId": "benchhealth",
     "name": "Bench health",
     "description": "A local provider for the health benchmark.",
     "version": "1.0.0",

@@ -35,7 +35,7 @@ from tests.oauth import start_oauth_server
 
 M2M = {
     **ITEMS_API,
-    "id": "benchm2m",
+    "integrationId": "benchm2m",
     "oauth2Config": {
         **ITEMS_API["oauth2Config"],
         "grantType": "client_credentials",
