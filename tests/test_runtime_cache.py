@@ -30,14 +30,12 @@ from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.exceptions import InstanceNotFound, InstanceUnavailable, NoInstanceFound
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import RUNTIME_ROLE
-from prefect_integrations.runtime import (
+from prefect_integrations.resolution_cache import (
     LISTENER_APPLICATION_NAME,
     ResolutionCache,
-    Runtime,
     listener_conninfo,
-    reset_runtime,
-    runtime,
 )
+from prefect_integrations.runtime import Runtime, reset_runtime, runtime
 from prefect_integrations.scope import Context, Scope
 from prefect_integrations.store import instances
 
@@ -102,8 +100,12 @@ def _toggle_state(s: Any, where: str = "") -> None:
         s.execute(sa.text(statement.replace("{where}", where)))
 
 
+_LOGGERS = ("prefect_integrations.runtime", "prefect_integrations.resolution_cache")
+
+
 def _runtime_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "prefect_integrations.runtime"]
+    """What the runtime and its resolution cache logged."""
+    return [r for r in caplog.records if r.name in _LOGGERS]
 
 
 def _listeners(db: Database) -> list[int]:
@@ -309,7 +311,8 @@ def test_an_unknown_query_option_of_the_url_resolves_uncached(
         .render_as_string(hide_password=False)
     )
     reset_runtime()
-    caplog.set_level(logging.DEBUG, logger="prefect_integrations.runtime")
+    for name in _LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
     try:
         rt = runtime()
         rt.__dict__["db"] = dataclasses.replace(rt.db, url=url)
@@ -456,7 +459,8 @@ def test_close_stops_the_listener(echo_acme: Database) -> None:
 def test_an_unreachable_database_leaves_the_cache_off(
     cluster: EmbeddedCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="prefect_integrations.runtime")
+    for name in _LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
     cache = ResolutionCache(
         listener_conninfo(cluster.url(database="pi_no_such_database")), max_backoff=0.05
     )
@@ -482,7 +486,8 @@ def test_an_unreachable_database_leaves_the_cache_off(
 def test_an_unexpected_error_does_not_end_the_listener(
     echo_acme: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="prefect_integrations.runtime")
+    for name in _LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
     calls: list[int] = []
     listen = ResolutionCache._listen
 

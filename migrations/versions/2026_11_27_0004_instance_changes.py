@@ -24,7 +24,7 @@ down_revision: str | None = "2026_11_27_0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Also in prefect_integrations.runtime.INSTANCE_CHANGES_CHANNEL.
+# Also in prefect_integrations.resolution_cache.INSTANCE_CHANGES_CHANNEL.
 CHANNEL = "integration_instance_changes"
 
 # What `prefect_integrations.resolve` reads of a row (of status only the state).
