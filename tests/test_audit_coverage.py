@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -1001,3 +1002,26 @@ def test_admin_role_cannot_grant_through_the_cli(
     monkeypatch.setenv("PREFECT_INTEGRATIONS_DATABASE_URL", db.url)
     reset_runtime()
     cli.ok("db", "grant")
+
+
+def test_provider_rotation_closes_the_http_clients_it_opens(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _with_rotating(world)
+    opened: list[int] = []
+    closed: list[int] = []
+    init, close = httpx.Client.__init__, httpx.Client.close
+
+    def counting_init(self: httpx.Client, *args: Any, **kwargs: Any) -> None:
+        opened.append(id(self))
+        init(self, *args, **kwargs)
+
+    def counting_close(self: httpx.Client) -> None:
+        closed.append(id(self))
+        close(self)
+
+    monkeypatch.setattr(httpx.Client, "__init__", counting_init)
+    monkeypatch.setattr(httpx.Client, "close", counting_close)
+    _rotate_provider(world)
+    assert len(opened) == 3  # mint, verify with the health check, revoke
+    assert set(opened) <= set(closed)

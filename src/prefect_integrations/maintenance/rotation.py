@@ -12,8 +12,9 @@ One failing instance never stops the others; every outcome is audited.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prefect_integrations.client import IntegrationClient
 from prefect_integrations.definitions import CredentialRotation
@@ -32,8 +33,9 @@ class ProviderRotation:
     detail: str = ""
 
 
-def _client(rt: Runtime, instance_id: str) -> IntegrationClient:
-    return IntegrationClient(
+def _call(rt: Runtime, instance_id: str, method_id: str, inputs: Mapping[str, Any]) -> Any:
+    """One call through a fresh client (credentials read now), closed afterwards."""
+    with IntegrationClient(
         instance_id,
         db=rt.db,
         registry=rt.registry,
@@ -41,7 +43,8 @@ def _client(rt: Runtime, instance_id: str) -> IntegrationClient:
         actor=rt.actor,
         recorder=rt.recorder,
         credentials_ttl=0,
-    )
+    ) as client:
+        return client.call(method_id, inputs)
 
 
 def rotate_provider_credentials(
@@ -85,7 +88,7 @@ def _rotate_one(rt: Runtime, instance_id: str, spec: CredentialRotation) -> Prov
         old = vault.fetch_credentials(
             session, rt.keyring, instance_id, actor=rt.actor, purpose="credentials.rotate"
         ).reveal()
-    minted = _client(rt, instance_id).call(spec.create, {})
+    minted = _call(rt, instance_id, spec.create, {})
     new_key = minted.get("api_key") if isinstance(minted, dict) else None
     if not isinstance(new_key, str) or not new_key:
         return ProviderRotation("failed", f"method '{spec.create}' returned no api_key")
@@ -104,7 +107,7 @@ def _rotate_one(rt: Runtime, instance_id: str, spec: CredentialRotation) -> Prov
     check = definition.health_check
     assert check is not None
     try:
-        _client(rt, instance_id).call(check.method_id, check.input)
+        _call(rt, instance_id, check.method_id, check.input)
     except IntegrationError as exc:
         with rt.transaction(f"restore the key of '{instance_id}'") as session:
             instances.set_credentials(
@@ -118,7 +121,7 @@ def _rotate_one(rt: Runtime, instance_id: str, spec: CredentialRotation) -> Prov
     old_key_id = old_section.get("key_id") if isinstance(old_section, dict) else None
     if isinstance(revoke, str) and isinstance(old_key_id, str):
         try:
-            _client(rt, instance_id).call(revoke, {"key_id": old_key_id})
+            _call(rt, instance_id, revoke, {"key_id": old_key_id})
         except IntegrationError as exc:
             return ProviderRotation(
                 "revoke_failed", f"new key active; revoking '{old_key_id}' failed: {exc.code}"
