@@ -72,3 +72,28 @@ def make_instance(
         status=status,
         actor=actor,
     )
+
+
+def make_echo(
+    session_or_db: Session | Database,
+    registry: Registry,
+    keyring: Keyring,
+    provider_url: str,
+    instance_id: str,
+    *,
+    scope: Scope | str = "global",
+) -> Instance:
+    """An ``echo`` instance served by the local provider under ``/<instance_id>``.
+
+    Its API key is ``key-of-<instance_id>``, so a request shows which instance sent it.
+    """
+    return make_instance(
+        session_or_db,
+        registry,
+        keyring,
+        instance_id,
+        "echo",
+        scope=scope,
+        config={"base_url": f"{provider_url}/{instance_id}"},
+        credentials=api_key(f"key-of-{instance_id}"),
+    )

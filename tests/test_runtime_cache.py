@@ -39,7 +39,7 @@ from prefect_integrations.runtime import Runtime, reset_runtime, runtime
 from prefect_integrations.scope import Context, Scope
 from prefect_integrations.store import instances
 
-from .factories import api_key, make_instance
+from .factories import make_echo
 from .provider import FakeProvider
 
 ACME = Context(client_id="acme")
@@ -126,24 +126,9 @@ def echo_acme(
     env: None, echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> Database:
     """A global echo instance and one of client acme, committed; the runtime is fresh."""
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_global",
-        "echo",
-        config={"base_url": f"{provider.url}/echo_global"},
-        credentials=api_key("key-of-echo_global"),
-    )
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_acme",
-        "echo",
-        scope=Scope("client", "acme"),
-        config={"base_url": f"{provider.url}/echo_acme"},
-        credentials=api_key("key-of-echo_acme"),
+    make_echo(echo_db, echo_registry, keyring, provider.url, "echo_global")
+    make_echo(
+        echo_db, echo_registry, keyring, provider.url, "echo_acme", scope=Scope("client", "acme")
     )
     return echo_db
 
@@ -192,16 +177,7 @@ def _delete(db: Database, registry: Registry, keyring: Keyring, url: str) -> Non
 
 
 def _more_specific(db: Database, registry: Registry, keyring: Keyring, url: str) -> None:
-    make_instance(
-        db,
-        registry,
-        keyring,
-        "echo_alice",
-        "echo",
-        scope=Scope("user", "alice"),
-        config={"base_url": f"{url}/echo_alice"},
-        credentials=api_key("key-of-echo_alice"),
-    )
+    make_echo(db, registry, keyring, url, "echo_alice", scope=Scope("user", "alice"))
 
 
 # change -> what naming the changed instance explicitly raises afterwards

@@ -56,7 +56,7 @@ from prefect_integrations.store import instances
 
 from .clirunner import Cli
 from .conftest import ACME_DEFINITION
-from .factories import api_key, make_instance
+from .factories import make_echo, make_instance
 from .provider import FakeProvider, Reply
 
 INTEGRATIONS = ("xero", "acme")
@@ -465,35 +465,9 @@ def test_block_of_another_tenant_is_not_found_inside_a_context(
     from prefect_integrations.blocks import IntegrationInstance
 
     url = provider.url
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_g",
-        "echo",
-        config={"base_url": f"{url}/echo_g"},
-        credentials=api_key("key-of-echo_g"),
-    )
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_acme",
-        "echo",
-        scope=Scope("client", "acme"),
-        config={"base_url": f"{url}/echo_acme"},
-        credentials=api_key("key-of-echo_acme"),
-    )
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_beta",
-        "echo",
-        scope=Scope("client", "beta"),
-        config={"base_url": f"{url}/echo_beta"},
-        credentials=api_key("key-of-echo_beta"),
-    )
+    make_echo(echo_db, echo_registry, keyring, url, "echo_g")
+    make_echo(echo_db, echo_registry, keyring, url, "echo_acme", scope=Scope("client", "acme"))
+    make_echo(echo_db, echo_registry, keyring, url, "echo_beta", scope=Scope("client", "beta"))
     for iid in ("echo_g", "echo_acme", "echo_beta"):
         provider.reply("GET", f"/{iid}/items/1", Reply(200, {"id": 1, "name": iid}))
 
@@ -526,15 +500,8 @@ def test_a_moved_instance_is_out_of_reach_on_the_next_call(
     running process once the change has reached it (`Runtime.wait_for_changes`)."""
     from prefect_integrations.tasks import call_method
 
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_acme",
-        "echo",
-        scope=Scope("client", "acme"),
-        config={"base_url": f"{provider.url}/echo_acme"},
-        credentials=api_key("key-of-echo_acme"),
+    make_echo(
+        echo_db, echo_registry, keyring, provider.url, "echo_acme", scope=Scope("client", "acme")
     )
     provider.reply("GET", "/echo_acme/items/1", Reply(200, {"id": 1, "name": "echo_acme"}))
     with integration_context(client_id="acme"):
