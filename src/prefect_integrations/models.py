@@ -12,6 +12,7 @@ __all__ = [
     "audit_log",
     "definitions",
     "instances",
+    "integration_id_of",
     "metadata",
     "oauth_states",
 ]
@@ -116,6 +117,19 @@ oauth_states = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+def integration_id_of(alias: str) -> str:
+    """SQL for the integration id of the instance row ``alias``, named ``integration_id``.
+
+    Instances refer to their definition by UUID (the specification's schema); raw SQL
+    that hands rows to `~prefect_integrations.store.instances.instance_from_row` or
+    writes audit rows selects this beside the row.
+    """
+    return (
+        "(SELECT d.integration_id FROM integration_definitions d "
+        f"WHERE d.id = {alias}.integration_definition_id) AS integration_id"
+    )
+
 
 #: Columns of integration_instances the runtime role may update.
 RUNTIME_UPDATABLE_COLUMNS = (

@@ -61,7 +61,7 @@ from prefect_integrations.exceptions import (
     ResponseTooLarge,
 )
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.models import audit_log
+from prefect_integrations.models import audit_log, integration_id_of
 from prefect_integrations.oauth.lifecycle import TokenLifecycle, should_refresh
 from prefect_integrations.store import vault
 from prefect_integrations.store.instances import Instance, instance_from_row
@@ -168,7 +168,7 @@ def classify(error: BaseException) -> str:
 
 
 _CLAIM = sa.text(
-    """
+    f"""
     UPDATE integration_instances AS i
        SET maintenance_lease_until = now() + make_interval(secs => :lease),
            maintenance_lease_owner = :owner
@@ -188,8 +188,7 @@ _CLAIM = sa.text(
              ORDER BY last_checked_at NULLS FIRST, id
              LIMIT :batch
                FOR UPDATE SKIP LOCKED)
-    RETURNING i.*, (SELECT d.integration_id FROM integration_definitions d
-                     WHERE d.id = i.integration_definition_id) AS integration_id
+    RETURNING i.*, {integration_id_of("i")}
     """
 )
 

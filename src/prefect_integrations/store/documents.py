@@ -246,12 +246,11 @@ def _check_against_store(
     session: Session, documents: Sequence[InstanceDocument]
 ) -> dict[str, store.Instance]:
     """Refuse what the stored rows make impossible, before anything is written."""
-    existing: dict[str, store.Instance] = {}
+    existing = store.get_instances(session, [d.instance_id for d in documents])
     synced: dict[str, bool] = {}
     for document in documents:
-        current = store.get_instance(session, document.instance_id)
+        current = existing.get(document.instance_id)
         if current is not None:
-            existing[document.instance_id] = current
             if current.integration_id != document.integration_id:
                 raise ValidationError(
                     document.label,

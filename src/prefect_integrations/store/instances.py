@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -62,6 +62,7 @@ __all__ = [
     "create_instance",
     "delete_instance",
     "get_instance",
+    "get_instances",
     "instance_from_row",
     "instances_query",
     "list_instances",
@@ -326,6 +327,15 @@ def get_instance(session: Session, instance_id: str) -> Instance | None:
             instances_query().where(instances.c.instance_id == instance_id)
         ).first()
     return instance_from_row(row) if row else None
+
+
+def get_instances(session: Session, instance_ids: Sequence[str]) -> dict[str, Instance]:
+    """The instances among ``instance_ids`` that exist, by id, in one query."""
+    with translate_errors("read instances"):
+        rows = session.execute(
+            instances_query().where(instances.c.instance_id.in_(list(instance_ids)))
+        )
+        return {row.instance_id: instance_from_row(row) for row in rows}
 
 
 def require_instance(session: Session, instance_id: str) -> Instance:

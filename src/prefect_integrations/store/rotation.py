@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 from prefect_integrations.db import Database, translate_errors
 from prefect_integrations.exceptions import CredentialsError, DatabaseError
 from prefect_integrations.keyring import Keyring
+from prefect_integrations.models import integration_id_of
 from prefect_integrations.store import audit, vault
 from prefect_integrations.store.vault import ENVELOPE_VERSION, PGP_OPTIONS
 
@@ -223,11 +224,7 @@ _PENDING_WHERE = """
      AND credentials IS NOT NULL
      AND id <> ALL (CAST(:skip AS uuid[]))
 """
-# The integration id of an instance row (instances refer to definitions by UUID).
-_INTEGRATION_ID = (
-    "(SELECT d.integration_id FROM integration_definitions d "
-    "WHERE d.id = integration_instances.integration_definition_id) AS integration_id"
-)
+_INTEGRATION_ID = integration_id_of("integration_instances")
 _PENDING_COUNT = sa.text(f"SELECT count(*) FROM integration_instances {_PENDING_WHERE}")
 _PENDING_ROWS = sa.text(
     f"SELECT id, instance_id, {_INTEGRATION_ID}, credentials->>'kid' AS kid "
