@@ -92,3 +92,19 @@ def counts(db: Database) -> tuple[int, int]:
         found = session.execute(sa.text("SELECT count(*) FROM integration_instances")).scalar()
         rows = session.execute(sa.text("SELECT count(*) FROM integration_audit_log")).scalar()
     return int(found or 0), int(rows or 0)
+
+
+def use_definitions(monkeypatch: pytest.MonkeyPatch, folder: Path, files: dict[str, str]) -> Path:
+    """Write definition ``files`` (name -> JSON text) into ``folder`` and configure it.
+
+    The folder becomes ``PREFECT_INTEGRATIONS_DEFINITIONS_PATH`` and the CLI's runtime is
+    rebuilt, so the next command sees the shipped definitions plus these.
+    """
+    from prefect_integrations.cli._common import reset_runtime
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", str(folder))
+    reset_runtime()
+    return folder

@@ -8,6 +8,7 @@ checkout, as in CI) so a test can check that these copies still match it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -229,6 +230,4 @@ def strip_comments(block: str) -> str:
 
 def as_json(block: str) -> Any:
     """Parse one of the verbatim blocks above."""
-    import json
-
     return json.loads(block)

@@ -68,7 +68,7 @@ from prefect_integrations.validation import (
     load_packaged_schema,
 )
 
-from .clirunner import Cli, assert_one_error, counts, write
+from .clirunner import Cli, assert_one_error, counts, use_definitions, write
 from .conftest import ACME_DEFINITION
 from .definitions import ECHO
 from .factories import make_instance
@@ -1294,11 +1294,7 @@ ACME_CREDENTIALS = {"apikey": {"key": SECRET}}
 @pytest.fixture
 def cli_store(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
     """The CLI with acme (apikey) next to the shipped definitions, synced, and ``existing``."""
-    folder = tmp_path / "cli-definitions"
-    folder.mkdir()
-    (folder / "acme.json").write_text(ACME_DEFINITION)
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", str(folder))
-    reset_runtime()
+    use_definitions(monkeypatch, tmp_path / "cli-definitions", {"acme.json": ACME_DEFINITION})
     cli.ok("definitions", "sync")
     creds = write(tmp_path, "existing.json", ACME_CREDENTIALS)
     cli.ok(

@@ -23,7 +23,7 @@ from prefect_integrations.db import Database
 from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.models import RUNTIME_ROLE
 
-from .clirunner import Cli, Result, assert_one_error, counts, write
+from .clirunner import Cli, Result, assert_one_error, counts, use_definitions, write
 from .conftest import ACME_DEFINITION
 
 # --------------------------------------------------------------------------------------
@@ -107,11 +107,7 @@ def cli(
 @pytest.fixture
 def acme(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
     """The CLI with the test definition ``acme`` (apikey) in its registry."""
-    folder = tmp_path / "extra-definitions"
-    folder.mkdir()
-    (folder / "acme.json").write_text(ACME_DEFINITION)
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", str(folder))
-    reset_runtime()
+    use_definitions(monkeypatch, tmp_path / "extra-definitions", {"acme.json": ACME_DEFINITION})
     return cli
 
 

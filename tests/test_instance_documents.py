@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.db import Database
 
-from .clirunner import Cli, assert_one_error, counts, write
+from .clirunner import Cli, assert_one_error, counts, use_definitions, write
 from .conftest import ACME_DEFINITION
 
 API_KEY = "AK-doc-canary-7c1e"
@@ -41,11 +41,7 @@ def cli(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> Iterator[Cli]:
-    folder = tmp_path / "extra-definitions"
-    folder.mkdir()
-    (folder / "acme.json").write_text(ACME_DEFINITION)
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", str(folder))
-    reset_runtime()
+    use_definitions(monkeypatch, tmp_path / "extra-definitions", {"acme.json": ACME_DEFINITION})
     runner = Cli(capsys, monkeypatch, (API_KEY, API_KEY_2))
     runner.ok("definitions", "sync")
     yield runner
@@ -298,7 +294,7 @@ def test_credentials_need_a_keyring_only_when_given(
     assert apply(cli, tmp_path, [acme("nokey")]).code == 0
     before = counts(db)
     result = apply(cli, tmp_path, [acme("withkey", credentials={"apikey": {"key": API_KEY}})])
-    assert result.code == 1 and "error[" in result.err
+    assert_one_error(result, "keyring_error", "PREFECT_INTEGRATIONS_KEYS")
     assert counts(db) == before
 
 

@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.db import Database
 
-from .clirunner import Cli, assert_one_error, counts, write
+from .clirunner import Cli, assert_one_error, counts, use_definitions, write
 from .provider import FakeProvider, Reply
 from .spec import (
     EXAMPLE_DEFINITION,
@@ -50,13 +49,10 @@ def cli(
 @pytest.fixture
 def spec_xero(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The specification's example saved verbatim as the team's ``xero.json``."""
-    folder = tmp_path / "definitions"
-    folder.mkdir()
-    path = folder / "xero.json"
-    path.write_text(EXAMPLE_DEFINITION, encoding="utf-8")
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", str(folder))
-    reset_runtime()
-    return path
+    folder = use_definitions(
+        monkeypatch, tmp_path / "definitions", {"xero.json": EXAMPLE_DEFINITION}
+    )
+    return folder / "xero.json"
 
 
 class _ToLocal(httpx.BaseTransport):
