@@ -118,6 +118,7 @@ oauth_states = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+
 def integration_id_of(alias: str) -> str:
     """SQL for the integration id of the instance row ``alias``, named ``integration_id``.
 
