@@ -61,9 +61,9 @@ from prefect_integrations.exceptions import (
     ResponseTooLarge,
 )
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.models import audit_log, integration_id_of
+from prefect_integrations.models import integration_id_of
 from prefect_integrations.oauth.lifecycle import TokenLifecycle, should_refresh
-from prefect_integrations.store import vault
+from prefect_integrations.store import audit, vault
 from prefect_integrations.store.instances import Instance, instance_from_row
 
 __all__ = [
@@ -430,16 +430,16 @@ class HealthChecker:
                 _WRITE,
                 {"ids": [i.instance_id for i in claimed], "statuses": statuses, "owner": owner},
             )
-            session.execute(
-                sa.insert(audit_log),
-                [
-                    {
-                        "actor": self._actor,
-                        "action": "health.check",
-                        "instance_id": r.instance_id,
-                        "integration_id": r.integration_id,
-                        "outcome": "success" if r.reason in ("ok", "not_applicable") else "failure",
-                        "details": {
+            audit.record_many(
+                session,
+                (
+                    audit.AuditRow(
+                        action=audit.AuditAction.HEALTH_CHECK,
+                        actor=self._actor,
+                        instance_id=r.instance_id,
+                        integration_id=r.integration_id,
+                        outcome="success" if r.reason in ("ok", "not_applicable") else "failure",
+                        details={
                             "result": r.reason,
                             "state": r.state_after,
                             "previous_state": r.state_before,
@@ -447,9 +447,9 @@ class HealthChecker:
                             "status_code": r.status_code,
                             "run_id": owner,
                         },
-                    }
+                    )
                     for r in results
-                ],
+                ),
             )
 
 

@@ -21,6 +21,7 @@ from prefect_integrations.definitions import CredentialRotation
 from prefect_integrations.exceptions import IntegrationError
 from prefect_integrations.runtime import Runtime
 from prefect_integrations.store import audit, instances, vault
+from prefect_integrations.store.audit import AuditAction
 
 __all__ = ["ProviderRotation", "rotate_provider_credentials"]
 
@@ -72,7 +73,7 @@ def rotate_provider_credentials(
         with rt.transaction("audit a credential rotation") as session:
             audit.record(
                 session,
-                action="credentials.rotate",
+                action=AuditAction.CREDENTIALS_ROTATE,
                 actor=rt.actor,
                 outcome="success" if outcome.result == "rotated" else "failure",
                 instance_id=inst.instance_id,

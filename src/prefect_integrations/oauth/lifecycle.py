@@ -59,6 +59,7 @@ from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import instances
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
 from prefect_integrations.store import audit, vault
+from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.instances import Instance, require_instance
 
 __all__ = [
@@ -413,7 +414,7 @@ class TokenLifecycle:
                 # Our lease ran out and someone else wrote first; theirs stands.
                 audit.record(
                     session,
-                    action="oauth.refresh",
+                    action=AuditAction.OAUTH_REFRESH,
                     actor=self._actor,
                     outcome="failure",
                     instance_id=instance_id,
@@ -439,7 +440,7 @@ class TokenLifecycle:
             )
             audit.record(
                 session,
-                action="oauth.refresh",
+                action=AuditAction.OAUTH_REFRESH,
                 actor=self._actor,
                 instance_id=instance_id,
                 integration_id=definition.id,
@@ -479,7 +480,7 @@ class TokenLifecycle:
             )
             audit.record(
                 s,
-                action="oauth.refresh",
+                action=AuditAction.OAUTH_REFRESH,
                 actor=self._actor,
                 outcome="failure",
                 instance_id=instance.instance_id,

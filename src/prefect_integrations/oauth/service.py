@@ -29,6 +29,7 @@ from prefect_integrations.keyring import Keyring
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token, oauth2_setting
 from prefect_integrations.oauth.states import consume_state, create_state
 from prefect_integrations.store import audit, instances, vault
+from prefect_integrations.store.audit import AuditAction
 
 __all__ = ["authorization_url", "create_app"]
 
@@ -74,7 +75,7 @@ def authorization_url(
         )
         audit.record(
             session,
-            action="oauth.authorize",
+            action=AuditAction.OAUTH_AUTHORIZE,
             actor=actor,
             instance_id=instance_id,
             integration_id=definition.id,
@@ -226,7 +227,7 @@ def finish(
         )
         audit.record(
             session,
-            action="oauth.connect",
+            action=AuditAction.OAUTH_CONNECT,
             actor=actor,
             instance_id=instance_id,
             integration_id=definition.id,
@@ -244,7 +245,7 @@ def audit_failure(db: Database, actor: str, instance_id: str | None, reason: str
     with db.transaction("record a failed authorization") as session:
         audit.record(
             session,
-            action="oauth.connect",
+            action=AuditAction.OAUTH_CONNECT,
             actor=actor,
             outcome="failure",
             instance_id=instance_id,

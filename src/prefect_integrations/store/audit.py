@@ -8,8 +8,9 @@ Details never hold secrets: callers pass names and counts, not values.
 
 from __future__ import annotations
 
+import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -23,17 +24,62 @@ from prefect_integrations.models import audit_log
 
 __all__ = [
     "AUDIT_LOCK_KEY",
+    "AuditAction",
     "AuditEntry",
+    "AuditRow",
     "Outcome",
     "VerifyReport",
     "holds_audit_lock",
     "record",
+    "record_many",
     "record_outside",
     "tail",
     "verify",
 ]
 
 Outcome = Literal["success", "failure", "denied"]
+
+
+class AuditAction(enum.StrEnum):
+    """Every action the audit log records; the value is what the ``action`` column holds."""
+
+    #: A definition was added to, changed in or removed from the database.
+    DEFINITION_CREATE = "definition.create"
+    DEFINITION_UPDATE = "definition.update"
+    DEFINITION_DELETE = "definition.delete"
+    #: An instance was created, changed or deleted by an operator.
+    INSTANCE_CREATE = "instance.create"
+    INSTANCE_UPDATE = "instance.update"
+    INSTANCE_DELETE = "instance.delete"
+    #: Credentials were replaced, decrypted, rotated at the provider or reshaped.
+    CREDENTIALS_SET = "credentials.set"
+    CREDENTIALS_DECRYPT = "credentials.decrypt"
+    CREDENTIALS_ROTATE = "credentials.rotate"
+    CREDENTIALS_UPGRADE = "credentials.upgrade"
+    #: Ciphertexts were re-encrypted under the current key.
+    KEYS_ROTATE = "keys.rotate"
+    #: The OAuth2 authorization flow was started, completed, or a token refreshed.
+    OAUTH_AUTHORIZE = "oauth.authorize"
+    OAUTH_CONNECT = "oauth.connect"
+    OAUTH_REFRESH = "oauth.refresh"
+    #: A health check ran against the provider.
+    HEALTH_CHECK = "health.check"
+    #: A definition method was called.
+    METHOD_CALL = "method.call"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One row to append, for `record_many`."""
+
+    action: AuditAction
+    actor: str
+    outcome: Outcome = "success"
+    instance_id: str | None = None
+    integration_id: str | None = None
+    details: Mapping[str, Any] | None = None
+
+
 #: Advisory lock key the append trigger takes (see the initial migration).
 AUDIT_LOCK_KEY = 0x5049_4155
 
@@ -69,7 +115,7 @@ class AuditEntry:
 
 def _values(
     *,
-    action: str,
+    action: AuditAction,
     actor: str,
     outcome: Outcome,
     instance_id: str | None,
@@ -77,7 +123,7 @@ def _values(
     details: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     return {
-        "action": action,
+        "action": AuditAction(action).value,
         "actor": actor,
         "outcome": outcome,
         "instance_id": instance_id,
@@ -89,7 +135,7 @@ def _values(
 def record(
     session: Session | Connection,
     *,
-    action: str,
+    action: AuditAction,
     actor: str,
     outcome: Outcome = "success",
     instance_id: str | None = None,
@@ -122,10 +168,30 @@ def holds_audit_lock(session: Session) -> bool:
     )
 
 
+def record_many(session: Session | Connection, rows: Iterable[AuditRow]) -> int:
+    """Append several rows in the caller's transaction, in one statement; returns how many."""
+    values = [
+        _values(
+            action=r.action,
+            actor=r.actor,
+            outcome=r.outcome,
+            instance_id=r.instance_id,
+            integration_id=r.integration_id,
+            details=r.details,
+        )
+        for r in rows
+    ]
+    if not values:
+        return 0
+    with translate_errors(f"write the audit log ({values[0]['action']})"):
+        session.execute(sa.insert(audit_log), values)
+    return len(values)
+
+
 def record_outside(
     session: Session,
     *,
-    action: str,
+    action: AuditAction,
     actor: str,
     outcome: Outcome,
     instance_id: str | None = None,

@@ -17,6 +17,7 @@ from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import DefinitionError, DefinitionProblem
 from prefect_integrations.models import definitions, instances
 from prefect_integrations.store import audit
+from prefect_integrations.store.audit import AuditAction
 
 __all__ = [
     "StoredDefinition",
@@ -117,7 +118,9 @@ def sync_definitions(session: Session, registry: Registry, *, actor: str) -> Syn
             if row is None:
                 report.unchanged.append(definition.id)
                 continue
-            action = "definition.create" if row.inserted else "definition.update"
+            action = (
+                AuditAction.DEFINITION_CREATE if row.inserted else AuditAction.DEFINITION_UPDATE
+            )
             (report.created if row.inserted else report.updated).append(definition.id)
             audit.record(
                 session,
@@ -147,7 +150,7 @@ def sync_definitions(session: Session, registry: Registry, *, actor: str) -> Syn
             report.removed.append(row.integration_id)
             audit.record(
                 session,
-                action="definition.delete",
+                action=AuditAction.DEFINITION_DELETE,
                 actor=actor,
                 integration_id=row.integration_id,
             )

@@ -42,6 +42,7 @@ from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import definitions, instances
 from prefect_integrations.scope import ContextType, Scope
 from prefect_integrations.store import audit, vault
+from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.definitions import definition_uuid
 from prefect_integrations.validation import (
     check_json,
@@ -437,7 +438,7 @@ def create_instance(
         vault.store_credentials(session, keyring, instance_id, creds)
     audit.record(
         session,
-        action="instance.create",
+        action=AuditAction.INSTANCE_CREATE,
         actor=actor,
         instance_id=instance_id,
         integration_id=integration_id,
@@ -495,7 +496,7 @@ def update_instance(
         )
     audit.record(
         session,
-        action="instance.update",
+        action=AuditAction.INSTANCE_UPDATE,
         actor=actor,
         instance_id=instance_id,
         integration_id=current.integration_id,
@@ -533,7 +534,7 @@ def set_credentials(
             )
     audit.record(
         session,
-        action="credentials.set",
+        action=AuditAction.CREDENTIALS_SET,
         actor=actor,
         instance_id=instance_id,
         integration_id=current.integration_id,
@@ -563,7 +564,7 @@ def delete_instance(session: Session, instance_id: str, *, actor: str) -> None:
         raise InstanceNotFound(instance_id)
     audit.record(
         session,
-        action="instance.delete",
+        action=AuditAction.INSTANCE_DELETE,
         actor=actor,
         instance_id=instance_id,
         integration_id=deleted,

@@ -48,6 +48,7 @@ from prefect_integrations.exceptions import CredentialsError, DatabaseError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import integration_id_of
 from prefect_integrations.store import audit, vault
+from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.vault import ENVELOPE_VERSION, PGP_OPTIONS
 
 __all__ = [
@@ -460,7 +461,7 @@ def _isolate(
             with conn.begin():
                 audit.record(
                     conn,
-                    action="keys.rotate",
+                    action=AuditAction.KEYS_ROTATE,
                     actor=actor,
                     outcome="failure",
                     instance_id=candidate.instance_id,
@@ -489,7 +490,7 @@ def _give_up_on_locked(
             for row in rows:
                 audit.record(
                     conn,
-                    action="keys.rotate",
+                    action=AuditAction.KEYS_ROTATE,
                     actor=actor,
                     outcome="failure",
                     instance_id=row.instance_id,
@@ -744,7 +745,7 @@ def _upgrade_one(
             return "gone"  # cannot happen under the row lock; someone else wrote v2
         audit.record(
             session,
-            action="credentials.upgrade",
+            action=AuditAction.CREDENTIALS_UPGRADE,
             actor=actor,
             instance_id=instance_id,
             integration_id=locked.integration_id,

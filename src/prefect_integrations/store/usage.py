@@ -23,7 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from prefect_integrations.db import Database
-from prefect_integrations.models import audit_log, instances
+from prefect_integrations.models import instances
+from prefect_integrations.store import audit
 
 __all__ = ["CallRecord", "UsageRecorder"]
 
@@ -39,7 +40,7 @@ class CallRecord:
     integration_id: str
     method_id: str
     actor: str
-    outcome: str
+    outcome: audit.Outcome
     details: Mapping[str, Any]
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -153,17 +154,17 @@ class UsageRecorder:
                     )
                     .values(last_used_at=at)
                 )
-            session.execute(
-                sa.insert(audit_log),
-                [
-                    {
-                        "actor": r.actor,
-                        "action": "method.call",
-                        "instance_id": r.instance_id,
-                        "integration_id": r.integration_id,
-                        "outcome": r.outcome,
-                        "details": {"method": r.method_id, "at": r.at.isoformat(), **r.details},
-                    }
+            audit.record_many(
+                session,
+                (
+                    audit.AuditRow(
+                        action=audit.AuditAction.METHOD_CALL,
+                        actor=r.actor,
+                        instance_id=r.instance_id,
+                        integration_id=r.integration_id,
+                        outcome=r.outcome,
+                        details={"method": r.method_id, "at": r.at.isoformat(), **r.details},
+                    )
                     for r in records
-                ],
+                ),
             )

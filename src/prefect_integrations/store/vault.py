@@ -38,6 +38,7 @@ from prefect_integrations.exceptions import (
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.store import audit
+from prefect_integrations.store.audit import AuditAction
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -281,7 +282,7 @@ def _fail(
 ) -> None:
     audit.record_outside(
         session,
-        action="credentials.decrypt",
+        action=AuditAction.CREDENTIALS_DECRYPT,
         actor=actor,
         outcome="failure",
         instance_id=instance_id,
