@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import sqlalchemy as sa
 
 from prefect_integrations.db import Database
@@ -11,7 +12,7 @@ from prefect_integrations.store import audit
 def _append(db: Database, n: int, actor: str = "t") -> None:
     for i in range(n):
         with db.transaction() as s:
-            audit.record(s, action="test.event", actor=actor, details={"i": i})
+            audit.record(s, action=audit.AuditAction.INSTANCE_UPDATE, actor=actor, details={"i": i})
 
 
 def _tamper(db: Database, statement: str) -> None:
@@ -96,7 +97,7 @@ def test_concurrent_appends_form_one_chain(db: Database) -> None:
 def test_rolled_back_rows_leave_no_gap(db: Database) -> None:
     _append(db, 2)
     with db.sessions() as s:
-        audit.record(s, action="test.event", actor="t")
+        audit.record(s, action=audit.AuditAction.INSTANCE_UPDATE, actor="t")
         s.rollback()
     _append(db, 1)
     with db.transaction() as s:
@@ -106,9 +107,25 @@ def test_rolled_back_rows_leave_no_gap(db: Database) -> None:
 
 def test_tail_filters(db: Database) -> None:
     with db.transaction() as s:
-        audit.record(s, action="a", actor="t", instance_id="x")
-        audit.record(s, action="b", actor="t", instance_id="y", outcome="failure")
-        assert [e.action for e in audit.tail(s)] == ["a", "b"]
-        assert [e.action for e in audit.tail(s, instance_id="y")] == ["b"]
-        assert [e.instance_id for e in audit.tail(s, action="a")] == ["x"]
+        audit.record(s, action=audit.AuditAction.INSTANCE_CREATE, actor="t", instance_id="x")
+        audit.record(
+            s,
+            action=audit.AuditAction.INSTANCE_DELETE,
+            actor="t",
+            instance_id="y",
+            outcome="failure",
+        )
+        assert [e.action for e in audit.tail(s)] == ["instance.create", "instance.delete"]
+        assert [e.action for e in audit.tail(s, instance_id="y")] == ["instance.delete"]
+        assert [e.instance_id for e in audit.tail(s, action="instance.create")] == ["x"]
         assert audit.tail(s, limit=1)[0].as_dict()["outcome"] == "failure"
+
+
+def test_only_known_actions_are_recorded(db: Database) -> None:
+    with db.transaction() as s:
+        with pytest.raises(ValueError, match=r"'made\.up'"):
+            audit.record(s, action="made.up", actor="t")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"'made\.up'"):
+            audit.record_many(s, [audit.AuditRow(action="made.up", actor="t")])  # type: ignore[arg-type]
+        assert audit.tail(s) == []
+    assert {a.value for a in audit.AuditAction} >= {"method.call", "credentials.decrypt"}

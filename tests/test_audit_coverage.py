@@ -4,7 +4,7 @@
 one is run once through its public API against the real database (and the loopback
 provider), and the rows it appended are compared with the table: the exact actions and
 outcomes in order, the actor, the instance, and no secret anywhere in them. A guard
-test reads the source for every action string written to the audit log, so an action
+test reads the source for every `AuditAction` member written to the audit log, so an action
 added without a row in the table fails here instead of going unaudited by the tests.
 
 Also: the log refuses UPDATE / DELETE / TRUNCATE for every role (beyond
@@ -557,68 +557,56 @@ def test_each_operation_appends_exactly_its_audit_rows(world: World, kind: str) 
 # The table cannot go stale
 # --------------------------------------------------------------------------------------
 
-_ACTION = re.compile(r"^[a-z_]+\.[a-z_]+$")
 _SQL_ACTION = re.compile(r"'([a-z_]+\.[a-z_]+)'")
 
 
-def _constants(node: ast.expr) -> list[str] | None:
-    """The string values an expression can take, or None when it is not literal."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return [node.value]
-    if isinstance(node, ast.IfExp):
-        body, orelse = _constants(node.body), _constants(node.orelse)
-        if body is not None and orelse is not None:
-            return body + orelse
-    return None
-
-
 def written_actions() -> tuple[set[str], list[str]]:
-    """Every action string the package writes to the audit log, and unreadable sites."""
+    """Every action the package writes to the audit log, and sites not using the enum.
+
+    An action is written by naming an `AuditAction` member (``AuditAction.X`` or
+    ``audit.AuditAction.X``); a string literal given as ``action=`` is a site that
+    bypasses the enum.
+    """
     root = Path(prefect_integrations.__file__).parent
     found: set[str] = set()
-    unreadable: list[str] = []
+    literal: list[str] = []
     for path in sorted(root.rglob("*.py")):
-        tree = ast.parse(path.read_text(), filename=str(path))
         where = str(path.relative_to(root))
+        if where == "store/audit.py":
+            continue  # the enum's own definition
+        tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
-            values: list[ast.expr] = []
-            if isinstance(node, ast.Call):
-                values += [k.value for k in node.keywords if k.arg == "action"]
-            elif isinstance(node, ast.Dict):
-                values += [
-                    v
-                    for k, v in zip(node.keys, node.values, strict=True)
-                    if isinstance(k, ast.Constant) and k.value == "action"
-                ]
-            elif isinstance(node, ast.Assign):
-                if any(isinstance(t, ast.Name) and t.id == "action" for t in node.targets):
-                    values.append(node.value)
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name | ast.Attribute)
+                and (getattr(node.value, "id", None) or getattr(node.value, "attr", None))
+                == "AuditAction"
+            ):
+                found.add(audit.AuditAction[node.attr].value)
+            elif isinstance(node, ast.Call):
+                for k in node.keywords:
+                    if (
+                        k.arg == "action"
+                        and isinstance(k.value, ast.Constant)
+                        and isinstance(k.value.value, str)
+                        and "." in k.value.value
+                    ):
+                        literal.append(f"{where}:{k.value.lineno}")
             elif (
                 isinstance(node, ast.Constant)
                 and isinstance(node.value, str)
                 and "INSERT INTO integration_audit_log" in node.value
             ):
                 found.update(_SQL_ACTION.findall(node.value))
-            for value in values:
-                if isinstance(value, ast.Name) and value.id == "action":
-                    continue  # passed through (store/audit.py, a local computed above)
-                if isinstance(value, ast.Attribute) and value.attr == "action":
-                    continue  # read back from a row
-                strings = _constants(value)
-                if strings is None:
-                    unreadable.append(f"{where}:{value.lineno}")
-                else:
-                    found.update(s for s in strings if _ACTION.match(s))
-    return found, unreadable
+    return found, literal
 
 
 def test_every_written_action_is_in_the_table() -> None:
-    written, unreadable = written_actions()
-    assert not unreadable, (
-        f"audit actions not given as literals (add them to the table): {unreadable}"
-    )
+    written, literal = written_actions()
+    assert not literal, f"audit actions given as strings, not AuditAction members: {literal}"
     tabled = {kind.split(" ")[0] for kind in OPERATIONS}
     assert written, "the source scan found no action at all"
+    assert {a.value for a in audit.AuditAction} == written, "AuditAction members never written"
     assert written - tabled == set(), "actions written by the package but not tested here"
     assert tabled - written == set(), "actions in the table that the package no longer writes"
 
