@@ -18,17 +18,13 @@ literal-evaluates strings (Jinja's `NativeEnvironment` would turn the text ``"20
 the number 200). Templates are compiled once per distinct source and kept, so a definition
 loaded again reuses them; nothing is compiled per call.
 
-Filters (beyond Jinja's built-ins): ``tojson``, ``b64encode``, ``b64url``, ``urlquote``,
-``xero_date``, ``pick`` and ``rename``; see `FILTERS`.
+Filters (beyond Jinja's built-ins) and how values read as text are in
+`prefect_integrations._template_filters`.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import re
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -38,6 +34,8 @@ from jinja2.meta import find_undeclared_variables
 from jinja2.nativetypes import NativeCodeGenerator
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from prefect_integrations._template_filters import FILTERS, OMIT, dumps, is_omitted, to_text
 
 __all__ = [
     "FILTERS",
@@ -59,147 +57,11 @@ __all__ = [
 ]
 
 _MARKERS: Final = ("{{", "{%", "{#")
-OMIT: Final = None
-"""What an omitted value renders to."""
 
 
 def is_template(value: object) -> bool:
     """Whether ``value`` is a string holding template syntax."""
     return isinstance(value, str) and any(marker in value for marker in _MARKERS)
-
-
-def is_omitted(value: object) -> bool:
-    """Whether a rendered value means "leave this out" (None or undefined)."""
-    return value is None or isinstance(value, Undefined)
-
-
-def to_text(value: object) -> str:
-    """Text of a rendered scalar in a string context: None/undefined -> '', bools lowercase."""
-    if value is None or isinstance(value, Undefined):
-        return ""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, dict | list):
-        return dumps(value)
-    return str(value)
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, Undefined):  # e.g. inside a list built by {{ [inputs.a, inputs.b] }}
-        return None
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-def dumps(value: object) -> str:
-    """Compact JSON text (UTF-8, no NaN); undefined values nested in it become null."""
-    return json.dumps(
-        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Filters
-# --------------------------------------------------------------------------------------
-
-
-def _tojson(value: Any) -> Any:
-    """JSON text of ``value`` (compact, UTF-8, not HTML-escaped); undefined stays omitted."""
-    if is_omitted(value):
-        return None
-    return dumps(value)
-
-
-def _as_bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else to_text(value).encode("utf-8")
-
-
-def _b64encode(value: Any) -> Any:
-    """Standard base64 (RFC 4648 section 4) of the UTF-8 text or bytes."""
-    if is_omitted(value):
-        return None
-    return base64.b64encode(_as_bytes(value)).decode("ascii")
-
-
-def _b64url(value: Any) -> Any:
-    """URL-safe base64 (RFC 4648 section 5, padding kept) of the UTF-8 text or bytes."""
-    if is_omitted(value):
-        return None
-    return base64.urlsafe_b64encode(_as_bytes(value)).decode("ascii")
-
-
-def _urlquote(value: Any) -> Any:
-    """Percent-encode everything but unreserved characters (for one URL component)."""
-    if is_omitted(value):
-        return None
-    return quote(to_text(value), safe="-._~")
-
-
-_XERO_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
-_ISO_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[T ].*)?$")
-
-
-def _xero_date(value: Any) -> Any:
-    """``/Date(1518685950940+0000)/`` (Xero's JSON dates) -> ``2018-02-15``.
-
-    The milliseconds are since the Unix epoch; the optional offset is the time zone the date
-    is expressed in. ISO strings (``2019-03-11T00:00:00``) are cut to their date; anything
-    else is returned unchanged, undefined stays omitted.
-    """
-    if not isinstance(value, str):
-        return None if is_omitted(value) else value
-    match = _XERO_DATE.match(value)
-    if match is not None:
-        offset = match.group(2) or "+0000"
-        sign = -1 if offset[0] == "-" else 1
-        zone = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
-        moment = datetime.fromtimestamp(int(match.group(1)) / 1000, tz=UTC)
-        return moment.astimezone(zone).date().isoformat()
-    iso = _ISO_DATE.match(value)
-    return iso.group(1) if iso is not None else value
-
-
-def _each(value: Any, transform: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Any:
-    if is_omitted(value):
-        return None
-    if isinstance(value, Mapping):
-        return transform(value)
-    if isinstance(value, list | tuple):
-        return [transform(item) for item in value if isinstance(item, Mapping)]
-    return value
-
-
-def _pick(value: Any, *keys: str) -> Any:
-    """Keep only ``keys`` of an object (or of each object of a list); None values dropped."""
-    return _each(
-        value, lambda item: {k: item[k] for k in keys if k in item and item[k] is not None}
-    )
-
-
-def _rename(value: Any, mapping: Mapping[str, str]) -> Any:
-    """Keep the keys named in ``mapping``, renamed to its values; None values dropped.
-
-    Applies to an object or to each object of a list:
-    ``{{ response.Contacts | rename({'ContactID': 'contact_id', 'Name': 'name'}) }}``.
-    """
-    return _each(
-        value,
-        lambda item: {
-            new: item[old] for old, new in mapping.items() if old in item and item[old] is not None
-        },
-    )
-
-
-FILTERS: Final[Mapping[str, Callable[..., Any]]] = {
-    "tojson": _tojson,
-    "b64encode": _b64encode,
-    "b64url": _b64url,
-    "urlquote": _urlquote,
-    "xero_date": _xero_date,
-    "pick": _pick,
-    "rename": _rename,
-}
 
 
 # --------------------------------------------------------------------------------------

@@ -6,4 +6,7 @@ implements `prefect_integrations.definitions.MethodHandler` (``build_request(ctx
 
 - `prefect_integrations.handlers.gmail.send_message`: Gmail ``users.messages.send`` with an
   RFC 2822 message built by `email.message.EmailMessage`.
+
+Provider-specific helpers used by the shipped bindings: `prefect_integrations.handlers.xero`
+(Xero's ``/Date(...)/`` dates, for the ``xero_date`` template filter).
 """
