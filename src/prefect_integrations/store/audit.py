@@ -113,23 +113,32 @@ class AuditEntry:
         }
 
 
-def _values(
-    *,
-    action: AuditAction,
-    actor: str,
-    outcome: Outcome,
-    instance_id: str | None,
-    integration_id: str | None,
-    details: Mapping[str, Any] | None,
-) -> dict[str, Any]:
+def _values(row: AuditRow) -> dict[str, Any]:
     return {
-        "action": AuditAction(action).value,
-        "actor": actor,
-        "outcome": outcome,
-        "instance_id": instance_id,
-        "integration_id": integration_id,
-        "details": dict(details or {}),
+        "action": AuditAction(row.action).value,
+        "actor": row.actor,
+        "outcome": row.outcome,
+        "instance_id": row.instance_id,
+        "integration_id": row.integration_id,
+        "details": dict(row.details or {}),
     }
+
+
+def record_many(session: Session | Connection, rows: Iterable[AuditRow]) -> int:
+    """Append rows in the caller's transaction (they commit or roll back with it).
+
+    The one writer of the audit log: every row names an `AuditAction`. Returns how many
+    rows were appended.
+    """
+    values = [_values(row) for row in rows]
+    if not values:
+        return 0
+    with translate_errors(f"write the audit log ({values[0]['action']})"):
+        if len(values) == 1:
+            session.execute(sa.insert(audit_log).values(**values[0]))
+        else:
+            session.execute(sa.insert(audit_log), values)
+    return len(values)
 
 
 def record(
@@ -142,17 +151,8 @@ def record(
     integration_id: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    """Append one row in the caller's transaction (it commits or rolls back with it)."""
-    values = _values(
-        action=action,
-        actor=actor,
-        outcome=outcome,
-        instance_id=instance_id,
-        integration_id=integration_id,
-        details=details,
-    )
-    with translate_errors(f"write the audit log ({action})"):
-        session.execute(sa.insert(audit_log).values(**values))
+    """Append one row in the caller's transaction (see `record_many`)."""
+    record_many(session, [AuditRow(action, actor, outcome, instance_id, integration_id, details)])
 
 
 def holds_audit_lock(session: Session) -> bool:
@@ -166,26 +166,6 @@ def holds_audit_lock(session: Session) -> bool:
             {"key": AUDIT_LOCK_KEY},
         ).scalar()
     )
-
-
-def record_many(session: Session | Connection, rows: Iterable[AuditRow]) -> int:
-    """Append several rows in the caller's transaction, in one statement; returns how many."""
-    values = [
-        _values(
-            action=r.action,
-            actor=r.actor,
-            outcome=r.outcome,
-            instance_id=r.instance_id,
-            integration_id=r.integration_id,
-            details=r.details,
-        )
-        for r in rows
-    ]
-    if not values:
-        return 0
-    with translate_errors(f"write the audit log ({values[0]['action']})"):
-        session.execute(sa.insert(audit_log), values)
-    return len(values)
 
 
 def record_outside(
@@ -203,21 +183,14 @@ def record_outside(
     Written in its own transaction on another connection, unless the caller's transaction
     already holds the audit lock (waiting for it would deadlock): then in the caller's.
     """
-    kwargs = _values(
-        action=action,
-        actor=actor,
-        outcome=outcome,
-        instance_id=instance_id,
-        integration_id=integration_id,
-        details=details,
-    )
+    row = AuditRow(action, actor, outcome, instance_id, integration_id, details)
     if holds_audit_lock(session):
-        record(session, **kwargs)
+        record_many(session, [row])
         return
     bind = session.get_bind()
     engine: Engine = bind.engine
     with engine.begin() as connection:
-        record(connection, **kwargs)
+        record_many(connection, [row])
 
 
 def _entry(row: sa.Row[Any]) -> AuditEntry:
