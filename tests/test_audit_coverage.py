@@ -40,15 +40,16 @@ from prefect_integrations.exceptions import (
     UnknownKeyId,
 )
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
+from prefect_integrations.maintenance.credential_rotation import rotate_provider_credentials
 from prefect_integrations.maintenance.health import HealthChecker
-from prefect_integrations.maintenance.rotation import rotate_provider_credentials
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.oauth.service import authorization_url, create_app, finish
 from prefect_integrations.runtime import reset_runtime, runtime
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault
+from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.definitions import sync_definitions
-from prefect_integrations.store.rotation import rotate_keys
+from prefect_integrations.store.rekey import rotate_keys
 
 from .clirunner import Cli, assert_one_error
 from .conftest import ACME_DEFINITION
@@ -565,6 +566,12 @@ def _constants(node: ast.expr) -> list[str] | None:
     """The string values an expression can take, or None when it is not literal."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
+    if (  # AuditAction.NAME or audit.AuditAction.NAME
+        isinstance(node, ast.Attribute)
+        and ast.unparse(node.value).split(".")[-1] == "AuditAction"
+        and node.attr in AuditAction.__members__
+    ):
+        return [AuditAction[node.attr].value]
     if isinstance(node, ast.IfExp):
         body, orelse = _constants(node.body), _constants(node.orelse)
         if body is not None and orelse is not None:
@@ -584,6 +591,8 @@ def written_actions() -> tuple[set[str], list[str]]:
             values: list[ast.expr] = []
             if isinstance(node, ast.Call):
                 values += [k.value for k in node.keywords if k.arg == "action"]
+                if ast.unparse(node.func).split(".")[-1] == "bind_action":
+                    values += node.args[1:2]  # the action of rows appended inside a statement
             elif isinstance(node, ast.Dict):
                 values += [
                     v
@@ -604,6 +613,12 @@ def written_actions() -> tuple[set[str], list[str]]:
                     continue  # passed through (store/audit.py, a local computed above)
                 if isinstance(value, ast.Attribute) and value.attr == "action":
                     continue  # read back from a row
+                if (
+                    isinstance(value, ast.Attribute)
+                    and value.attr == "value"
+                    and ast.unparse(value.value) == "AuditAction(action)"
+                ):
+                    continue  # passed through (store/audit.py)
                 strings = _constants(value)
                 if strings is None:
                     unreadable.append(f"{where}:{value.lineno}")
