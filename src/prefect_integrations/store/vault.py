@@ -7,7 +7,8 @@ the row's ``instance_id``, checked after decryption, so a ciphertext copied to a
 row is refused. Each successful decrypt appends an audit row in the same statement;
 each failure is audited so that it survives the caller's rollback. The secret values of
 decrypted credentials are remembered by `prefect_integrations.logfilter`, which masks them
-in the HTTP libraries' log records.
+in the HTTP libraries' log records once installed (`logfilter.install`: the runtime and
+the CLI install it; importing this module changes no logging).
 """
 
 from __future__ import annotations
