@@ -7,7 +7,7 @@ encrypted under ``k1`` exactly as `vault.store_credentials` writes them (envelop
   baseline  one bare ``UPDATE integration_instances SET credentials = <ct re-encrypted
             to k2>, key_id = 'k2'`` of every row, in one statement and one transaction
             (decrypt with the known key, no key lookup, no checks, no audit)
-  rotate    `rotation.rotate_keys` with the keyring ``k2,k1``: batches of
+  rotate    `rekey.rotate_keys` with the keyring ``k2,k1``: batches of
             ``--batch-size`` rows in id order, each one statement and one transaction
             with ``FOR UPDATE SKIP LOCKED``, key lookup per row, instance-binding check,
             audit row per batch; then its verification pass over every row (reported
@@ -43,7 +43,7 @@ from prefect_integrations.credentials import credentials_metadata, to_iso
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import load_registry
 from prefect_integrations.keyring import generate_key, parse_keyring
-from prefect_integrations.store import rotation, vault
+from prefect_integrations.store import rekey, vault
 from prefect_integrations.store.definitions import sync_definitions
 
 TARGET = 1.5
@@ -197,7 +197,7 @@ def main() -> None:
 
         params = {"old": old_key, "new": new_key, "opts": vault.PGP_OPTIONS}
         runs: dict[str, list[float]] = {"bare": [], "batched": [], "rotate": [], "verify": []}
-        report: rotation.RotationReport | None = None
+        report: rekey.RotationReport | None = None
         for round_no in range(1, args.rounds + 1):
             _reset(database)
             start = time.perf_counter()
@@ -212,7 +212,7 @@ def main() -> None:
 
             _reset(database)
             start = time.perf_counter()
-            report = rotation.rotate_keys(
+            report = rekey.rotate_keys(
                 database, rotated_ring, actor="bench", batch_size=args.batch_size
             )
             runs["rotate"].append(time.perf_counter() - start)

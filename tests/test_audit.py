@@ -7,12 +7,13 @@ import sqlalchemy as sa
 
 from prefect_integrations.db import Database
 from prefect_integrations.store import audit
+from prefect_integrations.store.audit import AuditAction
 
 
 def _append(db: Database, n: int, actor: str = "t") -> None:
     for i in range(n):
         with db.transaction() as s:
-            audit.record(s, action=audit.AuditAction.INSTANCE_UPDATE, actor=actor, details={"i": i})
+            audit.record(s, action=AuditAction.HEALTH_CHECK, actor=actor, details={"i": i})
 
 
 def _tamper(db: Database, statement: str) -> None:
@@ -97,7 +98,7 @@ def test_concurrent_appends_form_one_chain(db: Database) -> None:
 def test_rolled_back_rows_leave_no_gap(db: Database) -> None:
     _append(db, 2)
     with db.sessions() as s:
-        audit.record(s, action=audit.AuditAction.INSTANCE_UPDATE, actor="t")
+        audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t")
         s.rollback()
     _append(db, 1)
     with db.transaction() as s:
@@ -107,18 +108,42 @@ def test_rolled_back_rows_leave_no_gap(db: Database) -> None:
 
 def test_tail_filters(db: Database) -> None:
     with db.transaction() as s:
-        audit.record(s, action=audit.AuditAction.INSTANCE_CREATE, actor="t", instance_id="x")
-        audit.record(
-            s,
-            action=audit.AuditAction.INSTANCE_DELETE,
-            actor="t",
-            instance_id="y",
-            outcome="failure",
-        )
-        assert [e.action for e in audit.tail(s)] == ["instance.create", "instance.delete"]
-        assert [e.action for e in audit.tail(s, instance_id="y")] == ["instance.delete"]
-        assert [e.instance_id for e in audit.tail(s, action="instance.create")] == ["x"]
+        a, b = AuditAction.HEALTH_CHECK, AuditAction.METHOD_CALL
+        audit.record(s, action=a, actor="t", instance_id="x")
+        audit.record(s, action=b, actor="t", instance_id="y", outcome="failure")
+        assert [e.action for e in audit.tail(s)] == [a, b]
+        assert [e.action for e in audit.tail(s, instance_id="y")] == [b]
+        assert [e.instance_id for e in audit.tail(s, action=a)] == ["x"]
         assert audit.tail(s, limit=1)[0].as_dict()["outcome"] == "failure"
+
+
+def test_rows_appended_inside_a_statement_join_the_chain(db: Database) -> None:
+    """`insert_rows` in a CTE appends rows with the bound action, chained like `record`'s."""
+    _append(db, 1)
+    appended = audit.insert_rows(
+        audit.select_row(
+            actor="CAST(:actor AS text)",
+            instance_id="v.iid",
+            outcome="'success'",
+            details="jsonb_build_object('n', v.n)",
+            rest="FROM (VALUES ('x', 1), ('y', 2)) AS v(iid, n)",
+        ),
+        audit.select_row(actor="CAST(:actor AS text)", outcome="'failure'", details="'{}'"),
+    )
+    statement = audit.bind_action(
+        sa.text(f"WITH a AS ({appended}) SELECT 1"), AuditAction.KEYS_ROTATE
+    )
+    assert "integration_audit_log" in appended
+    with db.transaction() as s:
+        s.execute(statement, {"actor": "cte"})
+    with db.transaction() as s:
+        rows = [e for e in audit.tail(s) if e.actor == "cte"]
+        assert [(e.action, e.instance_id, e.outcome, dict(e.details)) for e in rows] == [
+            ("keys.rotate", "x", "success", {"n": 1}),
+            ("keys.rotate", "y", "success", {"n": 2}),
+            ("keys.rotate", None, "failure", {}),
+        ]
+        assert audit.verify(s).ok
 
 
 def test_only_known_actions_are_recorded(db: Database) -> None:

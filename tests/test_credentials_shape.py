@@ -26,7 +26,7 @@ from prefect_integrations.definitions import Registry
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.store import audit, instances, vault
-from prefect_integrations.store.rotation import rotate_keys
+from prefect_integrations.store.rekey import rotate_keys
 
 from .factories import make_instance
 from .legacy import envelope_versions, write_old_shape

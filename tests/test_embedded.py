@@ -14,6 +14,7 @@ from prefect_integrations.cli import run
 from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.embedded import EmbeddedCluster, find_binaries
 from prefect_integrations.exceptions import DatabaseUnavailable, PostgresNotFound
+from prefect_integrations.store import bootstrap
 
 
 def test_finds_binaries() -> None:
@@ -49,6 +50,22 @@ def test_cluster_is_private(cluster: EmbeddedCluster) -> None:
     else:
         assert owner == os.geteuid()
     assert (cluster.socket_dir.stat().st_mode & 0o777) == 0o700
+
+
+def test_ensure_database_creates_once_and_drop_is_idempotent(cluster: EmbeddedCluster) -> None:
+    admin = cluster.dsn(database="postgres")
+    name = f"bootstrap_{os.getpid()}"
+    try:
+        assert bootstrap.ensure_database(admin, name) is True
+        assert bootstrap.ensure_database(admin, name) is False
+        with psycopg.connect(cluster.dsn(database=name)) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == (name,)
+    finally:
+        bootstrap.drop_database(admin, name)
+    bootstrap.drop_database(admin, name)
+    with psycopg.connect(admin) as conn:
+        gone = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    assert gone is None
 
 
 def test_cli_lifecycle_in_a_fresh_home(

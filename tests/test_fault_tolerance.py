@@ -62,7 +62,7 @@ from prefect_integrations.maintenance.refresh import refresh_expiring
 from prefect_integrations.oauth.endpoint import TokenEndpoint
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.scope import Scope
-from prefect_integrations.store import audit, instances, rotation, vault
+from prefect_integrations.store import audit, instances, key_checks, rekey, vault
 from prefect_integrations.store.definitions import sync_definitions
 from prefect_integrations.store.instances import Instance
 from prefect_integrations.store.usage import UsageRecorder
@@ -160,7 +160,7 @@ def assert_consistent(db: Database, keyring: Keyring, expected: Expected | None 
         for row in rows:
             if row.has_credentials:  # through the vault as well as in the database
                 vault.fetch_credentials(s, keyring, row.instance_id, actor="t", purpose="check")
-    ok, problems = rotation.verify_keys(db, keyring)
+    ok, problems = key_checks.verify_keys(db, keyring)
     assert problems == []
     assert ok == sum(1 for r in rows if r.has_credentials)
     with db.transaction() as s:
@@ -496,15 +496,15 @@ def test_rotation_interrupted_by_a_restart_resumes_and_completes(
             fault_cluster.restart(mode=mode)
 
     with pytest.raises(IntegrationError) as caught:
-        rotation.rotate_keys(fdb, new, actor="rotator", batch_size=5, on_batch=on_batch)
+        rekey.rotate_keys(fdb, new, actor="rotator", batch_size=5, on_batch=on_batch)
     assert _is_typed(caught.value) and isinstance(caught.value, DatabaseUnavailable)
     assert "rotate encryption keys" in str(caught.value)
     assert _entry(new) not in str(caught.value)
     with fdb.transaction() as s:
-        counts = rotation.key_counts(s, new)
+        counts = key_checks.key_counts(s, new)
     assert counts == {"k2": 10, "k1": 20}  # both committed batches survived the restart
 
-    report = rotation.rotate_keys(fdb, new, actor="rotator", batch_size=5)
+    report = rekey.rotate_keys(fdb, new, actor="rotator", batch_size=5)
     assert (report.rotated, report.failed, report.after) == (20, [], {"k2": 30})
     assert (report.verified, report.problems) == (30, [])
     assert sum(r.details["count"] for r in _rotate_audit(fdb)) == 30  # each row once

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 
 import pytest
@@ -105,3 +108,72 @@ def test_child_loggers_and_percent_encoded_values_are_masked(
         "GET https://x/?key=********",
         "ab/cd+ef==",
     ]
+
+
+def _run_python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (this one's environment); return its output."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_importing_the_vault_leaves_logging_alone() -> None:
+    """Importing the store installs nothing: the record factory and root filters stay."""
+    out = _run_python(
+        """
+        import logging
+        root = logging.getLogger()
+        factory, filters = logging.getLogRecordFactory(), list(root.filters)
+        import prefect_integrations.store.vault
+        import prefect_integrations.runtime
+        import prefect_integrations.cli
+        assert logging.getLogRecordFactory() is factory
+        assert root.filters == filters
+        print("untouched")
+        """
+    )
+    assert out == "untouched"
+
+
+def test_the_runtime_installs_the_filter_once() -> None:
+    """Building the runtime (CLI, blocks, tasks, flows) installs the filter, idempotently."""
+    out = _run_python(
+        """
+        import logging
+        from prefect_integrations import logfilter
+        from prefect_integrations.runtime import Runtime
+        factory = logging.getLogRecordFactory()
+        Runtime()
+        installed = logging.getLogRecordFactory()
+        assert installed is not factory
+        Runtime()
+        logfilter.install()
+        assert logging.getLogRecordFactory() is installed
+        logfilter.remember({"apikey": {"key": "key-canary-91"}})
+        record = logging.getLogger("httpx").makeRecord(
+            "httpx", logging.INFO, "x.py", 1, "GET %s", ("https://x/?key=key-canary-91",), None
+        )
+        print(record.getMessage())
+        """
+    )
+    assert out == "GET https://x/?key=********"
+
+
+def test_the_cli_entry_installs_the_filter() -> None:
+    """The console script installs the filter before any command runs."""
+    out = _run_python(
+        """
+        import logging
+        from prefect_integrations.cli import run
+        factory = logging.getLogRecordFactory()
+        assert run(["--help"]) == 0
+        print("installed" if logging.getLogRecordFactory() is not factory else "missing")
+        """
+    )
+    assert out.endswith("installed")

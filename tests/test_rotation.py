@@ -33,7 +33,7 @@ from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.exceptions import DatabaseError, DatabaseUnavailable, IntegrationError
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.scope import Scope
-from prefect_integrations.store import audit, instances, rotation, vault
+from prefect_integrations.store import audit, instances, key_checks, rekey, vault
 
 from .factories import make_instance
 from .legacy import write_old_shape
@@ -96,7 +96,7 @@ def _rows(db: Database) -> dict[str, Any]:
 
 def _counts(db: Database, keyring: Keyring) -> dict[str, int]:
     with db.transaction() as s:
-        return rotation.key_counts(s, keyring)
+        return key_checks.key_counts(s, keyring)
 
 
 def _fetch_all(db: Database, keyring: Keyring, ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -131,7 +131,7 @@ def test_rotates_every_row_in_batches_keeping_plaintext_and_version(
     before = _rows(synced)
     seen: list[int] = []
 
-    report = rotation.rotate_keys(synced, new, actor="rotator", batch_size=7, on_batch=seen.append)
+    report = rekey.rotate_keys(synced, new, actor="rotator", batch_size=7, on_batch=seen.append)
 
     assert (report.rotated, report.failed, report.batches) == (50, [], 8)
     assert seen == [7] * 7 + [1]
@@ -165,7 +165,7 @@ def test_rotates_every_row_in_batches_keeping_plaintext_and_version(
             s, new, ids[0], {"apikey": {"key": "next"}}, expected_version=version
         ) == (version + 1)
     # a second run finds nothing to do
-    again = rotation.rotate_keys(synced, new, actor="rotator", batch_size=7)
+    again = rekey.rotate_keys(synced, new, actor="rotator", batch_size=7)
     assert (again.rotated, again.batches, again.after, again.verified) == (0, 0, {"k2": 50}, 50)
     assert len(_rotate_audit(synced)) == 8
 
@@ -186,11 +186,11 @@ def test_rows_without_credentials_are_ignored_and_batch_size_is_checked(
             actor="t",
         )
     new, _ = _rotated_ring(keyring)
-    report = rotation.rotate_keys(synced, new, actor="t")
+    report = rekey.rotate_keys(synced, new, actor="t")
     assert (report.rotated, report.batches, report.verified, report.after) == (3, 1, 3, {"k2": 3})
     assert _rows(synced)["bare"].credentials is None
     with pytest.raises(ValueError, match="batch_size"):
-        rotation.rotate_keys(synced, new, actor="t", batch_size=0)
+        rekey.rotate_keys(synced, new, actor="t", batch_size=0)
 
 
 # --------------------------------------------------------------------------------------
@@ -251,12 +251,12 @@ def _spoil(db: Database, keyring: Keyring, ids: list[str]) -> dict[str, str]:
             o=vault.PGP_OPTIONS,
         )
     return {
-        ids[0]: rotation.UNDECRYPTABLE,
-        ids[1]: rotation.UNDECRYPTABLE,
-        ids[2]: rotation.UNKNOWN_KEY_ID,
-        ids[3]: rotation.BINDING_MISMATCH,
-        ids[5]: rotation.MALFORMED,
-        ids[6]: rotation.MALFORMED,
+        ids[0]: rekey.UNDECRYPTABLE,
+        ids[1]: rekey.UNDECRYPTABLE,
+        ids[2]: rekey.UNKNOWN_KEY_ID,
+        ids[3]: rekey.BINDING_MISMATCH,
+        ids[5]: rekey.MALFORMED,
+        ids[6]: rekey.MALFORMED,
     }
 
 
@@ -268,10 +268,10 @@ def test_bad_rows_are_reported_left_untouched_and_the_rest_rotated(
     new, only_k2 = _rotated_ring(keyring)
     before = _rows(synced)
     with synced.transaction() as s:
-        counted = rotation.count_keys(s, new)
+        counted = key_checks.count_keys(s, new)
     assert counted.by_key == {"k1": 29, "k9": 1} and counted.unknown == 1 and counted.total == 30
 
-    report = rotation.rotate_keys(synced, new, actor="rotator", batch_size=4)
+    report = rekey.rotate_keys(synced, new, actor="rotator", batch_size=4)
 
     assert sorted(report.failed) == sorted(bad.items())  # each reported once
     assert report.rotated == 30 - len(bad) and not report.ok
@@ -338,7 +338,7 @@ _CHILD = textwrap.dedent(
     import os, sys, time
     from prefect_integrations.db import Database
     from prefect_integrations.keyring import parse_keyring
-    from prefect_integrations.store import rotation
+    from prefect_integrations.store import rekey
 
     def on_batch(rotated):
         print("batch", rotated, flush=True)
@@ -346,7 +346,7 @@ _CHILD = textwrap.dedent(
 
     db = Database.from_url(os.environ["PI_TEST_URL"])
     keyring = parse_keyring(os.environ["PI_TEST_KEYS"])
-    rotation.rotate_keys(db, keyring, actor="child", batch_size=3, on_batch=on_batch)
+    rekey.rotate_keys(db, keyring, actor="child", batch_size=3, on_batch=on_batch)
     print("done", flush=True)
     """
 )
@@ -388,7 +388,7 @@ def test_killed_process_loses_at_most_its_batch_and_a_rerun_finishes(
         iid: _secret(i) for i, iid in enumerate(ids)
     }
 
-    report = rotation.rotate_keys(synced, new, actor="rerun", batch_size=7)
+    report = rekey.rotate_keys(synced, new, actor="rerun", batch_size=7)
     assert report.rotated == counts["k1"] and report.failed == []
     assert report.after == {"k2": 50} and report.verified == 50
     assert _fetch_all(synced, only_k2, ids) == {
@@ -419,7 +419,7 @@ def test_killed_connection_is_a_clear_error_and_a_rerun_finishes(
 
     def rotate() -> None:
         try:
-            rotation.rotate_keys(synced, new, actor="t", batch_size=3, on_batch=on_batch)
+            rekey.rotate_keys(synced, new, actor="t", batch_size=3, on_batch=on_batch)
         except BaseException as exc:
             errors.append(exc)
 
@@ -445,7 +445,7 @@ def test_killed_connection_is_a_clear_error_and_a_rerun_finishes(
 
     done_before = _counts(synced, new).get("k2", 0)
     assert done_before >= 6
-    report = rotation.rotate_keys(synced, new, actor="t", batch_size=3)
+    report = rekey.rotate_keys(synced, new, actor="t", batch_size=3)
     assert report.rotated == 50 - done_before and report.failed == []
     assert report.after == {"k2": 50} and report.verified == 50
     assert _fetch_all(synced, only_k2, ids) == {
@@ -487,7 +487,7 @@ def test_reads_keep_working_while_rotating(
         deadline = time.monotonic() + 10
         while len(seen) < 10 and time.monotonic() < deadline:
             time.sleep(0.01)
-        report = rotation.rotate_keys(
+        report = rekey.rotate_keys(
             synced, new, actor="t", batch_size=2, on_batch=lambda _: time.sleep(0.01)
         )
         reads_during = len(seen)
@@ -508,14 +508,14 @@ def test_two_concurrent_runs_split_the_rows(
     ids = _make(synced, test_registry, keyring, 60)
     new, only_k2 = _rotated_ring(keyring)
     barrier = threading.Barrier(2)
-    reports: list[rotation.RotationReport] = []
+    reports: list[rekey.RotationReport] = []
     errors: list[BaseException] = []
 
     def rotate(actor: str) -> None:
         try:
             barrier.wait(10)
             reports.append(
-                rotation.rotate_keys(
+                rekey.rotate_keys(
                     synced, new, actor=actor, batch_size=3, on_batch=lambda _: time.sleep(0.01)
                 )
             )
@@ -559,10 +559,10 @@ def test_a_row_locked_elsewhere_is_skipped_and_waited_for_with_its_new_content(
     new, only_k2 = _rotated_ring(keyring)
     target = ids[7]
     finished = threading.Event()
-    result: list[rotation.RotationReport] = []
+    result: list[rekey.RotationReport] = []
 
     def rotate() -> None:
-        result.append(rotation.rotate_keys(synced, new, actor="t", batch_size=4))
+        result.append(rekey.rotate_keys(synced, new, actor="t", batch_size=4))
         finished.set()
 
     with _locked(synced, target) as conn, Session(bind=conn) as session:
@@ -594,15 +594,15 @@ def test_a_row_locked_too_long_is_reported_and_done_by_the_next_run(
     new, _ = _rotated_ring(keyring)
     with _locked(synced, ids[3]):
         started = time.monotonic()
-        report = rotation.rotate_keys(synced, new, actor="t", batch_size=4, lock_wait=0.5)
+        report = rekey.rotate_keys(synced, new, actor="t", batch_size=4, lock_wait=0.5)
         # The row stays locked until the block ends: finishing at all shows the run gave up
         # on it after lock_wait; the bound only keeps a regression from hanging the suite.
         assert time.monotonic() - started < 60
-    assert report.rotated == 9 and report.failed == [(ids[3], rotation.LOCKED)]
+    assert report.rotated == 9 and report.failed == [(ids[3], rekey.LOCKED)]
     assert report.after == {"k1": 1, "k2": 9} and not report.ok
     locked = [r for r in _rotate_audit(synced) if r.outcome == "failure"]
     assert [(r.instance_id, r.details["reason"]) for r in locked] == [(ids[3], "locked")]
-    again = rotation.rotate_keys(synced, new, actor="t")
+    again = rekey.rotate_keys(synced, new, actor="t")
     assert again.rotated == 1 and again.ok and again.after == {"k2": 10}
 
 
@@ -614,12 +614,12 @@ def test_a_deadlock_with_an_audit_writer_is_retried(
     aborts one side; the rotation retries its batch and finishes."""
     ids = _make(synced, test_registry, keyring, 10)
     new, only_k2 = _rotated_ring(keyring)
-    result: list[rotation.RotationReport] = []
+    result: list[rekey.RotationReport] = []
     errors: list[BaseException] = []
 
     def rotate() -> None:
         try:
-            result.append(rotation.rotate_keys(synced, new, actor="t", batch_size=100))
+            result.append(rekey.rotate_keys(synced, new, actor="t", batch_size=100))
         except BaseException as exc:
             errors.append(exc)
 
@@ -737,7 +737,7 @@ def test_keys_never_reach_the_server_log(
         conn.commit()
     synced.dispose()
     start = cluster.log_file.stat().st_size
-    report = rotation.rotate_keys(synced, new, actor="t", batch_size=3)
+    report = rekey.rotate_keys(synced, new, actor="t", batch_size=3)
     assert report.failed and report.rotated
     with cluster.log_file.open() as handle:
         handle.seek(start)

@@ -30,7 +30,12 @@ from prefect_integrations.exceptions import (
     DatabaseUnavailable,
     PermissionDenied,
 )
-from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE, RUNTIME_UPDATABLE_COLUMNS
+from prefect_integrations.models import (
+    ADMIN_ROLE,
+    RUNTIME_ROLE,
+    RUNTIME_UPDATABLE_COLUMNS,
+    metadata,
+)
 from prefect_integrations.settings import Settings, get_settings
 
 __all__ = [
@@ -199,11 +204,11 @@ def _role_exists(connection: Connection, role: str) -> bool:
     )
 
 
-_OWNED_TABLES = (
-    "integration_definitions",
-    "integration_instances",
-    "integration_audit_log",
-    "integration_oauth_states",
+#: The package's tables (definitions, instances, audit log, OAuth states).
+_OWNED_TABLES = tuple(metadata.tables)
+#: The tables roles may only read and append to (the audit log).
+_APPEND_ONLY = tuple(
+    name for name, table in metadata.tables.items() if table.info.get("append_only")
 )
 
 
@@ -256,8 +261,7 @@ def apply_grants(
                 option = "LOGIN" if login else "NOLOGIN"
                 connection.execute(sa.text(f"CREATE ROLE {quote(role)} {option}"))
         statements = [
-            "REVOKE ALL ON integration_definitions, integration_instances, "
-            "integration_audit_log, integration_oauth_states FROM PUBLIC",
+            f"REVOKE ALL ON {', '.join(_OWNED_TABLES)} FROM PUBLIC",
             f"GRANT CONNECT ON DATABASE {database} TO {admin}, {runtime}",
             f"GRANT USAGE ON SCHEMA public TO {admin}, {runtime}",
             f"GRANT SELECT ON {VERSION_TABLE} TO {admin}, {runtime}",
@@ -265,7 +269,7 @@ def apply_grants(
             f"integration_instances TO {admin}",
             f"GRANT SELECT ON integration_definitions, integration_instances TO {runtime}",
             f"GRANT UPDATE ({updatable}) ON integration_instances TO {runtime}",
-            f"GRANT SELECT, INSERT ON integration_audit_log TO {admin}, {runtime}",
+            f"GRANT SELECT, INSERT ON {', '.join(_APPEND_ONLY)} TO {admin}, {runtime}",
             f"GRANT SELECT, INSERT, DELETE ON integration_oauth_states TO {admin}, {runtime}",
         ]
         for statement in statements:

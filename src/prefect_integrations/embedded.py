@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
-from psycopg import sql
-
 from prefect_integrations.exceptions import ConfigurationError, PostgresNotFound
+from prefect_integrations.store import bootstrap
 
 __all__ = [
     "DATABASE_NAME",
@@ -372,23 +370,12 @@ class EmbeddedCluster:
                 self.initialize()
             if not self.is_running():
                 self.start()
-            self._create_database(database)
+            bootstrap.ensure_database(self.dsn(database="postgres"), database)
         return self.url(database=database)
-
-    def _create_database(self, database: str) -> None:
-        with psycopg.connect(self.dsn(database="postgres"), autocommit=True) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
-            ).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
     def drop_database(self, database: str) -> None:
         """Drop one database of the cluster, if it exists."""
-        with psycopg.connect(self.dsn(database="postgres"), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-            )
+        bootstrap.drop_database(self.dsn(database="postgres"), database)
 
     def status(self) -> ClusterStatus:
         """Report where the cluster lives and whether it runs."""

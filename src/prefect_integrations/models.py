@@ -104,6 +104,8 @@ audit_log = sa.Table(
     sa.Column("details", JSONB, nullable=False),
     sa.Column("prev_hash", BYTEA),
     sa.Column("hash", BYTEA, nullable=False, server_default=sa.FetchedValue()),
+    # Roles may only read and append (`prefect_integrations.db.apply_grants`).
+    info={"append_only": True},
 )
 
 oauth_states = sa.Table(

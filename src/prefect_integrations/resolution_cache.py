@@ -24,6 +24,7 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
 from prefect_integrations.scope import Context
+from prefect_integrations.store.notify import INSTANCE_CHANGES_CHANNEL, listen
 
 __all__ = [
     "INSTANCE_CHANGES_CHANNEL",
@@ -32,9 +33,6 @@ __all__ = [
     "ResolutionKey",
     "listener_conninfo",
 ]
-
-INSTANCE_CHANGES_CHANNEL = "integration_instance_changes"
-"""The channel the ``integration_instances`` trigger notifies (migration 0004)."""
 
 LISTENER_APPLICATION_NAME = "prefect-integrations-listener"
 """The ``application_name`` of the listener's connection (visible in pg_stat_activity)."""
@@ -223,7 +221,7 @@ class ResolutionCache:
         while not self._stopping:
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {INSTANCE_CHANGES_CHANNEL}")
+                    listen(conn)
                     self._set_listening(True, conn.info.backend_pid)
                     backoff = 0.1
                     failing = False

@@ -16,16 +16,15 @@ from contextlib import contextmanager
 from functools import cached_property
 
 import psycopg
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from prefect_integrations import logfilter
 from prefect_integrations.client import AsyncIntegrationClient, IntegrationClient
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.exceptions import ConfigurationError
 from prefect_integrations.keyring import Keyring, load_keyring
 from prefect_integrations.resolution_cache import (
-    INSTANCE_CHANGES_CHANNEL,
     ResolutionCache,
     ResolutionKey,
     listener_conninfo,
@@ -33,6 +32,7 @@ from prefect_integrations.resolution_cache import (
 from prefect_integrations.resolve import resolve
 from prefect_integrations.scope import Context
 from prefect_integrations.settings import Settings, current_actor, get_settings
+from prefect_integrations.store.notify import notify_instance_change
 from prefect_integrations.store.usage import UsageRecorder
 
 __all__ = ["Runtime", "reset_runtime", "runtime"]
@@ -41,9 +41,16 @@ _logger = logging.getLogger(__name__)
 
 
 class Runtime:
-    """What commands, blocks and tasks need, built lazily and shared."""
+    """What commands, blocks and tasks need, built lazily and shared.
+
+    Building one installs the log filter that masks decrypted credentials in the HTTP
+    libraries' log records (`prefect_integrations.logfilter.install`, idempotent), so
+    every entry point that goes through the runtime (CLI, block, generated tasks,
+    maintenance flows) has it before the first decryption.
+    """
 
     def __init__(self, settings: Settings | None = None) -> None:
+        logfilter.install()
         if settings is not None:
             self.__dict__["settings"] = settings
         self._clients: dict[str, IntegrationClient] = {}
@@ -158,10 +165,7 @@ class Runtime:
 
         def send(token: str) -> None:
             with self.db.connect("wait for instance changes") as connection:
-                connection.execute(
-                    sa.text("SELECT pg_notify(:channel, :token)"),
-                    {"channel": INSTANCE_CHANGES_CHANNEL, "token": token},
-                )
+                notify_instance_change(connection, token)
 
         return cache.sync(send, timeout)
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import typer
 
+from prefect_integrations import logfilter
 from prefect_integrations.cli import (
     audit_commands,
     call_commands,
@@ -144,6 +145,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     one line ``error[code]: message`` with exit 1.
     """
     args = list(argv) if argv is not None else sys.argv[1:]
+    logfilter.install()  # decrypted credentials never reach a log record
     try:
         _check_encodable(args)
         app(args=args, standalone_mode=True)

@@ -9,7 +9,7 @@ import typer
 
 from prefect_integrations.cli._common import echo_table, emit_json, runtime
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
-from prefect_integrations.store import rotation
+from prefect_integrations.store import key_checks, rekey
 
 app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
 
@@ -57,7 +57,7 @@ def status(
     rt = runtime()
     keyring = rt.keyring
     with rt.transaction("count credentials per key id") as session:
-        counts = rotation.count_keys(session, keyring)
+        counts = key_checks.count_keys(session, keyring)
     to_rotate = counts.total - counts.by_key.get(keyring.primary_id, 0)
     if as_json:
         emit_json(
@@ -102,7 +102,7 @@ def rotate(
         done["rows"] += rotated
         typer.echo(f"  ... {done['rows']} rotated", err=True)
 
-    report = rotation.rotate_keys(
+    report = rekey.rotate_keys(
         rt.db,
         keyring,
         actor=rt.actor,
@@ -117,7 +117,7 @@ def rotate(
         raise typer.Exit(1)
 
 
-def _echo_report(report: rotation.RotationReport, keyring: Keyring) -> None:
+def _echo_report(report: rekey.RotationReport, keyring: Keyring) -> None:
     typer.echo(f"primary key: '{report.primary}'")
     typer.echo("before:")
     _echo_counts(report.before, keyring)

@@ -84,8 +84,8 @@ def rotate_credentials(batch_size: int = 5000, provider_rotation: bool = True) -
 
     Provider credentials are rotated only where the definition declares how.
     """
-    from prefect_integrations.maintenance.rotation import rotate_provider_credentials
-    from prefect_integrations.store.rotation import rotate_keys
+    from prefect_integrations.maintenance.credential_rotation import rotate_provider_credentials
+    from prefect_integrations.store.rekey import rotate_keys
 
     rt = runtime()
     logger = get_run_logger()

@@ -29,10 +29,13 @@ __all__ = [
     "AuditRow",
     "Outcome",
     "VerifyReport",
+    "bind_action",
     "holds_audit_lock",
+    "insert_rows",
     "record",
     "record_many",
     "record_outside",
+    "select_row",
     "tail",
     "verify",
 ]
@@ -153,6 +156,62 @@ def record(
 ) -> None:
     """Append one row in the caller's transaction (see `record_many`)."""
     record_many(session, [AuditRow(action, actor, outcome, instance_id, integration_id, details)])
+
+
+# --------------------------------------------------------------------------------------
+# Audit rows appended inside a larger statement
+# --------------------------------------------------------------------------------------
+
+#: The columns an appended row sets, in the order of `select_row`; the append trigger
+#: sets the others (id, time, database role, hash chain).
+_APPENDED_COLUMNS = tuple(
+    audit_log.c[name].name
+    for name in ("actor", "action", "instance_id", "integration_id", "outcome", "details")
+)
+#: The bind parameter holding the action of the rows `insert_rows` appends.
+_ACTION_PARAM = "audit_action"
+
+
+def select_row(
+    *,
+    actor: str,
+    outcome: str,
+    details: str,
+    instance_id: str = "NULL",
+    integration_id: str = "NULL",
+    rest: str = "",
+) -> str:
+    """One ``SELECT`` of audit rows for `insert_rows`, from SQL expressions.
+
+    Each argument is a SQL expression of the caller's statement (bind parameters or
+    columns, never a value spliced in); the action is the bound parameter that
+    `bind_action` sets. ``rest`` follows the select list (``FROM ... WHERE ...``).
+    """
+    return (
+        f"SELECT {actor}, CAST(:{_ACTION_PARAM} AS text), {instance_id}, {integration_id},\n"
+        f"       {outcome}, {details}\n{rest}"
+    )
+
+
+def insert_rows(*selects: str) -> str:
+    """``INSERT INTO`` the audit log the rows of the `select_row` selects (``UNION ALL``).
+
+    For a data-modifying CTE of a statement that must append its audit rows itself (one
+    round trip); the statement is then passed through `bind_action`. Rows are numbered,
+    stamped and chained by the append trigger, as those of `record`.
+    """
+    if not selects:
+        raise ValueError("insert_rows needs at least one select")
+    columns = ", ".join(_APPENDED_COLUMNS)
+    body = "\nUNION ALL\n".join(selects)
+    return f"INSERT INTO {audit_log.name} ({columns})\n{body}"
+
+
+def bind_action(statement: sa.TextClause, action: AuditAction) -> sa.TextClause:
+    """``statement`` (holding `insert_rows`) with the action of its audit rows bound."""
+    return statement.bindparams(
+        sa.bindparam(_ACTION_PARAM, value=AuditAction(action).value, type_=sa.Text)
+    )
 
 
 def holds_audit_lock(session: Session) -> bool:

@@ -7,7 +7,8 @@ the row's ``instance_id``, checked after decryption, so a ciphertext copied to a
 row is refused. Each successful decrypt appends an audit row in the same statement;
 each failure is audited so that it survives the caller's rollback. The secret values of
 decrypted credentials are remembered by `prefect_integrations.logfilter`, which masks them
-in the HTTP libraries' log records.
+in the HTTP libraries' log records once installed (`logfilter.install`: the runtime and
+the CLI install it; importing this module changes no logging).
 """
 
 from __future__ import annotations
@@ -48,12 +49,9 @@ __all__ = [
     "store_credentials",
 ]
 
-# Decrypted values are remembered so the HTTP libraries' log records never show them.
-logfilter.install()
-
 #: The ``v`` of the stored envelope. 2: the plaintext holds the specification's credentials
 #: shape. 1: written before it, possibly a flat document; still read (converted on
-#: decryption), rewritten as 2 on the next write or by `rotation.rotate_keys`.
+#: decryption), rewritten as 2 on the next write or by `rekey.rotate_keys`.
 ENVELOPE_VERSION = 2
 PGP_OPTIONS = "cipher-algo=aes256, s2k-mode=1"
 
@@ -80,8 +78,19 @@ _STORE = sa.text(
 # One round trip: pick the row's key from the keyring, decrypt (NULL instead of an error
 # on a wrong key, so the caller's transaction stays usable), check the instance binding,
 # and append the audit row of a successful decrypt.
-_FETCH = sa.text(
-    """
+_FETCH_AUDIT = audit.insert_rows(
+    audit.select_row(
+        actor="CAST(:actor AS text)",
+        instance_id="d.instance_id",
+        integration_id="d.integration_id",
+        outcome="'success'",
+        details="jsonb_build_object('purpose', CAST(:purpose AS text), 'key_id', d.kid)",
+        rest="FROM d WHERE d.pt IS NOT NULL AND (d.pt::jsonb ->> 'instance_id') = d.instance_id",
+    )
+)
+_FETCH = audit.bind_action(
+    sa.text(
+        f"""
     WITH k AS MATERIALIZED (
       SELECT i.instance_id, d.integration_id, d.auth_type, i.credentials,
              (CAST(:keys AS text[]))[array_position(CAST(:kids AS text[]),
@@ -98,17 +107,14 @@ _FETCH = sa.text(
              integration_try_decrypt(decode(k.credentials->>'ct', 'base64'), k.key) AS pt
         FROM k
     ), a AS (
-      INSERT INTO integration_audit_log (actor, action, instance_id, integration_id,
-                                         outcome, details)
-      SELECT :actor, 'credentials.decrypt', d.instance_id, d.integration_id, 'success',
-             jsonb_build_object('purpose', CAST(:purpose AS text), 'key_id', d.kid)
-        FROM d
-       WHERE d.pt IS NOT NULL AND (d.pt::jsonb ->> 'instance_id') = d.instance_id
+      {_FETCH_AUDIT}
     )
     SELECT instance_id, integration_id, auth_type, has_credentials, envelope_version, kid,
            key_known, pt
       FROM d
     """
+    ),
+    AuditAction.CREDENTIALS_DECRYPT,
 )
 
 
