@@ -616,7 +616,7 @@ def written_actions() -> tuple[set[str], list[str]]:
                 if (
                     isinstance(value, ast.Attribute)
                     and value.attr == "value"
-                    and ast.unparse(value.value) == "AuditAction(action)"
+                    and ast.unparse(value.value).startswith("AuditAction(")
                 ):
                     continue  # passed through (store/audit.py)
                 strings = _constants(value)
