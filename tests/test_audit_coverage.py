@@ -565,11 +565,20 @@ def _constants(node: ast.expr) -> list[str] | None:
     """The string values an expression can take, or None when it is not literal."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
+    if isinstance(node, ast.Attribute) and _names_audit_action(node.value):
+        return [audit.AuditAction[node.attr].value]  # AuditAction.X / audit.AuditAction.X
     if isinstance(node, ast.IfExp):
         body, orelse = _constants(node.body), _constants(node.orelse)
         if body is not None and orelse is not None:
             return body + orelse
     return None
+
+
+def _names_audit_action(node: ast.expr) -> bool:
+    """True for ``AuditAction`` or ``audit.AuditAction``."""
+    if isinstance(node, ast.Name):
+        return node.id == "AuditAction"
+    return isinstance(node, ast.Attribute) and node.attr == "AuditAction"
 
 
 def written_actions() -> tuple[set[str], list[str]]:
@@ -604,6 +613,13 @@ def written_actions() -> tuple[set[str], list[str]]:
                     continue  # passed through (store/audit.py, a local computed above)
                 if isinstance(value, ast.Attribute) and value.attr == "action":
                     continue  # read back from a row
+                if (
+                    isinstance(value, ast.Attribute)
+                    and value.attr == "value"
+                    and isinstance(value.value, ast.Call)
+                    and _names_audit_action(value.value.func)
+                ):
+                    continue  # AuditAction(action).value: passed through (store/audit.py)
                 strings = _constants(value)
                 if strings is None:
                     unreadable.append(f"{where}:{value.lineno}")
