@@ -5,8 +5,9 @@ lease (owner = this run), so two runs at once split the instances and never chec
 twice; an instance is due when it was not checked within ``min_interval``. Per batch:
 one statement decrypts every claimed instance's credentials (audited), the checks run
 concurrently over one pooled async HTTP client, and one transaction writes every status,
-one audit row per instance, and releases the claims. One failing instance never stops
-the batch.
+one audit row per instance, and releases the claims. A status is written only where the
+state is still the one claimed (an instance set ``inactive`` during its check stays
+``inactive``). One failing instance never stops the batch.
 
 Outcomes and the status they lead to:
 

@@ -29,7 +29,9 @@ stored token did not change, the instance goes to ``error`` with reason
 ``invalid_grant``. A token endpoint that keeps failing leaves the instance active until
 ``failure_threshold`` consecutive failed refreshes, then ``error`` with reason
 ``token_endpoint_unavailable``. Every outcome is audited; status changes emit a Prefect
-event.
+event. Statuses are written through `store.status.write_status`, only while the state is
+still the one read in step 1: an instance set ``inactive`` while its token request is in
+flight stays ``inactive`` (a new token is stored all the same).
 """
 
 from __future__ import annotations
