@@ -6,12 +6,16 @@ import sqlalchemy as sa
 
 from prefect_integrations.db import Database
 from prefect_integrations.store import audit
+from prefect_integrations.store.audit import AuditAction
+
+A = AuditAction.INSTANCE_CREATE
+B = AuditAction.INSTANCE_UPDATE
 
 
 def _append(db: Database, n: int, actor: str = "t") -> None:
     for i in range(n):
         with db.transaction() as s:
-            audit.record(s, action="test.event", actor=actor, details={"i": i})
+            audit.record(s, action=AuditAction.METHOD_CALL, actor=actor, details={"i": i})
 
 
 def _tamper(db: Database, statement: str) -> None:
@@ -96,7 +100,7 @@ def test_concurrent_appends_form_one_chain(db: Database) -> None:
 def test_rolled_back_rows_leave_no_gap(db: Database) -> None:
     _append(db, 2)
     with db.sessions() as s:
-        audit.record(s, action="test.event", actor="t")
+        audit.record(s, action=AuditAction.METHOD_CALL, actor="t")
         s.rollback()
     _append(db, 1)
     with db.transaction() as s:
@@ -106,9 +110,9 @@ def test_rolled_back_rows_leave_no_gap(db: Database) -> None:
 
 def test_tail_filters(db: Database) -> None:
     with db.transaction() as s:
-        audit.record(s, action="a", actor="t", instance_id="x")
-        audit.record(s, action="b", actor="t", instance_id="y", outcome="failure")
-        assert [e.action for e in audit.tail(s)] == ["a", "b"]
-        assert [e.action for e in audit.tail(s, instance_id="y")] == ["b"]
-        assert [e.instance_id for e in audit.tail(s, action="a")] == ["x"]
+        audit.record(s, action=A, actor="t", instance_id="x")
+        audit.record(s, action=B, actor="t", instance_id="y", outcome="failure")
+        assert [e.action for e in audit.tail(s)] == [A.value, B.value]
+        assert [e.action for e in audit.tail(s, instance_id="y")] == [B.value]
+        assert [e.instance_id for e in audit.tail(s, action=A.value)] == ["x"]
         assert audit.tail(s, limit=1)[0].as_dict()["outcome"] == "failure"

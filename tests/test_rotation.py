@@ -626,7 +626,9 @@ def test_a_deadlock_with_an_audit_writer_is_retried(
     worker = threading.Thread(target=rotate)
     with synced.engine.connect() as writer:
         writer.begin()
-        audit.record(writer, action="method.call", actor="recorder", instance_id=ids[4])
+        audit.record(
+            writer, action=audit.AuditAction.METHOD_CALL, actor="recorder", instance_id=ids[4]
+        )
         worker.start()
         deadline = time.monotonic() + 10
         waiting = False
