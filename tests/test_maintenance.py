@@ -7,15 +7,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import sqlalchemy as sa
 import yaml
 
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
+from prefect_integrations.exceptions import InvalidGrant, ValidationError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.maintenance.health import HealthChecker, HealthReport
+from prefect_integrations.oauth.endpoint import TokenEndpoint
+from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.scope import Scope
-from prefect_integrations.store import audit, instances, vault
+from prefect_integrations.store import audit, instances, status, vault
 
 from .factories import make_instance
 from .provider import FakeProvider, Reply
@@ -172,8 +177,6 @@ def test_health_check_refreshes_tokens_first(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:
     """An OAuth instance whose token is about to expire is refreshed, not marked failed."""
-    from prefect_integrations.oauth.lifecycle import TokenLifecycle
-
     calls: list[str] = []
 
     class Recording(TokenLifecycle):
@@ -247,3 +250,153 @@ def _closed_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+# --------------------------------------------------------------------------------------
+# An operator's state set while a refresh or a check is in flight stands
+# --------------------------------------------------------------------------------------
+
+
+def _add_oauth(db: Database, registry: Registry, keyring: Keyring, instance_id: str) -> None:
+    with db.transaction() as s:
+        instances.create_instance(
+            s,
+            registry,
+            keyring,
+            instance_id=instance_id,
+            integration_id="echo_oauth",
+            name=instance_id,
+            scope=Scope("global"),
+            config={"base_url": "http://provider.invalid"},
+            credentials={
+                "oauth2": {
+                    "client_id": "c",
+                    "access_token": "old",
+                    "refresh_token": "r1",
+                    "expires_at": time.time() + 5,
+                    "obtained_at": time.time() - 3600,
+                }
+            },
+            actor="t",
+        )
+
+
+def _deactivate(db: Database, registry: Registry, instance_id: str) -> None:
+    """What an operator does: set the instance inactive through the store."""
+    with db.transaction() as s:
+        instances.update_instance(
+            s, registry, instance_id, status={"state": "inactive"}, actor="operator"
+        )
+
+
+@pytest.mark.parametrize("answer", ["token", "invalid_grant"])
+def test_instance_set_inactive_during_a_refresh_stays_inactive(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, answer: str
+) -> None:
+    _add_oauth(echo_db, echo_registry, keyring, "paused")
+
+    class DeactivatingEndpoint(TokenEndpoint):
+        """Lets the operator act while the token request is in flight, then answers."""
+
+        def refresh(self, refresh_token: str) -> dict[str, Any]:
+            _deactivate(echo_db, echo_registry, "paused")
+            if answer == "invalid_grant":
+                raise InvalidGrant("refused", reason="invalid_grant")
+            return {"access_token": "new", "refresh_token": "r2", "expires_in": 3600}
+
+    lifecycle = TokenLifecycle(
+        echo_db,
+        echo_registry,
+        keyring,
+        actor="refresher",
+        endpoint_factory=lambda d, i, c: DeactivatingEndpoint.for_instance(d, i.config, c),
+    )
+    if answer == "token":
+        assert lifecycle.refresh("paused", force=True).result == "refreshed"
+    else:
+        with pytest.raises(InvalidGrant):
+            lifecycle.refresh("paused", force=True)
+    assert _status(echo_db, "paused") == {"state": "inactive"}
+    with echo_db.transaction() as s:
+        stored = vault.fetch_credentials(s, keyring, "paused", actor="t", purpose="t").reveal()
+        last = audit.tail(s, action="oauth.refresh", limit=1)[0]
+    if answer == "token":  # the rotated token is kept even though the status is not written
+        assert stored["oauth2"]["access_token"] == "new"
+        assert stored["oauth2"]["refresh_token"] == "r2"
+    else:
+        assert last.outcome == "failure" and last.details["status_written"] is False
+
+
+def test_instance_set_inactive_during_a_health_check_stays_inactive(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring
+) -> None:
+    _add(echo_db, echo_registry, keyring, "paused", "http://provider.invalid")
+    _add(echo_db, echo_registry, keyring, "other", "http://provider.invalid")
+
+    async def provider(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/paused/"):
+            _deactivate(echo_db, echo_registry, "paused")
+        return httpx.Response(401, json={"error": {"code": "bad_key", "message": "revoked"}})
+
+    checker = _checker(echo_db, echo_registry, keyring, transport=httpx.MockTransport(provider))
+    report = _run(checker)
+    by_id = {r.instance_id: r for r in report.results}
+    assert by_id["paused"].state_after == "inactive"
+    assert by_id["other"].state_after == "error"  # the check's verdict where nothing changed
+    assert _status(echo_db, "paused") == {"state": "inactive"}
+    assert _status(echo_db, "other")["state"] == "error"
+    assert report.summary()["degraded"] == ["other"]
+    with echo_db.transaction() as s:
+        released = s.execute(
+            sa.text(
+                "SELECT count(*) FROM integration_instances "
+                "WHERE maintenance_lease_owner IS NULL AND last_checked_at IS NOT NULL"
+            )
+        ).scalar()
+    assert released == 2
+
+
+def test_the_status_writer_refuses_an_invalid_document(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring
+) -> None:
+    _add(echo_db, echo_registry, keyring, "valid", "http://provider.invalid")
+    bad: list[dict[str, Any]] = [
+        {"state": "paused"},
+        {"state": "error", "unexpected": 1},
+        {"error": "no state"},
+    ]
+    for document in bad:
+        with pytest.raises(ValidationError), echo_db.transaction() as s:
+            status.write_status(s, "valid", document, expected_state="active", reason="t")
+        with pytest.raises(ValidationError), echo_db.transaction() as s:
+            status.write_statuses(
+                s,
+                [status.StatusWrite("valid", document, expected_state="active", reason="t")],
+                lease_owner="run",
+            )
+    assert _status(echo_db, "valid") == {"state": "active"}
+
+
+def test_the_status_writer_is_conditional_and_emits_after_commit(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _add(echo_db, echo_registry, keyring, "watched", "http://provider.invalid")
+    emitted: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(
+        status,
+        "emit_instance_event",
+        lambda name, inst, reason: emitted.append((name, inst.instance_id, reason)),
+    )
+    error = {"state": "error", "error": "broken"}
+    with echo_db.transaction() as s:  # read as inactive, but it is active: not written
+        assert not status.write_status(s, "watched", error, expected_state="inactive", reason="x")
+    assert _status(echo_db, "watched") == {"state": "active"}
+    with pytest.raises(RuntimeError), echo_db.transaction() as s:
+        assert status.write_status(s, "watched", error, expected_state="active", reason="x")
+        raise RuntimeError("rolled back")
+    assert emitted == []  # nothing committed, nothing emitted
+    with echo_db.transaction() as s:
+        assert status.write_status(s, "watched", error, expected_state="active", reason="x")
+        assert emitted == []  # not before the commit
+    assert emitted == [("integration.instance.degraded", "watched", "x")]
+    assert _status(echo_db, "watched") == error

@@ -9,9 +9,10 @@ it cannot be reached, the event is dropped with a debug log line.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prefect_integrations.store.instances import Instance
+if TYPE_CHECKING:
+    from prefect_integrations.store.instance_model import Instance
 
 __all__ = ["emit_event", "emit_instance_event", "instance_resource"]
 

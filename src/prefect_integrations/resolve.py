@@ -19,10 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from prefect_integrations.db import translate_errors
 from prefect_integrations.exceptions import (
     AmbiguousInstance,
     InstanceError,
@@ -30,9 +28,8 @@ from prefect_integrations.exceptions import (
     InstanceUnavailable,
     NoInstanceFound,
 )
-from prefect_integrations.models import definitions, instances
 from prefect_integrations.scope import SCOPE_ORDER, Context
-from prefect_integrations.store.instances import Instance, instance_from_row, instances_query
+from prefect_integrations.store.instances import Instance, visible_instances
 
 __all__ = ["Candidate", "Explanation", "explain", "resolve"]
 
@@ -82,21 +79,6 @@ class Explanation:
         }
 
 
-def _visible_clause(context: Context) -> sa.ColumnElement[bool]:
-    clauses: list[sa.ColumnElement[bool]] = [instances.c.context_type == "global"]
-    if context.client_id is not None:
-        clauses.append(
-            sa.and_(
-                instances.c.context_type == "client", instances.c.context_id == context.client_id
-            )
-        )
-    if context.user_id is not None:
-        clauses.append(
-            sa.and_(instances.c.context_type == "user", instances.c.context_id == context.user_id)
-        )
-    return sa.or_(*clauses)
-
-
 def explain(
     session: Session,
     integration_id: str,
@@ -106,15 +88,9 @@ def explain(
 ) -> Explanation:
     """Apply the resolution rules and report every step; never raises for a failed choice."""
     result = Explanation(integration_id=integration_id, context=context, requested=instance_id)
-    query = instances_query().where(_visible_clause(context))
-    if instance_id is not None:
-        query = query.where(instances.c.instance_id == instance_id)
-    else:
-        query = query.where(definitions.c.integration_id == integration_id)
-    with translate_errors(f"resolve an instance of '{integration_id}'"):
-        found = [
-            instance_from_row(r) for r in session.execute(query.order_by(instances.c.instance_id))
-        ]
+    found = visible_instances(
+        session, context, integration_id=integration_id, instance_id=instance_id
+    )
 
     if instance_id is not None:
         return _explain_explicit(result, found, instance_id, integration_id)

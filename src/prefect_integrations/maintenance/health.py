@@ -5,8 +5,9 @@ lease (owner = this run), so two runs at once split the instances and never chec
 twice; an instance is due when it was not checked within ``min_interval``. Per batch:
 one statement decrypts every claimed instance's credentials (audited), the checks run
 concurrently over one pooled async HTTP client, and one transaction writes every status,
-one audit row per instance, and releases the claims. One failing instance never stops
-the batch.
+one audit row per instance, and releases the claims. A status is written only where the
+state is still the one claimed (an instance set ``inactive`` during its check stays
+``inactive``). One failing instance never stops the batch.
 
 Outcomes and the status they lead to:
 
@@ -27,7 +28,6 @@ events, an outage ``integration.provider.outage``.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -37,7 +37,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 
 from prefect_integrations.client import (
     MAX_RESPONSE_BYTES,
@@ -49,7 +48,7 @@ from prefect_integrations.client import (
 from prefect_integrations.credentials import Credentials
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
-from prefect_integrations.events import emit_event, emit_instance_event
+from prefect_integrations.events import emit_event
 from prefect_integrations.exceptions import (
     CredentialsError,
     IntegrationError,
@@ -61,10 +60,10 @@ from prefect_integrations.exceptions import (
     ResponseTooLarge,
 )
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.models import integration_id_of
 from prefect_integrations.oauth.lifecycle import TokenLifecycle, should_refresh
-from prefect_integrations.store import audit, vault
-from prefect_integrations.store.instances import Instance, instance_from_row
+from prefect_integrations.store import audit, leases, vault
+from prefect_integrations.store.instances import Instance
+from prefect_integrations.store.status import StatusWrite, write_statuses
 
 __all__ = [
     "TRANSIENT",
@@ -167,46 +166,6 @@ def classify(error: BaseException) -> str:
     return "config_invalid"  # credentials, config or definition unusable
 
 
-_CLAIM = sa.text(
-    f"""
-    UPDATE integration_instances AS i
-       SET maintenance_lease_until = now() + make_interval(secs => :lease),
-           maintenance_lease_owner = :owner
-     WHERE i.id IN (
-            SELECT id FROM integration_instances
-             WHERE (maintenance_lease_until IS NULL OR maintenance_lease_until < now())
-               AND (last_checked_at IS NULL
-                    OR last_checked_at < LEAST(now() - make_interval(secs => :min_interval),
-                                               CAST(:run_started AS timestamptz)))
-               AND status->>'state' IN ('active', 'error')
-               AND (CAST(:integrations AS text[]) IS NULL
-                    OR integration_definition_id IN (
-                         SELECT id FROM integration_definitions
-                          WHERE integration_id = ANY(CAST(:integrations AS text[]))))
-               AND (CAST(:ids AS text[]) IS NULL
-                    OR instance_id = ANY(CAST(:ids AS text[])))
-             ORDER BY last_checked_at NULLS FIRST, id
-             LIMIT :batch
-               FOR UPDATE SKIP LOCKED)
-    RETURNING i.*, {integration_id_of("i")}
-    """
-)
-
-_WRITE = sa.text(
-    """
-    UPDATE integration_instances AS i
-       SET status = v.status,
-           last_checked_at = now(),
-           maintenance_lease_until = NULL,
-           maintenance_lease_owner = NULL
-      FROM (SELECT unnest(CAST(:ids AS text[])) AS instance_id,
-                   unnest(CAST(:statuses AS jsonb[])) AS status) AS v
-     WHERE i.instance_id = v.instance_id
-       AND i.maintenance_lease_owner = :owner
-    """
-)
-
-
 class HealthChecker:
     """Runs health sweeps over one store."""
 
@@ -269,10 +228,8 @@ class HealthChecker:
                 report.batches += 1
                 results = await self._check_batch(http, claimed)
                 self._apply_outages(results, report)
-                await asyncio.to_thread(self._write, report.run_id, claimed, results)
+                results = await asyncio.to_thread(self._write, report.run_id, claimed, results)
                 report.results.extend(results)
-                for instance, result in zip(claimed, results, strict=True):
-                    _emit_change(instance, result)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -280,8 +237,7 @@ class HealthChecker:
 
     def _now(self) -> datetime:
         with self._db.transaction("read the database clock") as session:
-            now: datetime = session.execute(sa.select(sa.func.now())).scalar_one()
-        return now
+            return leases.database_now(session)
 
     def _claim(
         self,
@@ -292,19 +248,16 @@ class HealthChecker:
     ) -> list[Instance]:
         """Claim the next batch: due (not checked within the interval, nor by this run)."""
         with self._db.transaction("claim instances to check") as session:
-            rows = session.execute(
-                _CLAIM,
-                {
-                    "lease": self.lease_seconds,
-                    "owner": owner,
-                    "batch": self.batch_size,
-                    "run_started": run_started,
-                    "min_interval": self.min_interval,
-                    "integrations": list(integrations) if integrations else None,
-                    "ids": list(instance_ids) if instance_ids else None,
-                },
-            ).all()
-        return sorted((instance_from_row(r) for r in rows), key=lambda i: i.instance_id)
+            return leases.claim_maintenance_batch(
+                session,
+                owner=owner,
+                lease_seconds=self.lease_seconds,
+                batch_size=self.batch_size,
+                run_started=run_started,
+                min_interval=self.min_interval,
+                integrations=integrations,
+                instance_ids=instance_ids,
+            )
 
     def _decrypt(self, ids: list[str]) -> dict[str, Credentials | CredentialsError]:
         with self._db.transaction("read credentials to check") as session:
@@ -419,17 +372,36 @@ class HealthChecker:
                 checked=len(group),
             )
 
-    def _write(self, owner: str, claimed: list[Instance], results: list[HealthResult]) -> None:
+    def _write(
+        self, owner: str, claimed: list[Instance], results: list[HealthResult]
+    ) -> list[HealthResult]:
+        """Write the statuses, release the claims and audit, in one transaction.
+
+        A status is written only where the state is still the one the check started
+        from: a state changed meanwhile (an operator setting ``inactive``) stands, and
+        the result reports it.
+        """
         checked_at = datetime.now(UTC).isoformat()
-        statuses = [
-            json.dumps(_status(instance, result, checked_at))
+        writes = [
+            StatusWrite(
+                instance_id=instance.instance_id,
+                status=_status(instance, result, checked_at),
+                expected_state=instance.state,
+                reason=result.reason,
+            )
             for instance, result in zip(claimed, results, strict=True)
         ]
         with self._db.transaction("record health checks") as session:
-            session.execute(
-                _WRITE,
-                {"ids": [i.instance_id for i in claimed], "statuses": statuses, "owner": owner},
+            written = write_statuses(session, writes, lease_owner=owner)
+            states = leases.release_maintenance_batch(
+                session, owner=owner, instance_ids=[i.instance_id for i in claimed]
             )
+            results = [
+                r
+                if r.instance_id in written or r.instance_id not in states
+                else _replace(r, state_after=states[r.instance_id])
+                for r in results
+            ]
             audit.record_many(
                 session,
                 (
@@ -451,6 +423,7 @@ class HealthChecker:
                     for r in results
                 ),
             )
+        return results
 
 
 def _result(
@@ -506,10 +479,3 @@ def _status(instance: Instance, result: HealthResult, checked_at: str) -> dict[s
         "error": error[:4000] if isinstance(error, str) else None,
         "details": details,
     }
-
-
-def _emit_change(instance: Instance, result: HealthResult) -> None:
-    if result.state_before != "error" and result.state_after == "error":
-        emit_instance_event("integration.instance.degraded", instance, reason=result.reason)
-    elif result.state_before == "error" and result.state_after == "active":
-        emit_instance_event("integration.instance.recovered", instance, reason=result.reason)

@@ -11,31 +11,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from prefect_integrations.db import Database
 from prefect_integrations.exceptions import OAuthError
-from prefect_integrations.models import instances
 from prefect_integrations.oauth.lifecycle import RefreshOutcome, TokenLifecycle
+from prefect_integrations.store.instances import expiring_instance_ids
 
 __all__ = ["RefreshReport", "expiring_instances", "refresh_expiring"]
 
 
 def expiring_instances(db: Database, *, horizon: float, limit: int = 100_000) -> list[str]:
     """Active instances whose token expires within ``horizon`` seconds, soonest first."""
-    query = (
-        sa.select(instances.c.instance_id)
-        .where(instances.c.token_expires_at.is_not(None))
-        .where(
-            instances.c.token_expires_at
-            < sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, horizon)
-        )
-        .where(instances.c.status["state"].astext == "active")
-        .order_by(instances.c.token_expires_at)
-        .limit(limit)
-    )
     with db.transaction("find expiring tokens") as session:
-        return list(session.execute(query).scalars())
+        return expiring_instance_ids(session, horizon=horizon, limit=limit)
 
 
 @dataclass(slots=True)

@@ -29,7 +29,9 @@ stored token did not change, the instance goes to ``error`` with reason
 ``invalid_grant``. A token endpoint that keeps failing leaves the instance active until
 ``failure_threshold`` consecutive failed refreshes, then ``error`` with reason
 ``token_endpoint_unavailable``. Every outcome is audited; status changes emit a Prefect
-event.
+event. Statuses are written through `store.status.write_status`, only while the state is
+still the one read in step 1: an instance set ``inactive`` while its token request is in
+flight stays ``inactive`` (a new token is stored all the same).
 """
 
 from __future__ import annotations
@@ -42,25 +44,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import sqlalchemy as sa
-
 from prefect_integrations.credentials import Credentials, epoch_or_none, oauth2_section
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Definition, Registry
-from prefect_integrations.events import emit_instance_event
 from prefect_integrations.exceptions import (
     DatabaseUnavailable,
-    InstanceNotFound,
     InvalidGrant,
     OAuthError,
     TokenEndpointUnavailable,
 )
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.models import instances
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
-from prefect_integrations.store import audit, vault
+from prefect_integrations.store import audit, leases, vault
 from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.instances import Instance, require_instance
+from prefect_integrations.store.status import write_status
 
 __all__ = [
     "RefreshDecision",
@@ -138,18 +136,6 @@ class RefreshOutcome:
     credentials_version: int
 
 
-_CLAIM = sa.text(
-    """
-    UPDATE integration_instances
-       SET refresh_lease_until = now() + make_interval(secs => :lease)
-     WHERE instance_id = :iid
-       AND credentials_version = :version
-       AND (refresh_lease_until IS NULL OR refresh_lease_until < now())
-    RETURNING credentials_version
-    """
-)
-
-
 class TokenLifecycle:
     """Refreshes tokens of instances in one store (see the module docstring)."""
 
@@ -200,17 +186,10 @@ class TokenLifecycle:
         delay = 0.02
         while time.monotonic() < deadline:
             with self._db.transaction(f"read instance '{instance_id}'") as session:
-                row = session.execute(
-                    sa.select(
-                        instances.c.credentials_version,
-                        instances.c.refresh_lease_until > sa.func.now(),
-                    ).where(instances.c.instance_id == instance_id)
-                ).first()
-            if row is None:
-                raise InstanceNotFound(instance_id)
-            if row[0] != version:
+                lease = leases.read_refresh_lease(session, instance_id)
+            if lease.credentials_version != version:
                 return True
-            if not row[1]:
+            if not lease.held:
                 return False  # lease released or expired without a new version
             time.sleep(delay + random.uniform(0, delay))  # noqa: S311
             delay = min(delay * 2, 0.5)
@@ -283,19 +262,13 @@ class TokenLifecycle:
 
     def _claim(self, instance_id: str, version: int) -> bool:
         with self._db.transaction(f"claim the refresh lease of '{instance_id}'") as session:
-            claimed = session.execute(
-                _CLAIM, {"iid": instance_id, "version": version, "lease": self.lease_seconds}
-            ).first()
-        return claimed is not None
+            return leases.claim_refresh_lease(
+                session, instance_id, version=version, seconds=self.lease_seconds
+            )
 
     def _release(self, instance_id: str, version: int) -> None:
         with self._db.transaction(f"release the refresh lease of '{instance_id}'") as session:
-            session.execute(
-                sa.update(instances)
-                .where(instances.c.instance_id == instance_id)
-                .where(instances.c.credentials_version == version)
-                .values(refresh_lease_until=None)
-            )
+            leases.release_refresh_lease(session, instance_id, version=version)
 
     def _call_endpoint(
         self,
@@ -425,18 +398,20 @@ class TokenLifecycle:
                 return RefreshOutcome(
                     instance_id, "refreshed_elsewhere", "version_conflict", current
                 )
-            recovered = instance.state != "active"
-            session.execute(
-                sa.update(instances)
-                .where(instances.c.instance_id == instance_id)
-                .values(
-                    status={
-                        "state": "active",
-                        "lastChecked": instance.status.get("lastChecked"),
-                        "error": None,
-                        "details": {},
-                    }
-                )
+            # The new token is stored whatever happened meanwhile (the provider may have
+            # rotated the refresh token); the status only if the state is still the one
+            # read before the request (an operator may have set the instance inactive).
+            write_status(
+                session,
+                instance_id,
+                {
+                    "state": "active",
+                    "lastChecked": instance.status.get("lastChecked"),
+                    "error": None,
+                    "details": {},
+                },
+                expected_state=instance.state,
+                reason="refreshed",
             )
             audit.record(
                 session,
@@ -451,8 +426,6 @@ class TokenLifecycle:
                     "refresh_token_rotated": "refresh_token" in token,
                 },
             )
-        if recovered:
-            emit_instance_event("integration.instance.recovered", instance, reason="refreshed")
         return RefreshOutcome(instance_id, "refreshed", reason, new_version)
 
     @staticmethod
@@ -473,10 +446,12 @@ class TokenLifecycle:
             "details": details,
         }
         with self._db.transaction(f"record a failed refresh of '{instance.instance_id}'") as s:
-            s.execute(
-                sa.update(instances)
-                .where(instances.c.instance_id == instance.instance_id)
-                .values(status=status)
+            written = write_status(
+                s,
+                instance.instance_id,
+                status,
+                expected_state=instance.state,
+                reason=reason,
             )
             audit.record(
                 s,
@@ -485,10 +460,14 @@ class TokenLifecycle:
                 outcome="failure",
                 instance_id=instance.instance_id,
                 integration_id=instance.integration_id,
-                details={"reason": reason, "refresh_failures": failures, "state": status["state"]},
+                details={
+                    "reason": reason,
+                    "refresh_failures": failures,
+                    "state": status["state"],
+                    # False: the state changed meanwhile (e.g. set inactive); that one stands.
+                    "status_written": written,
+                },
             )
-        if goes_to_error and instance.state != "error":
-            emit_instance_event("integration.instance.degraded", instance, reason=reason)
 
 
 def grant_type_can_refresh(creds: Credentials, grant: str) -> bool:

@@ -23,13 +23,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Definition, OAuth2Config, Registry
-from prefect_integrations.events import emit_instance_event
 from prefect_integrations.exceptions import IntegrationError, OAuthError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token, oauth2_setting
-from prefect_integrations.oauth.states import consume_state, create_state
 from prefect_integrations.store import audit, instances, vault
 from prefect_integrations.store.audit import AuditAction
+from prefect_integrations.store.oauth_states import consume_state, create_state
 
 __all__ = ["authorization_url", "create_app"]
 
@@ -224,6 +223,7 @@ def finish(
             instance_id,
             status={"state": "active", "error": None, "details": {}},
             actor=actor,
+            reason="connected",
         )
         audit.record(
             session,
@@ -236,8 +236,6 @@ def finish(
                 "refresh_token": "refresh_token" in merged["oauth2"],
             },
         )
-    if inst.state == "error":
-        emit_instance_event("integration.instance.recovered", inst, reason="connected")
 
 
 def audit_failure(db: Database, actor: str, instance_id: str | None, reason: str) -> None:

@@ -35,6 +35,7 @@ from prefect_integrations.exceptions import (
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.scope import ContextType, Scope
+from prefect_integrations.store import instance_checks as checks
 from prefect_integrations.store import instances as store
 from prefect_integrations.store import vault
 from prefect_integrations.store.definitions import definition_uuid
@@ -153,13 +154,13 @@ def _check_one(raw: object, position: tuple[int, ...], registry: Registry) -> In
         raise ValidationError(subject, (*root, "context", key), exc.reason) from None
 
     steps: list[tuple[str, Any]] = [
-        ("instanceId", lambda: store.check_instance_id(instance_id)),
-        ("name", lambda: store.check_name(instance_id, str(raw["name"]))),
-        ("description", lambda: store.check_description(instance_id, raw.get("description"))),
-        ("config", lambda: store.check_config(definition, instance_id, raw.get("config", {}))),
+        ("instanceId", lambda: checks.check_instance_id(instance_id)),
+        ("name", lambda: checks.check_name(instance_id, str(raw["name"]))),
+        ("description", lambda: checks.check_description(instance_id, raw.get("description"))),
+        ("config", lambda: checks.check_config(definition, instance_id, raw.get("config", {}))),
     ]
     if raw.get("status") is not None:
-        steps.append(("status", lambda: store.validate_status(instance_id, raw["status"])))
+        steps.append(("status", lambda: checks.validate_status(instance_id, raw["status"])))
     credentials = credentials or None
     if credentials is not None:
         if "keyId" in credentials:
@@ -172,7 +173,7 @@ def _check_one(raw: object, position: tuple[int, ...], registry: Registry) -> In
         steps.append(
             (
                 "credentials",
-                lambda: store.validate_credentials(definition, instance_id, credentials),
+                lambda: checks.validate_credentials(definition, instance_id, credentials),
             )
         )
     checked: dict[str, Any] = {}

@@ -9,227 +9,60 @@ leaves nothing half-written.
 from __future__ import annotations
 
 import enum
-import re
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from prefect_integrations.credentials import (
-    SECTIONS,
-    TIME_FIELDS,
-    EncryptedCredentials,
-    field_paths,
-    normalize_times,
-    oauth2_section,
-    spec_example,
-    to_epoch,
-)
+from prefect_integrations.credentials import field_paths
 from prefect_integrations.db import translate_errors
-from prefect_integrations.definitions import Definition, Registry
+from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import (
     DefinitionError,
+    InstanceError,
     InstanceExists,
     InstanceNotFound,
     ValidationError,
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import definitions, instances
-from prefect_integrations.scope import ContextType, Scope
+from prefect_integrations.scope import Context, ContextType, Scope
 from prefect_integrations.store import audit, vault
 from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.definitions import definition_uuid
-from prefect_integrations.validation import (
-    check_json,
-    check_storable,
-    credentials_validator,
-    status_validator,
-    validate,
+from prefect_integrations.store.instance_checks import (
+    check_config,
+    check_description,
+    check_instance_id,
+    check_name,
+    usable,
+    validate_credentials,
+    validate_status,
 )
+from prefect_integrations.store.instance_model import Instance, instance_from_row, instances_query
+from prefect_integrations.store.status import write_status
 
 __all__ = [
     "UNSET",
     "Instance",
     "Unset",
-    "check_config",
-    "check_description",
-    "check_instance_id",
-    "check_name",
     "create_instance",
     "delete_instance",
+    "expiring_instance_ids",
     "get_instance",
     "get_instances",
-    "instance_from_row",
-    "instances_query",
     "list_instances",
     "require_instance",
     "set_credentials",
     "update_instance",
-    "validate_credentials",
-    "validate_status",
+    "visible_instances",
 ]
 
-_INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+#: The state a new row starts in (the column's default) until its status is written.
+_INITIAL_STATE = "inactive"
 _UNIQUE_INSTANCE_ID = "integration_instances_instance_id_idx"
-
-
-def instances_query() -> sa.Select[Any]:
-    """SELECT of instance rows with their definition's ``integration_id``.
-
-    Instances refer to their definition by ``integration_definition_id`` (the spec's
-    schema); every read of instances goes through this join so rows carry the
-    integration id that the rest of the package speaks.
-    """
-    return sa.select(instances, definitions.c.integration_id).join_from(
-        instances, definitions, instances.c.integration_definition_id == definitions.c.id
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Instance:
-    """A stored instance, without its ciphertext."""
-
-    uuid: uuid.UUID
-    instance_id: str
-    integration_id: str
-    name: str
-    description: str | None
-    scope: Scope
-    config: dict[str, Any]
-    status: dict[str, Any]
-    credentials: EncryptedCredentials | None = field(repr=False)
-    created_at: datetime | None
-    updated_at: datetime | None
-    last_used_at: datetime | None
-    token_expires_at: datetime | None
-    credentials_version: int
-
-    @property
-    def state(self) -> str:
-        """``active``, ``inactive`` or ``error``."""
-        return str(self.status.get("state", "inactive"))
-
-    @property
-    def has_credentials(self) -> bool:
-        """True when credentials are stored."""
-        return self.credentials is not None
-
-    def as_document(self, *, secrets_metadata: bool = True) -> dict[str, Any]:
-        """The specification's instance document, never with a secret value.
-
-        ``credentials`` holds the stored non-secret facts (field names, token type, scope,
-        expiry, key id) with ``secrets_metadata``, and is ``{}`` otherwise (as `instances
-        export` prints it, ready to be applied again). The package's own facts
-        (``createdAt``, ``updatedAt``, ``lastUsedAt``, ``keyId``, ``tokenExpiresAt``,
-        ``credentialsVersion``) follow the specification's fields.
-        """
-        document: dict[str, Any] = {
-            "instanceId": self.instance_id,
-            "integrationId": self.integration_id,
-            "name": self.name,
-        }
-        if self.description is not None:
-            document["description"] = self.description
-        document["context"] = self.scope.as_document()
-        creds: dict[str, Any] = {}
-        if secrets_metadata and self.credentials is not None:
-            creds = _described(self.credentials)
-        document["credentials"] = creds
-        document["config"] = self.config
-        document["status"] = self.status
-        if secrets_metadata:
-            document.update(
-                {
-                    "keyId": self.credentials.key_id if self.credentials else None,
-                    "credentialsVersion": self.credentials_version,
-                    "tokenExpiresAt": _iso(self.token_expires_at),
-                    "createdAt": _iso(self.created_at),
-                    "updatedAt": _iso(self.updated_at),
-                    "lastUsedAt": _iso(self.last_used_at),
-                }
-            )
-        return document
-
-
-def _described(credentials: EncryptedCredentials) -> dict[str, Any]:
-    """Stored credentials as the specification's sections holding only non-secret facts.
-
-    ``{"oauth2": {"fields": [...], "token_type": ..., "expires_at": ...}, "keyId": ...}``;
-    a row written before the sections were used shows its flat facts as they are.
-    """
-    facts = dict(credentials.metadata)
-    kind = facts.pop("kind", None)
-    described: dict[str, Any] = {kind: facts} if isinstance(kind, str) else facts
-    described["keyId"] = credentials.key_id
-    return described
-
-
-def _iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a ``Z``, as the credentials' times are written."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
-def instance_from_row(row: sa.Row[Any]) -> Instance:
-    """Build an `Instance` from a row of ``integration_instances``."""
-    envelope = row.credentials
-    return Instance(
-        uuid=row.id,
-        instance_id=row.instance_id,
-        integration_id=row.integration_id,
-        name=row.name,
-        description=row.description,
-        scope=Scope(cast(ContextType, row.context_type), row.context_id),
-        config=dict(row.config or {}),
-        status=dict(row.status or {}),
-        credentials=EncryptedCredentials.from_envelope(envelope) if envelope else None,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        last_used_at=row.last_used_at,
-        token_expires_at=row.token_expires_at,
-        credentials_version=int(row.credentials_version),
-    )
-
-
-def check_instance_id(instance_id: str) -> None:
-    """Refuse an instance id that is not 1-255 letters, digits, "_", "." or "-"."""
-    if not _INSTANCE_ID.fullmatch(instance_id):
-        raise ValidationError(
-            "Instance id",
-            [],
-            f"{instance_id[:80]!r} must be 1-255 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit",
-        )
-
-
-def check_name(instance_id: str, name: str) -> str:
-    """The name if it is non-empty, at most 255 characters and storable."""
-    subject = f"Instance '{instance_id}'"
-    if not name.strip():
-        raise ValidationError(subject, ["name"], "name must not be empty")
-    if len(name) > 255:
-        raise ValidationError(subject, ["name"], "name must be at most 255 characters")
-    check_storable(name, subject=f"Name of instance '{instance_id}'")
-    return name
-
-
-def check_description(instance_id: str, description: object) -> str | None:
-    """The description (None for none) if it is a storable string of at most 4000 characters."""
-    if description is None:
-        return None
-    subject = f"Instance '{instance_id}'"
-    if not isinstance(description, str):
-        raise ValidationError(subject, ["description"], "description must be a string")
-    if len(description) > 4000:
-        raise ValidationError(
-            subject, ["description"], "description must be at most 4000 characters"
-        )
-    check_storable(description, subject=f"Description of instance '{instance_id}'")
-    return description
 
 
 class Unset(enum.Enum):
@@ -240,85 +73,6 @@ class Unset(enum.Enum):
 
 #: A keyword argument left out, where None has a meaning of its own (clear the value).
 UNSET = Unset.UNSET
-
-
-def check_config(definition: Definition, instance_id: str, config: object) -> dict[str, Any]:
-    """The config as a dict if it is a JSON object valid for the definition's configSchema."""
-    subject = f"Config of instance '{instance_id}'"
-    if not isinstance(config, Mapping):
-        raise ValidationError(subject, [], "config must be a JSON object")
-    values = dict(config)
-    definition.validate_config(values, subject=subject)
-    check_storable(values, subject=subject)
-    return values
-
-
-def _check_sections(definition: Definition, subject: str, values: Mapping[str, Any]) -> None:
-    """Refuse any top-level field but the definition's own section, with the expected shape."""
-    auth_type = definition.auth_type
-    expected = spec_example(auth_type)
-    for key in values:
-        if key not in SECTIONS:
-            raise ValidationError(
-                subject,
-                [key],
-                f"unexpected field; credentials take the specification's shape {expected} "
-                "(the flat shape of earlier versions is not accepted)",
-            )
-        if key != auth_type:
-            raise ValidationError(
-                subject,
-                [key],
-                f"these are {key} credentials but integration '{definition.id}' uses "
-                f"authType '{auth_type}'; expected {expected}",
-            )
-    if auth_type not in values:
-        raise ValidationError(subject, [], f"the '{auth_type}' section is required: {expected}")
-
-
-def validate_credentials(
-    definition: Definition, instance_id: str, values: object
-) -> dict[str, Any]:
-    """Check credentials against the schema of the definition's authType; return them.
-
-    Only the specification's shape is accepted (``{"oauth2": {...}}``, ``{"apikey":
-    {...}}`` or ``{"custom": {...}}``, the definition's own section). Times given as
-    epoch seconds are returned as ISO 8601 UTC strings. Messages never echo a value.
-    """
-    subject = f"Credentials of instance '{instance_id}'"
-    if not isinstance(values, Mapping):
-        raise ValidationError(subject, [], "credentials must be a JSON object")
-    check_json(values, subject=subject)
-    _check_sections(definition, subject, values)
-    validate(credentials_validator(definition.auth_type), values, subject=subject, secret=True)
-    section = oauth2_section(values)
-    for name in sorted(TIME_FIELDS & section.keys()):
-        try:
-            to_epoch(section[name])
-        except ValueError as exc:
-            raise ValidationError(subject, ["oauth2", name], str(exc)) from None
-    normalized = normalize_times(values)
-    check_storable(normalized, subject=subject)
-    return normalized
-
-
-def validate_status(instance_id: str, status: object) -> dict[str, Any]:
-    """Check a status document against the status schema; return it."""
-    subject = f"Status of instance '{instance_id}'"
-    validate(status_validator(), status, subject=subject)
-    check_storable(status, subject=subject)
-    return dict(cast(Mapping[str, Any], status))
-
-
-def _usable(definition: Definition, credentials: Mapping[str, Any] | None) -> bool:
-    if not credentials:
-        return False
-    if definition.auth_type == "oauth2":
-        section = oauth2_section(credentials)
-        if definition.grant_type == "client_credentials":
-            return "client_id" in section  # tokens are fetched with the client on first use
-        return "access_token" in section
-    return True
 
 
 def get_instance(session: Session, instance_id: str) -> Instance | None:
@@ -404,7 +158,7 @@ def create_instance(
                 f"Instance '{instance_id}'", ["credentials"], "no keyring to encrypt with"
             )
     if status is None:
-        state = "active" if _usable(definition, creds) else "inactive"
+        state = "active" if usable(definition, creds) else "inactive"
         status = {"state": state}
     status_doc = validate_status(instance_id, status)
     with translate_errors(f"create instance '{instance_id}'"):
@@ -423,7 +177,6 @@ def create_instance(
         "context_type": scope.context_type,
         "context_id": scope.context_id,
         "config": config,
-        "status": status_doc,
     }
     with translate_errors(f"create instance '{instance_id}'"):
         try:
@@ -436,6 +189,10 @@ def create_instance(
             raise
     if creds is not None and keyring is not None:
         vault.store_credentials(session, keyring, instance_id, creds)
+    if status_doc != {"state": _INITIAL_STATE}:
+        write_status(
+            session, instance_id, status_doc, expected_state=_INITIAL_STATE, reason="created"
+        )
     audit.record(
         session,
         action=AuditAction.INSTANCE_CREATE,
@@ -463,11 +220,14 @@ def update_instance(
     status: Mapping[str, Any] | None = None,
     scope: Scope | None = None,
     actor: str,
+    reason: str = "updated",
 ) -> Instance:
     """Change the name, description, config, status or scope of an instance; audited.
 
     Only what differs from the stored row is written (and audited); an update that
-    changes nothing writes nothing. ``description=None`` clears the description.
+    changes nothing writes nothing. ``description=None`` clears the description. A new
+    status replaces whatever state the instance is in; ``reason`` goes with the event
+    a state change emits.
     """
     current = require_instance(session, instance_id)
     changes: dict[str, Any] = {}
@@ -480,20 +240,25 @@ def update_instance(
         checked = check_config(definition, instance_id, config)
         if checked != current.config:
             changes["config"] = checked
+    new_status = None
     if status is not None:
-        checked = validate_status(instance_id, status)
-        if checked != current.status:
-            changes["status"] = checked
+        new_status = validate_status(instance_id, status)
+        if new_status == current.status:
+            new_status = None
     if scope is not None and scope != current.scope:
         changes["context_type"] = scope.context_type
         changes["context_id"] = scope.context_id
-    if not changes:
+    if not changes and new_status is None:
         return current
-    changes["updated_at"] = sa.func.now()
-    with translate_errors(f"update instance '{instance_id}'"):
-        session.execute(
-            sa.update(instances).where(instances.c.instance_id == instance_id).values(**changes)
-        )
+    if changes:
+        changes["updated_at"] = sa.func.now()
+        with translate_errors(f"update instance '{instance_id}'"):
+            session.execute(
+                sa.update(instances).where(instances.c.instance_id == instance_id).values(**changes)
+            )
+    if new_status is not None:
+        _replace_status(session, current, new_status, reason=reason)
+        changes["status"] = new_status
     audit.record(
         session,
         action=AuditAction.INSTANCE_UPDATE,
@@ -525,13 +290,15 @@ def set_credentials(
     creds = validate_credentials(definition, instance_id, credentials)
     version = vault.store_credentials(session, keyring, instance_id, creds)
     assert version is not None
-    if activate and current.state == "inactive" and _usable(definition, creds):
-        with translate_errors(f"update instance '{instance_id}'"):
-            session.execute(
-                sa.update(instances)
-                .where(instances.c.instance_id == instance_id)
-                .values(status={**current.status, "state": "active"})
-            )
+    if activate and current.state == "inactive" and usable(definition, creds):
+        # Only while still inactive: a state set meanwhile is not overridden.
+        write_status(
+            session,
+            instance_id,
+            {**current.status, "state": "active"},
+            expected_state="inactive",
+            reason="credentials_set",
+        )
     audit.record(
         session,
         action=AuditAction.CREDENTIALS_SET,
@@ -545,6 +312,75 @@ def set_credentials(
         },
     )
     return require_instance(session, instance_id)
+
+
+def _replace_status(
+    session: Session, current: Instance, status: Mapping[str, Any], *, reason: str
+) -> None:
+    """Write an operator's status whatever the state is (re-read if it just changed)."""
+    state = current.state
+    for _ in range(5):
+        if write_status(
+            session, current.instance_id, status, expected_state=state, reason=reason, touch=True
+        ):
+            return
+        state = require_instance(session, current.instance_id).state
+    raise InstanceError(f"The status of instance '{current.instance_id}' keeps changing; try again")
+
+
+def visible_instances(
+    session: Session,
+    context: Context,
+    *,
+    integration_id: str,
+    instance_id: str | None = None,
+) -> list[Instance]:
+    """Instances visible in ``context``, ordered by instance id.
+
+    Visible: ``global``, ``client`` with the context's client id, ``user`` with its user
+    id. Those of ``integration_id``, or only ``instance_id`` (whatever its integration)
+    when given.
+    """
+    visible: list[sa.ColumnElement[bool]] = [instances.c.context_type == "global"]
+    if context.client_id is not None:
+        visible.append(
+            sa.and_(
+                instances.c.context_type == "client", instances.c.context_id == context.client_id
+            )
+        )
+    if context.user_id is not None:
+        visible.append(
+            sa.and_(instances.c.context_type == "user", instances.c.context_id == context.user_id)
+        )
+    query = instances_query().where(sa.or_(*visible))
+    if instance_id is not None:
+        query = query.where(instances.c.instance_id == instance_id)
+    else:
+        query = query.where(definitions.c.integration_id == integration_id)
+    with translate_errors(f"resolve an instance of '{integration_id}'"):
+        return [
+            instance_from_row(r) for r in session.execute(query.order_by(instances.c.instance_id))
+        ]
+
+
+def expiring_instance_ids(session: Session, *, horizon: float, limit: int) -> list[str]:
+    """Active instances whose token expires within ``horizon`` seconds, soonest first.
+
+    Served by the partial index on ``token_expires_at``.
+    """
+    query = (
+        sa.select(instances.c.instance_id)
+        .where(instances.c.token_expires_at.is_not(None))
+        .where(
+            instances.c.token_expires_at
+            < sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, horizon)
+        )
+        .where(instances.c.status["state"].astext == "active")
+        .order_by(instances.c.token_expires_at)
+        .limit(limit)
+    )
+    with translate_errors("find expiring tokens"):
+        return list(session.execute(query).scalars())
 
 
 def delete_instance(session: Session, instance_id: str, *, actor: str) -> None:

@@ -1,4 +1,4 @@
-"""Authorization states: single-use, expiring, stored server-side.
+"""OAuth authorization states: single-use, expiring, stored server-side.
 
 Only the SHA-256 of a state is stored, with the instance it belongs to, the exact
 redirect URI sent to the provider, and the PKCE verifier encrypted like credentials.
