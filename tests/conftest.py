@@ -29,6 +29,7 @@ from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
 from prefect_integrations.store.definitions import sync_definitions
+from prefect_integrations.store.grants import apply_grants
 
 from .definitions import write_echo_definitions
 from .provider import FakeProvider, serve
@@ -59,7 +60,7 @@ def cluster() -> Iterator[EmbeddedCluster]:
         url = embedded.ensure_running(database=TEMPLATE)
         template = Database.from_url(url)
         dbmod.upgrade(template)
-        dbmod.apply_grants(template)
+        apply_grants(template)
         template.dispose()
         yield embedded
     finally:

@@ -64,6 +64,7 @@ from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, key_checks, rekey, vault
 from prefect_integrations.store.definitions import sync_definitions
+from prefect_integrations.store.grants import apply_grants
 from prefect_integrations.store.instances import Instance
 from prefect_integrations.store.usage import UsageRecorder
 
@@ -91,7 +92,7 @@ def fault_cluster() -> Iterator[EmbeddedCluster]:
     try:
         template = Database.from_url(embedded.ensure_running(database=TEMPLATE))
         dbmod.upgrade(template)
-        dbmod.apply_grants(template)
+        apply_grants(template)
         template.dispose()
         yield embedded
     finally:

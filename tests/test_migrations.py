@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from prefect_integrations import db as dbmod
 from prefect_integrations.db import Database
 from prefect_integrations.embedded import EmbeddedCluster
+from prefect_integrations.store.grants import apply_grants
 
 from .spec import EXTRA_COLUMNS, SPEC_COLUMNS, SPEC_INDEXES
 from .test_schema import columns as _columns
@@ -121,7 +122,7 @@ def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
     assert _tables(empty_db) == {"prefect_integrations_alembic_version"}
 
     dbmod.upgrade(empty_db)
-    dbmod.apply_grants(empty_db)  # roles exist already: grants are idempotent
+    apply_grants(empty_db)  # roles exist already: grants are idempotent
     assert _columns(empty_db) == SCHEMA
     assert _notify_objects(empty_db) == (NOTIFY_TRIGGERS, True)
     assert set(INDEXES) <= set(_indexes(empty_db))

@@ -1,4 +1,4 @@
-"""Database access: engines, sessions, migrations, grants and error translation.
+"""Database access: engines, sessions, migrations and error translation.
 
 Store functions take a `Session` and leave the transaction to their caller;
 `Database.transaction()` is the usual way to get one.
@@ -30,18 +30,11 @@ from prefect_integrations.exceptions import (
     DatabaseUnavailable,
     PermissionDenied,
 )
-from prefect_integrations.models import (
-    ADMIN_ROLE,
-    RUNTIME_ROLE,
-    RUNTIME_UPDATABLE_COLUMNS,
-    metadata,
-)
 from prefect_integrations.settings import Settings, get_settings
 
 __all__ = [
     "VERSION_TABLE",
     "Database",
-    "apply_grants",
     "current_revision",
     "downgrade",
     "embedded_cluster",
@@ -194,83 +187,3 @@ def head_revision() -> str:
     if head is None:  # pragma: no cover - the package always ships migrations
         raise ConfigurationError("No migrations are shipped with prefect-integrations")
     return head
-
-
-def _role_exists(connection: Connection, role: str) -> bool:
-    return bool(
-        connection.execute(
-            sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
-        ).scalar()
-    )
-
-
-#: The package's tables (definitions, instances, audit log, OAuth states).
-_OWNED_TABLES = tuple(metadata.tables)
-#: The tables roles may only read and append to (the audit log).
-_APPEND_ONLY = tuple(
-    name for name, table in metadata.tables.items() if table.info.get("append_only")
-)
-
-
-def _require_table_owner(connection: Connection) -> None:
-    """Refuse to grant unless the connected role owns the tables (or is a superuser).
-
-    PostgreSQL only warns when a role without the grant option runs GRANT or REVOKE, so
-    without this check `apply_grants` would report success having changed nothing.
-    """
-    rows = connection.execute(
-        sa.text(
-            "SELECT c.relname, pg_has_role(current_user, c.relowner, 'MEMBER') AS owns, "
-            "current_user AS me FROM pg_class c "
-            "WHERE c.relname = ANY(CAST(:names AS text[])) "
-            "AND c.relnamespace = to_regnamespace(current_schema())"
-        ),
-        {"names": list(_OWNED_TABLES)},
-    ).all()
-    foreign = sorted(r.relname for r in rows if not r.owns)
-    if foreign:
-        raise PermissionDenied(
-            f"Database role is not allowed to grant database privileges: role "
-            f"'{rows[0].me}' does not own {', '.join(foreign)}; run it as the owner of the "
-            "tables (the role that ran `db upgrade`)"
-        )
-
-
-def apply_grants(
-    db: Database,
-    *,
-    admin_role: str = ADMIN_ROLE,
-    runtime_role: str = RUNTIME_ROLE,
-    login: bool = True,
-) -> None:
-    """Create the admin and runtime roles if missing and grant them their privileges.
-
-    admin: manages definitions and instances (SELECT/INSERT/UPDATE/DELETE), appends audit.
-    runtime: reads definitions and instances, updates only status, credentials, token and
-    usage columns, appends audit; cannot create or delete instances.
-    Nobody gets UPDATE or DELETE on the audit log (a trigger refuses them too).
-    """
-    quote = db.engine.dialect.identifier_preparer.quote
-    admin, runtime = quote(admin_role), quote(runtime_role)
-    updatable = ", ".join(RUNTIME_UPDATABLE_COLUMNS)
-    with db.connect("grant database privileges") as connection:
-        database = quote(connection.execute(sa.text("SELECT current_database()")).scalar_one())
-        _require_table_owner(connection)
-        for role in (admin_role, runtime_role):
-            if not _role_exists(connection, role):
-                option = "LOGIN" if login else "NOLOGIN"
-                connection.execute(sa.text(f"CREATE ROLE {quote(role)} {option}"))
-        statements = [
-            f"REVOKE ALL ON {', '.join(_OWNED_TABLES)} FROM PUBLIC",
-            f"GRANT CONNECT ON DATABASE {database} TO {admin}, {runtime}",
-            f"GRANT USAGE ON SCHEMA public TO {admin}, {runtime}",
-            f"GRANT SELECT ON {VERSION_TABLE} TO {admin}, {runtime}",
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON integration_definitions, "
-            f"integration_instances TO {admin}",
-            f"GRANT SELECT ON integration_definitions, integration_instances TO {runtime}",
-            f"GRANT UPDATE ({updatable}) ON integration_instances TO {runtime}",
-            f"GRANT SELECT, INSERT ON {', '.join(_APPEND_ONLY)} TO {admin}, {runtime}",
-            f"GRANT SELECT, INSERT, DELETE ON integration_oauth_states TO {admin}, {runtime}",
-        ]
-        for statement in statements:
-            connection.execute(sa.text(statement))

@@ -104,7 +104,7 @@ audit_log = sa.Table(
     sa.Column("details", JSONB, nullable=False),
     sa.Column("prev_hash", BYTEA),
     sa.Column("hash", BYTEA, nullable=False, server_default=sa.FetchedValue()),
-    # Roles may only read and append (`prefect_integrations.db.apply_grants`).
+    # Roles may only read and append (`prefect_integrations.store.grants.apply_grants`).
     info={"append_only": True},
 )
 

@@ -24,6 +24,7 @@ from prefect_integrations.cli import (
 )
 from prefect_integrations.cli._common import runtime
 from prefect_integrations.exceptions import IntegrationError, ValidationError
+from prefect_integrations.store.grants import apply_grants
 
 __all__ = ["app", "main", "run"]
 
@@ -63,7 +64,7 @@ def up() -> None:
     dbmod.upgrade(database)
     typer.echo(f"schema:   revision {dbmod.current_revision(database)}")
     if rt.settings.embedded:
-        dbmod.apply_grants(database)
+        apply_grants(database)
     keyring = rt.keyring
     typer.echo(f"keyring:  {len(keyring.ids)} key(s), primary '{keyring.primary_id}'")
     registry = rt.registry

@@ -9,6 +9,7 @@ import typer
 from prefect_integrations import db as dbmod
 from prefect_integrations.cli._common import runtime
 from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
+from prefect_integrations.store.grants import apply_grants
 
 app = typer.Typer(help="The database: embedded cluster, migrations, roles.", no_args_is_help=True)
 
@@ -114,5 +115,5 @@ def grant(
 ) -> None:
     """Create the admin and runtime roles if missing and grant their privileges."""
     rt = runtime()
-    dbmod.apply_grants(rt.db, admin_role=admin_role, runtime_role=runtime_role, login=login)
+    apply_grants(rt.db, admin_role=admin_role, runtime_role=runtime_role, login=login)
     typer.echo(f"Granted: admin role '{admin_role}', runtime role '{runtime_role}'")
