@@ -40,7 +40,7 @@ from prefect_integrations.exceptions import (
     UnknownKeyId,
 )
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
-from prefect_integrations.maintenance.credential_rotation import rotate_provider_credentials
+from prefect_integrations.maintenance.credential_rotation import ProviderCredentialRotation
 from prefect_integrations.maintenance.health import HealthChecker
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.oauth.service import authorization_url, create_app, finish
@@ -370,7 +370,9 @@ def _with_rotating(w: World) -> None:
 
 
 def _rotate_provider(w: World) -> None:
-    assert rotate_provider_credentials(runtime())["inst"].result == "rotated"
+    rt = runtime()
+    rotation = ProviderCredentialRotation(rt.db, rt.registry, rt.keyring, clients=rt.clients)
+    assert rotation.run()["inst"].result == "rotated"
 
 
 OPERATIONS: dict[str, Operation] = {

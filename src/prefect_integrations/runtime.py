@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from prefect_integrations import logfilter
 from prefect_integrations.client import AsyncIntegrationClient, IntegrationClient
+from prefect_integrations.client_factory import ClientFactory
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.exceptions import ConfigurationError
@@ -88,6 +89,17 @@ class Runtime:
     def recorder(self) -> UsageRecorder:
         """The audit queue of method calls."""
         return UsageRecorder(self.db)
+
+    @cached_property
+    def clients(self) -> ClientFactory:
+        """The one factory of clients, with this runtime's dependencies."""
+        return ClientFactory(
+            db=self.db,
+            registry=self.registry,
+            keyring=self.keyring,
+            actor=self.actor,
+            recorder=self.recorder,
+        )
 
     @contextmanager
     def transaction(self, operation: str) -> Iterator[Session]:
@@ -174,26 +186,12 @@ class Runtime:
         with self._lock:
             found = self._clients.get(instance_id)
             if found is None:
-                found = self._clients[instance_id] = IntegrationClient(
-                    instance_id,
-                    db=self.db,
-                    registry=self.registry,
-                    keyring=self.keyring,
-                    actor=self.actor,
-                    recorder=self.recorder,
-                )
+                found = self._clients[instance_id] = self.clients.sync(instance_id)
             return found
 
     def async_client(self, instance_id: str) -> AsyncIntegrationClient:
         """A new asynchronous client of one instance (bound to the running event loop)."""
-        return AsyncIntegrationClient(
-            instance_id,
-            db=self.db,
-            registry=self.registry,
-            keyring=self.keyring,
-            actor=self.actor,
-            recorder=self.recorder,
-        )
+        return self.clients.asynchronous(instance_id)
 
     def close(self) -> None:
         """Stop the listener, close clients, flush the audit queue, release connections."""

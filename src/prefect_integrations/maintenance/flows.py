@@ -1,8 +1,9 @@
 """The maintenance flows: health checks, token refresh, credential rotation.
 
-Each flow uses the process-wide runtime (database, registry, keyring from
-``PREFECT_INTEGRATIONS_*``), never takes a secret as a parameter, audits every outcome,
-emits events on status changes, and publishes a table artifact of what it did.
+Each flow builds its dependencies from the process-wide runtime (database, registry,
+keyring from ``PREFECT_INTEGRATIONS_*``) and hands them to the maintenance code
+explicitly. Each takes no secret as a parameter, audits every outcome, emits events on
+status changes, and publishes a table artifact of what it did.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def rotate_credentials(batch_size: int = 5000, provider_rotation: bool = True) -
 
     Provider credentials are rotated only where the definition declares how.
     """
-    from prefect_integrations.maintenance.credential_rotation import rotate_provider_credentials
+    from prefect_integrations.maintenance.credential_rotation import ProviderCredentialRotation
     from prefect_integrations.store.rekey import rotate_keys
 
     rt = runtime()
@@ -103,7 +104,9 @@ def rotate_credentials(batch_size: int = 5000, provider_rotation: bool = True) -
     ]
     provider: dict[str, Any] = {}
     if provider_rotation:
-        results = rotate_provider_credentials(rt)
+        results = ProviderCredentialRotation(
+            rt.db, rt.registry, rt.keyring, clients=rt.clients
+        ).run()
         provider = {k: v.result for k, v in results.items()}
         rows += [
             {"instance": i, "step": "provider credentials", "result": r.result, "detail": r.detail}
