@@ -81,12 +81,12 @@ def test_cli_lifecycle_in_a_fresh_home(
         assert run(["db", "status"]) == 3
         assert run(["up"]) == 0
         out = capsys.readouterr().out
-        assert "definitions: 3 created" in out and "audit log: 3 rows, chain intact" in out
+        assert "definitions: created 3," in out and "audit log: 3 rows, chain intact" in out
         keyring_file = home / "keyring"
         assert (keyring_file.stat().st_mode & 0o777) == 0o600
         reset_runtime()
         assert run(["up"]) == 0  # idempotent
-        assert "3 unchanged" in capsys.readouterr().out
+        assert "unchanged 3" in capsys.readouterr().out
         reset_runtime()
         assert run(["db", "status"]) == 0
         assert "running:     True" in capsys.readouterr().out

@@ -70,15 +70,9 @@ def up() -> None:
     registry = rt.registry
     with rt.transaction("sync definitions") as session:
         report = sync_definitions(session, registry, actor=rt.actor)
-    typer.echo(
-        f"definitions: {len(report.created)} created, {len(report.updated)} updated, "
-        f"{len(report.unchanged)} unchanged, {len(report.removed)} removed"
-    )
-    for integration_id, count in sorted(report.orphaned.items()):
-        typer.echo(
-            f"warning: '{integration_id}' is gone from the files but has {count} instance(s); kept",
-            err=True,
-        )
+    typer.echo(f"definitions: {report.counts()}")
+    for warning in report.warnings():
+        typer.echo(f"warning: {warning}", err=True)
     with rt.transaction("summarise the store") as session:
         stored = list_definitions(session)
         found = list_instances(session)

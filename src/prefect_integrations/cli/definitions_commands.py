@@ -86,16 +86,9 @@ def sync() -> None:
     registry = rt.registry
     with rt.transaction("sync definitions") as session:
         report = sync_definitions(session, registry, actor=rt.actor)
-    typer.echo(
-        f"created {len(report.created)}, updated {len(report.updated)}, "
-        f"unchanged {len(report.unchanged)}, removed {len(report.removed)}"
-    )
-    for integration_id, count in sorted(report.orphaned.items()):
-        typer.echo(
-            f"warning: definition '{integration_id}' is no longer in the files but has "
-            f"{count} instance(s); kept",
-            err=True,
-        )
+    typer.echo(report.counts())
+    for warning in report.warnings():
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()

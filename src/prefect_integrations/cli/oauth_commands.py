@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlsplit
 
 import typer
 
@@ -40,19 +39,11 @@ def serve(
     """Run the connect service (authorization-code flow with PKCE)."""
     import uvicorn
 
-    from prefect_integrations.oauth.service import create_app
+    from prefect_integrations.oauth.service import bind_address, runtime_app
 
     rt = runtime()
-    redirect = urlsplit(rt.settings.oauth_redirect_uri)
-    app = create_app(
-        db=rt.db,
-        registry=rt.registry,
-        keyring=rt.keyring,
-        actor=rt.actor,
-        redirect_uri=rt.settings.oauth_redirect_uri,
-    )
-    bind_host = host or redirect.hostname or "127.0.0.1"
-    bind_port = port or redirect.port or 8765
+    app = runtime_app(rt)
+    bind_host, bind_port = bind_address(rt.settings.oauth_redirect_uri, host=host, port=port)
     typer.echo(
         f"connect service on http://{bind_host}:{bind_port}/connect/<instance_id>; "
         f"callback {rt.settings.oauth_redirect_uri}"

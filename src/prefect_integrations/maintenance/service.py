@@ -100,27 +100,13 @@ class _ConnectThread:
     """The OAuth connect service (uvicorn) in a daemon thread."""
 
     def __init__(self, rt: Runtime) -> None:
-        from urllib.parse import urlsplit
-
         import uvicorn
 
-        from prefect_integrations.oauth.service import create_app
+        from prefect_integrations.oauth.service import bind_address, runtime_app
 
-        redirect = urlsplit(rt.settings.oauth_redirect_uri)
-        app = create_app(
-            db=rt.db,
-            registry=rt.registry,
-            keyring=rt.keyring,
-            actor=rt.actor,
-            redirect_uri=rt.settings.oauth_redirect_uri,
-        )
-        self.url = f"http://{redirect.hostname or '127.0.0.1'}:{redirect.port or 8765}"
-        config = uvicorn.Config(
-            app,
-            host=redirect.hostname or "127.0.0.1",
-            port=redirect.port or 8765,
-            log_level="warning",
-        )
+        host, port = bind_address(rt.settings.oauth_redirect_uri)
+        self.url = f"http://{host}:{port}"
+        config = uvicorn.Config(runtime_app(rt), host=host, port=port, log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="oauth-connect", daemon=True)
 

@@ -26,11 +26,12 @@ from prefect_integrations.definitions import Definition, OAuth2Config, Registry
 from prefect_integrations.exceptions import IntegrationError, OAuthError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token, oauth2_setting
+from prefect_integrations.runtime import Runtime
 from prefect_integrations.store import audit, instances, vault
 from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.oauth_states import consume_state, create_state
 
-__all__ = ["authorization_url", "create_app"]
+__all__ = ["authorization_url", "bind_address", "create_app", "runtime_app"]
 
 
 def _authorization_code_definition(definition: Definition, instance_id: str) -> OAuth2Config:
@@ -249,3 +250,22 @@ def audit_failure(db: Database, actor: str, instance_id: str | None, reason: str
             instance_id=instance_id,
             details={"reason": reason},
         )
+
+
+def runtime_app(rt: Runtime) -> FastAPI:
+    """The connect service of the runtime's store, called back at the configured URI."""
+    return create_app(
+        db=rt.db,
+        registry=rt.registry,
+        keyring=rt.keyring,
+        actor=rt.actor,
+        redirect_uri=rt.settings.oauth_redirect_uri,
+    )
+
+
+def bind_address(
+    redirect_uri: str, *, host: str | None = None, port: int | None = None
+) -> tuple[str, int]:
+    """Where to listen: the given host and port, else those of the redirect URI."""
+    redirect = urlsplit(redirect_uri)
+    return host or redirect.hostname or "127.0.0.1", port or redirect.port or 8765

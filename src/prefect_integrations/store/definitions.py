@@ -89,6 +89,21 @@ class SyncReport:
         """True when the table changed."""
         return bool(self.created or self.updated or self.removed)
 
+    def counts(self) -> str:
+        """``created N, updated N, unchanged N, removed N``."""
+        return (
+            f"created {len(self.created)}, updated {len(self.updated)}, "
+            f"unchanged {len(self.unchanged)}, removed {len(self.removed)}"
+        )
+
+    def warnings(self) -> list[str]:
+        """One line per definition gone from the files that still has instances."""
+        return [
+            f"definition '{integration_id}' is no longer in the files but has {count} "
+            "instance(s); kept"
+            for integration_id, count in sorted(self.orphaned.items())
+        ]
+
 
 def sync_definitions(session: Session, registry: Registry, *, actor: str) -> SyncReport:
     """Upsert every definition of ``registry``; idempotent.
