@@ -29,26 +29,20 @@ class ClientFactory:
     actor: str
     recorder: UsageRecorder
 
+    def _keywords(self, options: dict[str, Any]) -> dict[str, Any]:
+        shared = {
+            "db": self.db,
+            "registry": self.registry,
+            "keyring": self.keyring,
+            "actor": self.actor,
+            "recorder": self.recorder,
+        }
+        return {**shared, **options}
+
     def sync(self, instance_id: str, **options: Any) -> IntegrationClient:
         """A new synchronous client of one instance (``options``: the client's keywords)."""
-        return IntegrationClient(
-            instance_id,
-            db=self.db,
-            registry=self.registry,
-            keyring=self.keyring,
-            actor=self.actor,
-            recorder=self.recorder,
-            **options,
-        )
+        return IntegrationClient(instance_id, **self._keywords(options))
 
     def asynchronous(self, instance_id: str, **options: Any) -> AsyncIntegrationClient:
         """A new asynchronous client of one instance (bound to the running event loop)."""
-        return AsyncIntegrationClient(
-            instance_id,
-            db=self.db,
-            registry=self.registry,
-            keyring=self.keyring,
-            actor=self.actor,
-            recorder=self.recorder,
-            **options,
-        )
+        return AsyncIntegrationClient(instance_id, **self._keywords(options))
