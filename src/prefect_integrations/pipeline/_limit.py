@@ -52,12 +52,6 @@ def _buffered(request: httpx.Request, response: httpx.Response, content: bytes) 
     )
 
 
-def _check(limit: int) -> int:
-    if limit < 1:
-        raise ValueError("max_response_bytes must be at least 1")
-    return limit
-
-
 class SizeLimitTransport(httpx.BaseTransport):
     """Read each response of ``transport`` whole, up to ``limit`` decoded bytes.
 
@@ -69,7 +63,7 @@ class SizeLimitTransport(httpx.BaseTransport):
 
     def __init__(self, transport: httpx.BaseTransport, limit: int = MAX_RESPONSE_BYTES) -> None:
         self._transport = transport
-        self.limit = _check(limit)
+        self.limit = limit
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and read its response, at most ``limit`` bytes."""
@@ -100,7 +94,7 @@ class AsyncSizeLimitTransport(httpx.AsyncBaseTransport):
         self, transport: httpx.AsyncBaseTransport, limit: int = MAX_RESPONSE_BYTES
     ) -> None:
         self._transport = transport
-        self.limit = _check(limit)
+        self.limit = limit
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and read its response, at most ``limit`` bytes."""
