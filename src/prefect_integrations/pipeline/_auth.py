@@ -91,15 +91,28 @@ def _refused(response: httpx.Response) -> bool:
     return call.refused(response) if call is not None else response.status_code in (401, 403)
 
 
-def _copy(request: httpx.Request) -> httpx.Request:
-    """A copy of an unsent request (the content is in memory), with its own headers."""
-    return httpx.Request(
-        request.method,
-        request.url,
-        headers=request.headers,
-        content=request.content,
-        extensions=dict(request.extensions),
-    )
+class _Unsent:
+    """What authorizing may change in a request (URL, headers, content), kept beforehand.
+
+    Cheaper than copying the request, which is only rebuilt when it is sent again.
+    """
+
+    __slots__ = ("content", "headers", "url")
+
+    def __init__(self, request: httpx.Request) -> None:
+        self.url = request.url
+        self.headers = request.headers.copy()
+        self.content = request.content
+
+    def again(self, request: httpx.Request) -> httpx.Request:
+        """``request`` as it was before it was authorized."""
+        return httpx.Request(
+            request.method,
+            self.url,
+            headers=self.headers,
+            content=self.content,
+            extensions=dict(request.extensions),
+        )
 
 
 class InstanceAuth(httpx.Auth):
@@ -139,40 +152,42 @@ class InstanceAuth(httpx.Auth):
         self.current = fresh
         return True
 
-    def _prepare(self, request: httpx.Request) -> httpx.Request | None:
-        """Authorize ``request``; return an unauthorized copy if it may be sent again."""
-        pristine = _copy(request) if self._renew is not None else None
+    def _prepare(self, request: httpx.Request) -> _Unsent | None:
+        """Authorize ``request``; keep what it was before if it may be sent again."""
+        unsent = _Unsent(request) if self._renew is not None else None
         apply_auth(self.current.definition, request, self.current.credentials)
-        return pristine
+        return unsent
 
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
         """The flow, with ``renew`` called in this thread."""
         renew = self._renew
-        pristine = self._prepare(request)
+        unsent = self._prepare(request)
         response = yield request
-        if pristine is None or renew is None:
+        if unsent is None or renew is None:
             return
         if self.requires_response_body:
             response.read()
         if self._refused(response) and self._adopt(renew(self.current, True)):
-            apply_auth(self.current.definition, pristine, self.current.credentials)
-            yield pristine
+            again = unsent.again(request)
+            apply_auth(self.current.definition, again, self.current.credentials)
+            yield again
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """The flow, with ``renew`` run in a worker thread."""
         renew = self._renew
-        pristine = self._prepare(request)
+        unsent = self._prepare(request)
         response = yield request
-        if pristine is None or renew is None:
+        if unsent is None or renew is None:
             return
         if self.requires_response_body:
             await response.aread()
         if self._refused(response) and self._adopt(
             await asyncio.to_thread(renew, self.current, True)
         ):
-            apply_auth(self.current.definition, pristine, self.current.credentials)
-            yield pristine
+            again = unsent.again(request)
+            apply_auth(self.current.definition, again, self.current.credentials)
+            yield again
