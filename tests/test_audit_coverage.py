@@ -265,7 +265,7 @@ def _health_degrades(w: World) -> None:
     w.provider.reply("GET", "/inst/items/1", Reply(401, {"error": {"code": "k", "message": "no"}}))
     checker = HealthChecker(w.db, w.registry, w.keyring, actor=ACTOR, min_interval=0.0)
     report = asyncio.run(checker.run())
-    assert [r.reason for r in report.results] == ["auth_failed"]
+    assert [r.reason for r in report.results] == ["provider_auth_failed"]
 
 
 def _with_oauth(w: World) -> None:

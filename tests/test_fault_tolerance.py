@@ -666,8 +666,8 @@ _HEALTH_EXPECTED: dict[str, tuple[str, str | None]] = {
     "timeout": ("error", "network"),
     "malformed_json": ("error", "provider_unavailable"),
     "truncated": ("error", "network"),
-    "huge_declared": ("error", "response_too_large"),
-    "huge_chunked": ("error", "response_too_large"),
+    "huge_declared": ("error", "provider_response_too_large"),
+    "huge_chunked": ("error", "provider_response_too_large"),
 }
 
 

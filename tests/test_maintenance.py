@@ -92,7 +92,7 @@ def test_health_outcomes_and_statuses(
     assert {k: v.reason for k, v in by_id.items()} == {
         "healthy": "ok",
         "recovering": "ok",
-        "revoked": "auth_failed",
+        "revoked": "provider_auth_failed",
         "throttled": "rate_limited",
         "broken": "provider_unavailable",
         "nokeys": "config_invalid",
@@ -101,7 +101,7 @@ def test_health_outcomes_and_statuses(
     assert "disabled" not in by_id  # inactive instances are not checked
     assert _status(echo_db, "recovering")["state"] == "active"
     revoked = _status(echo_db, "revoked")
-    assert revoked["state"] == "error" and revoked["details"]["reason"] == "auth_failed"
+    assert revoked["state"] == "error" and revoked["details"]["reason"] == "provider_auth_failed"
     assert "HTTP 401" in revoked["error"] and revoked["lastChecked"]
     throttled = _status(echo_db, "throttled")
     assert throttled["state"] == "active" and throttled["details"]["reason"] == "rate_limited"

@@ -69,10 +69,10 @@ def test_health_check_flow(
         provider.reply("GET", f"/{name}/items/1", reply)
     summary = asyncio.run(health_check(min_interval_seconds=0))
     assert summary["checked"] == 2
-    assert summary["results"] == {"ok": 1, "auth_failed": 1}
+    assert summary["results"] == {"ok": 1, "provider_auth_failed": 1}
     assert summary["degraded"] == ["sick"]
     descriptions = asyncio.run(_artifact_descriptions("integration-health"))
-    assert any("auth_failed" in d for d in descriptions)
+    assert any("provider_auth_failed" in d for d in descriptions)
 
 
 @pytest.mark.usefixtures("env")

@@ -7,28 +7,21 @@ built (`prefect_integrations.definitions.bindings`); per call the client does:
     ...apply auth, send...
     output = binding.parse(definition, method, response, ctx)   # raises ProviderError
 
-`provider_error` turns an error response into `ProviderError` (`ProviderAuthError` for
-401/403, `ProviderUnavailable` for 429/5xx) with the provider's own code and message, read
-with the definition's ``errors`` templates or from common error shapes, with any credential
-of the request scrubbed from the text. The template rules are in `_templates`. About 520
-lines: building requests, reading responses and reading provider errors share the
-response scope and the rendering helpers; the provider-error part can move out on its own.
+An error response becomes a `ProviderError` through `provider_error`, which lives with the
+rest of the provider errors and scrubbing in `prefect_integrations.pipeline` (re-exported
+here). The template rules are in `_templates`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
-import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 
 from prefect_integrations._templates import (
-    CompiledTemplate,
     Node,
     RenderError,
     Scope,
@@ -36,7 +29,6 @@ from prefect_integrations._templates import (
     is_omitted,
     to_text,
 )
-from prefect_integrations.credentials import MASK
 from prefect_integrations.definitions import (
     Definition,
     DefinitionBinding,
@@ -50,15 +42,13 @@ from prefect_integrations.exceptions import (
     DefinitionError,
     DefinitionProblem,
     MethodNotBound,
-    ProviderAuthError,
-    ProviderError,
     ProviderUnavailable,
     ValidationError,
 )
+from prefect_integrations.pipeline._errors import error_from_body, provider_error
+from prefect_integrations.pipeline._response import declares_json, response_body, response_scope
 
 __all__ = ["parse", "prepare", "provider_error"]
-
-_MESSAGE_LIMIT: Final = 500
 
 
 def _with_defaults(defaults: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -239,35 +229,6 @@ def _http_request(
 # --------------------------------------------------------------------------------------
 
 
-def _response_body(response: httpx.Response) -> Any:
-    """The parsed JSON body, or the text if it is not JSON, or None if empty."""
-    content = response.content
-    if not content:
-        return None
-    try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return response.text
-
-
-def _declares_json(response: httpx.Response) -> bool:
-    """True when the response's content type is JSON (``application/json``, ``+json``)."""
-    media = str(response.headers.get("content-type", "")).split(";")[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
-
-
-def _response_scope(
-    response: httpx.Response, body: Any, ctx: RequestContext | None, *, headers: bool
-) -> Scope:
-    variables: dict[str, Any] = {"response": body, "status": response.status_code}
-    if headers:
-        variables["headers"] = dict(response.headers.items())
-    if ctx is not None:
-        variables["inputs"] = ctx.inputs
-        variables["config"] = ctx.config
-    return Scope(variables)
-
-
 def parse(
     definition: Definition, method: Method, response: httpx.Response, ctx: RequestContext
 ) -> Any:
@@ -283,8 +244,8 @@ def parse(
     definition_binding, method_binding = _bindings(definition, method)
     if not response.is_success:
         raise provider_error(definition, method, response, instance_id=ctx.instance_id)
-    body = _response_body(response)
-    if isinstance(body, str) and _declares_json(response):
+    body = response_body(response)
+    if isinstance(body, str) and declares_json(response):
         raise ProviderUnavailable(
             integration_id=definition.id,
             method_id=method.id,
@@ -298,7 +259,7 @@ def parse(
     wants_headers = (errors is not None and errors.uses_headers) or (
         http is not None and http.output_uses_headers
     )
-    scope = _response_scope(response, body, ctx, headers=wants_headers)
+    scope = response_scope(response, body, ctx, headers=wants_headers)
     if errors is not None and errors.when is not None:
         try:
             flagged = errors.when.render(scope)
@@ -307,7 +268,7 @@ def parse(
                 definition, method, RenderError(("errors", "when"), exc)
             ) from None
         if not is_omitted(flagged) and flagged:
-            raise _provider_error(definition, method, response, body, ctx.instance_id)
+            raise error_from_body(definition, method, response, body, ctx.instance_id)
     if method_binding.handler is not None:
         return method_binding.handler.parse_response(response, ctx)
     if http is None or http.output is None:
@@ -316,205 +277,3 @@ def parse(
         return http.output(scope)
     except RenderError as exc:
         raise _render_failure(definition, method, exc) from None
-
-
-# --------------------------------------------------------------------------------------
-# Provider errors
-# --------------------------------------------------------------------------------------
-
-_SENSITIVE_WORDS: Final = (
-    "auth",
-    "token",
-    "key",
-    "secret",
-    "cookie",
-    "signature",
-    "password",
-    "session",
-    "credential",
-)
-
-
-def _sensitive(name: str) -> bool:
-    lower = name.lower()
-    return any(word in lower for word in _SENSITIVE_WORDS)
-
-
-def _request_secrets(response: httpx.Response) -> list[str]:
-    """Credential-like values of the request that produced ``response`` (to scrub)."""
-    try:
-        request = response.request
-    except RuntimeError:
-        return []
-    secrets: list[str] = []
-    for name, value in request.headers.multi_items():
-        if not _sensitive(name):
-            continue
-        secrets.append(value)
-        scheme, _, credentials = value.partition(" ")
-        if credentials:
-            secrets.append(credentials.strip())
-            if scheme.lower() == "basic":
-                try:
-                    decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-                except (binascii.Error, UnicodeDecodeError):
-                    continue
-                user, _, password = decoded.partition(":")
-                secrets.extend([decoded, user, password])
-    for name, value in request.url.params.multi_items():
-        if _sensitive(name):
-            secrets.append(value)
-    return sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
-
-
-def _scrub(text: str | None, secrets: Sequence[str]) -> str | None:
-    if text is None:
-        return None
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    return text
-
-
-def _text(value: Any) -> str | None:
-    """A rendered or found code/message as text; None when absent or empty."""
-    if is_omitted(value) or isinstance(value, dict | list):
-        return None
-    text = to_text(value).strip()
-    return text or None
-
-
-def _first(body: Mapping[str, Any], *keys: str) -> str | None:
-    for key in keys:
-        text = _text(body.get(key))
-        if text is not None:
-            return text
-    return None
-
-
-def _xero_validation_messages(body: Mapping[str, Any]) -> str | None:
-    elements = body.get("Elements")
-    if not isinstance(elements, list):
-        return None
-    messages: list[str] = []
-    for element in elements:
-        errors = element.get("ValidationErrors") if isinstance(element, Mapping) else None
-        for error in errors if isinstance(errors, list) else ():
-            message = _text(error.get("Message")) if isinstance(error, Mapping) else None
-            if message is not None and message not in messages:
-                messages.append(message)
-    return "; ".join(messages) or None
-
-
-def _common_shape(body: Any) -> tuple[str | None, str | None]:
-    """Code and message from the error shapes most APIs use."""
-    if isinstance(body, str):
-        text = body.strip()
-        looks_like_html = text[:1] == "<"
-        return None, (text or None) if not looks_like_html else None
-    if not isinstance(body, Mapping):
-        return None, None
-    code: str | None = None
-    message: str | None = None
-    error = body.get("error")
-    if isinstance(error, Mapping):  # Google: {"error": {"code", "message", "status"}}
-        code = _first(error, "status", "code")
-        message = _first(error, "message")
-    elif isinstance(error, str):  # Slack, OAuth: {"error": "...", "error_description": ...}
-        code = _text(error)
-    code = code or _first(body, "code", "errorCode", "error_code", "Type", "type")
-    message = (
-        message
-        or _xero_validation_messages(body)
-        or _first(
-            body,
-            "error_description",
-            "message",
-            "Message",
-            "detail",
-            "Detail",
-            "title",
-            "Title",
-        )
-    )
-    return code, message
-
-
-def provider_error(
-    definition: Definition,
-    method: Method,
-    response: httpx.Response,
-    *,
-    instance_id: str | None = None,
-) -> ProviderError:
-    """The `ProviderError` describing an error ``response`` (returned, not raised).
-
-    `ProviderAuthError` for 401/403 (or a code listed in ``errors.authCodes``),
-    `ProviderUnavailable` for 429/5xx (or a code in ``errors.unavailableCodes``),
-    `ProviderError` otherwise. The provider's code and message come from the definition's
-    ``errors.code``/``errors.message`` when they render to something, else from common
-    shapes (``error``, ``error.message``, ``error_description``, ``message``, ``Message``,
-    Xero's ``Elements[].ValidationErrors[].Message``...). Credentials of the request
-    (authorization, key, token... headers and query parameters) are replaced by ``********``
-    in both, and the message is cut to 500 characters.
-    """
-    return _provider_error(definition, method, response, _response_body(response), instance_id)
-
-
-def _provider_error(
-    definition: Definition,
-    method: Method,
-    response: httpx.Response,
-    body: Any,
-    instance_id: str | None,
-) -> ProviderError:
-    status = response.status_code
-    code: str | None = None
-    message: str | None = None
-    binding = definition.binding
-    errors = binding.errors if binding is not None else None
-    if errors is not None and (errors.code is not None or errors.message is not None):
-        scope = _response_scope(response, body, None, headers=errors.uses_headers)
-        code = _render_text(errors.code, scope)
-        message = _render_text(errors.message, scope)
-    if code is None or message is None:
-        common_code, common_message = _common_shape(body)
-        code = code or common_code
-        message = message or common_message
-    secrets = _request_secrets(response)
-    code = _scrub(code, secrets)
-    message = _scrub(message, secrets)
-    if code is not None:
-        code = code[:100]
-    if message is not None and len(message) > _MESSAGE_LIMIT:
-        message = message[: _MESSAGE_LIMIT - 3] + "..."
-
-    auth_codes = errors.auth_codes if errors is not None else frozenset()
-    unavailable_codes = errors.unavailable_codes if errors is not None else frozenset()
-    cls: type[ProviderError]
-    if status in (401, 403):
-        cls = ProviderAuthError
-    elif status == 429 or status >= 500:
-        cls = ProviderUnavailable
-    elif code is not None and code in auth_codes:
-        cls = ProviderAuthError
-    elif code is not None and code in unavailable_codes:
-        cls = ProviderUnavailable
-    else:
-        cls = ProviderError
-    return cls(
-        integration_id=definition.id,
-        method_id=method.id,
-        status=status,
-        provider_code=code,
-        provider_message=message,
-        instance_id=instance_id,
-    )
-
-
-def _render_text(template: CompiledTemplate | None, scope: Scope) -> str | None:
-    if template is None:
-        return None
-    try:
-        return _text(template.render(scope))
-    except Exception:  # a broken error template must not hide the provider's error
-        return None

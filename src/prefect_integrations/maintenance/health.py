@@ -12,14 +12,20 @@ state is still the one claimed (an instance set ``inactive`` during its check st
 Outcomes and the status they lead to:
 
 - ``ok``: ``active``;
-- ``auth_failed``, ``invalid_grant``, ``config_invalid``: ``error`` with that reason;
-- ``response_too_large`` (the body exceeds ``max_response_bytes``, never read whole):
-  ``error`` with that reason;
+- ``provider_auth_failed``, ``invalid_grant``, ``config_invalid``: ``error`` with that
+  reason;
+- ``provider_response_too_large`` (the body exceeds ``max_response_bytes``, never read
+  whole): ``error`` with that reason;
 - ``provider_unavailable`` (5xx, or a body declared JSON that does not parse),
   ``network``: ``error`` with that reason, unless most checked
   instances of the integration fail the same transient way in the batch: then it is a
   provider outage, reported once, and the instances keep their state;
 - ``rate_limited``: the state is kept (the credentials work), the reason recorded.
+
+A reason is the ``code`` of the exception the check raised where it has one
+(`prefect_integrations.pipeline.failure_reason`): the vocabulary of the clients' errors.
+The check sends through the clients' pipeline, without retries and without renewing
+refused credentials (an expiring OAuth2 token is refreshed first).
 
 Status changes emit ``integration.instance.degraded`` / ``integration.instance.recovered``
 events, an outage ``integration.provider.outage``.
@@ -38,29 +44,24 @@ from typing import Any
 
 import httpx
 
-from prefect_integrations.client import (
-    MAX_RESPONSE_BYTES,
-    aread_limited,
-    build_call,
-    read_response,
-    redact,
-)
 from prefect_integrations.credentials import Credentials
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
 from prefect_integrations.events import emit_event
-from prefect_integrations.exceptions import (
-    CredentialsError,
-    IntegrationError,
-    InvalidGrant,
-    OAuthError,
-    ProviderAuthError,
-    ProviderError,
-    ProviderUnavailable,
-    ResponseTooLarge,
-)
+from prefect_integrations.exceptions import CredentialsError, IntegrationError
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.oauth.lifecycle import TokenLifecycle, should_refresh
+from prefect_integrations.oauth.lifecycle import TokenLifecycle
+from prefect_integrations.pipeline import (
+    MAX_RESPONSE_BYTES,
+    AsyncPipeline,
+    Authorization,
+    Call,
+    InstanceAuth,
+    build_call,
+    failure_reason,
+    redact,
+    refreshed,
+)
 from prefect_integrations.store import audit, leases, vault
 from prefect_integrations.store.instances import Instance
 from prefect_integrations.store.status import StatusWrite, write_statuses
@@ -144,26 +145,8 @@ class HealthReport:
 
 
 def classify(error: BaseException) -> str:
-    """The typed reason of a failed check."""
-    if isinstance(error, InvalidGrant):
-        return "invalid_grant"
-    if isinstance(error, ProviderAuthError):
-        return "auth_failed"
-    if isinstance(error, ResponseTooLarge):
-        return "response_too_large"
-    if isinstance(error, ProviderUnavailable):
-        if error.status == 429:
-            return "rate_limited"
-        return "network" if error.status is None else "provider_unavailable"
-    if isinstance(error, ProviderError):
-        if error.status in (401, 403):
-            return "auth_failed"
-        return "provider_unavailable" if (error.status or 0) >= 500 else "config_invalid"
-    if isinstance(error, httpx.TransportError):
-        return "network"
-    if isinstance(error, OAuthError):
-        return "auth_failed"
-    return "config_invalid"  # credentials, config or definition unusable
+    """The typed reason of a failed check: `failure_reason`, the exceptions' own codes."""
+    return failure_reason(error)
 
 
 class HealthChecker:
@@ -284,7 +267,8 @@ class HealthChecker:
         creds: Credentials | CredentialsError | None,
     ) -> HealthResult:
         started = time.perf_counter()
-        status_code: int | None = None
+        call: Call | None = None
+        auth: InstanceAuth | None = None
         try:
             definition = self._registry.get(instance.integration_id)
             check = definition.health_check
@@ -294,59 +278,41 @@ class HealthChecker:
                 raise creds or CredentialsError(
                     f"Instance '{instance.instance_id}' has no credentials"
                 )
-            if definition.auth_type == "oauth2":
-                creds = await self._fresh_oauth_credentials(definition.grant_type, instance, creds)
-            method, request, context = build_call(
-                definition, instance, creds, check.method_id, check.input, timeout=self._timeout
+            current = Authorization(instance=instance, definition=definition, credentials=creds)
+            if current.due():
+                current = await asyncio.to_thread(refreshed, current, self._renew)
+            auth = InstanceAuth(current)
+            call = build_call(
+                definition, instance, check.method_id, check.input, timeout=self._timeout
             )
-            try:
-                streamed = await http.send(request, stream=True)
-                response = await aread_limited(streamed, self.max_response_bytes)
-            except httpx.TransportError as exc:
-                raise ProviderUnavailable(
-                    integration_id=definition.id,
-                    method_id=method.id,
-                    status=None,
-                    provider_code=type(exc).__name__,
-                    instance_id=instance.instance_id,
-                ) from None
-            status_code = streamed.status_code
-            if response is None:
-                raise ResponseTooLarge(
-                    integration_id=definition.id,
-                    method_id=method.id,
-                    status=status_code,
-                    limit=self.max_response_bytes,
-                    instance_id=instance.instance_id,
-                )
-            read_response(definition, method, response, context)
+            pipeline = AsyncPipeline(http, max_response_bytes=self.max_response_bytes)
+            await pipeline.call(call, auth)
         except (IntegrationError, httpx.HTTPError) as exc:
             reason = classify(exc)
             # The provider may echo a credential the request never carried (a signing
             # secret, a refresh token): clean the message with all of them.
+            if auth is not None:
+                creds = auth.current.credentials
             return _result(
                 instance,
                 reason,
                 started,
                 error=redact(str(exc), creds if isinstance(creds, Credentials) else None),
-                status_code=status_code,
+                status_code=call.status if call is not None else None,
                 keep=reason in _KEEP_STATE,
             )
-        return _result(instance, "ok", started, status_code=status_code)
+        return _result(instance, "ok", started, status_code=call.status)
 
-    async def _fresh_oauth_credentials(
-        self, grant: str, instance: Instance, creds: Credentials
-    ) -> Credentials:
-        if not should_refresh(creds.reveal(), now=time.time(), grant_type=grant).refresh:
-            return creds
-        await asyncio.to_thread(self._lifecycle.refresh, instance.instance_id)
-        fresh = await asyncio.to_thread(self._decrypt, [instance.instance_id])
-        result = fresh.get(instance.instance_id)
-        if not isinstance(result, Credentials):
-            raise result or CredentialsError(
-                f"Instance '{instance.instance_id}' has no credentials"
-            )
-        return result
+    def _renew(self, stale: Authorization, force: bool) -> Authorization | None:
+        """The `Renew` of a check: refresh a due token and decrypt again (never forced)."""
+        instance_id = stale.instance.instance_id
+        self._lifecycle.refresh(instance_id)
+        fresh = self._decrypt([instance_id]).get(instance_id)
+        if not isinstance(fresh, Credentials):
+            raise fresh or CredentialsError(f"Instance '{instance_id}' has no credentials")
+        return Authorization(
+            instance=stale.instance, definition=stale.definition, credentials=fresh
+        )
 
     def _apply_outages(self, results: list[HealthResult], report: HealthReport) -> None:
         by_integration: dict[str, list[HealthResult]] = defaultdict(list)

@@ -1,0 +1,250 @@
+"""The call pipeline on its own: auth flow, retry and size-limit transports, no database.
+
+Requests go to `httpx.MockTransport`; the credentials and their renewal are stand-ins for
+what the clients load from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from prefect_integrations.credentials import Credentials
+from prefect_integrations.definitions import Definition
+from prefect_integrations.exceptions import (
+    CredentialsError,
+    InvalidGrant,
+    ProviderAuthError,
+    ProviderError,
+    ProviderUnavailable,
+    ResponseTooLarge,
+    TokenEndpointUnavailable,
+)
+from prefect_integrations.pipeline import (
+    AsyncPipeline,
+    Authorization,
+    Call,
+    InstanceAuth,
+    Pipeline,
+    RetryPolicy,
+    build_call,
+    failure_reason,
+)
+from prefect_integrations.scope import Scope
+from prefect_integrations.store.instances import Instance
+
+FAST = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002)
+
+
+def _definition(**auth: Any) -> Definition:
+    document = {
+        "integrationId": "demo",
+        "name": "Demo",
+        "description": "A definition used by the pipeline tests.",
+        "version": "1.0.0",
+        "authType": "apikey",
+        "auth": {"apikey": auth or {"in": "query", "name": "key"}},
+        "configSchema": {"type": "object"},
+        "baseUrl": "https://api.example.com",
+        "methods": [
+            {
+                "id": "ping",
+                "name": "Ping",
+                "description": "Check the connection.",
+                "inputSchema": {"type": "object"},
+                "outputSchema": {"type": "object"},
+                "http": {"method": "GET", "path": "/ping", "output": {"ok": "{{ status }}"}},
+            }
+        ],
+    }
+    return Definition.from_document(document, source="demo.json")
+
+
+def _authorization(definition: Definition, key: str, *, version: int = 1) -> Authorization:
+    instance = Instance(
+        uuid=uuid.uuid4(),
+        instance_id="demo_1",
+        integration_id=definition.id,
+        name="Demo",
+        description=None,
+        scope=Scope("global"),
+        config={},
+        status={"state": "active"},
+        credentials=None,
+        created_at=None,
+        updated_at=None,
+        last_used_at=None,
+        token_expires_at=None,
+        credentials_version=version,
+    )
+    credentials = Credentials(instance_id="demo_1", key_id="k1", values={"apikey": {"key": key}})
+    return Authorization(instance=instance, definition=definition, credentials=credentials)
+
+
+def _call(definition: Definition) -> Call:
+    current = _authorization(definition, "unused")
+    return build_call(definition, current.instance, "ping", {}, timeout=httpx.Timeout(5.0))
+
+
+def test_refused_credentials_are_renewed_once_and_the_request_sent_again() -> None:
+    definition = _definition()
+    keys: list[list[str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.url.params.get_list("key"))
+        return httpx.Response(401 if len(keys) == 1 else 200, json={})
+
+    renewals: list[bool] = []
+
+    def renew(stale: Authorization, force: bool) -> Authorization | None:
+        renewals.append(force)
+        return _authorization(definition, "fresh-key", version=stale.version + 1)
+
+    call = _call(definition)
+    auth = InstanceAuth(_authorization(definition, "stale-key"), renew=renew)
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+        assert Pipeline(http, retry=FAST).call(call, auth) == {"ok": 200}
+    # the query key is replaced, not added to: the request is sent again from its copy
+    assert keys == [["stale-key"], ["fresh-key"]]
+    assert renewals == [True]
+    assert auth.current.version == 2
+    assert (call.status, call.attempts) == (200, 1)
+
+
+@pytest.mark.parametrize("renewed", [True, False])
+def test_credentials_are_renewed_at_most_once(renewed: bool) -> None:
+    definition = _definition()
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(401, json={"error": "invalid_key"})
+
+    def renew(stale: Authorization, force: bool) -> Authorization | None:
+        return _authorization(definition, "fresh-key", version=2) if renewed else None
+
+    call = _call(definition)
+    auth = InstanceAuth(_authorization(definition, "stale-key"), renew=renew)
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    with http, pytest.raises(ProviderAuthError) as caught:
+        Pipeline(http, retry=FAST).call(call, auth)
+    assert len(sent) == (2 if renewed else 1)
+    assert caught.value.provider_code == "invalid_key" and call.status == 401
+
+
+def test_retries_are_counted_on_the_call_and_retry_after_is_honoured() -> None:
+    definition = _definition()
+    replies = [httpx.Response(503), httpx.Response(503), httpx.Response(200, json={})]
+    with httpx.Client(transport=httpx.MockTransport(lambda _: replies.pop(0))) as http:
+        call = _call(definition)
+        auth = InstanceAuth(_authorization(definition, "k" * 8))
+        assert Pipeline(http, retry=FAST).call(call, auth) == {"ok": 200}
+    assert (call.status, call.attempts) == (200, 3)
+
+    too_long = httpx.Response(429, headers={"Retry-After": "3600"})
+    with httpx.Client(transport=httpx.MockTransport(lambda _: too_long)) as http:
+        call = _call(definition)
+        with pytest.raises(ProviderUnavailable):
+            Pipeline(http, retry=FAST).call(call, InstanceAuth(_authorization(definition, "k")))
+    assert (call.status, call.attempts) == (429, 1)
+
+
+def test_without_a_retry_policy_nothing_is_sent_twice() -> None:
+    definition = _definition()
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        raise httpx.ConnectError("refused", request=request)
+
+    call = _call(definition)
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    with http, pytest.raises(ProviderUnavailable) as caught:
+        Pipeline(http).call(call, InstanceAuth(_authorization(definition, "k")))
+    assert len(sent) == 1
+    assert (caught.value.status, caught.value.provider_code) == (None, "ConnectError")
+
+
+class _Chunks(httpx.SyncByteStream):
+    def __init__(self, count: int, size: int) -> None:
+        self.count, self.size, self.read = count, size, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for _ in range(self.count):
+            self.read += 1
+            yield b"x" * self.size
+
+
+def test_a_body_over_the_limit_is_never_read_whole() -> None:
+    definition = _definition()
+    chunks = _Chunks(count=100, size=100)
+    declared = _Chunks(count=100, size=100)
+    replies = {
+        "chunked": httpx.Response(200, stream=chunks),
+        "declared": httpx.Response(200, headers={"Content-Length": "10000"}, stream=declared),
+    }
+    for name, reply in replies.items():
+        call = _call(definition)
+        with httpx.Client(transport=httpx.MockTransport(lambda _, r=reply: r)) as http:
+            pipeline = Pipeline(http, retry=FAST, max_response_bytes=250)
+            with pytest.raises(ResponseTooLarge) as caught:
+                pipeline.call(call, InstanceAuth(_authorization(definition, "k")))
+        assert "limit of 250 bytes" in str(caught.value), name
+        assert (caught.value.status, call.status, call.attempts) == (200, 200, 1), name
+    assert chunks.read == 3 and declared.read == 0
+
+
+def test_the_async_pipeline_renews_in_a_worker_thread() -> None:
+    definition = _definition(**{"in": "header", "name": "X-Key"})
+    seen: list[str | None] = []
+    renewed_in: list[int] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("x-key"))
+        return httpx.Response(403 if len(seen) == 1 else 200, json={})
+
+    def renew(stale: Authorization, force: bool) -> Authorization | None:
+        renewed_in.append(threading.get_ident())
+        return _authorization(definition, "fresh-key", version=2)
+
+    async def main() -> Any:
+        call = _call(definition)
+        auth = InstanceAuth(_authorization(definition, "stale-key"), renew=renew)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            return await AsyncPipeline(http, retry=FAST).call(call, auth)
+
+    assert asyncio.run(main()) == {"ok": 200}
+    assert seen == ["stale-key", "fresh-key"]
+    assert renewed_in and renewed_in[0] != threading.get_ident()
+
+
+def _provider(cls: type[ProviderError], status: int | None) -> ProviderError:
+    return cls(integration_id="demo", method_id="ping", status=status)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (_provider(ProviderAuthError, 401), "provider_auth_failed"),
+        (InvalidGrant("refused"), "invalid_grant"),
+        (TokenEndpointUnavailable("down"), "provider_auth_failed"),
+        (
+            ResponseTooLarge(integration_id="demo", method_id="ping", status=200, limit=1),
+            "provider_response_too_large",
+        ),
+        (_provider(ProviderUnavailable, 503), "provider_unavailable"),
+        (_provider(ProviderUnavailable, 429), "rate_limited"),
+        (_provider(ProviderUnavailable, None), "network"),
+        (_provider(ProviderError, 404), "config_invalid"),
+        (httpx.ReadTimeout("slow"), "network"),
+        (CredentialsError("missing"), "config_invalid"),
+    ],
+)
+def test_failures_are_named_by_their_error_codes(error: BaseException, reason: str) -> None:
+    assert failure_reason(error) == reason
