@@ -23,7 +23,8 @@ from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.exceptions import InvalidGrant, OAuthError, TokenEndpointUnavailable
 from prefect_integrations.keyring import Keyring, parse_keyring
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
-from prefect_integrations.oauth.lifecycle import TokenLifecycle, should_refresh
+from prefect_integrations.oauth.lifecycle import TokenLifecycle
+from prefect_integrations.oauth.refresh_policy import should_refresh
 from prefect_integrations.oauth.service import authorization_url, create_app
 from prefect_integrations.store import audit, instances, vault
 

@@ -1,10 +1,8 @@
-"""The OAuth2 token lifecycle: when to refresh, and refreshing safely under concurrency.
+"""The OAuth2 token lifecycle: refreshing safely under concurrency.
 
-`should_refresh` is pure: refresh when there is no access token, or when the token is
-within its lead time of expiry (a share of its lifetime, at least a floor).
-
-`refresh_instance` refreshes one instance so that any number of threads and processes
-make exactly one token request:
+When to refresh is decided by `prefect_integrations.oauth.refresh_policy`.
+`TokenLifecycle.refresh` refreshes one instance so that any number of threads and
+processes make exactly one token request:
 
 1. read the instance and its credentials (short transaction);
 2. claim a lease with a compare-and-swap on ``credentials_version`` (short transaction);
@@ -44,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from prefect_integrations.credentials import Credentials, epoch_or_none, oauth2_section
+from prefect_integrations.credentials import Credentials
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Definition, Registry
 from prefect_integrations.exceptions import (
@@ -55,75 +53,15 @@ from prefect_integrations.exceptions import (
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
+from prefect_integrations.oauth.refresh_policy import grant_type_can_refresh, should_refresh
 from prefect_integrations.store import audit, leases, vault
 from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.instances import Instance, require_instance
 from prefect_integrations.store.status import write_status
 
-__all__ = [
-    "RefreshDecision",
-    "RefreshOutcome",
-    "TokenLifecycle",
-    "refresh_due",
-    "should_refresh",
-]
+__all__ = ["RefreshOutcome", "TokenLifecycle"]
 
 _logger = logging.getLogger(__name__)
-
-LEAD_SHARE = 0.1
-LEAD_FLOOR = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshDecision:
-    """Whether to refresh now, and why."""
-
-    refresh: bool
-    reason: str
-
-
-def refresh_due(
-    values: Mapping[str, Any], *, share: float = LEAD_SHARE, floor: float = LEAD_FLOOR
-) -> float | None:
-    """When the token enters its lead time (epoch seconds); None without an expiry.
-
-    ``values`` are plain spec-shaped credentials; the times are read from the ``oauth2``
-    section (ISO 8601, or epoch seconds). That is ``expires_at`` less a share of the
-    token's lifetime, at least ``floor``.
-    """
-    section = oauth2_section(values)
-    expires_at = epoch_or_none(section.get("expires_at"))
-    if expires_at is None:
-        return None
-    obtained_at = epoch_or_none(section.get("obtained_at"))
-    lifetime = expires_at - obtained_at if obtained_at is not None else 0.0
-    return expires_at - max(floor, share * lifetime)
-
-
-def should_refresh(
-    values: Mapping[str, Any],
-    *,
-    now: float,
-    grant_type: str = "authorization_code",
-    share: float = LEAD_SHARE,
-    floor: float = LEAD_FLOOR,
-) -> RefreshDecision:
-    """Decide from plain spec-shaped credential values (pure: no I/O, no clock)."""
-    section = oauth2_section(values)
-    can_refresh = grant_type == "client_credentials" or bool(section.get("refresh_token"))
-    if not section.get("access_token"):
-        if can_refresh:
-            return RefreshDecision(True, "no_access_token")
-        return RefreshDecision(False, "not_connected")
-    expires_at = epoch_or_none(section.get("expires_at"))
-    due = refresh_due(values, share=share, floor=floor)
-    if due is None or expires_at is None:
-        return RefreshDecision(False, "no_expiry")
-    if now < due:
-        return RefreshDecision(False, "fresh")
-    if not can_refresh:
-        return RefreshDecision(False, "expiring_without_refresh_token")
-    return RefreshDecision(True, "expired" if now >= expires_at else "expiring")
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,11 +406,6 @@ class TokenLifecycle:
                     "status_written": written,
                 },
             )
-
-
-def grant_type_can_refresh(creds: Credentials, grant: str) -> bool:
-    """True when a forced refresh is possible (a refresh token, or client credentials)."""
-    return grant == "client_credentials" or creds.secret("oauth2", "refresh_token") is not None
 
 
 def _scope(definition: Definition) -> str | None:

@@ -21,7 +21,7 @@ import httpx
 from prefect_integrations.auth import apply_auth
 from prefect_integrations.credentials import Credentials
 from prefect_integrations.definitions import Definition
-from prefect_integrations.oauth.lifecycle import refresh_due, should_refresh
+from prefect_integrations.oauth.refresh_policy import refresh_due, should_refresh
 from prefect_integrations.pipeline._request import CALL_EXTENSION, Call
 from prefect_integrations.store.instances import Instance
 
