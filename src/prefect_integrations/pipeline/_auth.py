@@ -158,6 +158,12 @@ class InstanceAuth(httpx.Auth):
         apply_auth(self.current.definition, request, self.current.credentials)
         return unsent
 
+    def _again(self, unsent: _Unsent, request: httpx.Request) -> httpx.Request:
+        """``request`` as it was before authorizing, authorized with the renewed credentials."""
+        again = unsent.again(request)
+        apply_auth(self.current.definition, again, self.current.credentials)
+        return again
+
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
@@ -170,9 +176,7 @@ class InstanceAuth(httpx.Auth):
         if self.requires_response_body:
             response.read()
         if self._refused(response) and self._adopt(renew(self.current, True)):
-            again = unsent.again(request)
-            apply_auth(self.current.definition, again, self.current.credentials)
-            yield again
+            yield self._again(unsent, request)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -188,6 +192,4 @@ class InstanceAuth(httpx.Auth):
         if self._refused(response) and self._adopt(
             await asyncio.to_thread(renew, self.current, True)
         ):
-            again = unsent.again(request)
-            apply_auth(self.current.definition, again, self.current.credentials)
-            yield again
+            yield self._again(unsent, request)

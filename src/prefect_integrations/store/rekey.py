@@ -192,15 +192,7 @@ def _isolate(
                 raise
             reason = rekey_sql.data_error_reason(exc)
             with conn.begin():
-                audit.record(
-                    conn,
-                    action=AuditAction.KEYS_ROTATE,
-                    actor=actor,
-                    outcome="failure",
-                    instance_id=candidate.instance_id,
-                    integration_id=candidate.integration_id,
-                    details={"reason": reason, "key_id": candidate.kid, "to": params["primary"]},
-                )
+                _record_failure(conn, actor, candidate, reason, params["primary"])
             batch.failed.append((candidate.id, candidate.instance_id, reason))
             continue
         one = _batch_result(rows[0])  # nothing claimed: locked by others, comes back later
@@ -208,6 +200,19 @@ def _isolate(
         batch.rotated += one.rotated
         batch.failed.extend(one.failed)
     return batch
+
+
+def _record_failure(conn: Connection, actor: str, row: Any, reason: str, primary: str) -> None:
+    """Audit one row that could not be re-encrypted (``row``: id, kid and integration)."""
+    audit.record(
+        conn,
+        action=AuditAction.KEYS_ROTATE,
+        actor=actor,
+        outcome="failure",
+        instance_id=row.instance_id,
+        integration_id=row.integration_id,
+        details={"reason": reason, "key_id": row.kid, "to": primary},
+    )
 
 
 def _give_up_on_locked(
@@ -221,19 +226,7 @@ def _give_up_on_locked(
         with conn.begin():
             rows = list(conn.execute(select, {**params, "after": after}))
             for row in rows:
-                audit.record(
-                    conn,
-                    action=AuditAction.KEYS_ROTATE,
-                    actor=actor,
-                    outcome="failure",
-                    instance_id=row.instance_id,
-                    integration_id=row.integration_id,
-                    details={
-                        "reason": rekey_sql.LOCKED,
-                        "key_id": row.kid,
-                        "to": params["primary"],
-                    },
-                )
+                _record_failure(conn, actor, row, rekey_sql.LOCKED, params["primary"])
                 failed.append((row.id, row.instance_id, rekey_sql.LOCKED))
         if not rows:
             return failed
