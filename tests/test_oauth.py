@@ -480,7 +480,14 @@ def test_client_refreshes_an_expiring_token_before_the_call(
             echo_registry,
             keyring,
             "items_1",
-            {"oauth2": {**creds, "expires_at": time.time() + 30}},
+            # an hour-long token with 30 s left: within its lead time
+            {
+                "oauth2": {
+                    **creds,
+                    "obtained_at": time.time() - 3570,
+                    "expires_at": time.time() + 30,
+                }
+            },
             actor="t",
         )
     server.reset_stats()

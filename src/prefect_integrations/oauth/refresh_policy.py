@@ -1,7 +1,10 @@
 """When an OAuth2 token should be refreshed: pure decisions, no I/O and no clock.
 
 Refresh when there is no access token, or when the token is within its lead time of
-expiry (a share of its lifetime, at least a floor).
+expiry: a share of its lifetime, at least a floor, but never more than half the lifetime.
+The cap matters for short-lived tokens: with a 4-second token and a 60-second floor, a
+new token would be due the moment it arrives and every call would refresh again; capped,
+it is used for the first half of its life.
 """
 
 from __future__ import annotations
@@ -40,15 +43,18 @@ def refresh_due(
 
     ``values`` are plain spec-shaped credentials; the times are read from the ``oauth2``
     section (ISO 8601, or epoch seconds). That is ``expires_at`` less a share of the
-    token's lifetime, at least ``floor``.
+    token's lifetime, at least ``floor``, at most half the lifetime (``floor`` alone when
+    the lifetime is unknown).
     """
     section = oauth2_section(values)
     expires_at = epoch_or_none(section.get("expires_at"))
     if expires_at is None:
         return None
     obtained_at = epoch_or_none(section.get("obtained_at"))
-    lifetime = expires_at - obtained_at if obtained_at is not None else 0.0
-    return expires_at - max(floor, share * lifetime)
+    if obtained_at is None or expires_at <= obtained_at:
+        return expires_at - floor  # lifetime unknown
+    lifetime = expires_at - obtained_at
+    return expires_at - min(max(floor, share * lifetime), lifetime / 2)
 
 
 def should_refresh(
