@@ -16,6 +16,7 @@ raised (with its chain and traceback) and Python log records at DEBUG.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 from uuid import uuid4
 
 import psycopg
@@ -77,7 +78,22 @@ STATEMENT_MARKERS = (
 
 
 def _canary(kind: str) -> str:
-    return f"{kind}-{uuid4().hex}"
+    """A unique secret whose percent-, form- and base64-encodings differ from it."""
+    return f"{kind}-{uuid4().hex[:16]}/+={uuid4().hex[:16]}"
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _encodings(secret: str) -> list[str]:
+    """The forms a secret travels in besides itself: percent, form and base64 encoded."""
+    return [quote(secret, safe=""), quote_plus(secret), _b64(secret), _b64(secret).rstrip("=")]
+
+
+def _basic(user: str, password: str) -> str:
+    """The value of an ``Authorization: Basic`` header."""
+    return _b64(f"{user}:{password}")
 
 
 @dataclass
@@ -101,9 +117,19 @@ class Canaries:
     keys: dict[str, str] = field(default_factory=dict)
 
     def all(self) -> dict[str, str]:
-        """Every canary by name (keyring keys as ``keyring:<kid>``)."""
+        """Every canary by name, in each of its encodings (``name@N``).
+
+        Keyring keys are named ``keyring:<kid>``; the ``Basic`` values of the OAuth client
+        and of the user/password login are canaries of their own.
+        """
         found = {k: v for k, v in vars(self).items() if isinstance(v, str)}
         found.update({f"keyring:{kid}": key for kid, key in self.keys.items()})
+        found["basic:oauth-client"] = _basic(CLIENT_ID, self.client_secret)
+        found["basic:userpass"] = _basic("alice", self.password)
+        for name, secret in list(found.items()):
+            for n, form in enumerate(_encodings(secret)):
+                if form != secret:
+                    found[f"{name}@{n}"] = form
         return found
 
     def ring(self, *kids: str) -> Keyring:
@@ -238,9 +264,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _echoed(secrets: tuple[str, ...]) -> str:
+    """``secrets`` as is and encoded, the way a provider echoes a request it refused."""
+    return " ".join(form for secret in secrets for form in (secret, *_encodings(secret)))
+
+
 def _echo(status: int, *secrets: str) -> Reply:
     """An error reply that echoes ``secrets`` in every field a client might report."""
-    joined = " ".join(secrets)
+    joined = _echoed(secrets)
     return Reply(
         status,
         {
@@ -256,7 +287,10 @@ def _echo(status: int, *secrets: str) -> Reply:
 
 
 def _token_error(status: int, error: str, *secrets: str) -> Reply:
-    joined = " ".join(secrets)
+    """A token endpoint's refusal echoing the request: its form body and Basic header."""
+    clients = [secret for secret in secrets if secret.startswith("clientsecret-")]
+    basic = " ".join(f"Authorization: Basic {_basic(CLIENT_ID, secret)}" for secret in clients)
+    joined = f"{_echoed(secrets)} {basic}"
     return Reply(
         status,
         {"error": error, "error_description": f"credentials {joined} refused"},
@@ -505,7 +539,7 @@ def test_no_canary_reaches_any_sink(
     assert sent["/echo_main/items/1"].headers["x-api-key"] == c.api_key  # keys were used
     assert sent["/echo_q/items/1"].query["key"] == [c.query_key]
     assert sent["/items/api/items"].headers["authorization"] == f"Bearer {c.new_access_token}"
-    assert c.client_secret in sent["/items/token"].body.decode()
+    assert parse_qs(sent["/items/token"].body.decode())["client_secret"] == [c.client_secret]
 
     # -- failing calls: providers echo the secret back; transport errors ----------------
     provider.reply("GET", "/echo_main/items/2", _echo(400, c.api_key))

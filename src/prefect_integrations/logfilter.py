@@ -18,9 +18,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
 
-from prefect_integrations.credentials import MASK, secret_strings
+from prefect_integrations.credentials import MASK, encoded_forms, secret_strings
 
 __all__ = [
     "FILTERED_LOGGERS",
@@ -48,7 +47,7 @@ def remember(values: Mapping[str, Any]) -> None:
     global _pattern
     with _lock:
         for value in secret_strings(values, min_length=_MIN_LENGTH):
-            for secret in {value, quote(value, safe=""), quote_plus(value)}:
+            for secret in encoded_forms(value):
                 if secret not in _secrets:
                     _pattern = None
                 _secrets[secret] = None

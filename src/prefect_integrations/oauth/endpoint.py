@@ -34,6 +34,7 @@ with warnings.catch_warnings():
 from prefect_integrations._http import retry_after_seconds
 from prefect_integrations.credentials import (
     Credentials,
+    basic_pairs,
     mask_secrets,
     oauth2_section,
     to_iso,
@@ -273,7 +274,8 @@ class TokenEndpoint:
     def _secrets(self, params: Mapping[str, Any]) -> list[str]:
         """The secret values one token request carries: client secret, token, code."""
         values = [self.client_secret, *(params.get(name) for name in _GRANT_SECRETS)]
-        return [v for v in values if isinstance(v, str) and len(v) >= 4]
+        client = {"oauth2": {"client_id": self.client_id, "client_secret": self.client_secret}}
+        return [v for v in values if isinstance(v, str) and len(v) >= 4] + basic_pairs(client)
 
     def _request(self, *, redirect_uri: str | None = None, **params: Any) -> dict[str, Any]:
         try:

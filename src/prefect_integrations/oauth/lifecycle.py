@@ -268,13 +268,13 @@ class TokenLifecycle:
                 return RefreshOutcome(
                     instance_id, "refreshed_elsewhere", "lease_expired", now_version
                 )
-            self._fail(instance, error=str(exc), reason=exc.reason, to_error=True)
+            self._fail(instance, error=_status_error(exc), reason=exc.reason, to_error=True)
             raise
         except OAuthError as exc:
             self._release(instance_id, version)
             self._fail(
                 instance,
-                error=str(exc),
+                error=_status_error(exc),
                 reason=exc.reason,
                 to_error=not isinstance(exc, TokenEndpointUnavailable),
             )
@@ -406,6 +406,16 @@ class TokenLifecycle:
                     "status_written": written,
                 },
             )
+
+
+def _status_error(exc: OAuthError) -> str:
+    """What ``status.error`` keeps of a failed refresh: the codes, not the endpoint's text.
+
+    The status is plaintext JSONB shown by ``instances show``; the endpoint's description
+    can echo what the request carried, so only the stable codes are stored (the full,
+    masked message is in the raised exception and the audit row's reason).
+    """
+    return f"Token refresh failed: {exc.code} ({exc.reason})"
 
 
 def _scope(definition: Definition) -> str | None:
