@@ -252,7 +252,16 @@ def create_app(
 
     @app.get(callback_path)
     def callback(request: Request) -> Response:
-        response = _callback(db, registry, keyring, request, actor=actor)
+        state = request.query_params.get("state", "")
+        if not _bound(keyring, state, request.cookies.get(COOKIE_NAME, "")):
+            # another browser's (or a forged) callback: it leaves this browser's flow alone
+            return _page(
+                "Authorization failed",
+                "This authorization is unknown, expired or was started in another browser. "
+                "Open the connect link again in this browser, or ask for a new one.",
+                status=400,
+            )
+        response = _callback(db, registry, keyring, request, state=state, actor=actor)
         response.delete_cookie(
             COOKIE_NAME, path=callback_path, secure=secure_cookie, httponly=True, samesite="lax"
         )
@@ -261,24 +270,26 @@ def create_app(
     return app
 
 
-def _callback(
-    db: Database, registry: Registry, keyring: Keyring, request: Request, *, actor: str
-) -> Response:
-    query = request.query_params
-    state = query.get("state", "")
-    cookie = request.cookies.get(COOKIE_NAME, "")
-    if not (
+def _bound(keyring: Keyring, state: str, cookie: str) -> bool:
+    """Whether ``cookie`` is the one set with ``state`` by this service."""
+    return bool(
         state
         and cookie
         and len(state) <= _MAX_STATE
         and hmac.compare_digest(browser_binding(keyring, state), cookie)
-    ):
-        return _page(
-            "Authorization failed",
-            "This authorization is unknown, expired or was started in another browser. "
-            "Open the connect link again in this browser, or ask for a new one.",
-            status=400,
-        )
+    )
+
+
+def _callback(
+    db: Database,
+    registry: Registry,
+    keyring: Keyring,
+    request: Request,
+    *,
+    state: str,
+    actor: str,
+) -> Response:
+    query = request.query_params
     client = _client_details(request)
     try:
         with db.transaction("finish an authorization") as session:
