@@ -16,9 +16,12 @@ from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import OAuthError
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
+from prefect_integrations.oauth import connect_link
 from prefect_integrations.oauth.links import mint_link, verify_link
 from prefect_integrations.oauth.service import COOKIE_NAME, SECURITY_HEADERS, create_app
+from prefect_integrations.runtime import runtime
 from prefect_integrations.store import audit, instances
+from prefect_integrations.store.definitions import sync_definitions
 
 from .factories import make_instance
 
@@ -319,3 +322,25 @@ def test_audit_rows_of_a_connect_name_the_client_address_and_user_agent(
         details = rows[action].details
         assert details["client_address"] == "testclient", details  # TestClient's peer
         assert details["user_agent"] == "Mozilla/5.0 (connect-test)", details
+
+
+def test_applications_mint_links_with_the_configured_store(
+    cli_env: dict[str, str], db: Database, keyring: Keyring
+) -> None:
+    rt = runtime()
+    with db.transaction() as s:
+        sync_definitions(s, rt.registry, actor="admin")
+    make_instance(
+        db,
+        rt.registry,
+        keyring,
+        "xero_main",
+        "xero",
+        config={"tenant_id": "t1"},
+        credentials={"oauth2": {"client_id": CLIENT_ID, "client_secret": "cs-secret-91c2"}},
+    )
+    link = connect_link("xero_main", ttl=60)
+    assert link.startswith("http://127.0.0.1:8765/connect/xero_main?link=")
+    claims = verify_link(keyring, _token(link))
+    assert claims is not None and claims.instance_id == "xero_main" and not claims.reconnect
+    assert claims.expires_at <= time.time() + 60

@@ -195,9 +195,8 @@ def test_authorization_code_flow_with_pkce(
     replay = app.get(f"{parts.path}?{parts.query}", headers={"Cookie": f"{COOKIE_NAME}={cookie}"})
     assert replay.status_code == 400 and "unknown or was already used" in replay.text
     with echo_db.transaction() as s:
-        actions = [
-            (e.action, e.outcome) for e in audit.tail(s, limit=100) if e.action.startswith("oauth.")
-        ]
+        rows = [e for e in audit.tail(s, limit=100) if e.action.startswith("oauth.")]
+        actions = [(e.action, e.outcome) for e in rows]
         stored = s.execute(sa.text("SELECT count(*) FROM integration_oauth_states")).scalar()
     assert actions == [
         ("oauth.authorize", "success"),
@@ -205,6 +204,8 @@ def test_authorization_code_flow_with_pkce(
         ("oauth.connect", "failure"),
     ]
     assert stored == 0
+    connected = rows[1].details  # the browser: TestClient's peer name and user agent
+    assert (connected["client_address"], connected["user_agent"]) == ("testclient", "testclient")
     secrets = [
         creds["access_token"],
         creds["refresh_token"],
