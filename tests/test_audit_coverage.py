@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -43,7 +44,8 @@ from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.maintenance.credential_rotation import ProviderCredentialRotation
 from prefect_integrations.maintenance.health import HealthChecker
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
-from prefect_integrations.oauth.service import authorization_url, create_app, finish
+from prefect_integrations.oauth.links import mint_link
+from prefect_integrations.oauth.service import create_app, finish
 from prefect_integrations.runtime import reset_runtime, runtime
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, vault
@@ -276,11 +278,24 @@ def _with_tokens(w: World) -> None:
     w.add_oauth("inst", tokens=True)
 
 
-def _authorize(w: World) -> None:
-    url = authorization_url(
-        w.db, w.registry, w.keyring, instance_id="inst", redirect_uri=REDIRECT_URI, actor=ACTOR
+def _connect_app(w: World) -> TestClient:
+    app = create_app(
+        db=w.db, registry=w.registry, keyring=w.keyring, actor=ACTOR, redirect_uri=REDIRECT_URI
     )
-    assert url.startswith(f"{w.provider.url}/auth?")
+    return TestClient(app, base_url="http://127.0.0.1:8765", follow_redirects=False)
+
+
+def _open_link(w: World, browser: TestClient) -> str:
+    """Mint a connect link for ``inst`` and open it; the state sent to the provider."""
+    link = mint_link(w.db, w.registry, w.keyring, instance_id="inst", redirect_uri=REDIRECT_URI)
+    location = browser.get(link, headers={"User-Agent": "audit-browser/1"}).headers["location"]
+    assert location.startswith(f"{w.provider.url}/auth?")
+    return parse_qs(urlsplit(location).query)["state"][0]
+
+
+def _authorize(w: World) -> None:
+    with _connect_app(w) as browser:
+        _open_link(w, browser)
 
 
 def _token_reply(w: World) -> None:
@@ -313,12 +328,11 @@ def _connect(w: World) -> None:
     )
 
 
-def _connect_unknown_state(w: World) -> None:
-    app = create_app(
-        db=w.db, registry=w.registry, keyring=w.keyring, actor=ACTOR, redirect_uri=REDIRECT_URI
-    )
-    with TestClient(app, base_url="http://127.0.0.1:8765") as client:
-        assert client.get("/callback?state=made-up&code=c").status_code == 400
+def _connect_denied(w: World) -> None:
+    with _connect_app(w) as browser:
+        state = _open_link(w, browser)
+        page = browser.get(f"/callback?state={state}&error=access_denied")
+        assert page.status_code == 400
 
 
 def _lifecycle(w: World) -> TokenLifecycle:
@@ -450,7 +464,13 @@ OPERATIONS: dict[str, Operation] = {
         ),
     ),
     "oauth.connect (failure)": Operation(
-        _nothing, _connect_unknown_state, (("oauth.connect", "failure"),), instance_id=None
+        _with_oauth,
+        _connect_denied,
+        (
+            ("credentials.decrypt", "success"),
+            ("oauth.authorize", "success"),
+            ("oauth.connect", "failure"),
+        ),
     ),
     "oauth.refresh": Operation(
         _with_tokens,

@@ -1032,3 +1032,26 @@ def test_runtime_role_cannot_create_or_delete(
     assert listed[0]["name"] == "xero_main"
     assert cli.json("instances", "resolve", "xero")["chosen"] == "xero_main"
     cli.ok("audit", "verify")
+
+
+# --------------------------------------------------------------------------------------
+# oauth
+# --------------------------------------------------------------------------------------
+
+
+def test_oauth_connect_prints_a_single_use_link(cli: Cli, xero_creds: str, tmp_path: Path) -> None:
+    cli.ok("definitions", "sync")
+    create_xero(cli, "xero_main", xero_creds)  # has tokens: active
+    client_only = {"oauth2": {"client_id": "client-id-public", "client_secret": CLIENT_SECRET}}
+    create_xero(cli, "xero_new", write(tmp_path, "client.json", client_only))
+
+    link = cli.ok("oauth", "connect", "xero_new", "--ttl", "120").out.strip()
+    assert re.fullmatch(r"http://127\.0\.0\.1:8765/connect/xero_new\?link=[\w-]+\.[\w-]+", link)
+    assert "client-id-public" not in link
+
+    refused = cli("oauth", "connect", "xero_main")
+    assert_one_error(refused, "oauth_error", "'xero_main' is active", "--reconnect")
+    again = cli.ok("oauth", "connect", "xero_main", "--reconnect").out.strip()
+    assert again.startswith("http://127.0.0.1:8765/connect/xero_main?link=")
+    assert cli("oauth", "connect", "xero_new", "--ttl", "0").code != 0
+    assert_one_error(cli("oauth", "connect", "nope"), "instance_not_found", "'nope'")

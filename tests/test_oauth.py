@@ -24,8 +24,9 @@ from prefect_integrations.exceptions import InvalidGrant, OAuthError, TokenEndpo
 from prefect_integrations.keyring import Keyring, parse_keyring
 from prefect_integrations.oauth.endpoint import TokenEndpoint, merge_token
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
+from prefect_integrations.oauth.links import mint_link
 from prefect_integrations.oauth.refresh_policy import should_refresh
-from prefect_integrations.oauth.service import authorization_url, create_app
+from prefect_integrations.oauth.service import COOKIE_NAME, create_app
 from prefect_integrations.store import audit, instances, vault
 
 from .factories import make_instance
@@ -93,6 +94,32 @@ def _app(db: Database, registry: Registry, keyring: Keyring) -> TestClient:
     return TestClient(app, base_url="http://127.0.0.1:8765", follow_redirects=False)
 
 
+def _link(
+    db: Database,
+    registry: Registry,
+    keyring: Keyring,
+    instance_id: str = "items_1",
+    **options: Any,
+) -> str:
+    return mint_link(
+        db, registry, keyring, instance_id=instance_id, redirect_uri=REDIRECT_URI, **options
+    )
+
+
+def _start(
+    app: TestClient,
+    db: Database,
+    registry: Registry,
+    keyring: Keyring,
+    instance_id: str = "items_1",
+) -> str:
+    """Open a fresh connect link in ``app`` (the browser); the provider URL it redirects to."""
+    start = app.get(_link(db, registry, keyring, instance_id))
+    assert start.status_code == 302, start.text
+    location: str = start.headers["location"]
+    return location
+
+
 def _callback(app: TestClient, callback_url: str) -> httpx.Response:
     parts = urlsplit(callback_url)
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == REDIRECT_URI
@@ -122,9 +149,7 @@ def _connect(
     instance_id: str = "items_1",
 ) -> None:
     app = _app(db, registry, keyring)
-    start = app.get(f"/connect/{instance_id}")
-    assert start.status_code == 302
-    page = _callback(app, server.authorize(start.headers["location"]))
+    page = _callback(app, server.authorize(_start(app, db, registry, keyring, instance_id)))
     assert page.status_code == 200, page.text
 
 
@@ -139,9 +164,8 @@ def test_authorization_code_flow_with_pkce(
     _create(echo_db, echo_registry, keyring, server)
     assert _state(echo_db)["state"] == "inactive"
     app = _app(echo_db, echo_registry, keyring)
-    start = app.get("/connect/items_1")
-    assert start.status_code == 302
-    location = start.headers["location"]
+    location = _start(app, echo_db, echo_registry, keyring)
+    cookie = app.cookies[COOKIE_NAME]
     query = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
     assert location.startswith(server.authorization_url + "?")
     assert query["response_type"] == "code" and query["client_id"] == server.client_id
@@ -166,13 +190,14 @@ def test_authorization_code_flow_with_pkce(
     ) as client:
         assert client.call("list_items")["client_id"] == server.client_id
 
-    # the state is single use: replaying the callback is refused
-    replay = _callback(app, callback_url)
+    # the callback dropped the browser's cookie; a replay with it is refused: single use
+    assert COOKIE_NAME not in app.cookies
+    parts = urlsplit(callback_url)
+    replay = app.get(f"{parts.path}?{parts.query}", headers={"Cookie": f"{COOKIE_NAME}={cookie}"})
     assert replay.status_code == 400 and "unknown or was already used" in replay.text
     with echo_db.transaction() as s:
-        actions = [
-            (e.action, e.outcome) for e in audit.tail(s, limit=100) if e.action.startswith("oauth.")
-        ]
+        rows = [e for e in audit.tail(s, limit=100) if e.action.startswith("oauth.")]
+        actions = [(e.action, e.outcome) for e in rows]
         stored = s.execute(sa.text("SELECT count(*) FROM integration_oauth_states")).scalar()
     assert actions == [
         ("oauth.authorize", "success"),
@@ -180,6 +205,8 @@ def test_authorization_code_flow_with_pkce(
         ("oauth.connect", "failure"),
     ]
     assert stored == 0
+    connected = rows[1].details  # the browser: TestClient's peer name and user agent
+    assert (connected["client_address"], connected["user_agent"]) == ("testclient", "testclient")
     secrets = [
         creds["access_token"],
         creds["refresh_token"],
@@ -203,23 +230,27 @@ def test_authorization_code_flow_with_pkce(
     assert not [s for s in secrets if s in logged], leaks
 
 
-def test_cli_connect_prints_the_authorization_url(
+def test_a_link_opens_one_authorization_in_the_browser_that_opened_it(
     echo_db: Database,
     echo_registry: Registry,
     keyring: Keyring,
     server: OAuthServer,
 ) -> None:
     _create(echo_db, echo_registry, keyring, server)
-    url = authorization_url(
-        echo_db,
-        echo_registry,
-        keyring,
-        instance_id="items_1",
-        redirect_uri=REDIRECT_URI,
-        actor="cli",
-    )
-    page = _callback(_app(echo_db, echo_registry, keyring), server.authorize(url))
-    assert page.status_code == 200
+    victim, attacker = _app(echo_db, echo_registry, keyring), _app(echo_db, echo_registry, keyring)
+    callback_url = server.authorize(_start(victim, echo_db, echo_registry, keyring))
+    with echo_db.transaction() as s:
+        rows_before = len(audit.tail(s, limit=1000))
+    # the captured callback URL, opened in another browser, does nothing
+    page = _callback(attacker, callback_url)
+    assert page.status_code == 400 and "started in another browser" in page.text
+    assert _state(echo_db)["state"] == "inactive"
+    with echo_db.transaction() as s:
+        assert len(audit.tail(s, limit=1000)) == rows_before
+    # ... and the browser that started the flow still completes it
+    page = _callback(victim, callback_url)
+    assert page.status_code == 200 and "is connected" in page.text
+    assert _state(echo_db)["state"] == "active"
 
 
 def test_expired_state(
@@ -227,7 +258,7 @@ def test_expired_state(
 ) -> None:
     _create(echo_db, echo_registry, keyring, server)
     app = _app(echo_db, echo_registry, keyring)
-    callback_url = server.authorize(app.get("/connect/items_1").headers["location"])
+    callback_url = server.authorize(_start(app, echo_db, echo_registry, keyring))
     with echo_db.transaction() as s:
         s.execute(
             sa.text("UPDATE integration_oauth_states SET expires_at = now() - interval '1 second'")
@@ -238,8 +269,12 @@ def test_expired_state(
 
 
 def test_unknown_state(echo_db: Database, echo_registry: Registry, keyring: Keyring) -> None:
+    with echo_db.transaction() as s:
+        rows_before = len(audit.tail(s, limit=1000))
     page = _app(echo_db, echo_registry, keyring).get("/callback?code=abc&state=forged")
     assert page.status_code == 400 and "unknown" in page.text
+    with echo_db.transaction() as s:
+        assert len(audit.tail(s, limit=1000)) == rows_before
 
 
 def test_consent_denied(
@@ -247,7 +282,7 @@ def test_consent_denied(
 ) -> None:
     _create(echo_db, echo_registry, keyring, server)
     app = _app(echo_db, echo_registry, keyring)
-    denied = server.authorize(app.get("/connect/items_1").headers["location"], deny=True)
+    denied = server.authorize(_start(app, echo_db, echo_registry, keyring), deny=True)
     assert "error=access_denied" in denied
     page = _callback(app, denied)
     assert page.status_code == 400 and "Access was not granted" in page.text
@@ -266,7 +301,7 @@ def test_wrong_client_secret(
 ) -> None:
     _create(echo_db, echo_registry, keyring, server, secret="not-the-secret")
     app = _app(echo_db, echo_registry, keyring)
-    page = _callback(app, server.authorize(app.get("/connect/items_1").headers["location"]))
+    page = _callback(app, server.authorize(_start(app, echo_db, echo_registry, keyring)))
     assert page.status_code == 502 and "invalid_client" in page.text
     assert "not-the-secret" not in page.text
     assert _state(echo_db)["state"] == "inactive"
@@ -278,7 +313,7 @@ def test_token_response_without_access_token_is_refused(
 ) -> None:
     _create(echo_db, echo_registry, keyring, server)
     app = _app(echo_db, echo_registry, keyring)
-    callback_url = server.authorize(app.get("/connect/items_1").headers["location"])
+    callback_url = server.authorize(_start(app, echo_db, echo_registry, keyring))
     server.inject_token_fault(status=200, body={"token_type": "Bearer"})
     page = _callback(app, callback_url)
     assert page.status_code == 502 and "without an access_token" in page.text
@@ -582,8 +617,8 @@ def test_client_credentials_grant(
         client.call("list_items")
     assert server.stats()["by_grant"] == {"client_credentials": 1}
     assert "refresh_token" not in _creds(echo_db, keyring, "m2m_1")
-    page = _app(echo_db, echo_registry, keyring).get("/connect/m2m_1")
-    assert page.status_code == 400 and "client-credentials grant" in page.text
+    with pytest.raises(OAuthError, match="client-credentials grant"):
+        _link(echo_db, echo_registry, keyring, "m2m_1")
 
 
 @pytest.mark.parametrize("offset", [0, 290, 299, 5000])

@@ -61,7 +61,7 @@ from .clirunner import Cli, assert_one_error, write
 from .oauth import CLIENT_ID as OAUTH_CLIENT_ID
 from .oauth import start_oauth_server
 from .provider import FakeProvider, Reply
-from .test_oauth import REDIRECT_URI, _app, _callback, _create, _creds
+from .test_oauth import REDIRECT_URI, _app, _callback, _create, _creds, _start
 from .test_prefect import _stored_results
 
 #: Python loggers captured at DEBUG.
@@ -813,8 +813,7 @@ def test_no_canary_from_the_authorization_server(
     ) as server:
         _create(echo_db, echo_registry, keyring, server, secret=canaries["client_secret"])
         app = _app(echo_db, echo_registry, keyring)
-        start = app.get("/connect/items_1")
-        callback = server.authorize(start.headers["location"])
+        callback = server.authorize(_start(app, echo_db, echo_registry, keyring))
         code = parse_qs(urlsplit(callback).query)["code"][0]
         for _ in range(2):  # the second time the state is spent: an error page
             page = _callback(app, callback)

@@ -12,21 +12,33 @@ app = typer.Typer(help="OAuth2: connect accounts, refresh tokens.", no_args_is_h
 
 
 @app.command()
-def connect(instance_id: str) -> None:
-    """Print the URL that connects INSTANCE_ID (open it in a browser).
+def connect(
+    instance_id: str,
+    ttl: Annotated[
+        int, typer.Option(help="Seconds the link works (it works once)", min=1, max=604800)
+    ] = 600,
+    reconnect: Annotated[
+        bool,
+        typer.Option(help="Allow replacing the tokens of an instance that is already active"),
+    ] = False,
+) -> None:
+    """Print a single-use link that connects INSTANCE_ID (hand it to the account owner).
 
-    The connect service (`oauth serve`) must be reachable at the redirect URI.
+    The connect service (`oauth serve`) must be reachable at the redirect URI's host. The
+    link is signed and works once, for --ttl seconds; anyone who has it can connect their
+    account, so send it only to that person.
     """
-    from prefect_integrations.oauth.service import authorization_url
+    from prefect_integrations.oauth.links import mint_link
 
     rt = runtime()
-    url = authorization_url(
+    url = mint_link(
         rt.db,
         rt.registry,
         rt.keyring,
         instance_id=instance_id,
         redirect_uri=rt.settings.oauth_redirect_uri,
-        actor=rt.actor,
+        ttl=ttl,
+        reconnect=reconnect,
     )
     typer.echo(url)
 
@@ -45,8 +57,8 @@ def serve(
     app = runtime_app(rt)
     bind_host, bind_port = bind_address(rt.settings.oauth_redirect_uri, host=host, port=port)
     typer.echo(
-        f"connect service on http://{bind_host}:{bind_port}/connect/<instance_id>; "
-        f"callback {rt.settings.oauth_redirect_uri}"
+        f"connect service on http://{bind_host}:{bind_port} (links from "
+        f"`prefect-integrations oauth connect ID`); callback {rt.settings.oauth_redirect_uri}"
     )
     uvicorn.run(app, host=bind_host, port=bind_port, log_level="warning")
 

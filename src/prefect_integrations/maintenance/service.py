@@ -194,7 +194,10 @@ def _serve_forever(rt: Runtime, *, oauth: bool, echo: Callable[[str], None]) -> 
     connect = _ConnectThread(rt) if oauth else None
     if connect is not None:
         connect.start()
-        echo(f"OAuth connect service: {connect.url}/connect/<instance_id>")
+        echo(
+            f"OAuth connect service: {connect.url} "
+            "(links from `prefect-integrations oauth connect ID`)"
+        )
     for name, cron in SCHEDULES.items():
         echo(f"schedule: {name:<20} cron '{cron}' (UTC)")
     echo("serving; press Ctrl-C to stop")

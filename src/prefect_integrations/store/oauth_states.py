@@ -3,6 +3,11 @@
 Only the SHA-256 of a state is stored, with the instance it belongs to, the exact
 redirect URI sent to the provider, and the PKCE verifier encrypted like credentials.
 Consuming a state deletes it in the same statement, so it can be used once.
+
+Connect links (`prefect_integrations.oauth.links`) are recorded in the same table as
+sessions: a row keyed by the SHA-256 of ``connect-link:`` and the link's nonce, so a link
+can never be taken for a state and the other way round. Consuming a link deletes its row
+in one statement too: across every process, a link opens one authorization.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from prefect_integrations.exceptions import OAuthStateError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.store.vault import PGP_OPTIONS
 
-__all__ = ["STATE_TTL_SECONDS", "ConsumedState", "consume_state", "create_state"]
+__all__ = [
+    "STATE_TTL_SECONDS",
+    "ConsumedState",
+    "consume_link_session",
+    "consume_state",
+    "create_link_session",
+    "create_state",
+]
 
 STATE_TTL_SECONDS = 600
 
@@ -45,6 +57,16 @@ _CONSUME = sa.text(
               ) AS verifier
     """
 )
+
+
+_CONSUME_LINK = sa.text(
+    """
+    DELETE FROM integration_oauth_states
+     WHERE state_hash = :hash AND instance_id = :iid AND expires_at >= now()
+    RETURNING instance_id
+    """
+)
+_LINK_PREFIX = "connect-link:"
 
 
 def _hash(state: str) -> bytes:
@@ -122,3 +144,37 @@ def consume_state(session: Session, keyring: Keyring, state: str) -> ConsumedSta
     return ConsumedState(
         instance_id=row.instance_id, redirect_uri=row.redirect_uri, verifier=row.verifier
     )
+
+
+def create_link_session(
+    session: Session, keyring: Keyring, *, instance_id: str, nonce: str, redirect_uri: str, ttl: int
+) -> None:
+    """Record the connect link with ``nonce`` for ``instance_id``, valid ``ttl`` seconds."""
+    with translate_errors(f"record a connect link for instance '{instance_id}'"):
+        session.execute(_PURGE)
+        session.execute(
+            _INSERT,
+            {
+                "hash": _hash(_LINK_PREFIX + nonce),
+                "iid": instance_id,
+                "redirect_uri": redirect_uri,
+                "kid": keyring.primary_id,
+                "verifier": "",
+                "key": keyring.primary.get_secret_value(),
+                "opts": PGP_OPTIONS,
+                "ttl": ttl,
+            },
+        )
+
+
+def consume_link_session(session: Session, *, instance_id: str, nonce: str) -> bool:
+    """Use the connect link with ``nonce`` once; False when it cannot be used.
+
+    That is when it is unknown, used, expired or not for ``instance_id`` (a link for
+    another instance is left as it was).
+    """
+    with translate_errors("open a connect link"):
+        row = session.execute(
+            _CONSUME_LINK, {"hash": _hash(_LINK_PREFIX + nonce), "iid": instance_id}
+        ).first()
+    return row is not None
