@@ -109,8 +109,10 @@ _ESCAPE = r"\\u(0000|[dD][89abcdefABCDEF])"
 # error on a wrong key or corrupt data, so the caller's transaction stays usable), then
 # append the audit row of a successful decrypt for a canonical plaintext bound to its row.
 # Nothing here parses the plaintext, so no row's data can fail the statement (and with it
-# the other rows of a batch); `_credentials_or_error` parses and checks each plaintext, and
-# audits the success of the rare plaintext that is not canonical.
+# the other rows of a batch); `_read_rows` parses and checks each plaintext, and audits the
+# success of the rare plaintext that is not canonical. A canonical plaintext that is not
+# JSON (only a holder of the key could write one) is audited as decrypted here and then as
+# a failed read.
 _FETCH_AUDIT = audit.insert_rows(
     audit.select_row(
         actor="CAST(:actor AS text)",
