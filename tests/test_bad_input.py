@@ -264,7 +264,9 @@ def _not_json_here(item: Any, depth: int) -> bool:
         if depth >= MAX_DEPTH:
             return True
         return isinstance(item, dict) and any(not isinstance(k, str) for k in item)
-    if isinstance(item, bool) or item is None or isinstance(item, str):
+    if isinstance(item, str):  # PostgreSQL cannot store a NUL or a lone surrogate
+        return any(char == "\x00" or "\ud800" <= char <= "\udfff" for char in item)
+    if isinstance(item, bool) or item is None:
         return False
     if isinstance(item, int):
         return item.bit_length() > 4096
@@ -293,6 +295,17 @@ def _has_nul(value: object) -> bool:
     return False
 
 
+def _sendable(value: object) -> bool:
+    """True unless a string refused whatever the schema says is in ``value``.
+
+    Text PostgreSQL cannot store (a NUL character) and ``.`` or ``..`` (refused as a URL
+    path segment) are refused before anything is sent.
+    """
+    if _has_nul(value):
+        return False
+    return not any(_at(value, p) in (".", "..") for p in _paths(value))
+
+
 def _is_plain_json(value: object) -> bool:
     try:
         json.dumps(value, allow_nan=False)
@@ -310,6 +323,8 @@ def _expect_clear_input_error(
     assert str(error).startswith(f"{subject} is invalid at {format_json_path(error.path)}: ")
     item = _at(value, error.path)  # the path named exists in the value
     if _not_json_here(item, len(error.path)):
+        return
+    if error.path and _not_json_here(error.path[-1], 0):  # the key itself
         return
     assert _is_plain_json(value), f"{error} but the not-JSON part was elsewhere"
     assert tuple(error.path) in _all_errors(method.input_validator, value), str(error)
@@ -410,7 +425,7 @@ def _fuzz_valid(
     client: IntegrationClient, provider: FakeProvider, method: Method, tally: Counter[str]
 ) -> None:
     @settings(max_examples=VALID_EXAMPLES)
-    @given(value=from_schema(method.input_schema, custom_formats=FORMATS))
+    @given(value=from_schema(method.input_schema, custom_formats=FORMATS).filter(_sendable))
     def check(value: Any) -> None:
         assert method.input_validator.is_valid(value)
         sent = len(provider.requests)
@@ -501,6 +516,25 @@ def test_non_mapping_inputs_are_a_validation_error(
             _expect_clear_input_error(info.value, method, value)
             assert info.value.path == ()
     assert provider.requests == []
+
+
+def test_dot_segments_in_a_url_path_are_refused_naming_the_input(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
+) -> None:
+    """``.`` and ``..`` are sent as ``%2E%2E``, which servers read as the parent path."""
+    iid = _instance(echo_db, echo_registry, keyring, "echo_rotating", provider.url)
+    with IntegrationClient(
+        iid, db=echo_db, registry=echo_registry, keyring=keyring, actor="fuzz", retry=FAST
+    ) as client:
+        for value in (".", ".."):
+            with pytest.raises(ValidationError) as info:
+                client.call("revoke_key", {"key_id": value})
+            assert info.value.subject == "Input" and info.value.path == ("key_id",)
+            assert f"{value!r} cannot be sent as a URL path segment" in str(info.value)
+        assert provider.requests == []
+        with contextlib.suppress(ProviderError):  # the provider's answer may be anything
+            client.call("revoke_key", {"key_id": "..."})  # not a dot segment: sent
+    assert len(provider.requests) == 1 and provider.requests[0].path.endswith("/keys/...")
 
 
 def test_header_values_are_checked_before_sending(

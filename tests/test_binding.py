@@ -1026,8 +1026,29 @@ def test_gmail_path_values_are_one_encoded_segment(gmail: Definition) -> None:
     method = gmail.method("get_message")
     request, _ = binding.prepare(gmail, method, {"id": "a/b?c#d e"}, {"user_id": "me"})
     assert request.url.raw_path == b"/gmail/v1/users/me/messages/a%2Fb%3Fc%23d%20e?format=full"
-    request, _ = binding.prepare(gmail, method, {"id": ".."}, {})
-    assert request.url.raw_path == b"/gmail/v1/users/me/messages/%2E%2E?format=full"
+    request, _ = binding.prepare(gmail, method, {"id": "..."}, {})
+    assert request.url.raw_path == b"/gmail/v1/users/me/messages/...?format=full"
+
+
+@pytest.mark.parametrize("segment", [".", ".."])
+def test_dot_segments_are_refused_naming_the_input(gmail: Definition, segment: str) -> None:
+    """Sent as ``%2E%2E``, servers would still read them as a step to the parent path."""
+    method = gmail.method("get_message")
+    with pytest.raises(ValidationError) as info:
+        binding.prepare(gmail, method, {"id": segment}, {})
+    assert (info.value.subject, info.value.path) == ("Input", ("id",))
+    assert str(info.value).startswith(
+        f"Input is invalid at $.id: {segment!r} cannot be sent as a URL path segment"
+    )
+    send = gmail.method("send_message")
+    with pytest.raises(ValidationError) as info:
+        binding.prepare(
+            gmail,
+            send,
+            {"to": ["a@example.com"], "subject": "s", "body_text": "b"},
+            {"user_id": segment},
+        )
+    assert (info.value.subject, info.value.path) == ("Config", ("user_id",))
 
 
 def test_gmail_get_profile(gmail: Definition) -> None:

@@ -21,7 +21,9 @@ from prefect_integrations import db as dbmod
 from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.db import Database
 from prefect_integrations.embedded import EmbeddedCluster
+from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import RUNTIME_ROLE
+from prefect_integrations.store import vault
 
 from .clirunner import Cli, Result, assert_one_error, counts, use_definitions, write
 from .conftest import ACME_DEFINITION
@@ -425,6 +427,36 @@ def test_set_credentials_from_stdin_activates_an_inactive_instance(acme: Cli) ->
     shown = acme.json("instances", "show", "acme_1")
     assert shown["status"]["state"] == "active"
     assert shown["credentials"] == {"keyId": "k1", "apikey": {"fields": ["key"]}}
+
+
+def test_text_postgresql_cannot_store_is_refused_and_keeps_what_is_stored(
+    store: Cli, db: Database, keyring: Keyring, tmp_path: Path
+) -> None:
+    """A lone surrogate or NUL in any input: one error naming the path, nothing written."""
+    before = counts(db)
+    lone, nul = '"\\ud800abc"', '"a\\u0000b"'
+    for text in (lone, nul):
+        result = store(
+            "instances", "set-credentials", "existing", stdin=f'{{"apikey": {{"key": {text}}}}}'
+        )
+        assert_one_error(result, "validation_error", "existing", "$.apikey.key")
+        document = (
+            '{"instanceId": "existing", "integrationId": "acme", "name": "E", '
+            f'"credentials": {{"apikey": {{"key": {text}}}}}}}'
+        )
+        result = store("instances", "apply", write(tmp_path, "doc.json", document))
+        assert_one_error(result, "validation_error", "$.credentials.apikey.key")
+        result = store("instances", "update", "existing", "--config", f'{{"region": {text}}}')
+        assert_one_error(result, "validation_error", "$.region")
+    for option in ("--name", "--description"):
+        result = store("instances", "update", "existing", option, "a\x00")
+        assert_one_error(result, "validation_error", "existing", "NUL")
+        result = store("instances", "update", "existing", option, "a\ud800")
+        assert_one_error(result, "validation_error", "not UTF-8")  # refused as an argument
+    assert counts(db) == before
+    with db.transaction() as s:
+        creds = vault.fetch_credentials(s, keyring, "existing", actor="t", purpose="test")
+    assert creds.reveal() == ACME_CREDENTIALS
 
 
 def test_delete_asks_for_confirmation(cli: Cli, xero_creds: str, db: Database) -> None:

@@ -126,6 +126,39 @@ def test_health_outcomes_and_statuses(
     assert again.results == []
 
 
+def test_an_unreadable_row_fails_alone_in_its_health_batch(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
+) -> None:
+    """A row whose plaintext reads refuse is config_invalid; the rest of its batch is checked."""
+    names = ["first", "poisoned", "last"]
+    for name in names:
+        _add(echo_db, echo_registry, keyring, name, provider.url)
+        provider.reply("GET", f"/{name}/items/1", OK)
+    with echo_db.transaction() as s:
+        s.execute(
+            sa.text(
+                "UPDATE integration_instances SET credentials = jsonb_set(credentials, '{ct}', "
+                "to_jsonb(encode(pgp_sym_encrypt(:pt, :k, :o), 'base64'))) "
+                "WHERE instance_id = 'poisoned'"
+            ),
+            {
+                "pt": '{"instance_id":"poisoned","credentials":{"apikey":{"key":"\\ud800abc"}}}',
+                "k": keyring.primary.get_secret_value(),
+                "o": vault.PGP_OPTIONS,
+            },
+        )
+
+    report = _run(_checker(echo_db, echo_registry, keyring, batch_size=10))
+
+    assert {r.instance_id: r.reason for r in report.results} == {
+        "first": "ok",
+        "poisoned": "config_invalid",
+        "last": "ok",
+    }
+    poisoned = _status(echo_db, "poisoned")
+    assert poisoned["state"] == "error" and "cannot be read" in poisoned["error"]
+
+
 def test_provider_outage_is_reported_not_spread(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:

@@ -745,3 +745,38 @@ def test_keys_never_reach_the_server_log(
     assert "integration_try_decrypt" in logged and "FOR UPDATE" in logged
     for secret in _keys_of(new):
         assert secret not in logged
+
+
+def test_verification_parses_as_reads_do(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    """A row reads refuse (a lone surrogate, NUL) is reported by verification, not counted."""
+    ids = _make(synced, test_registry, keyring, 6)
+    prefix = '{"instance_id":"%s","credentials":{"apikey":{"key":'
+    spoiled = {ids[1]: '"\\ud800abc"}}}', ids[4]: '"a\\u0000b"}}}'}
+    with synced.transaction() as s:
+        for instance_id, rest in spoiled.items():
+            s.execute(
+                sa.text(
+                    "UPDATE integration_instances SET credentials = jsonb_set(credentials, "
+                    "'{ct}', to_jsonb(encode(pgp_sym_encrypt(:pt, :k, :o), 'base64'))) "
+                    "WHERE instance_id = :i"
+                ),
+                {
+                    "pt": prefix % instance_id + rest,
+                    "k": keyring.primary.get_secret_value(),
+                    "o": vault.PGP_OPTIONS,
+                    "i": instance_id,
+                },
+            )
+    ok, problems = key_checks.verify_keys(synced, keyring)
+    assert ok == 4
+    assert sorted(problems) == sorted((i, rekey.MALFORMED) for i in spoiled)
+
+    new, _ = _rotated_ring(keyring)
+    report = rekey.rotate_keys(synced, new, actor="rotator", batch_size=4)
+    assert report.verified == 4 and not report.ok
+    assert sorted(report.problems) == sorted((i, rekey.MALFORMED) for i in spoiled)
+    with synced.transaction() as s:
+        got = vault.fetch_many(s, new, ids, actor="t", purpose="check")
+    assert sorted(i for i, c in got.items() if isinstance(c, Exception)) == sorted(spoiled)

@@ -47,14 +47,15 @@ from prefect_integrations.exceptions import (
     InstanceNotFound,
     InstanceUnavailable,
     NoInstanceFound,
+    ValidationError,
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.resolve import explain, resolve
 from prefect_integrations.runtime import runtime
-from prefect_integrations.scope import Context, Scope
+from prefect_integrations.scope import CONTEXT_ID_RULE, Context, Scope, parse_scope
 from prefect_integrations.store import instances
 
-from .clirunner import Cli
+from .clirunner import Cli, assert_one_error
 from .conftest import ACME_DEFINITION
 from .factories import make_echo, make_instance
 from .provider import FakeProvider, Reply
@@ -516,3 +517,144 @@ def test_a_moved_instance_is_out_of_reach_on_the_next_call(
         with pytest.raises(InstanceNotFound):
             call_method("echo", "get_item", {"item_id": 1}, "echo_acme")
     assert len(provider.requests) == 1
+
+
+# --------------------------------------------------------------------------------------
+# Client and user ids: one rule on every input, refused rather than read as absent
+# --------------------------------------------------------------------------------------
+
+#: Ids that used to resolve silently (to the global instance) or print like another id.
+BAD_IDS = {
+    "trailing space": "a ",
+    "leading space": " a",
+    "inner space": "a b",
+    "tab": "a\t",
+    "too long": "x" * 100_000,
+    "256 characters": "x" * 256,
+    "empty": "",
+    "Cyrillic look-alike": "\u0430cme",  # prints as 'acme'
+    "zero-width space": "ac\u200bme",
+    "zero-width joiner": "acme\u200d",
+    "bidirectional mark": "\u202eacme",
+    "no-break space": "acme\u00a0",
+    "decomposed accent": "cafe\u0301",
+    "colon": "a:b",
+    "NUL": "a\x00",
+    "lone surrogate": "a\ud800",
+    "starts with a dot": ".a",
+}
+
+
+@pytest.mark.parametrize("bad", BAD_IDS.values(), ids=BAD_IDS.keys())
+def test_invalid_client_and_user_ids_are_refused_naming_the_field(bad: str) -> None:
+    with pytest.raises(ValidationError, match=r"^client_id is invalid") as info:
+        Context(client_id=bad)
+    assert len(str(info.value)) < 400  # a 100,000-character id is not echoed
+    with pytest.raises(ValidationError, match=r"^user_id is invalid"):
+        Context(user_id=bad)
+    with (
+        pytest.raises(ValidationError, match=r"^client_id is invalid"),
+        integration_context(client_id=bad),
+    ):
+        pytest.fail("the block ran with an invalid client id")
+    with (
+        pytest.raises(ValidationError, match=r"^user_id is invalid"),
+        integration_context(client_id="acme", user_id=bad),
+    ):
+        pytest.fail("the block ran with an invalid user id")
+    for kind in ("client", "user"):
+        with pytest.raises(ValidationError, match=r"context_id"):
+            Scope(kind, bad)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"^--context is invalid at \$\.context_id"):
+            parse_scope(f"{kind}:{bad}", subject="--context")
+
+
+def test_valid_ids_follow_the_documented_rule() -> None:
+    for good in ("A", "a", "0", "acme", "acme-eu_1.prod", "u@example.com", "a+b", "x" * 255):
+        assert Context(client_id=good, user_id=good).client_id == good
+        assert Scope("client", good).context_id == good
+        assert parse_scope(f"user:{good}") == Scope("user", good)
+    with pytest.raises(ValidationError) as info:
+        Context(client_id="a ")
+    assert CONTEXT_ID_RULE in str(info.value)
+
+
+def test_cli_refuses_invalid_ids_and_resolves_a_valid_unknown_one_to_global(
+    public: Cli, synced: Database, test_registry: Registry
+) -> None:
+    active = {"state": "active"}
+    make_instance(synced, test_registry, None, "acme_global", "acme", status=active)
+    make_instance(synced, test_registry, None, "acme_a", "acme", scope="client:a", status=active)
+    # "A" is a valid id of a client that has no instance: global, by design
+    shown = json.loads(public("instances", "resolve", "acme", "--client", "A", "--json").out)
+    assert shown["chosen"] == "acme_global"
+    shown = json.loads(public("instances", "resolve", "acme", "--client", "a", "--json").out)
+    assert shown["chosen"] == "acme_a"
+    for bad in ("a ", "x" * 100_000, "\u0430", "a\u200b"):
+        for option in ("--client", "--user"):
+            result = public("instances", "resolve", "acme", option, bad, "--json")
+            line = assert_one_error(result, "validation_error", f"{option} is invalid")
+            assert "acme_global" not in result.out + line
+            result = public("call", "acme.ping", option, bad)
+            assert_one_error(result, "validation_error", f"{option} is invalid")
+        result = public(
+            "instances", "create", "x1", "--integration", "acme", "--name", "X",
+            "--context", f"client:{bad}",
+        )  # fmt: skip
+        assert_one_error(result, "validation_error", "(--context) is invalid at $.context_id")
+        result = public("instances", "list", "--context", f"user:{bad}")
+        assert_one_error(result, "validation_error", "(--context) is invalid")
+    with synced.transaction() as s:
+        assert [i.instance_id for i in instances.list_instances(s)] == ["acme_a", "acme_global"]
+
+
+def test_the_store_refuses_invalid_ids_but_reads_rows_stored_before_the_rule(
+    synced: Database, test_registry: Registry
+) -> None:
+    make_instance(synced, test_registry, None, "legacy", "acme", scope="client:acme")
+    with synced.transaction() as s:  # an id stored before the rule existed
+        s.execute(
+            sa.text(
+                "UPDATE integration_instances SET context_id = 'Acme Corp ' "
+                "WHERE instance_id = 'legacy'"
+            )
+        )
+    with synced.transaction() as s:
+        listed = instances.list_instances(s)
+        assert [(i.instance_id, str(i.scope)) for i in listed] == [("legacy", "client:Acme Corp ")]
+        assert instances.require_instance(s, "legacy").as_document()["context"] == {
+            "type": "client",
+            "contextId": "Acme Corp ",
+        }
+        stored = instances.require_instance(s, "legacy").scope
+        with pytest.raises(ValidationError, match=r"\$\.context\.context_id"):
+            instances.create_instance(
+                s, test_registry, None, instance_id="copy", integration_id="acme",
+                name="Copy", scope=stored, actor="t",
+            )  # fmt: skip
+        with pytest.raises(ValidationError, match="client_id is invalid"):
+            instances.visible_instances(s, _unchecked_context("Acme Corp "), integration_id="acme")
+        # an update that leaves the scope alone still works; a move to a valid id too
+        instances.update_instance(s, test_registry, "legacy", name="Renamed", actor="t")
+        moved = instances.update_instance(
+            s, test_registry, "legacy", scope=Scope("client", "acme-corp"), actor="t"
+        )
+        assert str(moved.scope) == "client:acme-corp"
+    with synced.transaction() as s:
+        s.execute(
+            sa.text(
+                "UPDATE integration_instances SET context_id = 'Acme Corp ' "
+                "WHERE instance_id = 'legacy'"
+            )
+        )
+    with synced.transaction() as s:
+        instances.delete_instance(s, "legacy", actor="t")
+        assert instances.list_instances(s) == []
+
+
+def _unchecked_context(client_id: str) -> Context:
+    """A context that skipped its own check, to show the store checks again."""
+    context = object.__new__(Context)
+    object.__setattr__(context, "client_id", client_id)
+    object.__setattr__(context, "user_id", None)
+    return context

@@ -13,6 +13,7 @@ from prefect_integrations.exceptions import (
     InstanceNotFound,
     NoCredentials,
     UnknownKeyId,
+    ValidationError,
 )
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.scope import Scope
@@ -198,3 +199,103 @@ def test_keys_and_plaintext_never_reach_the_server_log(
     assert "integration_try_decrypt" in logged
     for secret in (key, wrong.primary.get_secret_value(), CANARY):
         assert secret not in logged
+
+
+def _write_plaintext(db: Database, keyring: Keyring, instance_id: str, plaintext: str) -> None:
+    """Encrypt ``plaintext`` into the row directly, as a row written before input checks."""
+    with db.transaction() as s:
+        s.execute(
+            sa.text(
+                "UPDATE integration_instances SET credentials = jsonb_set(credentials, '{ct}', "
+                "to_jsonb(encode(pgp_sym_encrypt(:pt, :k, :o), 'base64'))) "
+                "WHERE instance_id = :i"
+            ),
+            {
+                "pt": plaintext,
+                "k": keyring.primary.get_secret_value(),
+                "o": vault.PGP_OPTIONS,
+                "i": instance_id,
+            },
+        )
+
+
+def test_an_unreadable_row_fails_alone_never_its_batch(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    ids = ["good_1", "surrogate", "nul", "not_json", "not_base64", "pair", "spaced", "good_2"]
+    for iid in ids:
+        make_instance(synced, test_registry, keyring, iid, "acme", credentials=api_key(CANARY))
+    prefix = '{"instance_id":"%s","credentials":{"apikey":{"key":'
+    _write_plaintext(synced, keyring, "surrogate", prefix % "surrogate" + '"\\ud800abc"}}}')
+    _write_plaintext(synced, keyring, "nul", prefix % "nul" + '"a\\u0000b"}}}')
+    _write_plaintext(synced, keyring, "not_json", "not json")
+    # readable, but not in the canonical form: checked and audited outside the statement
+    _write_plaintext(synced, keyring, "pair", prefix % "pair" + '"\\ud83d\\ude00"}}}')
+    _write_plaintext(
+        synced,
+        keyring,
+        "spaced",
+        '{"instance_id": "spaced", "credentials": {"apikey": {"key": "k"}}}',
+    )
+    with synced.transaction() as s:
+        s.execute(
+            sa.text(
+                "UPDATE integration_instances SET credentials = jsonb_set(credentials, '{ct}', "
+                "'\"not base64!\"') WHERE instance_id = 'not_base64'"
+            )
+        )
+
+    with synced.transaction() as s:
+        got = vault.fetch_many(s, keyring, ids, actor="t", purpose="health_check")
+    assert set(got) == set(ids)
+    for iid in ("good_1", "good_2"):
+        creds = got[iid]
+        assert not isinstance(creds, Exception)
+        secret = creds.secret("apikey", "key")
+        assert secret is not None and secret.get_secret_value() == CANARY
+    pair, spaced = got["pair"], got["spaced"]
+    assert not isinstance(pair, Exception) and not isinstance(spaced, Exception)
+    assert pair.reveal() == {"apikey": {"key": "\U0001f600"}}
+    assert spaced.reveal() == {"apikey": {"key": "k"}}
+    for iid in ("surrogate", "nul", "not_json", "not_base64"):
+        error = got[iid]
+        assert isinstance(error, DecryptionError), iid
+        assert iid in str(error) and CANARY not in str(error)
+        with pytest.raises(DecryptionError), synced.transaction() as s:
+            vault.fetch_credentials(s, keyring, iid, actor="t", purpose="call")
+
+    with synced.transaction() as s:
+        rows = [r for r in audit.tail(s, limit=100, action="credentials.decrypt")]
+        assert audit.verify(s).ok
+    batch = [r for r in rows if r.details["purpose"] == "health_check"]
+    outcomes = {r.instance_id: (r.outcome, r.details.get("reason")) for r in batch}
+    assert len(batch) == len(ids)  # one row each, success or failure
+    assert outcomes == {
+        "good_1": ("success", None),
+        "good_2": ("success", None),
+        "pair": ("success", None),
+        "spaced": ("success", None),
+        "surrogate": ("failure", "malformed"),
+        "nul": ("failure", "malformed"),
+        "not_json": ("failure", "malformed"),
+        "not_base64": ("failure", "wrong_key_or_corrupt"),
+    }
+
+
+def test_unstorable_credentials_are_refused_before_anything_is_written(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    make_instance(synced, test_registry, keyring, "acme_1", "acme", credentials=api_key(CANARY))
+    for bad in ("\ud800abc", "a\x00b"):
+        with (
+            pytest.raises(ValidationError, match=r"apikey\.key") as info,
+            synced.transaction() as s,
+        ):
+            instances.set_credentials(s, test_registry, keyring, "acme_1", api_key(bad), actor="t")
+        assert "surrogate" in str(info.value) or "NUL" in str(info.value)
+        with pytest.raises(ValidationError, match=r"apikey\.key"), synced.transaction() as s:
+            vault.store_credentials(s, keyring, "acme_1", api_key(bad))
+    with synced.transaction() as s:
+        creds = vault.fetch_credentials(s, keyring, "acme_1", actor="t", purpose="call")
+    secret = creds.secret("apikey", "key")
+    assert secret is not None and secret.get_secret_value() == CANARY

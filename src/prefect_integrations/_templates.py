@@ -24,7 +24,7 @@ Filters (beyond Jinja's built-ins) and how values read as text are in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -36,6 +36,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from prefect_integrations._template_filters import FILTERS, OMIT, dumps, is_omitted, to_text
+from prefect_integrations.exceptions import ValidationError
 
 __all__ = [
     "FILTERS",
@@ -91,12 +92,71 @@ class _Environment(ImmutableSandboxedEnvironment):
 _PATH_SAFE = "-._~!$&'()*+,;=:@"
 
 
-def path_segment(value: Any) -> str:
-    """Finalize of path templates: each ``{{ }}`` is one percent-encoded path segment."""
+#: Segments refused in a URL path: sent even percent-encoded (``%2E%2E``), servers and
+#: proxies normalize them back to ``.`` and ``..``, which step to the parent path.
+_DOT_SEGMENTS: Final = frozenset({".", ".."})
+
+
+def path_segment(value: Any, *, name: Sequence[str | int] = ()) -> str:
+    """Finalize of path templates: each ``{{ }}`` is one percent-encoded path segment.
+
+    ``.`` and ``..`` are refused (`ValidationError`): whatever their encoding, servers
+    read them as steps in the path. ``name`` is the JSON path of the value
+    (``("config", "user_id")``), named in the error; in a path template the input is
+    found from the template's own references (see `CompiledTemplate.render`).
+    """
     text = to_text(value)
-    if text in (".", ".."):
-        return text.replace(".", "%2E")
+    if text in _DOT_SEGMENTS:
+        raise _DotSegment(text, name)
     return quote(text, safe=_PATH_SAFE)
+
+
+class _DotSegment(ValidationError):
+    """``.`` or ``..`` given as a URL path segment; ``named`` once the value's source is."""
+
+    def __init__(self, text: str, name: Sequence[str | int]) -> None:
+        self.segment = text
+        self.named = bool(name)
+        reason = (
+            f"{text!r} cannot be sent as a URL path segment: servers read it as a step in "
+            "the path (to the parent path), whatever its encoding"
+        )
+        if name and name[0] in ("inputs", "config"):
+            super().__init__("Input" if name[0] == "inputs" else "Config", name[1:], reason)
+        else:
+            super().__init__("URL path segment", name, reason)
+
+
+def _reference(node: nodes.Node) -> tuple[str | int, ...] | None:
+    """The variable path ``inputs.a["b"]`` reads, as ``("inputs", "a", "b")``, or None."""
+    parts: list[str | int] = []
+    while True:
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+            node = node.node
+        elif (
+            isinstance(node, nodes.Getitem)
+            and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str | int)
+        ):
+            parts.append(node.arg.value)
+            node = node.node
+        elif isinstance(node, nodes.Name):
+            parts.append(node.name)
+            return tuple(reversed(parts))
+        else:
+            return None
+
+
+def _lookup(variables: Mapping[str, Any], path: tuple[str | int, ...]) -> Any:
+    """The value at ``path`` in the variables, or None when it is not there."""
+    value: Any = variables
+    for part in path:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
 
 
 def _environment(*, path: bool) -> _Environment:
@@ -143,6 +203,7 @@ class CompiledTemplate:
     __slots__ = (
         "names",
         "own_context",
+        "references",
         "render_func",
         "single_expression",
         "source",
@@ -159,6 +220,12 @@ class CompiledTemplate:
             raise TemplateProblem(f"template syntax error{where}: {exc.message}") from None
         self.source = source
         self.names: frozenset[str] = frozenset(find_undeclared_variables(ast))
+        # The variable paths read (``inputs.id``), longest first: a refused path segment
+        # is reported as the input it came from.
+        found = {_reference(node) for node in ast.find_all((nodes.Getattr, nodes.Getitem))}
+        self.references: tuple[tuple[str | int, ...], ...] = tuple(
+            sorted((r for r in found if r is not None), key=lambda r: (-len(r), str(r)))
+        )
         self.statements = any(not isinstance(node, nodes.Output) for node in ast.body)
         self.single_expression = (
             len(ast.body) == 1
@@ -179,9 +246,21 @@ class CompiledTemplate:
         self.own_context = self.statements or path
 
     def render(self, scope: Scope) -> Any:
-        """Render with the variables of ``scope`` (see the module docstring for the rules)."""
+        """Render with the variables of ``scope`` (see the module docstring for the rules).
+
+        A path template whose value is ``.`` or ``..`` raises `ValidationError` naming the
+        input (or config value) it read, when one of its references holds that value.
+        """
         context = scope.context(self) if self.own_context else scope.shared(self)
-        out = list(self.render_func(context))
+        try:
+            out = list(self.render_func(context))
+        except _DotSegment as exc:
+            if exc.named:
+                raise
+            for reference in self.references:
+                if to_text(_lookup(scope.variables, reference)) == exc.segment:
+                    raise _DotSegment(exc.segment, reference) from None
+            raise
         if not out:
             return None
         if len(out) == 1:
@@ -270,6 +349,8 @@ def _template_node(location: _JsonPath, compiled: CompiledTemplate) -> Node:
     def render(scope: Scope) -> Any:
         try:
             return compiled.render(scope)
+        except ValidationError:
+            raise  # an input that cannot be sent, named: not a fault of the template
         except Exception as exc:
             raise RenderError(location, exc) from exc
 

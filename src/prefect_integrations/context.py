@@ -32,7 +32,12 @@ def current_context() -> Context:
 def integration_context(
     *, client_id: str | None = None, user_id: str | None = None
 ) -> Iterator[Context]:
-    """Set the client and/or user id that instance resolution uses within the block."""
+    """Set the client and/or user id that instance resolution uses within the block.
+
+    Each id given must follow `~prefect_integrations.scope.CONTEXT_ID_RULE`; an invalid
+    one (surrounding spaces, too long, invisible or look-alike characters) raises
+    `ValidationError` naming ``client_id`` or ``user_id`` before the block runs.
+    """
     outer = _current.get()
     inner = Context(
         client_id=client_id if client_id is not None else outer.client_id,

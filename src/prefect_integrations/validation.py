@@ -30,6 +30,7 @@ __all__ = [
     "json_problem",
     "load_packaged_schema",
     "status_validator",
+    "storable_problem",
     "validate",
 ]
 
@@ -160,6 +161,15 @@ def _unstorable_path(value: object, path: list[str | int]) -> tuple[list[str | i
             if found is not None:
                 return found
     return None
+
+
+def storable_problem(value: object) -> tuple[list[str | int], str] | None:
+    """The path and problem of the first part of ``value`` PostgreSQL cannot store as jsonb.
+
+    That is anything `json_problem` reports, and strings (or keys) with a NUL character or
+    a lone UTF-16 surrogate; None when ``value`` is storable.
+    """
+    return json_problem(value) or _unstorable_path(value, [])
 
 
 def check_storable(value: object, *, subject: str) -> None:

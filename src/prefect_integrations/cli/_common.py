@@ -12,15 +12,18 @@ import typer
 
 from prefect_integrations.exceptions import ValidationError, quote
 from prefect_integrations.runtime import Runtime, reset_runtime, runtime
+from prefect_integrations.scope import Context, Scope, check_context_id, parse_scope
 
 __all__ = [
     "Runtime",
+    "caller_context",
     "echo_table",
     "emit_json",
     "parse_json_option",
     "read_json_file",
     "reset_runtime",
     "runtime",
+    "scope_option",
 ]
 
 
@@ -69,6 +72,20 @@ def read_json_file(path: str, *, what: str) -> Any:
     except OSError as exc:
         raise ValidationError(f"{what} file {label}", [], exc.strerror or "unreadable") from None
     return _loads(text, f"{what} from {label}")
+
+
+def caller_context(client: str | None, user: str | None) -> Context:
+    """The context of ``--client`` and ``--user``; an invalid id names its option."""
+    if client is not None:
+        check_context_id(client, field="--client")
+    if user is not None:
+        check_context_id(user, field="--user")
+    return Context(client_id=client, user_id=user)
+
+
+def scope_option(text: str, *, option: str = "--context") -> Scope:
+    """Parse a ``global | client:ID | user:ID`` option; errors name the option."""
+    return parse_scope(text, subject=f"Context ({option})")
 
 
 def emit_json(value: Any) -> None:

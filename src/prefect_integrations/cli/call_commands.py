@@ -6,9 +6,14 @@ from typing import Annotated, Any
 
 import typer
 
-from prefect_integrations.cli._common import emit_json, parse_json_option, read_json_file, runtime
+from prefect_integrations.cli._common import (
+    caller_context,
+    emit_json,
+    parse_json_option,
+    read_json_file,
+    runtime,
+)
 from prefect_integrations.exceptions import ValidationError
-from prefect_integrations.scope import Context
 
 blocks_app = typer.Typer(help="Prefect blocks of the stored instances.", no_args_is_help=True)
 
@@ -44,7 +49,7 @@ def call(
         raise ValidationError("Call input", [], "must be a JSON object")
     rt = runtime()
     rt.registry.get(integration_id).method(method_id)
-    context = Context(client_id=client, user_id=user)
+    context = caller_context(client, user)
     try:
         with integration_context(client_id=context.client_id, user_id=context.user_id):
             output = call_method(integration_id, method_id, inputs, instance)

@@ -9,15 +9,16 @@ from typing import Annotated, Any
 import typer
 
 from prefect_integrations.cli._common import (
+    caller_context,
     echo_table,
     emit_json,
     parse_json_option,
     read_json_file,
     runtime,
+    scope_option,
 )
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.resolve import explain
-from prefect_integrations.scope import Context, parse_scope
 from prefect_integrations.store import instances as store
 from prefect_integrations.store.documents import apply_documents
 
@@ -80,7 +81,7 @@ def create(
 ) -> None:
     """Create an instance; credentials are validated and stored encrypted."""
     rt = runtime()
-    scope = parse_scope(context)
+    scope = scope_option(context)
     config_doc = _object(config, "--config") or {}
     creds = _credentials(credentials_file)
     registry = rt.registry
@@ -117,7 +118,7 @@ def list_(
 ) -> None:
     """List instances."""
     rt = runtime()
-    scope = parse_scope(context) if context else None
+    scope = scope_option(context) if context else None
     with rt.transaction("list instances") as session:
         found = store.list_instances(
             session, integration_id=integration, scope=scope, state=state.value if state else None
@@ -190,7 +191,7 @@ def update(
 ) -> None:
     """Change name, description, config, status or scope of an instance."""
     rt = runtime()
-    scope = parse_scope(context) if context else None
+    scope = scope_option(context) if context else None
     config_doc = _object(config, "--config")
     status_doc = _object(status, "--status")
     registry = rt.registry
@@ -310,11 +311,10 @@ def resolve(
 ) -> None:
     """Show which instance a call would use in a context, and why."""
     rt = runtime()
+    caller = caller_context(client, user)
     rt.registry.get(integration)
     with rt.transaction(f"resolve an instance of '{integration}'") as session:
-        result = explain(
-            session, integration, Context(client_id=client, user_id=user), instance_id=instance
-        )
+        result = explain(session, integration, caller, instance_id=instance)
     if as_json:
         emit_json(result.as_dict())
     else:

@@ -31,7 +31,7 @@ from prefect_integrations.definitions.bindings import (
 from prefect_integrations.definitions.rules import problem, validate_document
 from prefect_integrations.definitions.schemas import compile_validator, raise_first_error
 from prefect_integrations.exceptions import DefinitionError, MethodNotBound
-from prefect_integrations.validation import check_json
+from prefect_integrations.validation import check_storable
 
 __all__ = [
     "ApiKeyPlacement",
@@ -260,10 +260,11 @@ class Method:
         """Raise `ValidationError` if ``value`` breaks the input schema.
 
         Anything but plain JSON data (NaN, bytes, sets, nesting deeper than
-        `~prefect_integrations.validation.MAX_DEPTH`) is refused first, naming its path.
+        `~prefect_integrations.validation.MAX_DEPTH`) and text PostgreSQL cannot store (a
+        NUL character, a lone surrogate) is refused first, naming its path.
         """
         subject = subject or f"Input of '{self.qualified_name}'"
-        check_json(value, subject=subject)
+        check_storable(value, subject=subject)
         raise_first_error(self.input_validator, value, subject)
 
     def validate_output(self, value: object, *, subject: str | None = None) -> None:
@@ -358,9 +359,9 @@ class Definition:
             ) from None
 
     def validate_config(self, config: object, *, subject: str | None = None) -> None:
-        """Raise `ValidationError` if ``config`` is not plain JSON data or breaks the schema."""
+        """Raise `ValidationError` if ``config`` is not storable JSON data or breaks the schema."""
         subject = subject or f"Config for '{self.id}'"
-        check_json(config, subject=subject)
+        check_storable(config, subject=subject)
         raise_first_error(self.config_validator, config, subject)
 
     @classmethod

@@ -28,7 +28,7 @@ from jsonschema.exceptions import best_match
 from prefect_integrations.definitions.bindings import compile_definition
 from prefect_integrations.definitions.schemas import check_schema, compile_validator, reason
 from prefect_integrations.exceptions import DefinitionProblem, quote
-from prefect_integrations.validation import json_problem
+from prefect_integrations.validation import storable_problem
 
 __all__ = [
     "JsonPath",
@@ -383,7 +383,8 @@ def validate_document(document: object, *, source: str) -> list[DefinitionProble
     """Return every problem of a parsed definition document (``[]`` if it is valid).
 
     Checks that it is plain JSON data nested at most
-    `~prefect_integrations.validation.MAX_DEPTH` deep, the meta-schema (all errors, sorted
+    `~prefect_integrations.validation.MAX_DEPTH` deep that PostgreSQL can store (no NUL
+    character or lone surrogate in any string or key), the meta-schema (all errors, sorted
     by path), that each embedded schema is a valid draft 2020-12 JSON Schema, that method
     ids are unique, that ``oauth2Config`` is present
     exactly when ``authType`` is ``oauth2``, that required scopes are requested, and the
@@ -393,7 +394,8 @@ def validate_document(document: object, *, source: str) -> list[DefinitionProble
     """
     if not isinstance(document, dict):
         return [problem(source, (), f"top level must be a JSON object, not {json_type(document)}")]
-    unusable = json_problem(document)  # e.g. nested too deeply to validate without overflow
+    # e.g. nested too deeply to validate without overflow, or text PostgreSQL cannot store
+    unusable = storable_problem(document)
     if unusable is not None:
         return [problem(source, *unusable)]
     problems: list[DefinitionProblem] = []

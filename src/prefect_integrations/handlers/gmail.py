@@ -95,7 +95,7 @@ class SendMessage:
         body: dict[str, Any] = {"raw": raw}
         if ctx.inputs.get("thread_id"):
             body["threadId"] = ctx.inputs["thread_id"]
-        user_id = path_segment(ctx.config.get("user_id") or "me")
+        user_id = path_segment(ctx.config.get("user_id") or "me", name=("config", "user_id"))
         return httpx.Request(
             "POST",
             f"{ctx.base_url}/users/{user_id}/messages/send",

@@ -20,6 +20,7 @@ from prefect_integrations.credentials import (
 )
 from prefect_integrations.definitions import Definition
 from prefect_integrations.exceptions import ValidationError
+from prefect_integrations.scope import Context, Scope, check_context_id
 from prefect_integrations.validation import (
     check_json,
     check_storable,
@@ -30,9 +31,11 @@ from prefect_integrations.validation import (
 
 __all__ = [
     "check_config",
+    "check_context",
     "check_description",
     "check_instance_id",
     "check_name",
+    "check_scope",
     "usable",
     "validate_credentials",
     "validate_status",
@@ -50,6 +53,27 @@ def check_instance_id(instance_id: str) -> None:
             f"{instance_id[:80]!r} must be 1-255 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit",
         )
+
+
+def check_scope(instance_id: str, scope: Scope) -> Scope:
+    """The scope if its context id follows `~prefect_integrations.scope.CONTEXT_ID_RULE`.
+
+    A scope read from a stored row is not checked (`Scope.stored`); one written is.
+    """
+    try:
+        return scope.check()
+    except ValidationError as exc:
+        subject = f"Instance '{instance_id}'"
+        raise ValidationError(subject, ["context", *exc.path], exc.reason) from None
+
+
+def check_context(context: Context) -> Context:
+    """The caller's context if its client and user ids follow the id rule."""
+    if context.client_id is not None:
+        check_context_id(context.client_id, field="client_id")
+    if context.user_id is not None:
+        check_context_id(context.user_id, field="user_id")
+    return context
 
 
 def check_name(instance_id: str, name: str) -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 
 from prefect_integrations.credentials import EncryptedCredentials
 from prefect_integrations.models import definitions, instances
-from prefect_integrations.scope import ContextType, Scope
+from prefect_integrations.scope import Scope
 
 __all__ = ["Instance", "instance_from_row", "instances_query"]
 
@@ -125,7 +125,7 @@ def instance_from_row(row: sa.Row[Any]) -> Instance:
         integration_id=row.integration_id,
         name=row.name,
         description=row.description,
-        scope=Scope(cast(ContextType, row.context_type), row.context_id),
+        scope=Scope.stored(row.context_type, row.context_id),
         config=dict(row.config or {}),
         status=dict(row.status or {}),
         credentials=EncryptedCredentials.from_envelope(envelope) if envelope else None,

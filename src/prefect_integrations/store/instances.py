@@ -34,9 +34,11 @@ from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.definitions import definition_uuid
 from prefect_integrations.store.instance_checks import (
     check_config,
+    check_context,
     check_description,
     check_instance_id,
     check_name,
+    check_scope,
     usable,
     validate_credentials,
     validate_status,
@@ -148,6 +150,7 @@ def create_instance(
     check_instance_id(instance_id)
     check_name(instance_id, name)
     check_description(instance_id, description)
+    check_scope(instance_id, scope)
     definition = registry.get(integration_id)
     config = check_config(definition, instance_id, {} if config is None else config)
     creds = None
@@ -246,6 +249,7 @@ def update_instance(
         if new_status == current.status:
             new_status = None
     if scope is not None and scope != current.scope:
+        check_scope(instance_id, scope)
         changes["context_type"] = scope.context_type
         changes["context_id"] = scope.context_id
     if not changes and new_status is None:
@@ -338,9 +342,11 @@ def visible_instances(
     """Instances visible in ``context``, ordered by instance id.
 
     Visible: ``global``, ``client`` with the context's client id, ``user`` with its user
-    id. Those of ``integration_id``, or only ``instance_id`` (whatever its integration)
-    when given.
+    id. Ids outside `~prefect_integrations.scope.CONTEXT_ID_RULE` are refused
+    (`ValidationError`), never taken as absent. Those of ``integration_id``, or only
+    ``instance_id`` (whatever its integration) when given.
     """
+    check_context(context)
     visible: list[sa.ColumnElement[bool]] = [instances.c.context_type == "global"]
     if context.client_id is not None:
         visible.append(

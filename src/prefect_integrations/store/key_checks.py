@@ -2,7 +2,8 @@
 
 `count_keys` counts the rows per key id (the ``key_id`` column) and those whose key is
 not in the keyring. `verify_keys` decrypts every row in the database, in batches, and
-reports the rows that do not decrypt under their key id or are not bound to their row.
+reports the rows that do not decrypt under their key id, do not parse as reads parse
+them, or are not bound to their row.
 `upgrade_shapes` rewrites rows still in envelope version 1 in the specification's
 credentials shape, each through the vault with a compare-and-swap on
 ``credentials_version``, so a concurrent OAuth refresh is never overwritten. Key
@@ -210,8 +211,10 @@ def verify_keys(db: Database, keyring: Keyring) -> tuple[int, list[tuple[str, st
 
     Returns the number of rows that are fine and ``(instance_id, reason)`` for the others
     (reasons as for rotation, plus ``key_id_mismatch``: the ``key_id`` column differs from
-    the envelope's key id). Decrypts in the database, in batches in id order, one short
-    read-only transaction each; nothing secret leaves the database.
+    the envelope's key id). The plaintext is parsed as reads parse it (as jsonb), so a row
+    reads refuse (a lone surrogate or NUL escape) is ``malformed``, not fine. Decrypts in
+    the database, in batches in id order, one short read-only transaction each; nothing
+    secret leaves the database.
     """
     params: dict[str, Any] = {
         "kids": keyring.ids,

@@ -15,6 +15,7 @@ from sqlalchemy import exc as sa_exc
 from prefect_integrations.models import integration_id_of
 from prefect_integrations.store import audit
 from prefect_integrations.store.audit import AuditAction
+from prefect_integrations.store.vault import CANONICAL_PLAINTEXT
 
 __all__ = [
     "BINDING_MISMATCH",
@@ -85,18 +86,10 @@ _DECRYPTED = """
 """
 
 # `vault.fetch_credentials` accepts a plaintext that is a JSON object whose
-# ``instance_id`` is the row's and whose ``credentials`` is an object. `vault` writes
-# ``json.dumps({"instance_id": iid, "credentials": {...}}, separators=(",", ":"))``
-# (instance ids are ASCII), which starts with exactly the prefix below; if neither key
-# appears again anywhere after it, that is what a JSON parser reads too. This canonical
-# form is checked without parsing (``LIKE``, with ``\_`` for a literal ``_``: ``substr``
-# would cost more than the decryption); any other plaintext is parsed (jsonb) and checked.
-_PREFIX = """('{"instance_id":' || to_json(b.instance_id)::text || ',"credentials":')"""
-_CANONICAL = f"""
-  starts_with(b.pt, {_PREFIX} || '{{')
-  AND b.pt NOT LIKE '%"instance\\_id":%"instance\\_id":%'
-  AND b.pt NOT LIKE '%"credentials":%"credentials":%'
-"""
+# ``instance_id`` is the row's and whose ``credentials`` is an object. `vault` writes it in
+# a canonical form (`vault.CANONICAL_PLAINTEXT`), checked without parsing; any other
+# plaintext is parsed (jsonb) and checked.
+_CANONICAL = CANONICAL_PLAINTEXT.format(pt="b.pt", iid="b.instance_id")
 _PARSED = f"""
   WHEN jsonb_typeof(CAST(b.pt AS jsonb)) <> 'object'
        OR jsonb_typeof(CAST(b.pt AS jsonb) -> 'credentials') IS DISTINCT FROM 'object'
@@ -107,8 +100,9 @@ _PARSED = f"""
 
 # Why a decrypted row cannot be used, or NULL. Rotation re-encrypts the plaintext byte
 # for byte, so a canonical plaintext needs no JSON validation there; verification also
-# validates it as JSON (``json``, cheaper than building a jsonb; a plaintext that is not
-# JSON fails the cast and the statement, and is singled out row by row).
+# parses it as reads do (``jsonb``: the plain ``json`` type accepts what reads refuse, a
+# lone surrogate escape or ``\u0000``; a plaintext jsonb refuses fails the cast and the
+# statement, and is singled out row by row as `MALFORMED`).
 _ROTATE_REASON = f"""
   CASE WHEN NOT b.key_known THEN '{UNKNOWN_KEY_ID}'
        WHEN b.pt IS NULL THEN '{UNDECRYPTABLE}'
@@ -120,7 +114,7 @@ _KEY_ID_CHECK = f"CASE WHEN b.key_id IS DISTINCT FROM b.kid THEN '{KEY_ID_MISMAT
 _VERIFY_REASON = f"""
   CASE WHEN NOT b.key_known THEN '{UNKNOWN_KEY_ID}'
        WHEN b.pt IS NULL THEN '{UNDECRYPTABLE}'
-       WHEN {_CANONICAL} AND json_typeof(CAST(b.pt AS json)) = 'object' THEN {_KEY_ID_CHECK}
+       WHEN {_CANONICAL} AND jsonb_typeof(CAST(b.pt AS jsonb)) = 'object' THEN {_KEY_ID_CHECK}
        {_PARSED}
        ELSE {_KEY_ID_CHECK}
   END

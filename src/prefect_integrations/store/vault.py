@@ -36,13 +36,17 @@ from prefect_integrations.exceptions import (
     InstanceNotFound,
     NoCredentials,
     UnknownKeyId,
+    format_json_path,
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.store import audit
 from prefect_integrations.store.audit import AuditAction
+from prefect_integrations.validation import check_storable, storable_problem
 
 __all__ = [
+    "CANONICAL_PLAINTEXT",
     "ENVELOPE_VERSION",
+    "MALFORMED_REASON",
     "PGP_OPTIONS",
     "fetch_credentials",
     "fetch_many",
@@ -54,6 +58,8 @@ __all__ = [
 #: decryption), rewritten as 2 on the next write or by `rekey.rotate_keys`.
 ENVELOPE_VERSION = 2
 PGP_OPTIONS = "cipher-algo=aes256, s2k-mode=1"
+#: The audit reason of a row whose decrypted document is not readable JSON.
+MALFORMED_REASON = "malformed"
 
 _STORE = sa.text(
     """
@@ -75,9 +81,38 @@ _STORE = sa.text(
     """
 )
 
-# One round trip: pick the row's key from the keyring, decrypt (NULL instead of an error
-# on a wrong key, so the caller's transaction stays usable), check the instance binding,
-# and append the audit row of a successful decrypt.
+#: The canonical plaintext of a row, as `store_credentials` writes it: ``{"instance_id":
+#: <the row's id>,"credentials":{...}}`` (``json.dumps`` with ``separators=(",", ":")``,
+#: ASCII only). A SQL condition on ``{pt}`` (the plaintext) and ``{iid}`` (the row's
+#: instance id) that holds when the plaintext starts with that prefix and neither key
+#: appears again after it, which is then what a JSON parser reads too; checked without
+#: parsing (``LIKE`` with ``\\_`` for a literal ``_``).
+CANONICAL_PLAINTEXT = """(
+  starts_with({pt}, '{{"instance_id":' || to_json({iid})::text || ',"credentials":{{')
+  AND {pt} NOT LIKE '%"instance\\_id":%"instance\\_id":%'
+  AND {pt} NOT LIKE '%"credentials":%"credentials":%'
+)"""
+
+# A ciphertext that is not base64 would make decode() fail the whole statement, and with
+# it every other row read with it: such a ciphertext is not decoded (it reads as corrupt).
+# PostgreSQL's base64 skips spaces, tabs and line breaks (encode() breaks lines).
+_BASE64 = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_CIPHERTEXT = f"""
+  CASE WHEN translate(k.credentials->>'ct', E' \\t\\n\\r', '') ~ '{_BASE64}'
+       THEN decode(k.credentials->>'ct', 'base64') END
+"""
+# A JSON escape PostgreSQL's jsonb refuses (NUL, a surrogate: paired or lone) or that
+# needs a closer look; such a plaintext is checked and audited by `_credentials_or_error`.
+_ESCAPE = r"\\u(0000|[dD][89abcdefABCDEF])"
+
+# One round trip: pick the row's key from the keyring and decrypt (NULL instead of an
+# error on a wrong key or corrupt data, so the caller's transaction stays usable), then
+# append the audit row of a successful decrypt for a canonical plaintext bound to its row.
+# Nothing here parses the plaintext, so no row's data can fail the statement (and with it
+# the other rows of a batch); `_read_rows` parses and checks each plaintext, and audits the
+# success of the rare plaintext that is not canonical. A canonical plaintext that is not
+# JSON (only a holder of the key could write one) is audited as decrypted here and then as
+# a failed read.
 _FETCH_AUDIT = audit.insert_rows(
     audit.select_row(
         actor="CAST(:actor AS text)",
@@ -85,7 +120,7 @@ _FETCH_AUDIT = audit.insert_rows(
         integration_id="d.integration_id",
         outcome="'success'",
         details="jsonb_build_object('purpose', CAST(:purpose AS text), 'key_id', d.kid)",
-        rest="FROM d WHERE d.pt IS NOT NULL AND (d.pt::jsonb ->> 'instance_id') = d.instance_id",
+        rest="FROM d WHERE d.audited",
     )
 )
 _FETCH = audit.bind_action(
@@ -98,21 +133,28 @@ _FETCH = audit.bind_action(
         FROM integration_instances i
         JOIN integration_definitions d ON d.id = i.integration_definition_id
        WHERE i.instance_id = ANY(CAST(:iids AS text[]))
-    ), d AS MATERIALIZED (
+    ), p AS MATERIALIZED (
       SELECT k.instance_id, k.integration_id, k.auth_type,
              k.credentials IS NOT NULL AS has_credentials,
              coalesce(k.credentials->>'v', '1') AS envelope_version,
              k.credentials->>'kid' AS kid,
              k.key IS NOT NULL AS key_known,
-             integration_try_decrypt(decode(k.credentials->>'ct', 'base64'), k.key) AS pt
+             integration_try_decrypt({_CIPHERTEXT}, k.key) AS pt
         FROM k
+    ), d AS MATERIALIZED (
+      SELECT p.*,
+             coalesce(
+               {CANONICAL_PLAINTEXT.format(pt="p.pt", iid="p.instance_id")}
+               AND p.pt !~ '{_ESCAPE}',
+               false) AS audited
+        FROM p
     ), a AS (
-      {_FETCH_AUDIT}
+      {{_FETCH_AUDIT}}
     )
     SELECT instance_id, integration_id, auth_type, has_credentials, envelope_version, kid,
-           key_known, pt
+           key_known, pt, audited
       FROM d
-    """
+    """.replace("{_FETCH_AUDIT}", _FETCH_AUDIT)
     ),
     AuditAction.CREDENTIALS_DECRYPT,
 )
@@ -147,6 +189,9 @@ def store_credentials(
     ISO 8601 UTC) under envelope version `ENVELOPE_VERSION`.
     """
     values = to_spec_shape(values)
+    # Refused before anything is written: what PostgreSQL cannot read back as jsonb (a
+    # lone surrogate, NUL) would make the row unreadable and lose the stored credentials.
+    check_storable(values, subject=f"Credentials of instance '{instance_id}'")
     plaintext = json.dumps(
         {"instance_id": instance_id, "credentials": dict(values)}, separators=(",", ":")
     )
@@ -185,6 +230,27 @@ def _decrypt_rows(
         return list(session.execute(_FETCH, params))
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_plaintext(plaintext: str) -> tuple[Any, str | None]:
+    """The decrypted document, or None and why it cannot be read.
+
+    Parsed as PostgreSQL's jsonb would read it: no NaN or Infinity, no lone surrogate or
+    NUL in any string, at most `MAX_DEPTH` levels deep.
+    """
+    try:
+        document = json.loads(plaintext, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return None, "is not valid JSON"
+    problem = storable_problem(document)
+    if problem is not None:
+        path, reason = problem
+        return None, f"is not storable JSON at {format_json_path(path)}: {reason}"
+    return document, None
+
+
 def _credentials_or_error(row: Any) -> Credentials | tuple[CredentialsError, str]:
     """Turn one decrypted row into credentials, or the error and its audit reason."""
     instance_id = row.instance_id
@@ -200,10 +266,15 @@ def _credentials_or_error(row: Any) -> Credentials | tuple[CredentialsError, str
             ),
             "wrong_key_or_corrupt",
         )
-    try:
-        document = json.loads(row.pt)
-    except ValueError:
-        document = None
+    document, problem = _parse_plaintext(row.pt)
+    if problem is not None:
+        return (
+            DecryptionError(
+                f"Credentials of instance '{instance_id}' cannot be read: their decrypted "
+                f"document {problem}; store them again (set-credentials)"
+            ),
+            MALFORMED_REASON,
+        )
     if (
         not isinstance(document, dict)
         or document.get("instance_id") != instance_id
@@ -226,6 +297,36 @@ def _credentials_or_error(row: Any) -> Credentials | tuple[CredentialsError, str
     return Credentials(instance_id=instance_id, key_id=row.kid, values=values)
 
 
+def _read_rows(
+    session: Session, rows: list[Any], *, actor: str, purpose: str
+) -> dict[str, Credentials | CredentialsError]:
+    """Each row's credentials or error; failures audited, and successes the SQL did not."""
+    out: dict[str, Credentials | CredentialsError] = {}
+    successes: list[audit.AuditRow] = []
+    for row in rows:
+        result = _credentials_or_error(row)
+        if isinstance(result, tuple):
+            error, reason = result
+            _fail(session, row.instance_id, actor, purpose, reason, row)
+            out[row.instance_id] = error
+            continue
+        if not row.audited:  # a plaintext the statement did not recognise as canonical
+            successes.append(
+                audit.AuditRow(
+                    AuditAction.CREDENTIALS_DECRYPT,
+                    actor,
+                    "success",
+                    row.instance_id,
+                    row.integration_id,
+                    {"purpose": purpose, "key_id": row.kid},
+                )
+            )
+        out[row.instance_id] = result
+    if successes:
+        audit.record_many(session, successes)
+    return out
+
+
 def fetch_credentials(
     session: Session,
     keyring: Keyring,
@@ -237,17 +338,16 @@ def fetch_credentials(
     """Decrypt the credentials of one instance; audited, success or failure.
 
     Raises `InstanceNotFound`, `NoCredentials`, `UnknownKeyId` (the row's key id is not
-    in the keyring) or `DecryptionError` (wrong key, corrupt data, or a ciphertext that
-    belongs to another instance). Messages name the instance and key id, never a key.
+    in the keyring) or `DecryptionError` (wrong key, corrupt data, a decrypted document
+    that is not readable JSON, or a ciphertext that belongs to another instance).
+    Messages name the instance and key id, never a key.
     """
     rows = _decrypt_rows(session, keyring, [instance_id], actor=actor, purpose=purpose)
     if not rows:
         raise InstanceNotFound(instance_id)
-    result = _credentials_or_error(rows[0])
-    if isinstance(result, tuple):
-        error, reason = result
-        _fail(session, instance_id, actor, purpose, reason, rows[0])
-        raise error
+    result = _read_rows(session, rows, actor=actor, purpose=purpose)[instance_id]
+    if isinstance(result, CredentialsError):
+        raise result
     return result
 
 
@@ -262,20 +362,14 @@ def fetch_many(
     """Decrypt the credentials of several instances in one statement; each audited.
 
     Instances that do not exist are missing from the result; the others map to their
-    credentials or to the error that `fetch_credentials` would raise.
+    credentials or to the error that `fetch_credentials` would raise. A row that cannot
+    be decrypted or read fails alone: the statement never parses a plaintext, so no
+    row's data can fail it for the others.
     """
     if not instance_ids:
         return {}
-    out: dict[str, Credentials | CredentialsError] = {}
-    for row in _decrypt_rows(session, keyring, instance_ids, actor=actor, purpose=purpose):
-        result = _credentials_or_error(row)
-        if isinstance(result, tuple):
-            error, reason = result
-            _fail(session, row.instance_id, actor, purpose, reason, row)
-            out[row.instance_id] = error
-        else:
-            out[row.instance_id] = result
-    return out
+    rows = _decrypt_rows(session, keyring, instance_ids, actor=actor, purpose=purpose)
+    return _read_rows(session, rows, actor=actor, purpose=purpose)
 
 
 def _fail(
