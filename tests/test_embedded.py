@@ -16,6 +16,7 @@ from prefect_integrations.cli import run
 from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.embedded import (
     DATABASE_NAME,
+    DEDICATED_USER,
     ROLES,
     SUPERUSER,
     EmbeddedCluster,
@@ -59,7 +60,8 @@ def test_cluster_is_private(cluster: EmbeddedCluster) -> None:
     assert settings["log_parameter_max_length_on_error"] == "0"
     owner = Path(settings["data_directory"]).stat().st_uid
     if os.geteuid() == 0:
-        assert owner != 0 and pwd.getpwuid(owner).pw_name in ("postgres", "nobody")
+        assert owner != 0 and pwd.getpwuid(owner).pw_name in (DEDICATED_USER, "postgres", "nobody")
+        assert cluster.status().run_as == pwd.getpwuid(owner).pw_name
     else:
         assert owner == os.geteuid()
     assert (cluster.socket_dir.stat().st_mode & 0o777) == 0o700
@@ -190,9 +192,20 @@ def test_passwords_stay_in_private_files(cluster: EmbeddedCluster) -> None:
         assert (cluster.data_dir.stat().st_mode & 0o777) == 0o700
 
 
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _legacy_cluster(home: Path) -> EmbeddedCluster:
-    """A cluster made the way versions before passwords made it: ``--auth=trust``."""
-    cluster = EmbeddedCluster(home, durable=False)
+    """A cluster made the way versions before passwords made it: ``--auth=trust``, run by
+    root as the shared ``postgres`` account.
+    """
+    shared = "postgres" if os.geteuid() == 0 and _user_exists("postgres") else None
+    cluster = EmbeddedCluster(home, durable=False, pg_user=shared)
     cluster._prepare_dirs()
     cluster._run(
         [
@@ -235,7 +248,9 @@ def test_trust_cluster_of_an_older_version_is_secured_in_place(
         if not running:
             cluster.stop()
 
-        url = EmbeddedCluster(home, durable=False).ensure_running()
+        upgraded = EmbeddedCluster(home, durable=False)
+        assert upgraded.status().run_as == cluster.status().run_as  # the owner of its files
+        url = upgraded.ensure_running()
 
         assert "passfile=" in url
         with psycopg.connect(cluster.dsn()) as conn:

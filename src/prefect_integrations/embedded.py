@@ -3,19 +3,20 @@
 Started on demand from the machine's PostgreSQL binaries when no database URL is
 configured. It listens on a unix socket only (no TCP), in a folder only its owner can
 enter. PostgreSQL refuses to run as root, so when the caller is root the cluster runs as
-an unprivileged user (``PREFECT_INTEGRATIONS_PG_USER``, default ``postgres`` when that
-user exists, else ``nobody``). When that user cannot reach the home folder (``/root`` is
-0700), the cluster files live under ``/var/lib/prefect-integrations/`` and the home holds
-a symlink to them.
+an unprivileged user: ``PREFECT_INTEGRATIONS_PG_USER``, else the owner of an existing
+cluster, else the dedicated system account ``prefect-integrations`` (created with
+``useradd`` when missing; ``postgres`` or ``nobody`` when that fails). When that user
+cannot reach the home folder (``/root`` is 0700), the cluster files live under
+``/var/lib/prefect-integrations/`` and the home holds a symlink to them.
 
-Every role logs in with its own password (SCRAM-SHA-256); ``pg_hba.conf`` has no
-``trust`` or ``peer`` line, so being able to connect as one role (or being the OS user
-the server runs as) does not let anyone in as another. The passwords are generated on
-first start and kept in libpq password files, one per role, in
-``<home>/passwords/<role>.pgpass`` (folder 0700, files 0600, owned by the caller; never
-readable by the OS user the server runs as). URLs and connection strings name that file
+Every role logs in with its own password (SCRAM-SHA-256): ``pg_hba.conf`` has no
+``trust`` or ``peer`` line, so a connection as one role (or from the OS user the server
+runs as) cannot enter as another without that role's password. The passwords are
+generated on first start and kept in libpq password files, one per role, in
+``<home>/passwords/<role>.pgpass`` (folder 0700, files 0600, owned by the caller, so the
+OS user the server runs as cannot read them). URLs and connection strings name the file
 (``passfile=``), never the password. A cluster created with ``trust`` by an older version
-is converted in place on its next start.
+is converted in place on its next start, data kept.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import fcntl
 import glob
 import grp
 import hashlib
+import logging
 import os
 import pwd
 import re
@@ -47,6 +49,7 @@ from prefect_integrations.store import bootstrap
 
 __all__ = [
     "DATABASE_NAME",
+    "DEDICATED_USER",
     "ROLES",
     "SUPERUSER",
     "ClusterStatus",
@@ -59,11 +62,14 @@ __all__ = [
 SUPERUSER = "prefect_integrations"
 DATABASE_NAME = "prefect_integrations"
 PORT = 5432
+_logger = logging.getLogger(__name__)
 #: The roles of the embedded cluster that have a generated password (and a password file).
 ROLES = (SUPERUSER, ADMIN_ROLE, RUNTIME_ROLE)
 
 #: How `EmbeddedCluster.stop` shuts the server down (``pg_ctl -m``).
 ShutdownMode = Literal["smart", "fast", "immediate"]
+#: The OS account the server runs as when started by root (created when missing).
+DEDICATED_USER = "prefect-integrations"
 _ROOT_FALLBACK = Path("/var/lib/prefect-integrations/clusters")
 _INSTALL_HINT = (
     "Install the PostgreSQL server and its contrib modules "
@@ -171,21 +177,69 @@ class _ServiceUser:
     groups: frozenset[int]
 
 
+def _user_entry(entry: pwd.struct_passwd) -> _ServiceUser:
+    groups = {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
+    groups.add(entry.pw_gid)
+    return _ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid, frozenset(groups))
+
+
 def _service_user(name: str | None) -> _ServiceUser:
+    """The named user, or else the dedicated account (created when missing).
+
+    When the dedicated account cannot be had, a shared unprivileged one: ``postgres``,
+    else ``nobody``.
+    """
+    if name is None:
+        dedicated = _dedicated_user()
+        if dedicated is not None:
+            return dedicated
     candidates = [name] if name else ["postgres", "nobody"]
     for candidate in candidates:
         try:
-            entry = pwd.getpwnam(candidate)
+            return _user_entry(pwd.getpwnam(candidate))
         except KeyError:
             continue
-        groups = {g.gr_gid for g in grp.getgrall() if candidate in g.gr_mem}
-        groups.add(entry.pw_gid)
-        return _ServiceUser(candidate, entry.pw_uid, entry.pw_gid, frozenset(groups))
     raise ConfigurationError(
         f"The embedded PostgreSQL cannot run as root and the user "
         f"{' or '.join(repr(c) for c in candidates)} does not exist; create an unprivileged "
         "user and set PREFECT_INTEGRATIONS_PG_USER to it"
     )
+
+
+def _dedicated_user() -> _ServiceUser | None:
+    """`DEDICATED_USER`, created as a system account without login when missing.
+
+    None when it cannot be created (no ``useradd``, a read-only ``/etc/passwd``).
+    """
+    try:
+        return _user_entry(pwd.getpwnam(DEDICATED_USER))
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd") or shutil.which("useradd", path="/usr/sbin:/sbin")
+    if useradd is not None:
+        shell = "/usr/sbin/nologin" if Path("/usr/sbin/nologin").exists() else "/bin/false"
+        subprocess.run(
+            [
+                useradd,
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                *("--home-dir", "/nonexistent", "--shell", shell),
+                *("--comment", "prefect-integrations embedded PostgreSQL"),
+                DEDICATED_USER,
+            ],
+            capture_output=True,
+            check=False,
+        )
+    try:  # created now, or by a concurrent start
+        return _user_entry(pwd.getpwnam(DEDICATED_USER))
+    except KeyError:
+        _logger.warning(
+            "Could not create the OS user %r for the embedded PostgreSQL; running it as a "
+            "shared unprivileged user (set PREFECT_INTEGRATIONS_PG_USER to a dedicated one)",
+            DEDICATED_USER,
+        )
+        return None
 
 
 def _can_traverse(path: Path, user: _ServiceUser) -> bool:
@@ -223,7 +277,7 @@ class EmbeddedCluster:
         self.home = home
         self.durable = durable
         self._binaries = binaries
-        self._user = _service_user(pg_user) if os.geteuid() == 0 else None
+        self._user = self._choose_user(pg_user) if os.geteuid() == 0 else None
         self.base_dir = self._base_dir()
 
     @property
@@ -256,6 +310,25 @@ class EmbeddedCluster:
         if self._binaries is None:
             self._binaries = find_binaries()
         return self._binaries
+
+    def _choose_user(self, pg_user: str | None) -> _ServiceUser:
+        """The OS user the server runs as under root.
+
+        ``pg_user`` when given; else the owner of an existing cluster (one made by an
+        older version runs on as ``postgres``); else `DEDICATED_USER`.
+        """
+        if pg_user is None:
+            data = (self.home / "postgres").resolve() / "data"
+            try:
+                owner = data.stat().st_uid if (data / "PG_VERSION").is_file() else 0
+            except OSError:
+                owner = 0
+            if owner != 0:
+                try:
+                    return _user_entry(pwd.getpwuid(owner))
+                except KeyError:
+                    pass
+        return _service_user(pg_user)
 
     def _base_dir(self) -> Path:
         link = self.home / "postgres"
