@@ -224,7 +224,7 @@ def _legacy_cluster(home: Path) -> EmbeddedCluster:
 
 @pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
 def test_trust_cluster_of_an_older_version_is_secured_in_place(
-    running: bool, monkeypatch: pytest.MonkeyPatch
+    running: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("PGPASSWORD", raising=False)
     home = Path(tempfile.mkdtemp(prefix="pi-legacy-"))
@@ -258,7 +258,9 @@ def test_trust_cluster_of_an_older_version_is_secured_in_place(
         with psycopg.connect(cluster.dsn(database="postgres", user=RUNTIME_ROLE)) as conn:
             assert conn.execute("SELECT current_user").fetchone() == (RUNTIME_ROLE,)
         for role in ROLES:
-            assert "no password supplied" in _refused(trusted(role), passfile=os.devnull)
+            assert "no password supplied" in _refused(
+                trusted(role), passfile=str(tmp_path / "absent")
+            )
             assert (cluster.passfile(role).stat().st_mode & 0o777) == 0o600
         assert "trust" not in (cluster.data_dir / "pg_hba.conf").read_text()
         # Once converted, a start keeps the passwords it has.
