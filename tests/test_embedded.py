@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from prefect_integrations.cli import run
 from prefect_integrations.cli._common import reset_runtime
@@ -133,7 +134,7 @@ def test_cli_lifecycle_in_a_fresh_home(
 def _refused(conninfo: str, **kwargs: str) -> str:
     """Connect and expect the server to refuse; return its message."""
     with pytest.raises(psycopg.OperationalError) as info:
-        psycopg.connect(conninfo, **kwargs).close()
+        psycopg.connect(make_conninfo(conninfo, **kwargs)).close()
     return str(info.value)
 
 
