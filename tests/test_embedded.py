@@ -219,6 +219,7 @@ def _legacy_cluster(home: Path) -> EmbeddedCluster:
         handle.write(
             f"listen_addresses = ''\nport = 5432\nunix_socket_permissions = 0700\n"
             f"unix_socket_directories = '{cluster.socket_dir}'\nfsync = off\n"
+            "log_statement = all\n"  # so the test sees what setting the passwords sends
         )
     return cluster
 
@@ -264,6 +265,10 @@ def test_trust_cluster_of_an_older_version_is_secured_in_place(
             )
             assert (cluster.passfile(role).stat().st_mode & 0o777) == 0o600
         assert "trust" not in (cluster.data_dir / "pg_hba.conf").read_text()
+        log = cluster.log_file.read_text(errors="replace")
+        assert "ALTER ROLE" in log and "SCRAM-SHA-256$" in log  # verifiers only
+        for role in ROLES:
+            assert cluster.passfile(role).read_text().split(":")[-1].strip() not in log
         # Once converted, a start keeps the passwords it has.
         before = {role: cluster.passfile(role).read_text() for role in ROLES}
         cluster.ensure_running()
