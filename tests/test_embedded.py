@@ -277,6 +277,11 @@ def test_trust_cluster_of_an_older_version_is_secured_in_place(
         cluster.passfile(SUPERUSER).rename(home / "kept-aside")
         with pytest.raises(ConfigurationError, match=r"superuser.*is missing"):
             cluster.ensure_running()
+        cluster.passfile(SUPERUSER).write_text(f"*:*:*:{SUPERUSER}:not-the-password\n")
+        cluster.passfile(SUPERUSER).chmod(0o600)
+        with pytest.raises(ConfigurationError, match="password authentication failed") as info:
+            cluster.ensure_running()
+        assert "not-the-password" not in str(info.value)
     finally:
         cluster.stop()
         shutil.rmtree(cluster.base_dir, ignore_errors=True)

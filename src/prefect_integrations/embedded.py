@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
+import psycopg
 from psycopg.conninfo import make_conninfo
 
 from prefect_integrations.exceptions import ConfigurationError, PostgresNotFound
@@ -579,8 +580,15 @@ class EmbeddedCluster:
             legacy = not self._hba_is_current()
             if not self.is_running():
                 self.start()
-            self._secure(legacy=legacy)
-            bootstrap.ensure_database(self.dsn(database="postgres"), database)
+            try:
+                self._secure(legacy=legacy)
+                bootstrap.ensure_database(self.dsn(database="postgres"), database)
+            except psycopg.OperationalError as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+                raise ConfigurationError(
+                    f"Cannot use the embedded PostgreSQL as {SUPERUSER!r} (password file "
+                    f"{self.passfile(SUPERUSER)}): {reason}"
+                ) from None
         return self.url(database=database)
 
     def drop_database(self, database: str) -> None:
