@@ -135,3 +135,9 @@ def test_nobody_can_alter_the_audit_log(
         s.execute(sa.text(statement))
     with database.transaction() as s:
         assert audit.verify(s).ok
+
+
+@pytest.mark.parametrize("role", ["prefect_integrations", "prefect_integrations_admin"])
+def test_runtime_role_cannot_become_another_role(runtime_db: Database, role: str) -> None:
+    with pytest.raises(PermissionDenied), runtime_db.transaction("change role") as s:
+        s.execute(sa.text(f'SET ROLE "{role}"'))

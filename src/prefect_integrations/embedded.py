@@ -3,10 +3,20 @@
 Started on demand from the machine's PostgreSQL binaries when no database URL is
 configured. It listens on a unix socket only (no TCP), in a folder only its owner can
 enter. PostgreSQL refuses to run as root, so when the caller is root the cluster runs as
-an unprivileged user (``PREFECT_INTEGRATIONS_PG_USER``, default ``postgres`` when that
-user exists, else ``nobody``). When that user cannot reach the home folder (``/root`` is
-0700), the cluster files live under ``/var/lib/prefect-integrations/`` and the home holds
-a symlink to them.
+an unprivileged user: ``PREFECT_INTEGRATIONS_PG_USER``, else the owner of an existing
+cluster, else the dedicated system account ``prefect-integrations`` (created with
+``useradd`` when missing; ``postgres`` or ``nobody`` when that fails). When that user
+cannot reach the home folder (``/root`` is 0700), the cluster files live under
+``/var/lib/prefect-integrations/`` and the home holds a symlink to them.
+
+Every role logs in with its own password (SCRAM-SHA-256): ``pg_hba.conf`` has no
+``trust`` or ``peer`` line, so a connection as one role (or from the OS user the server
+runs as) cannot enter as another without that role's password. The passwords are
+generated on first start and kept in libpq password files, one per role, in
+``<home>/passwords/<role>.pgpass`` (folder 0700, files 0600, owned by the caller, so the
+OS user the server runs as cannot read them). URLs and connection strings name the file
+(``passfile=``), never the password. A cluster created with ``trust`` by an older version
+is converted in place on its next start, data kept.
 """
 
 from __future__ import annotations
@@ -15,23 +25,33 @@ import fcntl
 import glob
 import grp
 import hashlib
+import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
+
+import psycopg
+from psycopg.conninfo import make_conninfo
 
 from prefect_integrations.exceptions import ConfigurationError, PostgresNotFound
+from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
 from prefect_integrations.store import bootstrap
 
 __all__ = [
     "DATABASE_NAME",
+    "DEDICATED_USER",
+    "ROLES",
     "SUPERUSER",
     "ClusterStatus",
     "EmbeddedCluster",
@@ -43,9 +63,14 @@ __all__ = [
 SUPERUSER = "prefect_integrations"
 DATABASE_NAME = "prefect_integrations"
 PORT = 5432
+_logger = logging.getLogger(__name__)
+#: The roles of the embedded cluster that have a generated password (and a password file).
+ROLES = (SUPERUSER, ADMIN_ROLE, RUNTIME_ROLE)
 
 #: How `EmbeddedCluster.stop` shuts the server down (``pg_ctl -m``).
 ShutdownMode = Literal["smart", "fast", "immediate"]
+#: The OS account the server runs as when started by root (created when missing).
+DEDICATED_USER = "prefect-integrations"
 _ROOT_FALLBACK = Path("/var/lib/prefect-integrations/clusters")
 _INSTALL_HINT = (
     "Install the PostgreSQL server and its contrib modules "
@@ -63,7 +88,16 @@ _SERVER_SETTINGS = {
     "log_parameter_max_length": "0",
     "log_parameter_max_length_on_error": "0",
     "max_connections": "100",
+    "password_encryption": "'scram-sha-256'",
 }
+#: The whole ``pg_hba.conf``: a password for every role, on the unix socket only.
+_HBA = (
+    "# prefect-integrations embedded cluster: every role logs in with its own password\n"
+    "# (SCRAM-SHA-256), on the unix socket only. Rewritten on start if it differs.\n"
+    "local all all scram-sha-256\n"
+    "host all all all reject\n"
+)
+_RELOAD_TIMEOUT = 30.0
 _FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
@@ -133,6 +167,7 @@ class ClusterStatus:
     socket_dir: Path
     log_file: Path
     run_as: str | None
+    password_dir: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,21 +178,69 @@ class _ServiceUser:
     groups: frozenset[int]
 
 
+def _user_entry(entry: pwd.struct_passwd) -> _ServiceUser:
+    groups = {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
+    groups.add(entry.pw_gid)
+    return _ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid, frozenset(groups))
+
+
 def _service_user(name: str | None) -> _ServiceUser:
+    """The named user, or else the dedicated account (created when missing).
+
+    When the dedicated account cannot be had, a shared unprivileged one: ``postgres``,
+    else ``nobody``.
+    """
+    if name is None:
+        dedicated = _dedicated_user()
+        if dedicated is not None:
+            return dedicated
     candidates = [name] if name else ["postgres", "nobody"]
     for candidate in candidates:
         try:
-            entry = pwd.getpwnam(candidate)
+            return _user_entry(pwd.getpwnam(candidate))
         except KeyError:
             continue
-        groups = {g.gr_gid for g in grp.getgrall() if candidate in g.gr_mem}
-        groups.add(entry.pw_gid)
-        return _ServiceUser(candidate, entry.pw_uid, entry.pw_gid, frozenset(groups))
     raise ConfigurationError(
         f"The embedded PostgreSQL cannot run as root and the user "
         f"{' or '.join(repr(c) for c in candidates)} does not exist; create an unprivileged "
         "user and set PREFECT_INTEGRATIONS_PG_USER to it"
     )
+
+
+def _dedicated_user() -> _ServiceUser | None:
+    """`DEDICATED_USER`, created as a system account without login when missing.
+
+    None when it cannot be created (no ``useradd``, a read-only ``/etc/passwd``).
+    """
+    try:
+        return _user_entry(pwd.getpwnam(DEDICATED_USER))
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd") or shutil.which("useradd", path="/usr/sbin:/sbin")
+    if useradd is not None:
+        shell = "/usr/sbin/nologin" if Path("/usr/sbin/nologin").exists() else "/bin/false"
+        subprocess.run(
+            [
+                useradd,
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                *("--home-dir", "/nonexistent", "--shell", shell),
+                *("--comment", "prefect-integrations embedded PostgreSQL"),
+                DEDICATED_USER,
+            ],
+            capture_output=True,
+            check=False,
+        )
+    try:  # created now, or by a concurrent start
+        return _user_entry(pwd.getpwnam(DEDICATED_USER))
+    except KeyError:
+        _logger.warning(
+            "Could not create the OS user %r for the embedded PostgreSQL; running it as a "
+            "shared unprivileged user (set PREFECT_INTEGRATIONS_PG_USER to a dedicated one)",
+            DEDICATED_USER,
+        )
+        return None
 
 
 def _can_traverse(path: Path, user: _ServiceUser) -> bool:
@@ -195,7 +278,7 @@ class EmbeddedCluster:
         self.home = home
         self.durable = durable
         self._binaries = binaries
-        self._user = _service_user(pg_user) if os.geteuid() == 0 else None
+        self._user = self._choose_user(pg_user) if os.geteuid() == 0 else None
         self.base_dir = self._base_dir()
 
     @property
@@ -214,11 +297,39 @@ class EmbeddedCluster:
         return self.base_dir / "log" / "postgresql.log"
 
     @property
+    def password_dir(self) -> Path:
+        """The folder of the roles' password files (0700, owned by the caller)."""
+        return self.home / "passwords"
+
+    def passfile(self, role: str = SUPERUSER) -> Path:
+        """The libpq password file of ``role`` (0600): ``*:*:*:<role>:<password>``."""
+        return self.password_dir / f"{role}.pgpass"
+
+    @property
     def binaries(self) -> PostgresBinaries:
         """The PostgreSQL binaries used (found on first use)."""
         if self._binaries is None:
             self._binaries = find_binaries()
         return self._binaries
+
+    def _choose_user(self, pg_user: str | None) -> _ServiceUser:
+        """The OS user the server runs as under root.
+
+        ``pg_user`` when given; else the owner of an existing cluster (one made by an
+        older version runs on as ``postgres``); else `DEDICATED_USER`.
+        """
+        if pg_user is None:
+            data = (self.home / "postgres").resolve() / "data"
+            try:
+                owner = data.stat().st_uid if (data / "PG_VERSION").is_file() else 0
+            except OSError:
+                owner = 0
+            if owner != 0:
+                try:
+                    return _user_entry(pwd.getpwuid(owner))
+                except KeyError:
+                    pass
+        return _service_user(pg_user)
 
     def _base_dir(self) -> Path:
         link = self.home / "postgres"
@@ -290,8 +401,20 @@ class EmbeddedCluster:
         return result.returncode == 0
 
     def initialize(self) -> None:
-        """Create the cluster (initdb) with settings that keep it private."""
+        """Create the cluster (initdb) with settings that keep it private.
+
+        The superuser gets its generated password from the start (``--pwfile``, a
+        short-lived file in the cluster's own 0700 folder).
+        """
         self._prepare_dirs()
+        password, _ = self._password(SUPERUSER)
+        pwfile = self.base_dir / ".initdb-password"
+        pwfile.unlink(missing_ok=True)
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password + "\n")
+        if self._user is not None:
+            os.chown(pwfile, self._user.uid, self._user.gid)
         try:
             self._run(
                 [
@@ -300,7 +423,9 @@ class EmbeddedCluster:
                     str(self.data_dir),
                     "-U",
                     SUPERUSER,
-                    "--auth=trust",
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=reject",
+                    f"--pwfile={pwfile}",
                     "--encoding=UTF8",
                     "--locale=C",
                 ]
@@ -309,6 +434,8 @@ class EmbeddedCluster:
             raise ConfigurationError(
                 f"initdb failed for {self.data_dir}: {exc.stderr.strip()[-500:]}"
             ) from None
+        finally:
+            pwfile.unlink(missing_ok=True)
         settings = dict(_SERVER_SETTINGS)
         settings["unix_socket_directories"] = f"'{self.socket_dir}'"
         if not self.durable:
@@ -317,6 +444,84 @@ class EmbeddedCluster:
         lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
         with conf.open("a") as handle:
             handle.write("\n# prefect-integrations embedded cluster\n" + lines)
+        self._write_hba()
+
+    # -- authentication -------------------------------------------------------------------
+
+    def _password(self, role: str) -> tuple[str, bool]:
+        """The password of ``role`` from its file, made on first use; True when new."""
+        path = self.passfile(role)
+        self.password_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.password_dir.chmod(0o700)
+        try:
+            fields = path.read_text().strip().split(":")
+        except FileNotFoundError:
+            fields = []
+        if len(fields) == 5 and fields[3] == role and fields[4]:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)  # libpq ignores a password file others may read
+            return fields[4], False
+        password = secrets.token_urlsafe(32)  # no ':' or '\\': nothing to escape
+        staging = path.with_name(path.name + ".new")
+        staging.unlink(missing_ok=True)
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"*:*:*:{role}:{password}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+        return password, True
+
+    def _hba_is_current(self) -> bool:
+        try:
+            return (self.data_dir / "pg_hba.conf").read_text() == _HBA
+        except FileNotFoundError:
+            return False
+
+    def _write_hba(self) -> None:
+        path = self.data_dir / "pg_hba.conf"
+        staging = self.data_dir / "pg_hba.conf.new"
+        staging.unlink(missing_ok=True)
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(_HBA)
+        if self._user is not None:
+            os.chown(staging, self._user.uid, self._user.gid)
+        os.replace(staging, path)
+
+    def _secure(self, *, legacy: bool) -> None:
+        """Give every role of `ROLES` its password; then require them (``legacy``).
+
+        ``legacy``: the cluster still trusts every local connection (made by an older
+        version). The passwords are set over that trust first, then ``pg_hba.conf`` is
+        rewritten and the server reloads it; the data stays as it is.
+        """
+        if not legacy and not self.passfile(SUPERUSER).is_file():
+            raise ConfigurationError(
+                f"The password file of the embedded cluster's superuser, "
+                f"{self.passfile(SUPERUSER)}, is missing: restore it from a backup "
+                f"(or remove {self.base_dir} to start over with an empty cluster)"
+            )
+        passwords: dict[str, str] = {}
+        reset: set[str] = set()
+        for role in ROLES:
+            passwords[role], created = self._password(role)
+            if created or legacy:
+                reset.add(role)
+        conninfo = self.dsn(database="postgres")
+        bootstrap.ensure_login_roles(conninfo, passwords, reset=reset)
+        if not legacy:
+            return
+        loaded = bootstrap.config_loaded_at(conninfo)
+        self._write_hba()
+        self._run([self.binaries.tool("pg_ctl"), "-D", str(self.data_dir), "reload"])
+        deadline = time.monotonic() + _RELOAD_TIMEOUT
+        while bootstrap.config_loaded_at(conninfo) == loaded:
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"The embedded PostgreSQL in {self.data_dir} did not reload pg_hba.conf"
+                )
+            time.sleep(0.05)
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
@@ -364,13 +569,26 @@ class EmbeddedCluster:
             self.start()
 
     def ensure_running(self, *, database: str = DATABASE_NAME) -> str:
-        """Initialise and start the cluster as needed, create ``database``; return its URL."""
+        """Initialise and start the cluster as needed, create ``database``; return its URL.
+
+        Also creates the admin and runtime roles (`ROLES`) when missing, each with its
+        generated password, and converts a cluster that trusts local connections.
+        """
         with self._lock():
             if not self.is_initialized():
                 self.initialize()
+            legacy = not self._hba_is_current()
             if not self.is_running():
                 self.start()
-            bootstrap.ensure_database(self.dsn(database="postgres"), database)
+            try:
+                self._secure(legacy=legacy)
+                bootstrap.ensure_database(self.dsn(database="postgres"), database)
+            except psycopg.OperationalError as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+                raise ConfigurationError(
+                    f"Cannot use the embedded PostgreSQL as {SUPERUSER!r} (password file "
+                    f"{self.passfile(SUPERUSER)}): {reason}"
+                ) from None
         return self.url(database=database)
 
     def drop_database(self, database: str) -> None:
@@ -386,12 +604,32 @@ class EmbeddedCluster:
             socket_dir=self.socket_dir,
             log_file=self.log_file,
             run_as=self._user.name if self._user else None,
+            password_dir=self.password_dir,
         )
 
     def dsn(self, *, database: str = DATABASE_NAME, user: str = SUPERUSER) -> str:
-        """A libpq connection string for ``database`` as ``user``."""
-        return f"host={self.socket_dir} port={PORT} dbname={database} user={user}"
+        """A libpq connection string for ``database`` as ``user``.
+
+        For a role of `ROLES` it names the role's password file (``passfile``), never
+        the password.
+        """
+        params: dict[str, str | int] = {
+            "host": str(self.socket_dir),
+            "port": PORT,
+            "dbname": database,
+            "user": user,
+        }
+        if user in ROLES:
+            params["passfile"] = str(self.passfile(user))
+        return make_conninfo("", **params)
 
     def url(self, *, database: str = DATABASE_NAME, user: str = SUPERUSER) -> str:
-        """A SQLAlchemy URL (psycopg 3 driver) for ``database`` as ``user``."""
-        return f"postgresql+psycopg://{user}@/{database}?host={self.socket_dir}&port={PORT}"
+        """A SQLAlchemy URL (psycopg 3 driver) for ``database`` as ``user``.
+
+        For a role of `ROLES` it names the role's password file (``passfile``), never
+        the password.
+        """
+        url = f"postgresql+psycopg://{user}@/{database}?host={self.socket_dir}&port={PORT}"
+        if user in ROLES:
+            url += f"&passfile={quote(str(self.passfile(user)), safe='/')}"
+        return url

@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     )
     home: Path = Field(
         default=Path("~/.prefect-integrations"),
-        description="Folder of the embedded cluster and the development keyring.",
+        description=(
+            "Folder of the embedded cluster, its password files and the development keyring."
+        ),
     )
     keys: SecretStr | None = Field(
         default=None,

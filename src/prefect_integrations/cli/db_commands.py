@@ -49,6 +49,7 @@ def status() -> None:
     typer.echo(f"data dir:    {st.data_dir}")
     typer.echo(f"socket dir:  {st.socket_dir}")
     typer.echo(f"log file:    {st.log_file}")
+    typer.echo(f"passwords:   {st.password_dir}")
     if st.run_as:
         typer.echo(f"runs as:     {st.run_as}")
     if not st.running:
