@@ -288,7 +288,7 @@ def _connect_app(w: World) -> TestClient:
 def _open_link(w: World, browser: TestClient) -> str:
     """Mint a connect link for ``inst`` and open it; the state sent to the provider."""
     link = mint_link(w.db, w.registry, w.keyring, instance_id="inst", redirect_uri=REDIRECT_URI)
-    location = browser.get(link, headers={"User-Agent": "audit-browser/1"}).headers["location"]
+    location: str = browser.get(link, headers={"User-Agent": "audit-browser/1"}).headers["location"]
     assert location.startswith(f"{w.provider.url}/auth?")
     return parse_qs(urlsplit(location).query)["state"][0]
 

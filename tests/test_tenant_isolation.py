@@ -564,7 +564,7 @@ def test_invalid_client_and_user_ids_are_refused_naming_the_field(bad: str) -> N
         pytest.fail("the block ran with an invalid user id")
     for kind in ("client", "user"):
         with pytest.raises(ValidationError, match=r"context_id"):
-            Scope(kind, bad)  # type: ignore[arg-type]
+            Scope(kind, bad)
         with pytest.raises(ValidationError, match=r"^--context is invalid at \$\.context_id"):
             parse_scope(f"{kind}:{bad}", subject="--context")
 
