@@ -20,7 +20,7 @@ from prefect_integrations.maintenance.health import HealthChecker, HealthReport
 from prefect_integrations.oauth.endpoint import TokenEndpoint
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.scope import Scope
-from prefect_integrations.store import audit, instances, status, vault
+from prefect_integrations.store import audit, instances, leases, status, vault
 
 from .factories import make_instance
 from .provider import FakeProvider, Reply
@@ -358,6 +358,19 @@ def test_instance_set_inactive_during_a_refresh_stays_inactive(
         assert stored["oauth2"]["refresh_token"] == "r2"
     else:
         assert last.outcome == "failure" and last.details["status_written"] is False
+
+
+def test_deactivation_ends_a_refresh_lease(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring
+) -> None:
+    _add_oauth(echo_db, echo_registry, keyring, "leased")
+    with echo_db.transaction() as s:
+        version = leases.read_refresh_lease(s, "leased").credentials_version
+        assert leases.claim_refresh_lease(s, "leased", version=version, seconds=300)
+        assert leases.read_refresh_lease(s, "leased").held
+    _deactivate(echo_db, echo_registry, "leased")
+    with echo_db.transaction() as s:
+        assert not leases.read_refresh_lease(s, "leased").held
 
 
 def test_instance_set_inactive_during_a_health_check_stays_inactive(

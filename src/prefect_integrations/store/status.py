@@ -85,12 +85,16 @@ def write_status(
 
     The document is validated first (`ValidationError` when it does not match the status
     schema). ``reason`` goes with the state-change event, emitted after commit.
-    ``touch`` also sets ``updated_at`` (an operator's change).
+    ``touch`` also sets ``updated_at`` (an operator's change). Writing ``inactive`` ends
+    any refresh lease: a refresh still in flight can store its token (compare-and-swap
+    on the credentials version) but no longer holds the instance.
     """
     document = validate_status(instance_id, status)
     values: dict[str, Any] = {"status": document}
     if touch:
         values["updated_at"] = sa.func.now()
+    if document["state"] == "inactive":
+        values["refresh_lease_until"] = None  # deactivation ends any refresh in progress
     integration_id = (
         sa.select(definitions.c.integration_id)
         .where(definitions.c.id == instances.c.integration_definition_id)
