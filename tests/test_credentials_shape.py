@@ -16,7 +16,6 @@ from prefect_integrations.credentials import (
     Credentials,
     credentials_metadata,
     is_spec_shape,
-    secret_strings,
     to_epoch,
     to_iso,
     to_spec_shape,
@@ -24,6 +23,7 @@ from prefect_integrations.credentials import (
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
+from prefect_integrations.masking import secret_strings
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.store import audit, instances, vault
 from prefect_integrations.store.rekey import rotate_keys
@@ -130,6 +130,7 @@ def test_metadata_describes_the_section_and_holds_no_secret() -> None:
     assert sorted(secret_strings(values, min_length=4)) == [
         "secret-access",
         "secret-client",
+        "secret-client:secret-cs",  # the pair HTTP Basic encodes
         "secret-cs",
         "secret-refresh",
     ]

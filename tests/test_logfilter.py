@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from prefect_integrations import logfilter
-from prefect_integrations.credentials import secret_strings
+from prefect_integrations.masking import secret_strings
 
 
 @pytest.fixture(autouse=True)
@@ -67,10 +67,12 @@ def test_every_secret_of_each_section_is_found() -> None:
             "id-token-canary",
             "client-id-canary",
             "client-secret-canary",
+            "client-id-canary:client-secret-canary",  # the pair HTTP Basic encodes
         ]
     )
     assert sorted(secret_strings(apikey, min_length=4)) == [
         "key-canary",
+        "key-canary:secret-canary",
         "kid-canary",
         "secret-canary",
     ]

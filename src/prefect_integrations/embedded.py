@@ -17,21 +17,20 @@ generated on first start and kept in libpq password files, one per role, in
 OS user the server runs as cannot read them). URLs and connection strings name the file
 (``passfile=``), never the password. A cluster created with ``trust`` by an older version
 is converted in place on its next start, data kept.
+
+The module is over 450 lines because initialising, securing, starting and stopping the
+cluster are one state machine over one lock and one set of paths; what the machine
+provides (binaries, the OS account) is in `prefect_integrations.embedded_host`.
 """
 
 from __future__ import annotations
 
 import fcntl
-import glob
-import grp
 import hashlib
 import logging
 import os
 import pwd
-import re
 import secrets
-import shutil
-import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -44,7 +43,16 @@ from urllib.parse import quote
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from prefect_integrations.exceptions import ConfigurationError, PostgresNotFound
+from prefect_integrations.embedded_host import (
+    DEDICATED_USER,
+    PostgresBinaries,
+    ServiceUser,
+    can_traverse,
+    find_binaries,
+    service_user,
+    user_entry,
+)
+from prefect_integrations.exceptions import ConfigurationError
 from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
 from prefect_integrations.store import bootstrap
 
@@ -69,15 +77,7 @@ ROLES = (SUPERUSER, ADMIN_ROLE, RUNTIME_ROLE)
 
 #: How `EmbeddedCluster.stop` shuts the server down (``pg_ctl -m``).
 ShutdownMode = Literal["smart", "fast", "immediate"]
-#: The OS account the server runs as when started by root (created when missing).
-DEDICATED_USER = "prefect-integrations"
 _ROOT_FALLBACK = Path("/var/lib/prefect-integrations/clusters")
-_INSTALL_HINT = (
-    "Install the PostgreSQL server and its contrib modules "
-    "(Debian/Ubuntu: `apt-get install postgresql postgresql-contrib`; "
-    "macOS: `brew install postgresql`), or set PREFECT_INTEGRATIONS_DATABASE_URL "
-    "to an existing PostgreSQL database"
-)
 
 # Settings that keep secrets out of the server log: bind parameters (keys, plaintext)
 # are never written, even with log_statement=all or on error.
@@ -102,62 +102,6 @@ _FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes
 
 
 @dataclass(frozen=True, slots=True)
-class PostgresBinaries:
-    """A folder of PostgreSQL server binaries and its major version."""
-
-    bindir: Path
-    version: int
-
-    def tool(self, name: str) -> str:
-        """Return the path of one binary (``initdb``, ``pg_ctl``, ...)."""
-        return str(self.bindir / name)
-
-
-def _major_version(bindir: Path) -> int | None:
-    try:
-        out = subprocess.run(
-            [str(bindir / "pg_ctl"), "--version"], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    match = re.search(r"(\d+)", out)
-    return int(match.group(1)) if match else None
-
-
-def _candidate_bindirs() -> Iterator[Path]:
-    on_path = shutil.which("pg_ctl")
-    if on_path:
-        yield Path(on_path).resolve().parent
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        try:
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            out = ""
-        if out:
-            yield Path(out)
-    versions = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"),
-        key=lambda p: int(re.sub(r"\D", "", Path(p).parent.name) or 0),
-        reverse=True,
-    )
-    for found in versions:
-        yield Path(found)
-
-
-def find_binaries() -> PostgresBinaries:
-    """Find initdb/pg_ctl/postgres via PATH, ``pg_config --bindir`` or /usr/lib/postgresql."""
-    for bindir in _candidate_bindirs():
-        if all((bindir / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
-            version = _major_version(bindir)
-            if version is not None:
-                return PostgresBinaries(bindir=bindir, version=version)
-    raise PostgresNotFound(f"No PostgreSQL server binaries found. {_INSTALL_HINT}")
-
-
-@dataclass(frozen=True, slots=True)
 class ClusterStatus:
     """What `EmbeddedCluster.status` reports."""
 
@@ -168,97 +112,6 @@ class ClusterStatus:
     log_file: Path
     run_as: str | None
     password_dir: Path
-
-
-@dataclass(frozen=True, slots=True)
-class _ServiceUser:
-    name: str
-    uid: int
-    gid: int
-    groups: frozenset[int]
-
-
-def _user_entry(entry: pwd.struct_passwd) -> _ServiceUser:
-    groups = {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
-    groups.add(entry.pw_gid)
-    return _ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid, frozenset(groups))
-
-
-def _service_user(name: str | None) -> _ServiceUser:
-    """The named user, or else the dedicated account (created when missing).
-
-    When the dedicated account cannot be had, a shared unprivileged one: ``postgres``,
-    else ``nobody``.
-    """
-    if name is None:
-        dedicated = _dedicated_user()
-        if dedicated is not None:
-            return dedicated
-    candidates = [name] if name else ["postgres", "nobody"]
-    for candidate in candidates:
-        try:
-            return _user_entry(pwd.getpwnam(candidate))
-        except KeyError:
-            continue
-    raise ConfigurationError(
-        f"The embedded PostgreSQL cannot run as root and the user "
-        f"{' or '.join(repr(c) for c in candidates)} does not exist; create an unprivileged "
-        "user and set PREFECT_INTEGRATIONS_PG_USER to it"
-    )
-
-
-def _dedicated_user() -> _ServiceUser | None:
-    """`DEDICATED_USER`, created as a system account without login when missing.
-
-    None when it cannot be created (no ``useradd``, a read-only ``/etc/passwd``).
-    """
-    try:
-        return _user_entry(pwd.getpwnam(DEDICATED_USER))
-    except KeyError:
-        pass
-    useradd = shutil.which("useradd") or shutil.which("useradd", path="/usr/sbin:/sbin")
-    if useradd is not None:
-        shell = "/usr/sbin/nologin" if Path("/usr/sbin/nologin").exists() else "/bin/false"
-        subprocess.run(
-            [
-                useradd,
-                "--system",
-                "--user-group",
-                "--no-create-home",
-                *("--home-dir", "/nonexistent", "--shell", shell),
-                *("--comment", "prefect-integrations embedded PostgreSQL"),
-                DEDICATED_USER,
-            ],
-            capture_output=True,
-            check=False,
-        )
-    try:  # created now, or by a concurrent start
-        return _user_entry(pwd.getpwnam(DEDICATED_USER))
-    except KeyError:
-        _logger.warning(
-            "Could not create the OS user %r for the embedded PostgreSQL; running it as a "
-            "shared unprivileged user (set PREFECT_INTEGRATIONS_PG_USER to a dedicated one)",
-            DEDICATED_USER,
-        )
-        return None
-
-
-def _can_traverse(path: Path, user: _ServiceUser) -> bool:
-    """True when ``user`` may enter every folder from / down to ``path``."""
-    for folder in [*reversed(path.parents), path]:
-        if not folder.exists():
-            return True  # created by us for the user
-        st = folder.stat()
-        mode = st.st_mode
-        if st.st_uid == user.uid:
-            allowed = bool(mode & stat.S_IXUSR)
-        elif st.st_gid in user.groups:
-            allowed = bool(mode & stat.S_IXGRP)
-        else:
-            allowed = bool(mode & stat.S_IXOTH)
-        if not allowed:
-            return False
-    return True
 
 
 class EmbeddedCluster:
@@ -312,7 +165,7 @@ class EmbeddedCluster:
             self._binaries = find_binaries()
         return self._binaries
 
-    def _choose_user(self, pg_user: str | None) -> _ServiceUser:
+    def _choose_user(self, pg_user: str | None) -> ServiceUser:
         """The OS user the server runs as under root.
 
         ``pg_user`` when given; else the owner of an existing cluster (one made by an
@@ -326,10 +179,10 @@ class EmbeddedCluster:
                 owner = 0
             if owner != 0:
                 try:
-                    return _user_entry(pwd.getpwuid(owner))
+                    return user_entry(pwd.getpwuid(owner))
                 except KeyError:
                     pass
-        return _service_user(pg_user)
+        return service_user(pg_user)
 
     def _base_dir(self) -> Path:
         link = self.home / "postgres"
@@ -337,7 +190,7 @@ class EmbeddedCluster:
             return link.resolve()
         if self._user is None:
             return link
-        if self.home.is_dir() and _can_traverse(link, self._user):
+        if self.home.is_dir() and can_traverse(link, self._user):
             return link
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
         return _ROOT_FALLBACK / digest

@@ -19,7 +19,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from prefect_integrations.credentials import MASK, encoded_forms, secret_strings
+from prefect_integrations.credentials import MASK
+from prefect_integrations.masking import encoded_forms, secret_strings
 
 __all__ = [
     "FILTERED_LOGGERS",
@@ -38,8 +39,9 @@ MAX_REMEMBERED = 4096
 _MIN_LENGTH = 6
 
 _lock = threading.Lock()
-_secrets: OrderedDict[str, None] = OrderedDict()
-_pattern: re.Pattern[str] | None = None  # all remembered secrets, longest first; rebuilt lazily
+#: Remembered secrets (oldest first), each with the forms it travels in.
+_secrets: OrderedDict[str, frozenset[str]] = OrderedDict()
+_pattern: re.Pattern[str] | None = None  # every remembered form, longest first; rebuilt lazily
 
 
 def remember(values: Mapping[str, Any]) -> None:
@@ -47,24 +49,24 @@ def remember(values: Mapping[str, Any]) -> None:
     global _pattern
     with _lock:
         for value in secret_strings(values, min_length=_MIN_LENGTH):
-            for secret in encoded_forms(value):
-                if secret not in _secrets:
-                    _pattern = None
-                _secrets[secret] = None
-                _secrets.move_to_end(secret)
+            if value not in _secrets:
+                _secrets[value] = frozenset(encoded_forms(value))
+                _pattern = None
+            _secrets.move_to_end(value)
         while len(_secrets) > MAX_REMEMBERED:
             _secrets.popitem(last=False)
             _pattern = None
 
 
 def scrub(text: str) -> str:
-    """``text`` with every remembered secret replaced by ``********``."""
+    """``text`` with every remembered secret, in each of its forms, replaced by ``********``."""
     global _pattern
     with _lock:
         if not _secrets:
             return text
         if _pattern is None:
-            ordered = sorted(_secrets, key=len, reverse=True)  # a longer secret masks first
+            forms = {form for encoded in _secrets.values() for form in encoded}
+            ordered = sorted(forms, key=len, reverse=True)  # a longer form masks first
             _pattern = re.compile("|".join(map(re.escape, ordered)))
         pattern = _pattern
     return pattern.sub(MASK, text)

@@ -32,14 +32,7 @@ with warnings.catch_warnings():
     from authlib.integrations.httpx_client import OAuth2Client
 
 from prefect_integrations._http import retry_after_seconds
-from prefect_integrations.credentials import (
-    Credentials,
-    basic_pairs,
-    mask_secrets,
-    oauth2_section,
-    to_iso,
-    to_spec_shape,
-)
+from prefect_integrations.credentials import Credentials, oauth2_section, to_iso, to_spec_shape
 from prefect_integrations.definitions import Definition
 from prefect_integrations.exceptions import (
     CredentialsError,
@@ -47,6 +40,7 @@ from prefect_integrations.exceptions import (
     OAuthError,
     TokenEndpointUnavailable,
 )
+from prefect_integrations.masking import basic_pairs, mask_secrets
 
 __all__ = ["MAX_TOKEN_RESPONSE_BYTES", "TokenEndpoint", "merge_token", "oauth2_setting"]
 

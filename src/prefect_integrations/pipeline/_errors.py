@@ -19,7 +19,7 @@ from typing import Any, Final
 import httpx
 
 from prefect_integrations._templates import CompiledTemplate, Scope, is_omitted, to_text
-from prefect_integrations.credentials import MASK, Credentials, mask_secrets, secret_strings
+from prefect_integrations.credentials import MASK, Credentials
 from prefect_integrations.definitions import Definition, Method
 from prefect_integrations.exceptions import (
     IntegrationError,
@@ -30,6 +30,7 @@ from prefect_integrations.exceptions import (
     ProviderUnavailable,
     ResponseTooLarge,
 )
+from prefect_integrations.masking import mask_secrets, secret_strings
 from prefect_integrations.pipeline._response import response_body, response_scope
 
 __all__ = [
