@@ -12,10 +12,12 @@ import dataclasses
 import logging
 import os
 import resource
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -377,16 +379,21 @@ def test_a_lost_listener_turns_the_cache_off_until_it_is_back(
     cluster: EmbeddedCluster,
     database_name: str,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """Killed listener: nothing is served from memory while it cannot listen; after it
     reconnects (backoff) the cache starts empty and works again."""
     role = "pi_cache_listener_test"
+    password = secrets.token_urlsafe(24)
     with echo_acme.transaction() as s:
         s.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
         s.execute(sa.text(f"CREATE ROLE {role} LOGIN IN ROLE {RUNTIME_ROLE}"))
-    monkeypatch.setenv(
-        "PREFECT_INTEGRATIONS_DATABASE_URL", cluster.url(database=database_name, user=role)
-    )
+        s.execute(sa.text(f"ALTER ROLE {role} PASSWORD '{password}'"))
+    passfile = tmp_path / f"{role}.pgpass"  # every role of the cluster logs in with a password
+    passfile.write_text(f"*:*:*:{role}:{password}\n")
+    passfile.chmod(0o600)
+    url = cluster.url(database=database_name, user=role)
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DATABASE_URL", f"{url}&passfile={passfile}")
     reset_runtime()
     try:
         rt = runtime()
