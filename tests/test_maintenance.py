@@ -300,7 +300,7 @@ def _add_oauth(db: Database, registry: Registry, keyring: Keyring, instance_id: 
             integration_id="echo_oauth",
             name=instance_id,
             scope=Scope("global"),
-            config={"base_url": "http://provider.invalid"},
+            config={"base_url": "https://provider.invalid"},
             credentials={
                 "oauth2": {
                     "client_id": "c",
