@@ -363,8 +363,8 @@ def test_instance_set_inactive_during_a_refresh_stays_inactive(
 def test_instance_set_inactive_during_a_health_check_stays_inactive(
     echo_db: Database, echo_registry: Registry, keyring: Keyring
 ) -> None:
-    _add(echo_db, echo_registry, keyring, "paused", "http://provider.invalid")
-    _add(echo_db, echo_registry, keyring, "other", "http://provider.invalid")
+    _add(echo_db, echo_registry, keyring, "paused", "https://provider.invalid")
+    _add(echo_db, echo_registry, keyring, "other", "https://provider.invalid")
 
     async def provider(request: httpx.Request) -> httpx.Response:
         if request.url.path.startswith("/paused/"):
@@ -392,7 +392,7 @@ def test_instance_set_inactive_during_a_health_check_stays_inactive(
 def test_the_status_writer_refuses_an_invalid_document(
     echo_db: Database, echo_registry: Registry, keyring: Keyring
 ) -> None:
-    _add(echo_db, echo_registry, keyring, "valid", "http://provider.invalid")
+    _add(echo_db, echo_registry, keyring, "valid", "https://provider.invalid")
     bad: list[dict[str, Any]] = [
         {"state": "paused"},
         {"state": "error", "unexpected": 1},
@@ -413,7 +413,7 @@ def test_the_status_writer_refuses_an_invalid_document(
 def test_the_status_writer_is_conditional_and_emits_after_commit(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _add(echo_db, echo_registry, keyring, "watched", "http://provider.invalid")
+    _add(echo_db, echo_registry, keyring, "watched", "https://provider.invalid")
     emitted: list[tuple[str, str, str]] = []
     monkeypatch.setattr(
         status,
