@@ -253,7 +253,7 @@ class Method:
 
     @property
     def handler(self) -> MethodHandler | None:
-        """The loaded handler object (``handler``), or None for an ``http`` method."""
+        """The handler object (``handler``, imported on first use), or None for ``http``."""
         return self.binding.handler if self.binding is not None else None
 
     def validate_input(self, value: object, *, subject: str | None = None) -> None:
