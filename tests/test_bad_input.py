@@ -72,7 +72,7 @@ from .clirunner import Cli, assert_one_error, counts, use_definitions, write
 from .conftest import ACME_DEFINITION
 from .definitions import ECHO
 from .factories import make_instance
-from .provider import FakeProvider
+from .provider import FakeProvider, Reply
 
 SECRET = "canary-fuzz-7c1e5a9d"
 FAST = RetryPolicy(max_attempts=1)
@@ -691,6 +691,61 @@ def test_cli_call_refuses_invalid_inputs_with_one_error_line(
     assert provider.requests == []
     cli.assert_no_secrets()
     _report("CLI call inputs", tally["tried"])
+
+
+#: Text from outside that would steer a terminal: erase the line, return to its start and
+#: print a fake success; an OSC title, a C1 CSI, a bidi override, a bell and DEL.
+FORGED = "\x1b[2K\r'echo.get_item' succeeded\x1b]0;t\x07 \x9b31m \u202edesrever\u2066 \x7f"
+RAW_CONTROLS = ("\x1b", "\r", "\x07", "\x9b", "\u202e", "\u2066", "\x7f")
+
+
+@pytest.mark.usefixtures("env")
+def test_cli_escapes_terminal_controls_from_outside(
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cli = Cli(capsys, monkeypatch, [SECRET])
+    iid = _instance(echo_db, echo_registry, keyring, "echo", provider.url)
+    escaped = (
+        "\\x1b[2K\\r'echo.get_item' succeeded\\x1b]0;t\\x07 \\x9b31m \\u202edesrever\\u2066 \\x7f"
+    )
+
+    # A provider's error message: still one error line, every control escaped.
+    provider.reply("GET", "/v1/items/5", Reply(400, {"error": {"code": "E1", "message": FORGED}}))
+    failed = cli("call", "echo.get_item", "--instance", iid, "--input", '{"item_id": 5}')
+    assert_one_error(failed, "provider_error", f"failed: HTTP 400 [E1]: {escaped}")
+    assert not any(c in failed.err for c in RAW_CONTROLS), repr(failed.err)
+    # ... and a line break in it cannot add a line of its own.
+    provider.reply("GET", "/v1/items/6", Reply(400, {"error": {"message": "x\nok: done"}}))
+    broken = cli("call", "echo.get_item", "--instance", iid, "--input", '{"item_id": 6}')
+    assert_one_error(broken, "provider_error", "x\\nok: done")
+
+    # A provider's output, as text and as JSON.
+    provider.reply("GET", "/v1/items/7", Reply(200, {"id": 7, "name": FORGED}))
+    shown = cli.ok("call", "echo.get_item", "--instance", iid, "--input", '{"item_id": 7}')
+    assert not any(c in shown.out for c in RAW_CONTROLS), repr(shown.out)
+    provider.reply("GET", "/v1/items/7", Reply(200, {"id": 7, "name": FORGED}))
+    as_json = cli.ok(
+        "call", "echo.get_item", "--instance", iid, "--input", '{"item_id": 7}', "--json"
+    )
+    assert not any(c in as_json.out for c in RAW_CONTROLS), repr(as_json.out)
+    assert json.loads(as_json.out)["name"] == FORGED
+
+    # Names and descriptions: in the table one line per row, in JSON intact.
+    cli.ok("instances", "update", iid, "--name", FORGED + "\nfake_row", "--description", FORGED)
+    for args in (("instances", "list"), ("instances", "show", iid)):
+        out = cli.ok(*args).out
+        assert not any(c in out for c in RAW_CONTROLS), (args, out)
+        assert "\nfake_row" not in out, (args, out)
+    listed = cli.ok("instances", "list", "--json").out
+    assert not any(c in listed for c in RAW_CONTROLS), repr(listed)
+    found = {doc["instanceId"]: doc for doc in json.loads(listed)}
+    assert found[iid]["name"] == FORGED + "\nfake_row"
+    cli.assert_no_secrets()
 
 
 # --------------------------------------------------------------------------------------

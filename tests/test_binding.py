@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import email.policy
 import json
+import os
+import sys
 from collections.abc import Callable
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
@@ -29,7 +31,9 @@ from prefect_integrations.definitions import (
     Registry,
     RequestContext,
     collect,
+    handler_registry,
     load_registry,
+    validate_document,
 )
 from prefect_integrations.exceptions import (
     DefinitionError,
@@ -1567,6 +1571,20 @@ class EchoHandler:
 
 NOT_A_HANDLER = object()
 
+#: Handlers the tests register (name -> target), besides the shipped ones.
+TEST_HANDLERS = {
+    "tests.echo": "tests.test_binding:EchoHandler",
+    "tests.not_a_handler": "tests.test_binding:NOT_A_HANDLER",
+    "tests.missing_module": "tests.no_such_module:Handler",
+}
+
+
+@pytest.fixture(autouse=True)
+def test_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register `TEST_HANDLERS` (as a package would in the entry-point group)."""
+    registered = {**handler_registry.SHIPPED_HANDLERS, **TEST_HANDLERS}
+    monkeypatch.setattr(handler_registry, "registered_handlers", lambda: dict(registered))
+
 
 def test_handler_methods_get_definition_headers_and_error_checks() -> None:
     document = demo_document(
@@ -1574,7 +1592,7 @@ def test_handler_methods_get_definition_headers_and_error_checks() -> None:
         errors={"when": "{{ response.failed }}", "code": "{{ response.code }}"},
     )
     document["methods"][0].pop("http")
-    document["methods"][0]["handler"] = "tests.test_binding:EchoHandler"
+    document["methods"][0]["handler"] = "tests.echo"
     del document["baseUrl"]  # allowed: every method has a handler
     definition = Definition.from_document(document, source="demo.json")
     method = definition.method("ping")
@@ -1596,6 +1614,86 @@ def test_handler_methods_get_definition_headers_and_error_checks() -> None:
     assert caught.value.provider_code == "E"
 
 
+def _handler_document(reference: str) -> dict[str, Any]:
+    document = demo_document()
+    document["methods"][0].pop("http")
+    document["methods"][0]["handler"] = reference
+    return document
+
+
+def test_validation_imports_no_handler_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module that records being imported, importable but not registered.
+    (tmp_path / "handler_probe_unregistered.py").write_text(
+        "import os\nos.environ['HANDLER_PROBE_IMPORTED'] = '1'\nHandler = object()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("HANDLER_PROBE_IMPORTED", raising=False)
+    problems = validate_document(
+        _handler_document("handler_probe_unregistered:Handler"), source="demo.json"
+    )
+    assert [(p.path, p.message.split(" (")[0]) for p in problems] == [
+        (
+            ("methods", 0, "handler"),
+            "handler 'handler_probe_unregistered:Handler' of definition 'demo' is not registered",
+        )
+    ]
+    assert "registered handlers: gmail.send_message, tests.echo" in problems[0].message
+    assert "'prefect_integrations.handlers' entry-point group" in problems[0].message
+    assert str(problems[0]).startswith("demo.json: $.methods[0].handler: handler ")
+    assert "HANDLER_PROBE_IMPORTED" not in os.environ
+    assert "handler_probe_unregistered" not in sys.modules
+
+
+def test_registered_handlers_are_imported_at_first_use_only() -> None:
+    # Registered but broken: the definition validates; the first call says what is wrong.
+    for reference, fragment in (
+        ("tests.missing_module", "No module named 'tests.no_such_module'"),
+        ("tests.not_a_handler", "is not a method handler"),
+    ):
+        document = _handler_document(reference)
+        assert validate_document(document, source="demo.json") == []
+        method = Definition.from_document(document, source="demo.json").method("ping")
+        assert "tests.no_such_module" not in sys.modules
+        with pytest.raises(DefinitionError, match=fragment):
+            binding.prepare(method_definition(document), method, {}, {"base_url": "https://x"})
+
+
+def method_definition(document: dict[str, Any]) -> Definition:
+    return Definition.from_document(document, source="demo.json")
+
+
+def test_registered_handler_by_name_or_target(shipped: Registry) -> None:
+    assert handler_registry.SHIPPED_HANDLERS == {
+        "gmail.send_message": "prefect_integrations.handlers.gmail:send_message"
+    }
+    for reference in ("tests.echo", "tests.test_binding:EchoHandler"):
+        method = method_definition(_handler_document(reference)).method("ping")
+        assert isinstance(method.handler, EchoHandler)
+    gmail = shipped.get("gmail").method("send_message")
+    assert gmail.handler is gmail_handlers.send_message
+    assert gmail.require_bound().handler_path == "prefect_integrations.handlers.gmail:send_message"
+
+
+def test_entry_points_register_handlers_but_cannot_replace_shipped_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.undo()  # the real lookup, not TEST_HANDLERS
+    monkeypatch.setattr(
+        handler_registry,
+        "_entry_point_handlers",
+        lambda: (("acme.sign", "acme_pkg.handlers:sign"), ("gmail.send_message", "evil:x")),
+    )
+    assert handler_registry.registered_handlers() == {
+        "gmail.send_message": "prefect_integrations.handlers.gmail:send_message",
+        "acme.sign": "acme_pkg.handlers:sign",
+    }
+    assert handler_registry.resolve_handler("acme.sign") == "acme_pkg.handlers:sign"
+    assert handler_registry.resolve_handler("acme_pkg.handlers:sign") == "acme_pkg.handlers:sign"
+    assert handler_registry.resolve_handler("evil:x") is None
+
+
 # --------------------------------------------------------------------------------------
 # Bad definitions: each a DefinitionProblem naming the file and the JSON path
 # --------------------------------------------------------------------------------------
@@ -1607,7 +1705,7 @@ def _unbound_health_check(document: dict[str, Any]) -> None:
 
 
 def _both(document: dict[str, Any]) -> None:
-    document["methods"][0]["handler"] = "tests.test_binding:EchoHandler"
+    document["methods"][0]["handler"] = "tests.echo"
 
 
 def _handler(path: str) -> Callable[[dict[str, Any]], None]:
@@ -1703,24 +1801,23 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str | int, ...], st
         "'http' and 'handler' are mutually exclusive",
     ),
     (
-        "handler module missing",
+        "handler not registered",
         _handler("prefect_integrations.handlers.nope:send"),
         ("methods", 0, "handler"),
-        "cannot load handler 'prefect_integrations.handlers.nope:send': No module named",
+        "handler 'prefect_integrations.handlers.nope:send' of definition 'demo' is not "
+        "registered (registered handlers: gmail.send_message, tests.echo",
     ),
     (
-        "handler attribute missing",
+        "handler not registered, although importable",
+        _handler("os:system"),
+        ("methods", 0, "handler"),
+        "handler 'os:system' of definition 'demo' is not registered",
+    ),
+    (
+        "handler attribute of a registered module not registered",
         _handler("prefect_integrations.handlers.gmail:nope"),
         ("methods", 0, "handler"),
-        "cannot load handler 'prefect_integrations.handlers.gmail:nope': module "
-        "'prefect_integrations.handlers.gmail' has no attribute 'nope'",
-    ),
-    (
-        "handler not a handler",
-        _handler("tests.test_binding:NOT_A_HANDLER"),
-        ("methods", 0, "handler"),
-        "cannot load handler 'tests.test_binding:NOT_A_HANDLER': "
-        "'tests.test_binding:NOT_A_HANDLER' is not a method handler",
+        "handler 'prefect_integrations.handlers.gmail:nope' of definition 'demo' is not registered",
     ),
     (
         "handler path malformed",

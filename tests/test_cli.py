@@ -266,6 +266,48 @@ def test_definitions_validate_lists_every_problem(cli: Cli, tmp_path: Path, db: 
     assert counts(db) == before
 
 
+def test_definitions_validate_refuses_an_unregistered_handler_without_importing_it(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "handlers"
+    folder.mkdir()
+    (tmp_path / "probe_handler_module.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    document = json.loads(ACME_DEFINITION)
+    document["methods"][0].pop("http")
+    document["methods"][0]["handler"] = "probe_handler_module:Handler"
+    acme_file = write(folder, "acme.json", document)
+
+    result = cli("definitions", "validate", str(folder))
+
+    assert result.code == 1
+    assert result.err.splitlines() == [
+        f"{acme_file}: $.methods[0].handler: handler 'probe_handler_module:Handler' of "
+        "definition 'acme' is not registered (registered handlers: gmail.send_message); a "
+        "handler must be registered in the 'prefect_integrations.handlers' entry-point group",
+        "1 problem(s) in definitions",
+    ]
+
+
+def test_unsafe_url_override_is_one_clear_error(store: Cli, db: Database) -> None:
+    before = counts(db)
+    for config, fragment in (
+        ('{"base_url": "http://api.acme.example/v1"}', "must be https"),
+        ('{"base_url": "https://169.254.169.254/"}', "points at a cloud metadata service"),
+    ):
+        result = store("instances", "update", "existing", "--config", config)
+        assert_one_error(
+            result, "validation_error", "Instance 'existing' is invalid at $.config.base_url: "
+        )
+        assert fragment in result.err
+    assert counts(db) == before
+    store.ok("instances", "update", "existing", "--config", '{"base_url": "https://a.example"}')
+    row = store.json("audit", "tail", "-n", "1")[-1]
+    assert row["details"]["url_overrides"] == {
+        "base_url": {"old": None, "new": "https://a.example"}
+    }
+
+
 # --------------------------------------------------------------------------------------
 # instances: the happy path
 # --------------------------------------------------------------------------------------

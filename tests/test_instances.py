@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from prefect_integrations.db import Database
-from prefect_integrations.definitions import Registry
+from prefect_integrations.definitions import Definition, Registry
 from prefect_integrations.exceptions import (
     DefinitionError,
     InstanceExists,
@@ -19,6 +19,9 @@ from prefect_integrations.exceptions import (
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.scope import Scope, parse_scope
 from prefect_integrations.store import audit, instances, vault
+from prefect_integrations.store.instance_checks import check_config
+
+from .conftest import ACME_DEFINITION
 
 XERO_CONFIG = {"tenant_id": "0ce8d8d2-4b0c-4d8a-9f2f-3a1e5b7a9c11"}
 
@@ -394,3 +397,124 @@ def test_apikey_and_custom_sections(
         "fields": ["key", "key_id", "secret"],
     }
     assert "SECRET" not in json.dumps(inst.as_document())
+
+
+# --------------------------------------------------------------------------------------
+# URL overrides: where an instance may send its requests and tokens
+# --------------------------------------------------------------------------------------
+
+UNSAFE_OVERRIDES = [
+    ("base_url", "http://api.example.com/v1", "must be https (plain http only for loopback"),
+    ("token_url", "http://10.0.0.5/token", "must be https"),
+    ("base_url", "ftp://files.example.com", "must be an https URL"),
+    ("token_url", "https://169.254.169.254/latest/meta-data", "points at a cloud metadata service"),
+    ("token_url", "http://169.254.169.254/latest/meta-data", "points at a cloud metadata service"),
+    ("base_url", "https://[fd00:ec2::254]/", "points at a cloud metadata service"),
+    (
+        "authorization_url",
+        "https://metadata.google.internal/x",
+        "points at a cloud metadata service",
+    ),
+    ("base_url", "https://METADATA.google.internal./x", "points at a cloud metadata service"),
+    ("base_url", "https://2852039166/", "points at a cloud metadata service"),  # 169.254.169.254
+    ("base_url", "https://0xa9.0xfe.0xa9.0xfe/", "points at a cloud metadata service"),
+    ("base_url", "https://[::ffff:169.254.169.254]/", "points at a cloud metadata service"),
+    ("base_url", "https://169.254.10.1/", "points at a link-local address"),
+    ("base_url", "https://[fe80::1]/", "points at a link-local address"),
+    ("base_url", "http://0.0.0.0:8080/", "points at an unspecified address"),
+    ("base_url", "https://user:pw@api.example.com/", "must not carry a user name or password"),
+]
+
+
+@pytest.mark.parametrize(("field", "url", "message"), UNSAFE_OVERRIDES)
+def test_unsafe_url_overrides_are_refused_on_create_and_update(
+    synced: Database, test_registry: Registry, field: str, url: str, message: str
+) -> None:
+    before = _counts(synced)
+    with pytest.raises(ValidationError) as info:
+        _create(synced, test_registry, None, config={**XERO_CONFIG, field: url})
+    assert f"Instance 'xero_main' is invalid at $.config.{field}: {message}" in str(info.value)
+    assert _counts(synced) == before
+    _create(synced, test_registry, None)
+    with synced.transaction() as s, pytest.raises(ValidationError) as info:
+        instances.update_instance(
+            s, test_registry, "xero_main", config={**XERO_CONFIG, field: url}, actor="t"
+        )
+    assert f"at $.config.{field}: {message}" in str(info.value)
+    with synced.transaction() as s:
+        assert instances.require_instance(s, "xero_main").config == XERO_CONFIG
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.example.com/v1",
+        "http://127.0.0.1:8080",
+        "http://127.3.2.1/v1",
+        "http://[::1]:8080/",
+        "http://localhost:1",
+        "HTTPS://Api.Example.COM",
+    ],
+)
+def test_safe_url_overrides_are_accepted(
+    synced: Database, test_registry: Registry, url: str
+) -> None:
+    config = {**XERO_CONFIG, "base_url": url, "token_url": url, "authorization_url": url}
+    assert _create(synced, test_registry, None, config=config).config == config
+
+
+def test_url_overrides_are_audited_with_old_and_new_values(
+    synced: Database, test_registry: Registry
+) -> None:
+    first = {**XERO_CONFIG, "base_url": "https://one.example.com", "token_url": "http://[::1]/t"}
+    _create(synced, test_registry, None, config=first)
+    second = {**XERO_CONFIG, "base_url": "https://two.example.com", "token_url": "http://[::1]/t"}
+    with synced.transaction() as s:
+        instances.update_instance(s, test_registry, "xero_main", config=second, actor="t")
+        instances.update_instance(s, test_registry, "xero_main", config=XERO_CONFIG, actor="t")
+        instances.update_instance(s, test_registry, "xero_main", name="renamed", actor="t")
+        rows = [r for r in audit.tail(s, limit=100) if r.action.startswith("instance.")]
+    assert [r.details.get("url_overrides") for r in rows] == [
+        {
+            "base_url": {"old": None, "new": "https://one.example.com"},
+            "token_url": {"old": None, "new": "http://[::1]/t"},
+        },
+        {"base_url": {"old": "https://one.example.com", "new": "https://two.example.com"}},
+        {
+            "base_url": {"old": "https://two.example.com", "new": None},
+            "token_url": {"old": "http://[::1]/t", "new": None},
+        },
+        None,  # no override changed
+    ]
+
+
+def _with_allowed_hosts(hosts: list[str]) -> Definition:
+    document = json.loads(ACME_DEFINITION)
+    document["allowedHosts"] = hosts
+    return Definition.from_document(document, source="acme.json")
+
+
+def test_a_definition_can_restrict_override_hosts() -> None:
+    acme = _with_allowed_hosts(["*.xero.com", "api.xero.com"])
+    assert acme.allowed_hosts == ("*.xero.com", "api.xero.com")
+    for url in ("https://api.xero.com/v2", "https://identity.xero.com", "https://a.b.XERO.com"):
+        assert check_config(acme, "a1", {"base_url": url}) == {"base_url": url}
+    for url in (
+        "https://xero.com",
+        "https://evilxero.com",
+        "https://api.xero.com.evil.example",
+        "http://127.0.0.1:8080",  # loopback is fine by itself, but not one of the hosts
+    ):
+        with pytest.raises(ValidationError) as info:
+            check_config(acme, "a1", {"base_url": url})
+        assert "at $.config.base_url: host '" in str(info.value)
+        assert "is not one of the definition's allowedHosts (*.xero.com, api.xero.com)" in str(
+            info.value
+        )
+    assert check_config(acme, "a1", {}) == {}  # no override, nothing to check
+
+
+@pytest.mark.parametrize("hosts", [[], ["https://api.xero.com"], ["api.*.com"], ["a b"]])
+def test_allowed_hosts_must_be_host_names(hosts: list[str]) -> None:
+    with pytest.raises(DefinitionError, match=r"\$\.allowedHosts"):
+        _with_allowed_hosts(hosts)

@@ -300,7 +300,7 @@ def _add_oauth(db: Database, registry: Registry, keyring: Keyring, instance_id: 
             integration_id="echo_oauth",
             name=instance_id,
             scope=Scope("global"),
-            config={"base_url": "http://provider.invalid"},
+            config={"base_url": "https://provider.invalid"},
             credentials={
                 "oauth2": {
                     "client_id": "c",
@@ -376,8 +376,8 @@ def test_deactivation_ends_a_refresh_lease(
 def test_instance_set_inactive_during_a_health_check_stays_inactive(
     echo_db: Database, echo_registry: Registry, keyring: Keyring
 ) -> None:
-    _add(echo_db, echo_registry, keyring, "paused", "http://provider.invalid")
-    _add(echo_db, echo_registry, keyring, "other", "http://provider.invalid")
+    _add(echo_db, echo_registry, keyring, "paused", "https://provider.invalid")
+    _add(echo_db, echo_registry, keyring, "other", "https://provider.invalid")
 
     async def provider(request: httpx.Request) -> httpx.Response:
         if request.url.path.startswith("/paused/"):
@@ -405,7 +405,7 @@ def test_instance_set_inactive_during_a_health_check_stays_inactive(
 def test_the_status_writer_refuses_an_invalid_document(
     echo_db: Database, echo_registry: Registry, keyring: Keyring
 ) -> None:
-    _add(echo_db, echo_registry, keyring, "valid", "http://provider.invalid")
+    _add(echo_db, echo_registry, keyring, "valid", "https://provider.invalid")
     bad: list[dict[str, Any]] = [
         {"state": "paused"},
         {"state": "error", "unexpected": 1},
@@ -426,7 +426,7 @@ def test_the_status_writer_refuses_an_invalid_document(
 def test_the_status_writer_is_conditional_and_emits_after_commit(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _add(echo_db, echo_registry, keyring, "watched", "http://provider.invalid")
+    _add(echo_db, echo_registry, keyring, "watched", "https://provider.invalid")
     emitted: list[tuple[str, str, str]] = []
     monkeypatch.setattr(
         status,

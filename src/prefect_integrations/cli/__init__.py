@@ -22,8 +22,9 @@ from prefect_integrations.cli import (
     keys_commands,
     oauth_commands,
 )
-from prefect_integrations.cli._common import runtime
-from prefect_integrations.exceptions import IntegrationError, ValidationError
+from prefect_integrations.cli._common import echo, runtime
+from prefect_integrations.cli._output import safe_text
+from prefect_integrations.exceptions import DefinitionError, IntegrationError, ValidationError
 from prefect_integrations.store.grants import apply_grants
 
 __all__ = ["app", "main", "run"]
@@ -60,24 +61,24 @@ def up() -> None:
 
     rt = runtime()
     database = rt.db
-    typer.echo(f"database: {dbmod.redact_url(database.url)}")
+    echo(f"database: {dbmod.redact_url(database.url)}")
     dbmod.upgrade(database)
-    typer.echo(f"schema:   revision {dbmod.current_revision(database)}")
+    echo(f"schema:   revision {dbmod.current_revision(database)}")
     if rt.settings.embedded:
         apply_grants(database)
     keyring = rt.keyring
-    typer.echo(f"keyring:  {len(keyring.ids)} key(s), primary '{keyring.primary_id}'")
+    echo(f"keyring:  {len(keyring.ids)} key(s), primary '{keyring.primary_id}'")
     registry = rt.registry
     with rt.transaction("sync definitions") as session:
         report = sync_definitions(session, registry, actor=rt.actor)
-    typer.echo(f"definitions: {report.counts()}")
+    echo(f"definitions: {report.counts()}")
     for warning in report.warnings():
-        typer.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
     with rt.transaction("summarise the store") as session:
         stored = list_definitions(session)
         found = list_instances(session)
         chain = audit.verify(session)
-    typer.echo("")
+    echo("")
     echo_table(
         ["INTEGRATION", "VERSION", "AUTH", "METHODS", "INSTANCES"],
         [
@@ -91,13 +92,13 @@ def up() -> None:
             for d in stored
         ],
     )
-    typer.echo("")
+    echo("")
     by_state: dict[str, int] = {}
     for inst in found:
         by_state[inst.state] = by_state.get(inst.state, 0) + 1
     states = ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "none yet"
-    typer.echo(f"instances: {len(found)} ({states})")
-    typer.echo(f"audit log: {chain.rows} rows, chain {'intact' if chain.ok else 'BROKEN'}")
+    echo(f"instances: {len(found)} ({states})")
+    echo(f"audit log: {chain.rows} rows, chain {'intact' if chain.ok else 'BROKEN'}")
 
 
 @app.command()
@@ -113,7 +114,7 @@ def serve(
     from prefect_integrations.maintenance.service import serve as run_service
 
     rt = runtime()
-    run_service(rt, once=once, oauth=oauth, prefect_port=prefect_port, echo=typer.echo)
+    run_service(rt, once=once, oauth=oauth, prefect_port=prefect_port, echo=echo)
 
 
 def _check_encodable(args: Sequence[str]) -> None:
@@ -133,6 +134,19 @@ def _check_encodable(args: Sequence[str]) -> None:
             ) from None
 
 
+def _error_text(exc: IntegrationError) -> str:
+    """``error[code]: message``, one line; each problem of a definition error on its own.
+
+    A message may carry a provider's text or a caller's name: only the line breaks of the
+    problem list are kept, every other control character is escaped.
+    """
+    if isinstance(exc, DefinitionError) and len(exc.problems) > 1:
+        head = f"error[{exc.code}]: {len(exc.problems)} problems in definitions:"
+        lines = [f"  - {safe_text(str(p), one_line=True)}" for p in exc.problems]
+        return "\n".join([head, *lines])
+    return f"error[{exc.code}]: {safe_text(str(exc), one_line=True)}"
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv``; return the exit code (errors become one clear line).
 
@@ -148,12 +162,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except IntegrationError as exc:
-        typer.echo(f"error[{exc.code}]: {exc}", err=True)
+        echo(_error_text(exc), err=True)
         return 1
     except Exception as exc:
         if os.environ.get("PREFECT_INTEGRATIONS_DEBUG"):
             raise
-        typer.echo(
+        echo(
             f"error[unexpected]: {type(exc).__name__} "
             "(set PREFECT_INTEGRATIONS_DEBUG=1 to see the traceback)",
             err=True,

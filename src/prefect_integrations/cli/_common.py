@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import typer
-
+from prefect_integrations.cli._output import echo, json_text, safe_text
 from prefect_integrations.exceptions import ValidationError, quote
 from prefect_integrations.runtime import Runtime, reset_runtime, runtime
 from prefect_integrations.scope import Context, Scope, check_context_id, parse_scope
@@ -17,6 +16,7 @@ from prefect_integrations.scope import Context, Scope, check_context_id, parse_s
 __all__ = [
     "Runtime",
     "caller_context",
+    "echo",
     "echo_table",
     "emit_json",
     "parse_json_option",
@@ -89,15 +89,17 @@ def scope_option(text: str, *, option: str = "--context") -> Scope:
 
 
 def emit_json(value: Any) -> None:
-    """Print a value as indented JSON."""
-    typer.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+    """Print a value as indented JSON (ASCII, control characters escaped)."""
+    echo(json_text(value))
 
 
 def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print a plain aligned table."""
-    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    """Print a plain aligned table; each cell is one line, terminal controls escaped."""
+    cells = [[str(h) for h in headers]] + [
+        ["" if v is None else safe_text(str(v), one_line=True) for v in r] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for index, row in enumerate(cells):
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
         if index == 0:
-            typer.echo("  ".join("-" * w for w in widths))
+            echo("  ".join("-" * w for w in widths))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from prefect_integrations.cli._common import echo_table, emit_json, runtime
+from prefect_integrations.cli._common import echo, echo_table, emit_json, runtime
 from prefect_integrations.store import audit
 
 app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
@@ -50,11 +50,11 @@ def verify() -> None:
     with rt.transaction("verify the audit log") as session:
         report = audit.verify(session)
     if report.ok:
-        typer.echo(f"audit log intact: {report.rows} rows, last hash {report.last_hash}")
+        echo(f"audit log intact: {report.rows} rows, last hash {report.last_hash}")
         return
     if report.broken:
-        typer.echo(f"altered rows: {', '.join(map(str, report.broken))}", err=True)
+        echo(f"altered rows: {', '.join(map(str, report.broken))}", err=True)
     if report.missing:
-        typer.echo(f"missing rows: {', '.join(map(str, report.missing))}", err=True)
-    typer.echo(f"audit log BROKEN ({report.rows} rows checked)", err=True)
+        echo(f"missing rows: {', '.join(map(str, report.missing))}", err=True)
+    echo(f"audit log BROKEN ({report.rows} rows checked)", err=True)
     raise typer.Exit(1)

@@ -8,11 +8,13 @@ import typer
 
 from prefect_integrations.cli._common import (
     caller_context,
+    echo,
     emit_json,
     parse_json_option,
     read_json_file,
     runtime,
 )
+from prefect_integrations.cli._output import json_text
 from prefect_integrations.exceptions import ValidationError
 
 blocks_app = typer.Typer(help="Prefect blocks of the stored instances.", no_args_is_help=True)
@@ -58,13 +60,11 @@ def call(
     if as_json:
         emit_json(output)
     else:
-        typer.echo(output if isinstance(output, str) else _pretty(output))
+        echo(output if isinstance(output, str) else _pretty(output))
 
 
 def _pretty(value: Any) -> str:
-    import json
-
-    return json.dumps(value, indent=2, default=str)
+    return json_text(value)
 
 
 @blocks_app.command("sync")
@@ -94,5 +94,5 @@ def sync_blocks(
         IntegrationInstance(instance_id=instance_id, integration_id=integration_id).save(
             name, overwrite=overwrite
         )
-        typer.echo(f"saved block integration-instance/{name} -> {instance_id}")
-    typer.echo(f"{len(names)} block(s) saved")
+        echo(f"saved block integration-instance/{name} -> {instance_id}")
+    echo(f"{len(names)} block(s) saved")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from prefect_integrations import db as dbmod
-from prefect_integrations.cli._common import runtime
+from prefect_integrations.cli._common import echo, runtime
 from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
 from prefect_integrations.store.grants import apply_grants
 
@@ -21,7 +21,7 @@ def start() -> None:
     rt.require_embedded("db start")
     cluster = dbmod.embedded_cluster(rt.settings)
     url = cluster.ensure_running()
-    typer.echo(f"Embedded PostgreSQL running: {url}")
+    echo(f"Embedded PostgreSQL running: {url}")
 
 
 @app.command()
@@ -30,7 +30,7 @@ def stop() -> None:
     rt = runtime()
     rt.require_embedded("db stop")
     stopped = dbmod.embedded_cluster(rt.settings).stop()
-    typer.echo("Embedded PostgreSQL stopped" if stopped else "Embedded PostgreSQL was not running")
+    echo("Embedded PostgreSQL stopped" if stopped else "Embedded PostgreSQL was not running")
 
 
 @app.command()
@@ -39,19 +39,17 @@ def status() -> None:
     rt = runtime()
     if not rt.settings.embedded:
         assert rt.settings.database_url is not None
-        typer.echo(
-            f"External database: {dbmod.redact_url(rt.settings.database_url.get_secret_value())}"
-        )
+        echo(f"External database: {dbmod.redact_url(rt.settings.database_url.get_secret_value())}")
         return
     st = dbmod.embedded_cluster(rt.settings).status()
-    typer.echo(f"initialized: {st.initialized}")
-    typer.echo(f"running:     {st.running}")
-    typer.echo(f"data dir:    {st.data_dir}")
-    typer.echo(f"socket dir:  {st.socket_dir}")
-    typer.echo(f"log file:    {st.log_file}")
-    typer.echo(f"passwords:   {st.password_dir}")
+    echo(f"initialized: {st.initialized}")
+    echo(f"running:     {st.running}")
+    echo(f"data dir:    {st.data_dir}")
+    echo(f"socket dir:  {st.socket_dir}")
+    echo(f"log file:    {st.log_file}")
+    echo(f"passwords:   {st.password_dir}")
     if st.run_as:
-        typer.echo(f"runs as:     {st.run_as}")
+        echo(f"runs as:     {st.run_as}")
     if not st.running:
         raise typer.Exit(3)
 
@@ -66,14 +64,14 @@ def url(
     rt = runtime()
     if not rt.settings.embedded:
         assert rt.settings.database_url is not None
-        typer.echo(dbmod.redact_url(rt.settings.database_url.get_secret_value()))
+        echo(dbmod.redact_url(rt.settings.database_url.get_secret_value()))
         return
     users = {"admin": ADMIN_ROLE, "runtime": RUNTIME_ROLE}
     cluster = dbmod.embedded_cluster(rt.settings)
     if role == "owner":
-        typer.echo(cluster.url())
+        echo(cluster.url())
     elif role in users:
-        typer.echo(cluster.url(user=users[role]))
+        echo(cluster.url(user=users[role]))
     else:
         raise typer.BadParameter("use owner, admin or runtime", param_hint="--role")
 
@@ -83,7 +81,7 @@ def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations (default: to the newest)."""
     rt = runtime()
     dbmod.upgrade(rt.db, revision)
-    typer.echo(f"Database at revision {dbmod.current_revision(rt.db)}")
+    echo(f"Database at revision {dbmod.current_revision(rt.db)}")
 
 
 @app.command()
@@ -93,7 +91,7 @@ def downgrade(
     """Revert migrations down to REVISION ('base' removes every table of the package)."""
     rt = runtime()
     dbmod.downgrade(rt.db, revision)
-    typer.echo(f"Database at revision {dbmod.current_revision(rt.db) or 'base'}")
+    echo(f"Database at revision {dbmod.current_revision(rt.db) or 'base'}")
 
 
 @app.command()
@@ -102,8 +100,8 @@ def current() -> None:
     rt = runtime()
     revision = dbmod.current_revision(rt.db)
     head = dbmod.head_revision()
-    typer.echo(f"current: {revision or 'base (no migrations applied)'}")
-    typer.echo(f"head:    {head}")
+    echo(f"current: {revision or 'base (no migrations applied)'}")
+    echo(f"head:    {head}")
     if revision != head:
         raise typer.Exit(3)
 
@@ -117,4 +115,4 @@ def grant(
     """Create the admin and runtime roles if missing and grant their privileges."""
     rt = runtime()
     apply_grants(rt.db, admin_role=admin_role, runtime_role=runtime_role, login=login)
-    typer.echo(f"Granted: admin role '{admin_role}', runtime role '{runtime_role}'")
+    echo(f"Granted: admin role '{admin_role}', runtime role '{runtime_role}'")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prefect_integrations.cli._common import echo_table, emit_json, runtime
+from prefect_integrations.cli._common import echo, echo_table, emit_json, runtime
 from prefect_integrations.definitions import collect, collect_layered
 from prefect_integrations.store.definitions import list_definitions, sync_definitions
 
@@ -31,11 +31,11 @@ def validate(
     else:
         found, problems = collect_layered(rt.settings.extra_definition_paths)
     for problem in problems:
-        typer.echo(str(problem), err=True)
+        echo(str(problem), err=True, one_line=True)
     if problems:
-        typer.echo(f"{len(problems)} problem(s) in definitions", err=True)
+        echo(f"{len(problems)} problem(s) in definitions", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{len(found)} definition(s) valid: {', '.join(d.id for d in found)}")
+    echo(f"{len(found)} definition(s) valid: {', '.join(d.id for d in found)}")
 
 
 @app.command("list")
@@ -86,9 +86,9 @@ def sync() -> None:
     registry = rt.registry
     with rt.transaction("sync definitions") as session:
         report = sync_definitions(session, registry, actor=rt.actor)
-    typer.echo(report.counts())
+    echo(report.counts())
     for warning in report.warnings():
-        typer.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
 
 
 @app.command()

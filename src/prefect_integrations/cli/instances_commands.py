@@ -10,6 +10,7 @@ import typer
 
 from prefect_integrations.cli._common import (
     caller_context,
+    echo,
     echo_table,
     emit_json,
     parse_json_option,
@@ -65,7 +66,7 @@ def _credentials(path: str | None) -> dict[str, Any] | None:
 def _show(data: dict[str, Any]) -> None:
     width = max(len(k) for k in data)
     for key, value in data.items():
-        typer.echo(f"{key.ljust(width)}  {value if value is not None else '-'}")
+        echo(f"{key.ljust(width)}  {value if value is not None else '-'}", one_line=True)
 
 
 @app.command()
@@ -103,7 +104,7 @@ def create(
     if as_json:
         emit_json(inst.as_document())
     else:
-        typer.echo(
+        echo(
             f"Created instance '{inst.instance_id}' ({inst.integration_id}, "
             f"{inst.scope}, {inst.state})"
         )
@@ -207,7 +208,7 @@ def update(
             scope=scope,
             actor=rt.actor,
         )
-    typer.echo(f"Updated instance '{inst.instance_id}' ({inst.scope}, {inst.state})")
+    echo(f"Updated instance '{inst.instance_id}' ({inst.scope}, {inst.state})")
 
 
 @app.command("set-credentials")
@@ -219,7 +220,7 @@ def set_credentials(instance_id: str, credentials_file: CredentialsFile = None) 
     registry, keyring = rt.registry, rt.keyring
     with rt.transaction(f"set credentials of instance '{instance_id}'") as session:
         inst = store.set_credentials(session, registry, keyring, instance_id, creds, actor=rt.actor)
-    typer.echo(
+    echo(
         f"Stored credentials of '{inst.instance_id}' under key "
         f"'{keyring.primary_id}' (version {inst.credentials_version})"
     )
@@ -261,9 +262,9 @@ def apply(
         return
     for r in results:
         detail = f" ({', '.join(r.fields)})" if r.fields else ""
-        typer.echo(f"{r.action:<9} {r.instance_id}{detail}")
+        echo(f"{r.action:<9} {r.instance_id}{detail}")
     counts = {a: sum(r.action == a for r in results) for a in ("created", "updated", "unchanged")}
-    typer.echo(", ".join(f"{a} {n}" for a, n in counts.items()))
+    echo(", ".join(f"{a} {n}" for a, n in counts.items()))
 
 
 @app.command()
@@ -298,7 +299,7 @@ def delete(
         typer.confirm(f"Delete instance '{instance_id}' and its credentials?", abort=True)
     with rt.transaction(f"delete instance '{instance_id}'") as session:
         store.delete_instance(session, instance_id, actor=rt.actor)
-    typer.echo(f"Deleted instance '{instance_id}'")
+    echo(f"Deleted instance '{instance_id}'")
 
 
 @app.command()
@@ -319,11 +320,11 @@ def resolve(
         emit_json(result.as_dict())
     else:
         for cand in result.candidates:
-            typer.echo(f"  {cand.instance_id:<30} {cand.scope:<24} {cand.state:<9} {cand.verdict}")
-        typer.echo(f"rule: {result.rule}")
+            echo(f"  {cand.instance_id:<30} {cand.scope:<24} {cand.state:<9} {cand.verdict}")
+        echo(f"rule: {result.rule}")
         if result.chosen:
-            typer.echo(f"chosen: {result.chosen.instance_id}")
+            echo(f"chosen: {result.chosen.instance_id}")
     if result.error is not None:
         if not as_json:
-            typer.echo(f"error[{result.error.code}]: {result.error}", err=True)
+            echo(f"error[{result.error.code}]: {result.error}", err=True)
         raise typer.Exit(1)

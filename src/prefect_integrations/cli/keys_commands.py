@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prefect_integrations.cli._common import echo_table, emit_json, runtime
+from prefect_integrations.cli._common import echo, echo_table, emit_json, runtime
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.store import key_checks, rekey
 
@@ -25,7 +25,7 @@ def generate(
     """
     entry = f"{kid}:{generate_key()}"
     parse_keyring(entry, source="--kid")  # checks the key id
-    typer.echo(entry)
+    echo(entry)
 
 
 def _count_rows(counts: dict[str, int], keyring: Keyring) -> list[list[object]]:
@@ -69,9 +69,9 @@ def status(
             }
         )
         return
-    typer.echo(f"keyring: {len(keyring.ids)} key(s), primary '{keyring.primary_id}'")
+    echo(f"keyring: {len(keyring.ids)} key(s), primary '{keyring.primary_id}'")
     _echo_counts(counts.by_key, keyring)
-    typer.echo(
+    echo(
         f"{counts.total} instance(s) with credentials; {to_rotate} not under the primary "
         f"key '{keyring.primary_id}'; {counts.unknown} under a key id not in the keyring"
     )
@@ -100,7 +100,7 @@ def rotate(
 
     def on_batch(rotated: int) -> None:
         done["rows"] += rotated
-        typer.echo(f"  ... {done['rows']} rotated", err=True)
+        echo(f"  ... {done['rows']} rotated", err=True)
 
     report = rekey.rotate_keys(
         rt.db,
@@ -118,20 +118,20 @@ def rotate(
 
 
 def _echo_report(report: rekey.RotationReport, keyring: Keyring) -> None:
-    typer.echo(f"primary key: '{report.primary}'")
-    typer.echo("before:")
+    echo(f"primary key: '{report.primary}'")
+    echo("before:")
     _echo_counts(report.before, keyring)
-    typer.echo(
+    echo(
         f"rotated: {report.rotated} instance(s) in {report.batches} batch(es), "
         f"{report.seconds:.1f} s"
     )
-    typer.echo(f"upgraded: {report.upgraded} instance(s) to the specification's credentials shape")
-    typer.echo(f"failed: {len(report.failed)}")
+    echo(f"upgraded: {report.upgraded} instance(s) to the specification's credentials shape")
+    echo(f"failed: {len(report.failed)}")
     if report.failed:
         echo_table(["INSTANCE", "REASON"], [list(f) for f in report.failed])
-    typer.echo("after:")
+    echo("after:")
     _echo_counts(report.after, keyring)
-    typer.echo(f"verified: {report.verified} ok, {len(report.problems)} problem(s)")
+    echo(f"verified: {report.verified} ok, {len(report.problems)} problem(s)")
     failed = set(report.failed)
     extra = [p for p in report.problems if p not in failed]
     if extra:

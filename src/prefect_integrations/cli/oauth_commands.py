@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from prefect_integrations.cli._common import runtime
+from prefect_integrations.cli._common import echo, runtime
 
 app = typer.Typer(help="OAuth2: connect accounts, refresh tokens.", no_args_is_help=True)
 
@@ -40,7 +40,7 @@ def connect(
         ttl=ttl,
         reconnect=reconnect,
     )
-    typer.echo(url)
+    echo(url)
 
 
 @app.command()
@@ -56,7 +56,7 @@ def serve(
     rt = runtime()
     app = runtime_app(rt)
     bind_host, bind_port = bind_address(rt.settings.oauth_redirect_uri, host=host, port=port)
-    typer.echo(
+    echo(
         f"connect service on http://{bind_host}:{bind_port} (links from "
         f"`prefect-integrations oauth connect ID`); callback {rt.settings.oauth_redirect_uri}"
     )
@@ -75,7 +75,7 @@ def refresh(
     outcome = TokenLifecycle(rt.db, rt.registry, rt.keyring, actor=rt.actor).refresh(
         instance_id, force=force
     )
-    typer.echo(
+    echo(
         f"{instance_id}: {outcome.result} ({outcome.reason}), "
         f"credentials version {outcome.credentials_version}"
     )

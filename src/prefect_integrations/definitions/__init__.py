@@ -11,6 +11,7 @@
   `OAuth2Config`).
 - `rules`: the meta-schema and the checks it cannot express (`validate_document`).
 - `bindings`: templates and handlers of a definition, compiled at load.
+- `handler_registry`: the handlers a definition may name (registered entry points).
 - `schemas`: the embedded JSON Schemas, checked and compiled into validators.
 - `loader`: files to documents to definitions (`collect`, `load_registry`).
 - `registry`: the `Registry` of definitions by integration id.

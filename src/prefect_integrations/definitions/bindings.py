@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
 from prefect_integrations._templates import (
@@ -22,6 +23,11 @@ from prefect_integrations._templates import (
     compile_one,
     compile_tree,
 )
+from prefect_integrations.definitions.handler_registry import (
+    resolve_handler,
+    unregistered_handler_message,
+)
+from prefect_integrations.exceptions import DefinitionError
 
 if TYPE_CHECKING:
     import httpx
@@ -70,7 +76,7 @@ class RequestContext:
 
 @runtime_checkable
 class MethodHandler(Protocol):
-    """Python binding of a method, named in a definition as ``"package.module:attribute"``.
+    """Python binding of a method, registered in the ``prefect_integrations.handlers`` group.
 
     The attribute is an object with these two methods (a class is instantiated once, without
     arguments). The definition's integration-level ``headers`` are added to the request for
@@ -129,9 +135,23 @@ class MethodBinding:
     """A method's binding: `HttpBinding` or a handler, plus its inputs' top-level defaults."""
 
     http: HttpBinding | None = None
-    handler: MethodHandler | None = None
     handler_path: str | None = None
     input_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def handler(self) -> MethodHandler | None:
+        """The handler object (imported on first use), or None for an ``http`` binding.
+
+        ``handler_path`` is the registered ``module:attribute`` target; it is imported when
+        a call first needs it, never while a definition is validated. Raises
+        `DefinitionError` if it cannot be loaded.
+        """
+        if self.handler_path is None:
+            return None
+        try:
+            return _load_registered(self.handler_path)
+        except Exception as exc:  # any import-time failure of the handler's module
+            raise DefinitionError(f"Cannot load handler '{self.handler_path}': {exc}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -166,6 +186,9 @@ def _entries(
 def load_handler(path: str) -> MethodHandler:
     """Import ``"package.module:attribute"`` and return the handler object.
 
+    Imports whatever it is given: definitions go through the registered handlers
+    (`prefect_integrations.definitions.handler_registry`), never straight here.
+
     Raises `ImportError` (module or attribute missing) or `TypeError` (not a handler).
     """
     module_name, _, attribute = path.partition(":")
@@ -184,6 +207,11 @@ def load_handler(path: str) -> MethodHandler:
             "parse_response(response, ctx) methods)"
         )
     return target
+
+
+@cache
+def _load_registered(path: str) -> MethodHandler:
+    return load_handler(path)
 
 
 def _compile_http(raw: Mapping[str, Any], location: _JsonPath, sink: Sink) -> HttpBinding | None:
@@ -231,7 +259,7 @@ def _compile_http(raw: Mapping[str, Any], location: _JsonPath, sink: Sink) -> Ht
 
 
 def _compile_method(
-    raw: Mapping[str, Any], location: _JsonPath, sink: Sink
+    raw: Mapping[str, Any], location: _JsonPath, sink: Sink, integration_id: object = None
 ) -> MethodBinding | None:
     """Compile one method's binding; problems go to ``sink`` with their JSON paths.
 
@@ -240,21 +268,17 @@ def _compile_method(
     if "http" not in raw and "handler" not in raw:
         return None
     http: HttpBinding | None = None
-    handler: MethodHandler | None = None
     handler_path: str | None = None
     if isinstance(raw.get("http"), Mapping):
         http = _compile_http(raw["http"], (*location, "http"), sink)
     if isinstance(raw.get("handler"), str):
-        handler_path = raw["handler"]
-        try:
-            handler = load_handler(handler_path)
-        except Exception as exc:  # any import-time failure of the handler's module
-            sink.problems.append(
-                ((*location, "handler"), f"cannot load handler '{handler_path}': {exc}")
-            )
+        # Only registered handlers: looked up by name, imported at the first call.
+        handler_path = resolve_handler(raw["handler"])
+        if handler_path is None:
+            message = unregistered_handler_message(raw["handler"], integration_id)
+            sink.problems.append(((*location, "handler"), message))
     return MethodBinding(
         http=http,
-        handler=handler,
         handler_path=handler_path,
         input_defaults=_top_level_defaults(raw.get("inputSchema")),
     )
@@ -297,7 +321,7 @@ def compile_definition(
     """Compile a definition document's bindings.
 
     Returns the definition binding, each method's binding by method id, and the problems
-    found (template syntax errors, unknown template variables, unloadable handlers) as
+    found (template syntax errors, unknown template variables, unregistered handlers) as
     ``(json_path, message)``. Tolerates documents that break the meta-schema (what has the
     wrong type is skipped: the meta-schema reports it). Templates are compiled once per
     distinct text in the process, so compiling a definition again is cheap.
@@ -310,7 +334,9 @@ def compile_definition(
     if isinstance(raw_methods, list):
         for index, raw in enumerate(raw_methods):
             if isinstance(raw, Mapping):
-                compiled = _compile_method(raw, ("methods", index), sink)
+                compiled = _compile_method(
+                    raw, ("methods", index), sink, document.get("integrationId")
+                )
                 if compiled is not None and isinstance(raw.get("id"), str):
                     methods.setdefault(raw["id"], compiled)
     base_url = document.get("baseUrl")

@@ -253,7 +253,7 @@ class Method:
 
     @property
     def handler(self) -> MethodHandler | None:
-        """The loaded handler object (``handler``), or None for an ``http`` method."""
+        """The handler object (``handler``, imported on first use), or None for ``http``."""
         return self.binding.handler if self.binding is not None else None
 
     def validate_input(self, value: object, *, subject: str | None = None) -> None:
@@ -306,8 +306,9 @@ class Definition:
     ``raw``. ``binding`` holds the compiled integration-level binding (base URL, headers,
     errors); ``auth`` the credential placement (`ApiKeyPlacement` for apikey, `CustomAuth`
     for custom, None for oauth2), ``oauth2`` the typed ``oauth2Config``, ``health_check`` and
-    ``credential_rotation`` what the document declares (or None). ``oauth2_config`` is
-    ``oauth2Config`` as written (the database mirror's column).
+    ``credential_rotation`` what the document declares (or None), ``allowed_hosts`` the
+    hosts URL overrides may use (``allowedHosts``, lower-cased; None: any). ``oauth2_config``
+    is ``oauth2Config`` as written (the database mirror's column).
     """
 
     id: str
@@ -327,6 +328,7 @@ class Definition:
     health_check: HealthCheck | None = field(default=None, repr=False, compare=False)
     credential_rotation: CredentialRotation | None = field(default=None, repr=False, compare=False)
     oauth2: OAuth2Config | None = field(default=None, repr=False, compare=False)
+    allowed_hosts: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
     content_hash: str = field(init=False)
     config_validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
@@ -405,4 +407,9 @@ def build_definition(document: dict[str, Any], *, source: str) -> Definition:
         health_check=HealthCheck.from_document(document),
         credential_rotation=CredentialRotation.from_document(document),
         oauth2=OAuth2Config.from_document(document),
+        allowed_hosts=_allowed_hosts(document.get("allowedHosts")),
     )
+
+
+def _allowed_hosts(value: object) -> tuple[str, ...] | None:
+    return tuple(str(host).lower() for host in value) if isinstance(value, list) else None

@@ -21,6 +21,7 @@ from prefect_integrations.credentials import (
 from prefect_integrations.definitions import Definition
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.scope import Context, Scope, check_context_id
+from prefect_integrations.store.url_overrides import check_url_overrides
 from prefect_integrations.validation import (
     check_json,
     check_storable,
@@ -103,13 +104,19 @@ def check_description(instance_id: str, description: object) -> str | None:
 
 
 def check_config(definition: Definition, instance_id: str, config: object) -> dict[str, Any]:
-    """The config as a dict if it is a JSON object valid for the definition's configSchema."""
+    """The config as a dict if it is a JSON object valid for the definition's configSchema.
+
+    URL overrides (``base_url``, ``authorization_url``, ``token_url``) must also be safe
+    endpoints, within the definition's ``allowedHosts`` if it declares them (see
+    `prefect_integrations.store.url_overrides`).
+    """
     subject = f"Config of instance '{instance_id}'"
     if not isinstance(config, Mapping):
         raise ValidationError(subject, [], "config must be a JSON object")
     values = dict(config)
     definition.validate_config(values, subject=subject)
     check_storable(values, subject=subject)
+    check_url_overrides(instance_id, values, definition.allowed_hosts)
     return values
 
 

@@ -45,6 +45,7 @@ from prefect_integrations.store.instance_checks import (
 )
 from prefect_integrations.store.instance_model import Instance, instance_from_row, instances_query
 from prefect_integrations.store.status import write_status
+from prefect_integrations.store.url_overrides import url_override_changes
 
 __all__ = [
     "UNSET",
@@ -207,9 +208,16 @@ def create_instance(
             "config_keys": sorted(config),
             "credentials_fields": field_paths(creds) if creds else [],
             "state": status_doc["state"],
+            **_overrides(None, config),
         },
     )
     return require_instance(session, instance_id)
+
+
+def _overrides(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """Audit detail of the URL overrides set or changed (not secrets: old and new values)."""
+    changed = url_override_changes(old, new)
+    return {"url_overrides": changed} if changed else {}
 
 
 def update_instance(
@@ -269,7 +277,10 @@ def update_instance(
         actor=actor,
         instance_id=instance_id,
         integration_id=current.integration_id,
-        details={"fields": sorted(k for k in changes if k != "updated_at")},
+        details={
+            "fields": sorted(k for k in changes if k != "updated_at"),
+            **_overrides(current.config, changes.get("config", current.config)),
+        },
     )
     return require_instance(session, instance_id)
 
