@@ -17,6 +17,7 @@ from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import OAuthError
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.oauth import connect_link
+from prefect_integrations.oauth.endpoint import TokenEndpoint
 from prefect_integrations.oauth.links import mint_link, verify_link
 from prefect_integrations.oauth.service import COOKIE_NAME, SECURITY_HEADERS, create_app
 from prefect_integrations.runtime import runtime
@@ -344,3 +345,94 @@ def test_applications_mint_links_with_the_configured_store(
     claims = verify_link(keyring, _token(link))
     assert claims is not None and claims.instance_id == "xero_main" and not claims.reconnect
     assert claims.expires_at <= time.time() + 60
+
+
+def _fake_exchange(self: TokenEndpoint, **kw: Any) -> dict[str, Any]:
+    return {"access_token": "new-at", "refresh_token": "new-rt", "expires_in": 3600}
+
+
+def test_a_deactivation_during_the_flow_stands(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator deactivates while the person is at the provider: nothing is stored."""
+    monkeypatch.setattr(TokenEndpoint, "exchange_code", _fake_exchange)
+    _create(echo_db, echo_registry, keyring)
+    browser = _browser(echo_db, echo_registry, keyring)
+    state = _state_of(browser.get(_link(echo_db, echo_registry, keyring)))
+    unused = _link(echo_db, echo_registry, keyring)
+    with echo_db.transaction() as s:
+        instances.update_instance(
+            s,
+            echo_registry,
+            "items_1",
+            status={"state": "error", "error": "paused", "details": {}},
+            actor="operator",
+        )
+        instances.update_instance(
+            s,
+            echo_registry,
+            "items_1",
+            status={"state": "inactive", "error": None, "details": {}},
+            actor="operator",
+        )
+    page = browser.get(f"/callback?state={state}&code=c0de")
+    assert page.status_code == 400
+    assert _browser(echo_db, echo_registry, keyring).get(unused).status_code == 403  # spent
+    with echo_db.transaction() as s:
+        assert instances.require_instance(s, "items_1").state == "inactive"
+
+
+def test_a_state_change_during_the_token_exchange_stands(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exchange_while_the_operator_acts(self: TokenEndpoint, **kw: Any) -> dict[str, Any]:
+        with echo_db.transaction() as s:
+            instances.update_instance(
+                s,
+                echo_registry,
+                "items_1",
+                status={"state": "error", "error": "held", "details": {}},
+                actor="operator",
+            )
+        return _fake_exchange(self, **kw)
+
+    monkeypatch.setattr(TokenEndpoint, "exchange_code", exchange_while_the_operator_acts)
+    _create(echo_db, echo_registry, keyring)
+    browser = _browser(echo_db, echo_registry, keyring)
+    state = _state_of(browser.get(_link(echo_db, echo_registry, keyring)))
+    page = browser.get(f"/callback?state={state}&code=c0de")
+    assert page.status_code != 200
+    with echo_db.transaction() as s:
+        assert instances.require_instance(s, "items_1").state == "error"
+
+
+def test_a_new_primary_key_does_not_break_a_flow_under_way(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(TokenEndpoint, "exchange_code", _fake_exchange)
+    _create(echo_db, echo_registry, keyring)
+    browser = _browser(echo_db, echo_registry, keyring)
+    state = _state_of(browser.get(_link(echo_db, echo_registry, keyring)))
+    rotated = parse_keyring(
+        f"k-new:{generate_key()},"
+        + ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in keyring)
+    )
+    after = _browser(echo_db, echo_registry, rotated)
+    after.cookies.set(COOKIE_NAME, browser.cookies[COOKIE_NAME])
+    assert after.get(f"/callback?state={state}&code=c0de").status_code == 200
+
+
+@pytest.mark.parametrize("signature", ["\u00e9", "abc\u00e9"])
+def test_non_ascii_links_and_cookies_get_the_refusal_page(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, signature: str
+) -> None:
+    _create(echo_db, echo_registry, keyring)
+    browser = _browser(echo_db, echo_registry, keyring)
+    payload = _token(_link(echo_db, echo_registry, keyring)).split(".")[0]
+    refused = browser.get(f"/connect/items_1?link={payload}.{signature}")
+    assert refused.status_code == 403 and refused.headers["X-Frame-Options"] == "DENY"
+    state = _state_of(browser.get(_link(echo_db, echo_registry, keyring)))
+    browser.cookies.clear()
+    raw_cookie = f"{COOKIE_NAME}=\u00e9t\u00e9".encode("latin-1")  # as a raw client sends it
+    page = browser.get(f"/callback?state={state}&code=c0de", headers={"cookie": raw_cookie})
+    assert page.status_code == 400

@@ -7,6 +7,7 @@ what the clients load from the store.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from prefect_integrations.pipeline import (
     InstanceAuth,
     Pipeline,
     RetryPolicy,
+    RetryTransport,
     build_call,
     failure_reason,
 )
@@ -207,7 +209,7 @@ def test_the_async_pipeline_renews_in_a_worker_thread() -> None:
 
     async def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers.get("x-key"))
-        return httpx.Response(403 if len(seen) == 1 else 200, json={})
+        return httpx.Response(401 if len(seen) == 1 else 200, json={})
 
     def renew(stale: Authorization, force: bool) -> Authorization | None:
         renewed_in.append(threading.get_ident())
@@ -248,3 +250,85 @@ def _provider(cls: type[ProviderError], status: int | None) -> ProviderError:
 )
 def test_failures_are_named_by_their_error_codes(error: BaseException, reason: str) -> None:
     assert failure_reason(error) == reason
+
+
+def test_a_403_refuses_the_permission_and_renews_nothing() -> None:
+    definition = _definition()
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(403, json={"error": "forbidden"})
+
+    renewals: list[bool] = []
+
+    def renew(stale: Authorization, force: bool) -> Authorization | None:
+        renewals.append(force)
+        return _authorization(definition, "fresh-key", version=stale.version + 1)
+
+    auth = InstanceAuth(_authorization(definition, "key"), renew=renew)
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as http,
+        pytest.raises(ProviderAuthError),
+    ):
+        Pipeline(http, retry=FAST).call(_call(definition), auth)
+    assert (len(sent), renewals) == (1, [])
+
+
+def test_redirects_are_never_followed_even_by_a_client_that_would() -> None:
+    definition = _definition(**{"in": "header", "name": "X-Api-Key"})
+    hosts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        return httpx.Response(302, headers={"Location": "https://elsewhere.example/steal"})
+
+    auth = InstanceAuth(_authorization(definition, "key-0123456789"))
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler), follow_redirects=True) as http,
+        pytest.raises(ProviderError),
+    ):
+        Pipeline(http, retry=FAST).call(_call(definition), auth)
+    assert hosts == ["api.example.com"]
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "sends"),
+    [("POST", 502, 1), ("POST", 504, 1), ("POST", 503, 3), ("GET", 504, 3), ("GET", 500, 3)],
+)
+def test_only_idempotent_requests_are_sent_again_after_a_gateway_error(
+    method: str, status: int, sends: int
+) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        return httpx.Response(status, json={})
+
+    with httpx.Client(transport=RetryTransport(httpx.MockTransport(handler), FAST)) as http:
+        assert http.request(method, "https://api.example.com/x").status_code == status
+    assert len(seen) == sends
+
+
+@pytest.mark.parametrize("header", ["\u00b2", "soon", "-1 day", ""])
+def test_an_unreadable_retry_after_is_as_good_as_none(header: str) -> None:
+    response = httpx.Response(503, headers={b"Retry-After": header.encode("latin-1")})
+    delay = FAST.delay(1, method="POST", response=response)
+    assert delay is not None and delay <= FAST.max_delay
+
+
+def test_a_transport_error_never_quotes_what_was_being_sent() -> None:
+    """h11 refuses a header value with a newline, quoting it: the key must not follow."""
+    definition = _definition(**{"in": "header", "name": "X-Api-Key"})
+    key = "key-LEAKME-0123456789\n"
+    auth = InstanceAuth(_authorization(definition, key))
+    with socket.create_server(("127.0.0.1", 0)) as listening:  # accepts, never answers
+        call = _call(definition)
+        call.request.url = call.request.url.copy_with(
+            scheme="http", host="127.0.0.1", port=listening.getsockname()[1]
+        )
+        with httpx.Client() as http, pytest.raises(ProviderUnavailable) as caught:
+            Pipeline(http, retry=FAST).call(call, auth)
+    assert caught.value.provider_code == "LocalProtocolError"
+    text = f"{caught.value} {caught.value!r} {vars(caught.value)!r}"
+    assert "LEAKME" not in text

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from prefect_integrations.client import IntegrationClient
+from prefect_integrations.credentials import to_epoch
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
 from prefect_integrations.keyring import Keyring
+from prefect_integrations.oauth.endpoint import merge_token
 from prefect_integrations.oauth.refresh_policy import refresh_due, should_refresh
 from prefect_integrations.store import instances
 
@@ -171,3 +173,31 @@ def test_concurrent_calls_after_expiry_make_one_token_request(
         with _client(echo_db, echo_registry, keyring) as client:
             client.call("list_items")
     assert _token_requests(server) == 1
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime"),
+    [
+        (3600, 3600.0),
+        (3600.0, 3600.0),
+        ("3600", 3600.0),
+        ("3600.0", 3600.0),
+        (" 90 ", 90.0),
+        (True, None),
+        (-5, None),
+        ("nan", None),
+        ("\u00b2", None),
+        ("1e30", None),
+        ([3600], None),
+    ],
+)
+def test_expires_in_is_read_as_seconds_in_every_common_form(
+    expires_in: object, lifetime: float | None
+) -> None:
+    merged = merge_token(
+        {"oauth2": {"client_id": "c"}},
+        {"access_token": "a", "expires_in": expires_in},
+        now=1000.0,
+    )
+    expires_at = merged["oauth2"].get("expires_at")
+    assert (to_epoch(expires_at) - 1000.0 if expires_at else None) == lifetime

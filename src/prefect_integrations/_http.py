@@ -11,12 +11,15 @@ __all__ = ["retry_after_seconds"]
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait (delta or HTTP date); None if absent."""
+    """Seconds a ``Retry-After`` header asks to wait (delta or HTTP date).
+
+    None when absent or unreadable: a malformed header is as good as none.
+    """
     value = response.headers.get("retry-after")
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is True, float("²") fails
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -16,6 +16,7 @@ a client secret.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -107,6 +108,28 @@ def oauth2_setting(definition: Definition, config: Mapping[str, Any], name: str)
     return value
 
 
+def _seconds(value: object) -> float | None:
+    """``expires_in`` as seconds: a non-negative finite number, or its text; else None.
+
+    ``3600``, ``3600.0`` and ``"3600.0"`` all mean an hour; booleans, negative numbers,
+    NaN and values past year 9999 mean no expiry at all.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isascii() or len(text) > 16:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or seconds > 1e11:
+        return None
+    return seconds
+
+
 def merge_token(
     credentials: Mapping[str, Any], token: Mapping[str, Any], *, now: float | None = None
 ) -> dict[str, Any]:
@@ -127,15 +150,11 @@ def merge_token(
     merged["access_token"] = str(token["access_token"])
     merged["token_type"] = str(token.get("token_type") or "Bearer")
     merged["obtained_at"] = to_iso(now)
-    expires_in = token.get("expires_in")
-    if (
-        isinstance(expires_in, int | float | str)
-        and str(expires_in).isdigit()
-        and len(str(expires_in)) <= 12  # past year 9999 is no expiry at all
-    ):
+    lifetime = _seconds(token.get("expires_in"))
+    if lifetime is not None:
         # an expiry beyond what a time can say: the token is treated as without one
-        with contextlib.suppress(ValueError):
-            merged["expires_at"] = to_iso(now + int(expires_in))
+        with contextlib.suppress(ValueError, OverflowError):
+            merged["expires_at"] = to_iso(now + lifetime)
     elif isinstance(token.get("expires_at"), int | float | str):
         # an expiry that is not a time: the token is treated as without one
         with contextlib.suppress(ValueError):

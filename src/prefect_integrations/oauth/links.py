@@ -49,6 +49,7 @@ __all__ = [
     "authorization_code_config",
     "browser_binding",
     "connect_link",
+    "is_bound",
     "link_base",
     "mint_link",
     "verify_link",
@@ -102,6 +103,8 @@ def verify_link(keyring: Keyring, token: str, *, now: float | None = None) -> Li
     if not token or len(token) > _MAX_TOKEN or token.count(".") != 1:
         return None
     payload, signature = token.split(".")
+    if not (payload.isascii() and signature.isascii()):
+        return None  # hmac.compare_digest refuses non-ASCII text
     try:
         claims: Any = json.loads(_unb64(payload))
     except (binascii.Error, ValueError, RecursionError):
@@ -126,11 +129,29 @@ def verify_link(keyring: Keyring, token: str, *, now: float | None = None) -> Li
     return LinkClaims(instance_id, nonce, expires_at, reconnect)
 
 
-def browser_binding(keyring: Keyring, state: str) -> str:
-    """The cookie value that ties ``state`` to the browser that started the flow."""
-    subkey = _subkey(keyring, keyring.primary_id, _BROWSER_INFO)
-    assert subkey is not None  # the primary key is always in the keyring
-    return _b64(hmac.new(subkey, state.encode(), hashlib.sha256).digest())
+def browser_binding(keyring: Keyring, state: str, key_id: str | None = None) -> str:
+    """The cookie value that ties ``state`` to the browser that started the flow.
+
+    Signed with a subkey of ``key_id`` (the primary key when not given).
+    """
+    subkey = _subkey(keyring, key_id or keyring.primary_id, _BROWSER_INFO)
+    if subkey is None:
+        raise KeyError(key_id)
+    return _b64(hmac.new(subkey, state.encode("utf-8", "surrogatepass"), hashlib.sha256).digest())
+
+
+def is_bound(keyring: Keyring, state: str, cookie: str) -> bool:
+    """Whether ``cookie`` is the binding of ``state`` under any key of the keyring.
+
+    Any key, not only the primary: a key added as primary while a flow is under way
+    does not break it.
+    """
+    if not (state and cookie and cookie.isascii()):
+        return False
+    return any(
+        hmac.compare_digest(browser_binding(keyring, state, key_id), cookie)
+        for key_id in keyring.ids
+    )
 
 
 def link_base(redirect_uri: str) -> str:

@@ -21,7 +21,6 @@ referrers and any script.
 
 from __future__ import annotations
 
-import hmac
 import html
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,6 +41,7 @@ from prefect_integrations.oauth.links import (
     LinkClaims,
     authorization_code_config,
     browser_binding,
+    is_bound,
     verify_link,
 )
 from prefect_integrations.runtime import Runtime
@@ -272,12 +272,7 @@ def create_app(
 
 def _bound(keyring: Keyring, state: str, cookie: str) -> bool:
     """Whether ``cookie`` is the one set with ``state`` by this service."""
-    return bool(
-        state
-        and cookie
-        and len(state) <= _MAX_STATE
-        and hmac.compare_digest(browser_binding(keyring, state), cookie)
-    )
+    return len(state) <= _MAX_STATE and is_bound(keyring, state, cookie)
 
 
 def _callback(
@@ -366,6 +361,13 @@ def finish(
     )
     merged = merge_token(creds.reveal(), token, now=time.time())
     with db.transaction(f"store the tokens of instance '{instance_id}'") as session:
+        now_state = instances.require_instance(session, instance_id).state
+        if now_state != inst.state:  # an operator acted during the flow: their change stands
+            raise OAuthError(
+                f"Instance '{instance_id}' became {now_state} while it was being connected; "
+                "nothing was stored",
+                reason="instance_changed",
+            )
         instances.set_credentials(
             session, registry, keyring, instance_id, merged, actor=actor, activate=False
         )

@@ -88,7 +88,7 @@ def refreshed(current: Authorization, renew: Renew) -> Authorization:
 
 def _refused(response: httpx.Response) -> bool:
     call: Call | None = response.request.extensions.get(CALL_EXTENSION)
-    return call.refused(response) if call is not None else response.status_code in (401, 403)
+    return call.refused(response) if call is not None else response.status_code == 401
 
 
 class _Unsent:
@@ -121,7 +121,7 @@ class InstanceAuth(httpx.Auth):
     ``current`` is the `Authorization` in use, the renewed one after a renewal (so the
     caller can redact and record with it). Without ``renew`` the credentials are only
     applied. ``refused`` tells a response refusing the credentials; by default the
-    request's `Call` tells (`Call.refused`), or else a 401 or 403 does.
+    request's `Call` tells (`Call.refused`), or else a 401 does.
     """
 
     requires_response_body = True

@@ -18,8 +18,9 @@ from typing import Any, Final
 
 import httpx
 
+from prefect_integrations import logfilter
 from prefect_integrations._templates import CompiledTemplate, Scope, is_omitted, to_text
-from prefect_integrations.credentials import MASK, Credentials
+from prefect_integrations.credentials import Credentials
 from prefect_integrations.definitions import Definition, Method
 from prefect_integrations.exceptions import (
     IntegrationError,
@@ -98,11 +99,14 @@ def _request_secrets(response: httpx.Response) -> list[str]:
 
 
 def _scrub(text: str | None, secrets: Sequence[str]) -> str | None:
+    """Mask the request's ``secrets`` and every secret this process decrypted.
+
+    Each in all its encodings, and before the text is ever shortened, so no part of one
+    survives a cut.
+    """
     if text is None:
         return None
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    return text
+    return logfilter.scrub(mask_secrets(text, secrets))
 
 
 def _text(value: Any) -> str | None:
@@ -265,7 +269,9 @@ def unavailable(
         method_id=method_id,
         status=None,
         provider_code=type(error).__name__,
-        provider_message=str(error) or None,
+        # Not the library's text: it can quote what was being sent (h11 quotes a header
+        # value it refuses, with escapes no mask recognises).
+        provider_message=None,
         instance_id=instance_id,
     )
 

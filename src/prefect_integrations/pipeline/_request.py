@@ -69,20 +69,21 @@ class Call:
         return read_response(self.definition, self.method, response, self.context)
 
     def refused(self, response: httpx.Response) -> bool:
-        """True when ``response`` refuses the credentials: a `ProviderAuthError`.
+        """True when ``response`` refuses the credentials, so renewing them may help.
 
-        That is a 401 or 403, or a code the definition's ``errors.authCodes`` lists (only
-        then is the response read for it).
+        That is a 401, or a code the definition's ``errors.authCodes`` lists (only then is
+        the response read for it). A 403 alone is not: it refuses the permission, not the
+        credentials, and renewing on every one would force a token refresh per call.
         """
-        if response.status_code in (401, 403):
+        if response.status_code == 401:
             return True
         errors = self.definition.binding.errors if self.definition.binding else None
         if errors is None or not errors.auth_codes:
             return False
         try:
             read_response(self.definition, self.method, response, self.context)
-        except ProviderAuthError:
-            return True
+        except ProviderAuthError as exc:
+            return exc.provider_code in errors.auth_codes
         except Exception:  # any other outcome is read again, and raised, by `read`
             return False
         return False

@@ -1,10 +1,10 @@
 """Retries, as a transport: bounded exponential backoff with full jitter.
 
 A retry never resends what may have been acted upon unless the method is idempotent:
-connection failures (nothing was sent), 429 and 502/503/504 are retried for every
-method; other transport errors (read timeouts, a broken body) and 500 only for
-idempotent ones. ``Retry-After`` is honoured, and one longer than ``max_retry_after``
-ends the retries.
+connection failures (nothing was sent), 429 and 503 (refused before processing) are
+retried for every method; other transport errors (read timeouts, a broken body) and
+500, 502 and 504 (a gateway may have passed the request on) only for idempotent ones.
+``Retry-After`` is honoured, and one longer than ``max_retry_after`` ends the retries.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from prefect_integrations.pipeline._request import CALL_EXTENSION
 __all__ = ["AsyncRetryTransport", "RetryPolicy", "RetryTransport"]
 
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-_ALWAYS_RETRY_STATUS: Final = frozenset({429, 502, 503, 504})
+#: Answers that say the request was not processed: retried for every method.
+_ALWAYS_RETRY_STATUS: Final = frozenset({429, 503})
+#: Answers after which an idempotent request is sent again.
+_IDEMPOTENT_RETRY_STATUS: Final = frozenset({500, 502, 504})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,10 @@ class RetryPolicy:
                 return None
         elif response is not None:
             status = response.status_code
-            if status not in _ALWAYS_RETRY_STATUS and not (status == 500 and idempotent):
+            retryable = status in _ALWAYS_RETRY_STATUS or (
+                idempotent and status in _IDEMPOTENT_RETRY_STATUS
+            )
+            if not retryable:
                 return None
         backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))  # noqa: S311
         retry_after = retry_after_seconds(response) if response is not None else None

@@ -33,14 +33,19 @@ __all__ = ["AsyncClientTransport", "AsyncPipeline", "ClientTransport", "Pipeline
 
 
 class ClientTransport(httpx.BaseTransport):
-    """Send each request with an `httpx.Client`, the response streamed (not yet read)."""
+    """Send each request with an `httpx.Client`, the response streamed (not yet read).
+
+    Redirects are never followed, whatever the client is configured to do: httpx drops
+    only ``Authorization`` on a redirect to another host, so a key in another header
+    would follow it.
+    """
 
     def __init__(self, client: httpx.Client) -> None:
         self._client = client
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the client."""
-        return self._client.send(request, stream=True)
+        return self._client.send(request, stream=True, follow_redirects=False)
 
 
 class AsyncClientTransport(httpx.AsyncBaseTransport):
@@ -51,7 +56,7 @@ class AsyncClientTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the client."""
-        return await self._client.send(request, stream=True)
+        return await self._client.send(request, stream=True, follow_redirects=False)
 
 
 @contextmanager

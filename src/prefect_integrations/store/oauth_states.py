@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from prefect_integrations.db import translate_errors
 from prefect_integrations.exceptions import OAuthStateError
 from prefect_integrations.keyring import Keyring
+from prefect_integrations.models import oauth_states
 from prefect_integrations.store.vault import PGP_OPTIONS
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "consume_state",
     "create_link_session",
     "create_state",
+    "discard_states",
 ]
 
 STATE_TTL_SECONDS = 600
@@ -178,3 +180,16 @@ def consume_link_session(session: Session, *, instance_id: str, nonce: str) -> b
             _CONSUME_LINK, {"hash": _hash(_LINK_PREFIX + nonce), "iid": instance_id}
         ).first()
     return row is not None
+
+
+def discard_states(session: Session, instance_id: str) -> int:
+    """Spend every authorization state and connect link of ``instance_id``; how many.
+
+    Called when an operator deactivates the instance: a flow under way can no longer
+    complete, and an unused link no longer opens one.
+    """
+    with translate_errors(f"discard the authorizations of instance '{instance_id}'"):
+        result = session.execute(
+            sa.delete(oauth_states).where(oauth_states.c.instance_id == instance_id)
+        )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ from prefect_integrations.events import emit_instance_event
 from prefect_integrations.models import definitions, instances, integration_id_of
 from prefect_integrations.store.instance_checks import validate_status
 from prefect_integrations.store.instance_model import Instance, instance_from_row
+from prefect_integrations.store.oauth_states import discard_states
 
 __all__ = ["StatusWrite", "state_change_event", "write_status", "write_statuses"]
 
@@ -87,7 +88,8 @@ def write_status(
     schema). ``reason`` goes with the state-change event, emitted after commit.
     ``touch`` also sets ``updated_at`` (an operator's change). Writing ``inactive`` ends
     any refresh lease: a refresh still in flight can store its token (compare-and-swap
-    on the credentials version) but no longer holds the instance.
+    on the credentials version) but no longer holds the instance, and every connect flow
+    under way or link not yet opened is spent.
     """
     document = validate_status(instance_id, status)
     values: dict[str, Any] = {"status": document}
@@ -112,6 +114,8 @@ def write_status(
         row = session.execute(query).first()
     if row is None:
         return False
+    if document["state"] == "inactive" and expected_state != "inactive":
+        discard_states(session, instance_id)  # no connect flow completes after this
     _emit_on_commit(session, expected_state, instance_from_row(row), reason)
     return True
 
