@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -457,6 +459,35 @@ def test_create_reads_credentials_from_stdin(cli: Cli) -> None:
     assert created.out.strip() == "Created instance 'xero_stdin' (xero, global, active)"
     shown = cli.json("instances", "show", "xero_stdin")
     assert shown["credentials"]["oauth2"]["fields"] == sorted(XERO_CREDENTIALS["oauth2"])
+
+
+def test_create_reads_credentials_from_a_pipe(cli: Cli, tmp_path: Path) -> None:
+    """``--credentials-file <(secrets-tool get ...)``: a named pipe, not a regular file."""
+    cli.ok("definitions", "sync")
+    pipe = tmp_path / "credentials.pipe"
+    os.mkfifo(pipe, 0o600)
+
+    def feed() -> None:
+        with pipe.open("w") as writer:
+            writer.write(json.dumps(XERO_CREDENTIALS))
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    created = cli.ok(
+        "instances",
+        "create",
+        "xero_pipe",
+        "--integration",
+        "xero",
+        "--name",
+        "From a pipe",
+        "--config",
+        XERO_CONFIG,
+        "--credentials-file",
+        str(pipe),
+    )
+    writer.join(timeout=30)
+    assert created.out.strip() == "Created instance 'xero_pipe' (xero, global, active)"
 
 
 def test_set_credentials_from_stdin_activates_an_inactive_instance(acme: Cli) -> None:

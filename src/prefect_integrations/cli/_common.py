@@ -50,7 +50,7 @@ def parse_json_option(text: str, *, option: str) -> Any:
 
 
 def read_json_file(path: str, *, what: str) -> Any:
-    """Read JSON from a file, or from standard input when ``path`` is ``-``.
+    """Read JSON from a file (or a pipe), or from standard input when ``path`` is ``-``.
 
     Error messages give the position of a syntax error, never the content.
     """
@@ -62,8 +62,9 @@ def read_json_file(path: str, *, what: str) -> Any:
             file = Path(path)
             if file.is_dir():
                 raise ValidationError(f"{what} file {label}", [], "is a folder, not a file")
-            if not file.is_file():
+            if not file.exists():
                 raise ValidationError(f"{what} file {label}", [], "no such file")
+            # not only regular files: a pipe (`<(secrets-tool get ...)`) or a device too
             text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ValidationError(
