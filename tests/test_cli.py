@@ -365,6 +365,7 @@ def test_instance_lifecycle(cli: Cli, db: Database, xero_creds: str, tmp_path: P
     assert re.search(r"^instance_id\s+xero_main$", shown, re.M)
     assert re.search(r"^name\s+Main Xero$", shown, re.M)
     assert "oauth2.access_token=********" in shown and "oauth2.refresh_token=********" in shown
+    assert "oauth2.scope=accounting.transactions" in shown  # a non-secret fact, as in --json
     assert "(key k1)" in shown
     assert cli.json("instances", "show", "xero_main") == entry
 

@@ -352,7 +352,7 @@ def test_inactive_instance_is_refused(
     )
     with (
         _client(echo_db, echo_registry, keyring, iid) as client,
-        pytest.raises(InstanceUnavailable, match="'echo_1' is error"),
+        pytest.raises(InstanceUnavailable, match="'echo_1' is in error"),
     ):
         client.call("get_item", {"item_id": 1})
     assert provider.requests == []

@@ -132,7 +132,7 @@ class _ClientCore:
             if self._require_active and instance.state != "active":
                 reason = instance.status.get("error")
                 raise InstanceUnavailable(
-                    f"Instance '{self.instance_id}' is {instance.state}"
+                    f"Instance '{self.instance_id}' is {_state_words(instance.state)}"
                     + (f": {reason}" if reason else "")
                 )
             definition = self._registry.get(instance.integration_id)
@@ -319,3 +319,8 @@ class AsyncIntegrationClient(_ClientCore):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _state_words(state: str) -> str:
+    """``inactive`` -> ``inactive``; ``error`` -> ``in error``: how a sentence says it."""
+    return "in error" if state == "error" else state

@@ -159,7 +159,9 @@ def _explain_explicit(
         result.rule = "explicit instance id"
         reason = inst.status.get("error")
         result.error = InstanceUnavailable(
-            f"Instance '{instance_id}' is {inst.state}" + (f": {reason}" if reason else "")
+            f"Instance '{instance_id}' is "
+            + ("in error" if inst.state == "error" else inst.state)
+            + (f": {reason}" if reason else "")
         )
         result.candidates.append(_candidate(inst, f"unusable: {inst.state}"))
         return result

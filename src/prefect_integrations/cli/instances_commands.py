@@ -18,6 +18,7 @@ from prefect_integrations.cli._common import (
     runtime,
     scope_option,
 )
+from prefect_integrations.credentials import NON_SECRET_FIELDS
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.resolve import explain
 from prefect_integrations.store import instances as store
@@ -159,7 +160,14 @@ def show(
     if inst.credentials is not None:
         meta = inst.credentials.metadata
         prefix = f"{meta['kind']}." if meta.get("kind") else ""
-        fields = ", ".join(f"{prefix}{f}=********" for f in meta.get("fields", []))
+        # the non-secret facts kept beside the ciphertext (token type, scope, expiry) are
+        # shown as they are, as `--json` shows them; every other field only by name
+        fields = ", ".join(
+            f"{prefix}{f}={meta[f]}"
+            if f in NON_SECRET_FIELDS and f in meta
+            else f"{prefix}{f}=********"
+            for f in meta.get("fields", [])
+        )
         creds = f"{fields} (key {inst.credentials.key_id})"
     _show(
         {
