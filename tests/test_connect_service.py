@@ -351,14 +351,25 @@ def _fake_exchange(self: TokenEndpoint, **kw: Any) -> dict[str, Any]:
     return {"access_token": "new-at", "refresh_token": "new-rt", "expires_in": 3600}
 
 
+def _flow_at_the_provider(
+    db: Database,
+    registry: Registry,
+    keyring: Keyring,
+    monkeypatch: pytest.MonkeyPatch,
+    exchange: Any = _fake_exchange,
+) -> tuple[TestClient, str]:
+    """A browser that opened a link and is now at the provider, and the flow's state."""
+    monkeypatch.setattr(TokenEndpoint, "exchange_code", exchange)
+    _create(db, registry, keyring)
+    browser = _browser(db, registry, keyring)
+    return browser, _state_of(browser.get(_link(db, registry, keyring)))
+
+
 def test_a_deactivation_during_the_flow_stands(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The operator deactivates while the person is at the provider: nothing is stored."""
-    monkeypatch.setattr(TokenEndpoint, "exchange_code", _fake_exchange)
-    _create(echo_db, echo_registry, keyring)
-    browser = _browser(echo_db, echo_registry, keyring)
-    state = _state_of(browser.get(_link(echo_db, echo_registry, keyring)))
+    browser, state = _flow_at_the_provider(echo_db, echo_registry, keyring, monkeypatch)
     unused = _link(echo_db, echo_registry, keyring)
     with echo_db.transaction() as s:
         instances.update_instance(
@@ -396,10 +407,9 @@ def test_a_state_change_during_the_token_exchange_stands(
             )
         return _fake_exchange(self, **kw)
 
-    monkeypatch.setattr(TokenEndpoint, "exchange_code", exchange_while_the_operator_acts)
-    _create(echo_db, echo_registry, keyring)
-    browser = _browser(echo_db, echo_registry, keyring)
-    state = _state_of(browser.get(_link(echo_db, echo_registry, keyring)))
+    browser, state = _flow_at_the_provider(
+        echo_db, echo_registry, keyring, monkeypatch, exchange_while_the_operator_acts
+    )
     page = browser.get(f"/callback?state={state}&code=c0de")
     assert page.status_code != 200
     with echo_db.transaction() as s:
@@ -409,10 +419,7 @@ def test_a_state_change_during_the_token_exchange_stands(
 def test_a_new_primary_key_does_not_break_a_flow_under_way(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(TokenEndpoint, "exchange_code", _fake_exchange)
-    _create(echo_db, echo_registry, keyring)
-    browser = _browser(echo_db, echo_registry, keyring)
-    state = _state_of(browser.get(_link(echo_db, echo_registry, keyring)))
+    browser, state = _flow_at_the_provider(echo_db, echo_registry, keyring, monkeypatch)
     rotated = parse_keyring(
         f"k-new:{generate_key()},"
         + ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in keyring)

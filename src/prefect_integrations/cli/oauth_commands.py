@@ -28,19 +28,9 @@ def connect(
     link is signed and works once, for --ttl seconds; anyone who has it can connect their
     account, so send it only to that person.
     """
-    from prefect_integrations.oauth.links import mint_link
+    from prefect_integrations.oauth.links import connect_link
 
-    rt = runtime()
-    url = mint_link(
-        rt.db,
-        rt.registry,
-        rt.keyring,
-        instance_id=instance_id,
-        redirect_uri=rt.settings.oauth_redirect_uri,
-        ttl=ttl,
-        reconnect=reconnect,
-    )
-    echo(url)
+    echo(connect_link(instance_id, ttl=ttl, reconnect=reconnect))
 
 
 @app.command()
