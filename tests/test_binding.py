@@ -1034,9 +1034,22 @@ def test_gmail_path_values_are_one_encoded_segment(gmail: Definition) -> None:
     assert request.url.raw_path == b"/gmail/v1/users/me/messages/...?format=full"
 
 
-@pytest.mark.parametrize("segment", [".", ".."])
+def test_path_parameters_and_backslashes_are_percent_encoded(gmail: Definition) -> None:
+    """``;`` starts path parameters and ``\\`` is ``/`` to some servers: both are encoded."""
+    method = gmail.method("get_message")
+    request, _ = binding.prepare(gmail, method, {"id": "a;b=c\\d@e"}, {})
+    assert request.url.raw_path == b"/gmail/v1/users/me/messages/a%3Bb=c%5Cd@e?format=full"
+
+
+@pytest.mark.parametrize(
+    "segment", [".", "..", "..;", ".;x", "..;x=1", "..\\", "../", "a/..", "%2e%2e", "%2E", ".. "]
+)
 def test_dot_segments_are_refused_naming_the_input(gmail: Definition, segment: str) -> None:
-    """Sent as ``%2E%2E``, servers would still read them as a step to the parent path."""
+    """Sent as ``%2E%2E``, servers would still read them as a step to the parent path.
+
+    So would they ``..`` followed by path parameters (``..;x``: Tomcat, Jetty, Spring), or
+    cut at a decoded ``/`` or ``\\``, or decoded once more.
+    """
     method = gmail.method("get_message")
     with pytest.raises(ValidationError) as info:
         binding.prepare(gmail, method, {"id": segment}, {})

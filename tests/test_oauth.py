@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import multiprocessing
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -644,3 +646,50 @@ def test_a_secret_echoed_anywhere_in_a_long_error_description_is_masked(
     for value in (secret, client_secret):
         assert value[:8] not in text and value[-8:] not in text
     assert len(str(caught.value)) <= 500
+
+
+def _endpoint(provider: FakeProvider) -> TokenEndpoint:
+    return TokenEndpoint(
+        instance_id="i1", token_url=f"{provider.url}/token", client_id="c1", client_secret="cs"
+    )
+
+
+def _gzip_reply(body: bytes, encoding: str = "gzip") -> Reply:
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+    return Reply(200, raw=gzip.compress(body), headers=headers)
+
+
+def test_a_gzip_token_response_is_decoded_and_refused_once_too_large(
+    provider: FakeProvider,
+) -> None:
+    """The limit counts decoded bytes: 64 MiB of spaces are 64 KiB of gzip."""
+    token = b'{"access_token": "AT-1", "token_type": "Bearer"}'
+    provider.reply("POST", "/token", _gzip_reply(token))
+    assert _endpoint(provider).refresh("RT-1")["access_token"] == "AT-1"
+    assert provider.requests[-1].headers["accept-encoding"] == "gzip, deflate"
+
+    provider.reply("POST", "/token", _gzip_reply(token[:-1] + b" " * (64 << 20) + b"}"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(OAuthError) as caught:
+            _endpoint(provider).refresh("RT-1")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason == "token_response_too_large"
+    assert "larger than 1048576 bytes" in str(caught.value)
+    assert peak < 8 << 20  # the limit and a network chunk, not 64 MiB
+
+
+@pytest.mark.parametrize("encoding", ["gzip, gzip", "br", "zstd"])
+def test_malformed_token_response_encodings_are_refused(
+    provider: FakeProvider, encoding: str
+) -> None:
+    """Stacked or unknown codings are not decoded at all (they could not be bounded)."""
+    provider.reply(
+        "POST", "/token", _gzip_reply(gzip.compress(b'{"access_token": "AT"}'), encoding)
+    )
+    with pytest.raises(OAuthError) as caught:
+        _endpoint(provider).refresh("RT-1")
+    assert caught.value.reason == "token_response_undecodable"
+    assert f"Content-Encoding '{encoding}'" in str(caught.value)

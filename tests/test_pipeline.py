@@ -7,10 +7,13 @@ what the clients load from the store.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import threading
+import tracemalloc
 import uuid
-from collections.abc import Iterator
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -332,3 +335,121 @@ def test_a_transport_error_never_quotes_what_was_being_sent() -> None:
     assert caught.value.provider_code == "LocalProtocolError"
     text = f"{caught.value} {caught.value!r} {vars(caught.value)!r}"
     assert "LEAKME" not in text
+
+
+# --------------------------------------------------------------------------------------
+# Compressed bodies: the limit counts decoded bytes, decoded a bounded amount at a time
+# --------------------------------------------------------------------------------------
+
+_BODY = b'{"items": [' + b", ".join(b'"item-%d"' % i for i in range(200)) + b"]}"
+
+
+def _compressed(data: bytes, coding: str) -> bytes:
+    if coding == "deflate-raw":
+        packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return packer.compress(data) + packer.flush()
+    return gzip.compress(data) if coding in ("gzip", "x-gzip") else zlib.compress(data)
+
+
+class _Wire(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """``data`` sent in network-sized chunks, counting what was sent."""
+
+    def __init__(self, data: bytes, size: int = 65536) -> None:
+        self.data, self.size, self.sent = data, size, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for start in range(0, len(self.data), self.size):
+            self.sent += 1
+            yield self.data[start : start + self.size]
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self:
+            yield chunk
+
+
+def _bomb(decoded: int) -> bytes:
+    """A gzip body of ``decoded`` zero bytes (a few hundred times smaller on the wire)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"\0" * (1 << 20)
+    return b"".join(packer.compress(block) for _ in range(decoded >> 20)) + packer.flush()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate", "deflate-raw"])
+def test_a_compressed_body_under_the_limit_is_read_decoded(coding: str) -> None:
+    definition = _definition()
+    encoding = "deflate" if coding == "deflate-raw" else coding
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("accept-encoding"))
+        body = _compressed(_BODY, coding)
+        return httpx.Response(200, headers={"Content-Encoding": encoding}, stream=_Wire(body, 7))
+
+    # a request asking for codings that are not decoded here asks only for those that are
+    request = _call(definition).request
+    request.headers["Accept-Encoding"] = "br, zstd, gzip"
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+        pipeline = Pipeline(http, max_response_bytes=len(_BODY))
+        response = pipeline.send(request, InstanceAuth(_authorization(definition, "k")))
+    assert response.content == _BODY and response.json()["items"][-1] == "item-199"
+    assert "content-encoding" not in response.headers
+    assert seen == ["gzip, deflate"]
+
+
+def test_a_compressed_body_over_the_limit_is_refused_before_it_is_decoded_whole() -> None:
+    """1 MiB of zeros per 1 KiB on the wire: the limit counts what they decode to."""
+    definition = _definition()
+    limit = 1 << 20
+    bomb = _bomb(64 << 20)
+    for name in ("sync", "async"):
+        wire = _Wire(bomb, 16384)
+        call = _call(definition)
+        auth = InstanceAuth(_authorization(definition, "k"))
+
+        def handler(request: httpx.Request, wire: _Wire = wire) -> httpx.Response:
+            return httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=wire)
+
+        async def in_async(call: Call = call, auth: InstanceAuth = auth) -> Any:
+            async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+                return await AsyncPipeline(http, retry=FAST, max_response_bytes=limit).call(
+                    call, auth
+                )
+
+        tracemalloc.start()
+        try:
+            with pytest.raises(ResponseTooLarge) as caught:
+                if name == "sync":
+                    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+                        Pipeline(http, retry=FAST, max_response_bytes=limit).call(call, auth)
+                else:
+                    asyncio.run(in_async())
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert f"limit of {limit} bytes" in str(caught.value), name
+        assert (caught.value.status, call.status, call.attempts) == (200, 200, 1), name
+        # the body up to the limit, and a byte past it: not the 16 MiB a chunk decodes to
+        assert peak < 4 * limit, (name, peak)
+        assert wire.sent < len(bomb) // 16384, name
+
+
+@pytest.mark.parametrize("encoding", ["gzip, gzip", "gzip, deflate", "br", "zstd", "compress"])
+def test_a_body_in_stacked_or_unknown_codings_is_refused(encoding: str) -> None:
+    definition = _definition()
+    wire = _Wire(gzip.compress(gzip.compress(_BODY)))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": encoding}, stream=wire)
+
+    call = _call(definition)
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as http,
+        pytest.raises(ProviderError) as caught,
+    ):
+        Pipeline(http, retry=FAST).call(call, InstanceAuth(_authorization(definition, "k")))
+    error = caught.value
+    assert type(error) is ProviderError
+    assert (error.status, error.provider_code) == (200, "unsupported_content_encoding")
+    assert f"'{encoding}'" in str(error)
+    assert (call.status, call.attempts, wire.sent) == (200, 1, 0)
+    assert failure_reason(error) == "config_invalid"

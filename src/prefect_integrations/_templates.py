@@ -24,9 +24,10 @@ Filters (beyond Jinja's built-ins) and how values read as text are in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from jinja2 import ChainableUndefined, Template, TemplateSyntaxError, Undefined, nodes
 from jinja2.compiler import Frame
@@ -89,24 +90,31 @@ class _Environment(ImmutableSandboxedEnvironment):
     code_generator_class = _CodeGenerator
 
 
-_PATH_SAFE = "-._~!$&'()*+,;=:@"
+#: Kept as is in a path segment: unreserved characters and sub-delimiters but ``;``, which
+#: starts path parameters (``..;x`` is ``..`` to Tomcat, Jetty and Spring); ``\`` too is
+#: percent-encoded.
+_PATH_SAFE = "-._~!$&'()*+,=:@"
 
 
 #: Segments refused in a URL path: sent even percent-encoded (``%2E%2E``), servers and
 #: proxies normalize them back to ``.`` and ``..``, which step to the parent path.
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
+#: Where servers may cut a decoded segment: ``/``, ``\`` and the ``;`` of path parameters.
+_SEGMENT_ENDS: Final = re.compile(r"[/\\;]")
 
 
 def path_segment(value: Any, *, name: Sequence[str | int] = ()) -> str:
-    """Finalize of path templates: each ``{{ }}`` is one percent-encoded path segment.
+    r"""Finalize of path templates: each ``{{ }}`` is one percent-encoded path segment.
 
     ``.`` and ``..`` are refused (`ValidationError`): whatever their encoding, servers
-    read them as steps in the path. ``name`` is the JSON path of the value
-    (``("config", "user_id")``), named in the error; in a path template the input is
-    found from the template's own references (see `CompiledTemplate.render`).
+    read them as steps in the path; so is a value holding one once decoded and cut at
+    ``/``, ``\`` or ``;`` (``..;x``, ``..\``, ``%2e%2e``), spaces around it ignored.
+    ``name`` is the JSON path of the value (``("config", "user_id")``), named in the
+    error; in a path template the input is found from the template's own references (see
+    `CompiledTemplate.render`).
     """
     text = to_text(value)
-    if text in _DOT_SEGMENTS:
+    if any(part.strip() in _DOT_SEGMENTS for part in _SEGMENT_ENDS.split(unquote(text))):
         raise _DotSegment(text, name)
     return quote(text, safe=_PATH_SAFE)
 

@@ -7,10 +7,11 @@ compliance hook that refuses anything but a 2xx JSON object with an ``access_tok
 turns provider errors into typed exceptions. A request that could not be sent is
 `TokenEndpointUnavailable` with reason ``token_endpoint_unavailable``; one sent without a
 whole answer (read timeout, connection dropped) has reason ``token_endpoint_no_answer``:
-the endpoint may have processed it. A token response body larger than
+the endpoint may have processed it. A token response body that decodes to more than
 ``max_response_bytes`` (default 1 MiB) is not read further: `OAuthError` with reason
-``token_response_too_large``. Nothing raised here contains a token, a code, a verifier or
-a client secret.
+``token_response_too_large``; one in a coding other than gzip or deflate (or stacked
+codings) is not read at all: reason ``token_response_undecodable``. Nothing raised here
+contains a token, a code, a verifier or a client secret.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=AuthlibDeprecationWarning)
     from authlib.integrations.httpx_client import OAuth2Client
 
+from prefect_integrations._decoding import (
+    ACCEPT_ENCODING,
+    DecodedTooLarge,
+    LimitedDecoder,
+    UnsupportedEncoding,
+)
 from prefect_integrations._http import retry_after_seconds
 from prefect_integrations.credentials import Credentials, oauth2_section, to_iso, to_spec_shape
 from prefect_integrations.definitions import Definition
@@ -45,7 +52,7 @@ from prefect_integrations.masking import basic_pairs, mask_secrets
 
 __all__ = ["MAX_TOKEN_RESPONSE_BYTES", "TokenEndpoint", "merge_token", "oauth2_setting"]
 
-#: The largest token response body read (raw bytes); token responses are a few KiB.
+#: The largest token response body read (decoded bytes); token responses are a few KiB.
 MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024
 
 
@@ -54,19 +61,19 @@ class _TooLarge(Exception):
 
 
 class _LimitedStream(httpx.SyncByteStream):
-    """A response body stream that stops once more than ``limit`` bytes came."""
+    """A response body stream, decoded, that stops once it decodes to over ``limit`` bytes."""
 
-    def __init__(self, inner: httpx.SyncByteStream, limit: int) -> None:
+    def __init__(self, inner: httpx.SyncByteStream, decoder: LimitedDecoder) -> None:
         self._inner = inner
-        self._limit = limit
+        self._decoder = decoder
 
     def __iter__(self) -> Iterator[bytes]:
-        size = 0
-        for chunk in self._inner:
-            size += len(chunk)
-            if size > self._limit:
-                raise _TooLarge
-            yield chunk
+        try:
+            for chunk in self._inner:
+                yield self._decoder.decode(chunk)
+            yield self._decoder.flush()
+        except DecodedTooLarge:
+            raise _TooLarge from None
 
     def close(self) -> None:
         self._inner.close()
@@ -257,18 +264,29 @@ class TokenEndpoint:
         return response
 
     def _limit_body(self, response: httpx.Response) -> None:
-        """Response hook: refuse a body over the limit before and while it is read."""
+        """Response hook: refuse a body over the limit before and while it is decoded.
+
+        The body is decoded here, at most ``max_response_bytes`` of it, and the response
+        loses its ``Content-Encoding`` and ``Content-Length`` so httpx does not decode it
+        again.
+        """
         declared = response.headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > self.max_response_bytes:
             raise _TooLarge
-        if isinstance(response.stream, httpx.SyncByteStream):
-            response.stream = _LimitedStream(response.stream, self.max_response_bytes)
+        decoder = LimitedDecoder(response.headers, self.max_response_bytes)
+        if not isinstance(response.stream, httpx.SyncByteStream):
+            raise TypeError("the token endpoint reads synchronous responses only")
+        response.stream = _LimitedStream(response.stream, decoder)
+        for name in ("content-encoding", "content-length"):
+            if name in response.headers:
+                del response.headers[name]
 
     def _client(
         self, *, redirect_uri: str | None = None, transport: httpx.BaseTransport | None = None
     ) -> OAuth2Client:
         kwargs: dict[str, Any] = {
             "timeout": self.timeout,
+            "headers": {"Accept-Encoding": ACCEPT_ENCODING},
             "event_hooks": {"response": [self._limit_body]},
         }
         if transport is not None:
@@ -302,6 +320,12 @@ class TokenEndpoint:
                 f"Token endpoint of instance '{self.instance_id}' answered a body larger than "
                 f"{self.max_response_bytes} bytes",
                 reason="token_response_too_large",
+            ) from None
+        except UnsupportedEncoding as exc:
+            raise OAuthError(
+                f"Token endpoint of instance '{self.instance_id}' answered a body that cannot "
+                f"be read: {exc}",
+                reason="token_response_undecodable",
             ) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise TokenEndpointUnavailable(
