@@ -341,10 +341,12 @@ def test_instance_lifecycle(cli: Cli, db: Database, xero_creds: str, tmp_path: P
         "INTEGRATION",
         "CONTEXT",
         "STATE",
-        "CREDENTIALS",
+        "REASON",
         "LAST",
-        "USED",
+        "CHECK",
+        "CREDENTIALS",
     ]
+    # not checked yet: no reason, no last check
     assert table[2].split() == ["xero_main", "xero", "global", "active", "stored", "(k1)"]
     listed = cli.json("instances", "list")
     assert len(listed) == 1
@@ -1161,3 +1163,35 @@ def test_oauth_connect_prints_a_single_use_link(cli: Cli, xero_creds: str, tmp_p
     assert again.startswith("http://127.0.0.1:8765/connect/xero_main?link=")
     assert cli("oauth", "connect", "xero_new", "--ttl", "0").code != 0
     assert_one_error(cli("oauth", "connect", "nope"), "instance_not_found", "'nope'")
+
+
+def test_instances_test_checks_now_and_says_why(cli: Cli) -> None:
+    cli.ok("definitions", "sync")
+    cli.ok(
+        "instances",
+        "create",
+        "xero_main",
+        "--integration",
+        "xero",
+        "--name",
+        "Main Xero",
+        "--config",
+        XERO_CONFIG,
+        "--credentials-file",
+        "-",
+        stdin=json.dumps(XERO_CREDENTIALS),
+    )
+    failed = cli("instances", "test", "xero_main", "--json")  # Xero is out of reach here
+    assert failed.code == 1 and "Traceback" not in failed.err
+    result = json.loads(failed.out)
+    assert result["instanceId"] == "xero_main" and result["passed"] is False
+    assert result["reason"] and result["durationMs"] >= 0 and result["previousState"] == "active"
+    text = cli("instances", "test", "xero_main")
+    assert text.code == 1 and text.out.startswith(f"xero_main: {result['reason']} (")
+    table = cli.ok("instances", "list").out.splitlines()
+    assert result["reason"] in table[2].split()
+    shown = cli.ok("instances", "show", "xero_main").out
+    assert re.search(rf"^reason\s+{result['reason']}$", shown, re.M)
+    assert re.search(r"^last_checked\s+\d{4}-", shown, re.M)
+    missing = cli("instances", "test", "nope")
+    assert_one_error(missing, "instance_not_found", "'nope'")

@@ -14,8 +14,14 @@ import yaml
 
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
-from prefect_integrations.exceptions import InvalidGrant, ValidationError
+from prefect_integrations.exceptions import (
+    InstanceNotFound,
+    InstanceUnavailable,
+    InvalidGrant,
+    ValidationError,
+)
 from prefect_integrations.keyring import Keyring
+from prefect_integrations.maintenance.connection_check import check_connection
 from prefect_integrations.maintenance.health import HealthChecker, HealthReport
 from prefect_integrations.oauth.endpoint import TokenEndpoint
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
@@ -446,3 +452,40 @@ def test_the_status_writer_is_conditional_and_emits_after_commit(
         assert emitted == []  # not before the commit
     assert emitted == [("integration.instance.degraded", "watched", "x")]
     assert _status(echo_db, "watched") == error
+
+
+def test_a_connection_is_tested_on_demand_and_a_fixed_instance_is_active_at_once(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
+) -> None:
+    _add(echo_db, echo_registry, keyring, "fixed", provider.url, state="error")
+    _add(echo_db, echo_registry, keyring, "still_bad", provider.url)
+    _add(echo_db, echo_registry, keyring, "paused", provider.url, state="inactive")
+    provider.reply("GET", "/fixed/items/1", OK)
+    provider.reply("GET", "/still_bad/items/1", Reply(401, {"error": "revoked"}))
+
+    fixed = check_connection(echo_db, echo_registry, keyring, "fixed", actor="operator")
+    assert (fixed.reason, fixed.status_code, fixed.state_before, fixed.state_after) == (
+        "ok",
+        200,
+        "error",
+        "active",
+    )
+    assert fixed.duration_ms > 0 and _status(echo_db, "fixed")["state"] == "active"
+    again = check_connection(echo_db, echo_registry, keyring, "fixed", actor="operator")
+    assert again.reason == "ok"  # checked just now: an on-demand test is never "not due"
+
+    bad = check_connection(echo_db, echo_registry, keyring, "still_bad", actor="operator")
+    assert (bad.reason, bad.status_code, bad.state_after) == ("provider_auth_failed", 401, "error")
+    assert _status(echo_db, "still_bad")["details"]["reason"] == "provider_auth_failed"
+
+    with pytest.raises(InstanceUnavailable, match="'paused' is inactive"):
+        check_connection(echo_db, echo_registry, keyring, "paused", actor="operator")
+    with pytest.raises(InstanceNotFound):
+        check_connection(echo_db, echo_registry, keyring, "missing", actor="operator")
+    with echo_db.transaction() as s:
+        checks = audit.tail(s, action="health.check", limit=10)
+    assert sorted((c.instance_id, c.actor) for c in checks) == [
+        ("fixed", "operator"),
+        ("fixed", "operator"),
+        ("still_bad", "operator"),
+    ]

@@ -309,3 +309,7 @@ def test_block_registered_synced_and_callable(
     provider.reply("GET", "/echo_main/items/4", Reply(200, {"id": 4, "name": "four"}))
     assert block.call("get_item", {"item_id": 4}) == {"id": 4, "name": "four"}
     assert asyncio.run(block.acall("get_item", {"item_id": 4})) == {"id": 4, "name": "four"}
+    provider.reply("GET", "/echo_main/items/1", Reply(200, {"id": 1, "name": "one"}))
+    tested = block.test()  # the connection test, as `instances test` runs it
+    assert (tested["passed"], tested["reason"], tested["status_code"]) == (True, "ok", 200)
+    assert tested["state"] == "active"

@@ -86,6 +86,27 @@ xero.call("list_contacts", {"page": 1})
         async with runtime().async_client(instance_id) as client:
             return await client.call(method_id, inputs)
 
+    def test(self) -> dict[str, Any]:
+        """Check this instance's connection now with its health check; record the status.
+
+        Returns the result (``passed``, ``reason``, ``status_code``, ``duration_ms``,
+        ``state``); an instance that works again becomes active at once.
+        """
+        from prefect_integrations.maintenance.connection_check import check_connection
+
+        rt = runtime()
+        result = check_connection(
+            rt.db, rt.registry, rt.keyring, self._visible_id(), actor=rt.actor
+        )
+        return {
+            "passed": result.reason in ("ok", "not_applicable"),
+            "reason": result.reason,
+            "status_code": result.status_code,
+            "duration_ms": round(result.duration_ms, 1),
+            "state": result.state_after,
+            "error": result.error,
+        }
+
     def _visible_id(self) -> str:
         """The instance id, once checked to be visible in the caller's context, if any.
 

@@ -129,19 +129,27 @@ def list_(
         emit_json([i.as_document() for i in found])
         return
     echo_table(
-        ["INSTANCE", "INTEGRATION", "CONTEXT", "STATE", "CREDENTIALS", "LAST USED"],
+        ["INSTANCE", "INTEGRATION", "CONTEXT", "STATE", "REASON", "LAST CHECK", "CREDENTIALS"],
         [
             [
                 i.instance_id,
                 i.integration_id,
                 str(i.scope),
                 i.state,
+                _reason(i.status),
+                i.status.get("lastChecked") or "",
                 f"stored ({i.credentials.key_id})" if i.credentials else "none",
-                i.last_used_at,
             ]
             for i in found
         ],
     )
+
+
+def _reason(status: dict[str, Any]) -> str:
+    """The reason of the last check or refresh kept in a status's details ('' if none)."""
+    details = status.get("details")
+    reason = details.get("reason") if isinstance(details, dict) else None
+    return str(reason) if reason else ""
 
 
 @app.command()
@@ -177,6 +185,9 @@ def show(
             "description": inst.description,
             "context": str(inst.scope),
             "state": inst.state,
+            "reason": _reason(inst.status),
+            "last_checked": inst.status.get("lastChecked"),
+            "last_error": inst.status.get("error"),
             "status": json.dumps(inst.status),
             "config": json.dumps(inst.config),
             "credentials": creds,
@@ -335,4 +346,46 @@ def resolve(
     if result.error is not None:
         if not as_json:
             echo(f"error[{result.error.code}]: {result.error}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("test")
+def test_(
+    instance_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+) -> None:
+    """Check INSTANCE_ID's connection now with its health check, and record the status.
+
+    An instance that works again becomes active at once. Exits 1 when the check fails.
+    """
+    from prefect_integrations.maintenance.connection_check import check_connection
+
+    rt = runtime()
+    result = check_connection(rt.db, rt.registry, rt.keyring, instance_id, actor=rt.actor)
+    passed = result.reason in ("ok", "not_applicable")
+    if as_json:
+        emit_json(
+            {
+                "instanceId": result.instance_id,
+                "integrationId": result.integration_id,
+                "passed": passed,
+                "reason": result.reason,
+                "statusCode": result.status_code,
+                "durationMs": round(result.duration_ms, 1),
+                "state": result.state_after,
+                "previousState": result.state_before,
+                "error": result.error,
+            }
+        )
+    else:
+        http = f"HTTP {result.status_code}, " if result.status_code is not None else ""
+        moved = (
+            f"; state {result.state_after} (was {result.state_before})"
+            if result.state_after != result.state_before
+            else f"; state {result.state_after}"
+        )
+        echo(f"{instance_id}: {result.reason} ({http}{result.duration_ms:.1f} ms){moved}")
+        if result.error and not passed:
+            echo(f"error: {result.error}", err=True)
+    if not passed:
         raise typer.Exit(1)
