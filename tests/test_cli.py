@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -1195,3 +1196,10 @@ def test_instances_test_checks_now_and_says_why(cli: Cli) -> None:
     assert re.search(r"^last_checked\s+\d{4}-", shown, re.M)
     missing = cli("instances", "test", "nope")
     assert_one_error(missing, "instance_not_found", "'nope'")
+
+
+def test_oauth_serve_on_a_port_in_use_is_one_clear_error(cli: Cli) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = cli("oauth", "serve", "--port", str(port))
+    assert_one_error(result, "configuration_error", f"127.0.0.1:{port}")

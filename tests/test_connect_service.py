@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -14,13 +15,15 @@ from fastapi.testclient import TestClient
 
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
-from prefect_integrations.exceptions import OAuthError
+from prefect_integrations.exceptions import ConfigurationError, OAuthError
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.oauth import connect_link
 from prefect_integrations.oauth.endpoint import TokenEndpoint
 from prefect_integrations.oauth.links import mint_link, verify_link
+from prefect_integrations.oauth.listener import listen
 from prefect_integrations.oauth.service import COOKIE_NAME, SECURITY_HEADERS, create_app
-from prefect_integrations.runtime import runtime
+from prefect_integrations.runtime import Runtime, runtime
+from prefect_integrations.settings import Settings
 from prefect_integrations.store import audit, instances
 from prefect_integrations.store.definitions import sync_definitions
 
@@ -443,3 +446,33 @@ def test_non_ascii_links_and_cookies_get_the_refusal_page(
     raw_cookie = f"{COOKIE_NAME}=\u00e9t\u00e9".encode("latin-1")  # as a raw client sends it
     page = browser.get(f"/callback?state={state}&code=c0de", headers={"cookie": raw_cookie})
     assert page.status_code == 400
+
+
+def _runtime_with(monkeypatch: pytest.MonkeyPatch, redirect_uri: str | None) -> Runtime:
+    monkeypatch.delenv("PREFECT_INTEGRATIONS_OAUTH_REDIRECT_URI", raising=False)
+    if redirect_uri is not None:
+        monkeypatch.setenv("PREFECT_INTEGRATIONS_OAUTH_REDIRECT_URI", redirect_uri)
+    return Runtime(Settings())
+
+
+def test_the_callback_follows_the_port_unless_it_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    listener = listen(_runtime_with(monkeypatch, None), port=free)
+    with listener.socket:
+        assert listener.url == f"http://127.0.0.1:{free}"
+        assert listener.redirect_uri == f"http://127.0.0.1:{free}/callback"
+    explicit = "https://connect.example.com/oauth/callback"
+    listener = listen(_runtime_with(monkeypatch, explicit), host="127.0.0.1", port=free)
+    with listener.socket:
+        assert listener.redirect_uri == explicit  # set explicitly: kept as it is
+
+
+def test_a_port_in_use_is_a_clear_error_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigurationError, match=rf"127\.0\.0\.1:{port}.*--oauth-port"):
+            listen(_runtime_with(monkeypatch, None), port=port)

@@ -106,6 +106,12 @@ def serve(
     once: bool = typer.Option(False, "--once", help="Run each maintenance flow once and exit"),
     oauth: bool = typer.Option(True, help="Also run the OAuth connect service"),
     prefect_port: int = typer.Option(4200, help="Port of the local Prefect server, if started"),
+    oauth_host: str | None = typer.Option(
+        None, help="Connect service host (default: the redirect URI's)"
+    ),
+    oauth_port: int | None = typer.Option(
+        None, help="Connect service port (default: the redirect URI's)"
+    ),
 ) -> None:
     """Run the maintenance flows on their schedules (and the OAuth connect service).
 
@@ -114,7 +120,15 @@ def serve(
     from prefect_integrations.maintenance.service import serve as run_service
 
     rt = runtime()
-    run_service(rt, once=once, oauth=oauth, prefect_port=prefect_port, echo=echo)
+    run_service(
+        rt,
+        once=once,
+        oauth=oauth,
+        prefect_port=prefect_port,
+        oauth_host=oauth_host,
+        oauth_port=oauth_port,
+        echo=echo,
+    )
 
 
 def _check_encodable(args: Sequence[str]) -> None:

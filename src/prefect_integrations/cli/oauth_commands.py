@@ -38,19 +38,23 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Default: the redirect URI's host")] = None,
     port: Annotated[int | None, typer.Option(help="Default: the redirect URI's port")] = None,
 ) -> None:
-    """Run the connect service (authorization-code flow with PKCE)."""
+    """Run the connect service (authorization-code flow with PKCE).
+
+    The callback follows --host/--port unless PREFECT_INTEGRATIONS_OAUTH_REDIRECT_URI is
+    set; links (`oauth connect`) use that setting, so set it when serving elsewhere.
+    """
     import uvicorn
 
-    from prefect_integrations.oauth.service import bind_address, runtime_app
+    from prefect_integrations.oauth.listener import listen, runtime_app
 
     rt = runtime()
-    app = runtime_app(rt)
-    bind_host, bind_port = bind_address(rt.settings.oauth_redirect_uri, host=host, port=port)
+    listener = listen(rt, host=host, port=port)  # a port in use is an error here
     echo(
-        f"connect service on http://{bind_host}:{bind_port} (links from "
-        f"`prefect-integrations oauth connect ID`); callback {rt.settings.oauth_redirect_uri}"
+        f"connect service on {listener.url} (links from "
+        f"`prefect-integrations oauth connect ID`); callback {listener.redirect_uri}"
     )
-    uvicorn.run(app, host=bind_host, port=bind_port, log_level="warning")
+    config = uvicorn.Config(runtime_app(rt, listener.redirect_uri), log_level="warning")
+    uvicorn.Server(config).run(sockets=[listener.socket])
 
 
 @app.command()

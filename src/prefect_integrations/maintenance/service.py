@@ -99,16 +99,23 @@ def local_prefect_server(home: Path, *, port: int = 4200, timeout: float = 180.0
 class _ConnectThread:
     """The OAuth connect service (uvicorn) in a daemon thread."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, *, host: str | None = None, port: int | None = None) -> None:
         import uvicorn
 
-        from prefect_integrations.oauth.service import bind_address, runtime_app
+        from prefect_integrations.oauth.listener import listen, runtime_app
 
-        host, port = bind_address(rt.settings.oauth_redirect_uri)
-        self.url = f"http://{host}:{port}"
-        config = uvicorn.Config(runtime_app(rt), host=host, port=port, log_level="warning")
+        listener = listen(rt, host=host, port=port)  # a port in use is an error at start
+        self.url = listener.url
+        self.redirect_uri = listener.redirect_uri
+        self._socket = listener.socket
+        config = uvicorn.Config(runtime_app(rt, listener.redirect_uri), log_level="warning")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="oauth-connect", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name="oauth-connect",
+            daemon=True,
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -116,6 +123,7 @@ class _ConnectThread:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+        self._socket.close()
 
 
 def serve(
@@ -124,6 +132,8 @@ def serve(
     once: bool = False,
     oauth: bool = True,
     prefect_port: int = 4200,
+    oauth_host: str | None = None,
+    oauth_port: int | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the maintenance service (or each flow once); returns the summaries of ``once``."""
@@ -140,7 +150,9 @@ def serve(
         echo(f"Prefect UI: {ui_url}")
         if once:
             return _run_once(echo)
-        return _serve_forever(rt, oauth=oauth, echo=echo)
+        return _serve_forever(
+            rt, oauth=oauth, oauth_host=oauth_host, oauth_port=oauth_port, echo=echo
+        )
     return {}  # pragma: no cover - the with block always returns
 
 
@@ -171,7 +183,14 @@ def _run_once(echo: Callable[[str], None]) -> dict[str, Any]:
     return summaries
 
 
-def _serve_forever(rt: Runtime, *, oauth: bool, echo: Callable[[str], None]) -> dict[str, Any]:
+def _serve_forever(
+    rt: Runtime,
+    *,
+    oauth: bool,
+    oauth_host: str | None,
+    oauth_port: int | None,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
     from prefect import serve as prefect_serve
     from prefect.deployments.runner import RunnerDeployment
 
@@ -191,11 +210,11 @@ def _serve_forever(rt: Runtime, *, oauth: bool, echo: Callable[[str], None]) -> 
             ("rotate-credentials", rotate_credentials),
         )
     ]
-    connect = _ConnectThread(rt) if oauth else None
+    connect = _ConnectThread(rt, host=oauth_host, port=oauth_port) if oauth else None
     if connect is not None:
         connect.start()
         echo(
-            f"OAuth connect service: {connect.url} "
+            f"OAuth connect service: {connect.url}, callback {connect.redirect_uri} "
             "(links from `prefect-integrations oauth connect ID`)"
         )
     for name, cron in SCHEDULES.items():

@@ -44,7 +44,6 @@ from prefect_integrations.oauth.links import (
     is_bound,
     verify_link,
 )
-from prefect_integrations.runtime import Runtime
 from prefect_integrations.store import audit, instances, vault
 from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.oauth_states import (
@@ -58,10 +57,8 @@ __all__ = [
     "COOKIE_NAME",
     "OAUTH_ERROR_CODES",
     "SECURITY_HEADERS",
-    "bind_address",
     "create_app",
     "oauth_error_code",
-    "runtime_app",
 ]
 
 #: The cookie that binds an authorization's state to the browser that started it.
@@ -411,22 +408,3 @@ def audit_failure(
             instance_id=instance_id,
             details={"reason": reason, **(client or {})},
         )
-
-
-def runtime_app(rt: Runtime) -> FastAPI:
-    """The connect service of the runtime's store, called back at the configured URI."""
-    return create_app(
-        db=rt.db,
-        registry=rt.registry,
-        keyring=rt.keyring,
-        actor=rt.actor,
-        redirect_uri=rt.settings.oauth_redirect_uri,
-    )
-
-
-def bind_address(
-    redirect_uri: str, *, host: str | None = None, port: int | None = None
-) -> tuple[str, int]:
-    """Where to listen: the given host and port, else those of the redirect URI."""
-    redirect = urlsplit(redirect_uri)
-    return host or redirect.hostname or "127.0.0.1", port or redirect.port or 8765
