@@ -130,10 +130,8 @@ class _ClientCore:
         with self._db.transaction(f"load instance '{self.instance_id}'") as session:
             instance = require_instance(session, self.instance_id)
             if self._require_active and instance.state != "active":
-                reason = instance.status.get("error")
-                raise InstanceUnavailable(
-                    f"Instance '{self.instance_id}' is {_state_words(instance.state)}"
-                    + (f": {reason}" if reason else "")
+                raise InstanceUnavailable.in_state(
+                    self.instance_id, instance.state, instance.status.get("error")
                 )
             definition = self._registry.get(instance.integration_id)
             if method_id is not None:
@@ -319,8 +317,3 @@ class AsyncIntegrationClient(_ClientCore):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-def _state_words(state: str) -> str:
-    """``inactive`` -> ``inactive``; ``error`` -> ``in error``: how a sentence says it."""
-    return "in error" if state == "error" else state

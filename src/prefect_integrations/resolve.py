@@ -157,11 +157,8 @@ def _explain_explicit(
     inst = found[0]
     if inst.state != "active":
         result.rule = "explicit instance id"
-        reason = inst.status.get("error")
-        result.error = InstanceUnavailable(
-            f"Instance '{instance_id}' is "
-            + ("in error" if inst.state == "error" else inst.state)
-            + (f": {reason}" if reason else "")
+        result.error = InstanceUnavailable.in_state(
+            instance_id, inst.state, inst.status.get("error")
         )
         result.candidates.append(_candidate(inst, f"unusable: {inst.state}"))
         return result

@@ -7,12 +7,8 @@ becomes ``active`` at once, and the check is audited as every check is.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
-
 import httpx
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
@@ -22,31 +18,6 @@ from prefect_integrations.maintenance.health import HealthChecker, HealthResult
 from prefect_integrations.store.instances import require_instance
 
 __all__ = ["check_connection"]
-
-_T = TypeVar("_T")
-
-
-def _run(coroutine: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``coroutine`` to completion, in a thread of its own inside a running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    box: list[_T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            box.append(asyncio.run(coroutine))
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="connection-test")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return box[0]
 
 
 def check_connection(
@@ -83,8 +54,9 @@ def check_connection(
         min_interval=0.0,
         transport=transport,
     )
-    report = _run(checker.run(instance_ids=[instance_id]))
-    if not report.results:
+    # Prefect's bridge: runs the sweep here, or in a thread when a loop already runs
+    report = run_coro_as_sync(checker.run(instance_ids=[instance_id]))
+    if report is None or not report.results:
         raise InstanceUnavailable(
             f"Instance '{instance_id}' is being checked by a maintenance run; try again"
         )
