@@ -33,7 +33,7 @@ import httpx
 from prefect_integrations import logfilter
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
-from prefect_integrations.exceptions import InstanceUnavailable, IntegrationError
+from prefect_integrations.exceptions import IntegrationError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.pipeline import (
@@ -130,9 +130,7 @@ class _ClientCore:
         with self._db.transaction(f"load instance '{self.instance_id}'") as session:
             instance = require_instance(session, self.instance_id)
             if self._require_active and instance.state != "active":
-                raise InstanceUnavailable.in_state(
-                    self.instance_id, instance.state, instance.status.get("error")
-                )
+                raise instance.unavailable()
             definition = self._registry.get(instance.integration_id)
             if method_id is not None:
                 definition.method(method_id).require_bound()

@@ -263,14 +263,6 @@ class InstanceUnavailable(InstanceError):
 
     code = "instance_unavailable"
 
-    @classmethod
-    def in_state(
-        cls, instance_id: str, state: str, reason: str | None = None
-    ) -> InstanceUnavailable:
-        """``Instance 'x' is inactive`` / ``is in error``, with the stored reason if any."""
-        words = "in error" if state == "error" else state
-        return cls(f"Instance '{instance_id}' is {words}" + (f": {reason}" if reason else ""))
-
 
 class AmbiguousInstance(InstanceError):
     """Several instances match at the most specific scope."""

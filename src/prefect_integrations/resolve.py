@@ -157,9 +157,7 @@ def _explain_explicit(
     inst = found[0]
     if inst.state != "active":
         result.rule = "explicit instance id"
-        result.error = InstanceUnavailable.in_state(
-            instance_id, inst.state, inst.status.get("error")
-        )
+        result.error = inst.unavailable()
         result.candidates.append(_candidate(inst, f"unusable: {inst.state}"))
         return result
     result.rule = "explicit instance id"

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from prefect_integrations.credentials import EncryptedCredentials
+from prefect_integrations.exceptions import InstanceUnavailable
 from prefect_integrations.models import definitions, instances
 from prefect_integrations.scope import Scope
 
@@ -55,6 +56,14 @@ class Instance:
     def state(self) -> str:
         """``active``, ``inactive`` or ``error``."""
         return str(self.status.get("state", "inactive"))
+
+    def unavailable(self) -> InstanceUnavailable:
+        """The error of using this instance while it is not active, with its stored reason."""
+        words = "in error" if self.state == "error" else self.state
+        reason = self.status.get("error")
+        return InstanceUnavailable(
+            f"Instance '{self.instance_id}' is {words}" + (f": {reason}" if reason else "")
+        )
 
     @property
     def has_credentials(self) -> bool:
