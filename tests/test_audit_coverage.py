@@ -39,6 +39,7 @@ from prefect_integrations.exceptions import (
     PermissionDenied,
     ProviderError,
     UnknownKeyId,
+    WorkerMisconfigured,
 )
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.maintenance.credential_rotation import ProviderCredentialRotation
@@ -270,6 +271,13 @@ def _health_degrades(w: World) -> None:
     assert [r.reason for r in report.results] == ["provider_auth_failed"]
 
 
+def _health_without_the_key(w: World) -> None:
+    ring = parse_keyring(f"k0:{generate_key()}")  # a worker that missed a key rotation
+    checker = HealthChecker(w.db, w.registry, ring, actor=ACTOR, min_interval=0.0)
+    with pytest.raises(WorkerMisconfigured):
+        asyncio.run(checker.run())
+
+
 def _with_oauth(w: World) -> None:
     w.add_oauth("inst", tokens=False)
 
@@ -447,6 +455,12 @@ OPERATIONS: dict[str, Operation] = {
         _with_instance,
         _health_degrades,
         (("credentials.decrypt", "success"), ("health.check", "failure")),
+    ),
+    "maintenance.fault": Operation(
+        _with_instance,
+        _health_without_the_key,
+        (("maintenance.fault", "failure"),),  # nothing else: no decrypt, no status
+        instance_id=None,
     ),
     "oauth.authorize": Operation(
         _with_oauth,

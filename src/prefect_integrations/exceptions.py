@@ -7,7 +7,8 @@ one, the path inside it; they never contain credentials or keys.
     IntegrationError
     ├── ConfigurationError            settings, keyring or environment are unusable
     │   ├── KeyringError              keyring malformed or missing
-    │   └── PostgresNotFound          no PostgreSQL binaries for the embedded cluster
+    │   ├── PostgresNotFound          no PostgreSQL binaries for the embedded cluster
+    │   └── WorkerMisconfigured       a maintenance worker's settings do not match the store
     ├── DatabaseError
     │   ├── DatabaseUnavailable       cannot connect to PostgreSQL
     │   └── PermissionDenied          the database role may not do this
@@ -35,6 +36,9 @@ one, the path inside it; they never contain credentials or keys.
         ├── OAuthStateError           unknown, expired or reused authorization state
         ├── InvalidGrant              the authorization server refused the grant
         └── TokenEndpointUnavailable  the token endpoint kept failing (5xx, timeouts)
+
+The module is over 450 lines because it is the one home of the whole tree above, so that
+every code a caller can meet is found in one file.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ __all__ = [
     "UnknownIntegration",
     "UnknownKeyId",
     "ValidationError",
+    "WorkerMisconfigured",
     "format_json_path",
     "quote",
 ]
@@ -138,6 +143,19 @@ class PostgresNotFound(ConfigurationError):
     """The PostgreSQL server binaries needed for the embedded cluster are not installed."""
 
     code = "postgres_not_found"
+
+
+class WorkerMisconfigured(ConfigurationError):
+    """A maintenance run cannot work with its own settings; no instance is blamed for it.
+
+    ``setting`` names what to fix (a ``PREFECT_INTEGRATIONS_*`` variable).
+    """
+
+    code = "worker_misconfigured"
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class DatabaseError(IntegrationError):

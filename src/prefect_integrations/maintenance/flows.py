@@ -2,8 +2,10 @@
 
 Each flow builds its dependencies from the process-wide runtime (database, registry,
 keyring from ``PREFECT_INTEGRATIONS_*``) and hands them to the maintenance code
-explicitly. Each takes no secret as a parameter, audits every outcome, emits events on
-status changes, and publishes a table artifact of what it did.
+explicitly. Each first checks that its worker's settings match the store
+(`worker_checks`): a worker fault fails the run with a message naming the setting and
+changes no instance's status. Each takes no secret as a parameter, audits every
+outcome, emits events on status changes, and publishes a table artifact of what it did.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from prefect.artifacts import acreate_table_artifact, create_table_artifact
 
 from prefect_integrations.maintenance.health import HealthChecker
 from prefect_integrations.maintenance.refresh import refresh_expiring
+from prefect_integrations.maintenance.worker_checks import check_worker, faults_fail_the_run
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.runtime import runtime
 
@@ -37,7 +40,7 @@ async def health_check(
     min_interval_seconds: float = 60.0,
 ) -> dict[str, Any]:
     """Check every due instance with its definition's healthCheck; update statuses."""
-    rt = runtime()
+    rt = runtime()  # the checker checks this worker's settings first
     checker = HealthChecker(
         rt.db,
         rt.registry,
@@ -63,8 +66,10 @@ async def health_check(
 def refresh_tokens(horizon_seconds: float = 900.0, workers: int = 8) -> dict[str, Any]:
     """Refresh OAuth2 tokens that expire within the horizon (one request per instance)."""
     rt = runtime()
+    check_worker(rt.db, rt.registry, rt.keyring, flow="refresh-tokens", actor=rt.actor)
     lifecycle = TokenLifecycle(rt.db, rt.registry, rt.keyring, actor=rt.actor)
-    report = refresh_expiring(rt.db, lifecycle, horizon=horizon_seconds, workers=workers)
+    with faults_fail_the_run(rt.db, flow="refresh-tokens", actor=rt.actor):
+        report = refresh_expiring(rt.db, lifecycle, horizon=horizon_seconds, workers=workers)
     summary = report.summary()
     get_run_logger().info("Token refresh: %s", summary)
     create_table_artifact(
@@ -90,7 +95,9 @@ def rotate_credentials(batch_size: int = 5000, provider_rotation: bool = True) -
 
     rt = runtime()
     logger = get_run_logger()
-    keys = rotate_keys(rt.db, rt.keyring, actor=rt.actor, batch_size=batch_size)
+    check_worker(rt.db, rt.registry, rt.keyring, flow="rotate-credentials", actor=rt.actor)
+    with faults_fail_the_run(rt.db, flow="rotate-credentials", actor=rt.actor):
+        keys = rotate_keys(rt.db, rt.keyring, actor=rt.actor, batch_size=batch_size)
     logger.info(
         "Key rotation: %d rotated, %d failed, counts %s -> %s",
         keys.rotated,
@@ -104,9 +111,10 @@ def rotate_credentials(batch_size: int = 5000, provider_rotation: bool = True) -
     ]
     provider: dict[str, Any] = {}
     if provider_rotation:
-        results = ProviderCredentialRotation(
-            rt.db, rt.registry, rt.keyring, clients=rt.clients
-        ).run()
+        with faults_fail_the_run(rt.db, flow="rotate-credentials", actor=rt.actor):
+            results = ProviderCredentialRotation(
+                rt.db, rt.registry, rt.keyring, clients=rt.clients
+            ).run()
         provider = {k: v.result for k, v in results.items()}
         rows += [
             {"instance": i, "step": "provider credentials", "result": r.result, "detail": r.detail}

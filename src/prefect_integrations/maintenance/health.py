@@ -29,6 +29,10 @@ refused credentials (an expiring OAuth2 token is refreshed first).
 
 Status changes emit ``integration.instance.degraded`` / ``integration.instance.recovered``
 events, an outage ``integration.provider.outage``.
+
+A fault of the worker itself (an integration it does not know, a key id its keyring
+lacks, a database role without rights: `worker_checks`) changes no status: the sweep
+stops with `WorkerMisconfigured`, releases its claims and records one audit row.
 """
 
 from __future__ import annotations
@@ -38,9 +42,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 
@@ -48,8 +50,20 @@ from prefect_integrations.credentials import Credentials
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
 from prefect_integrations.events import emit_event
-from prefect_integrations.exceptions import CredentialsError, IntegrationError
+from prefect_integrations.exceptions import (
+    CredentialsError,
+    IntegrationError,
+    WorkerMisconfigured,
+)
 from prefect_integrations.keyring import Keyring
+from prefect_integrations.maintenance.health_report import (
+    HealthReport,
+    HealthResult,
+    replace_result,
+    result_of,
+    status_document,
+)
+from prefect_integrations.maintenance.worker_checks import check_worker, record_fault, worker_fault
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.pipeline import (
     MAX_RESPONSE_BYTES,
@@ -77,71 +91,6 @@ __all__ = [
 #: Reasons that say the provider, not the instance, is in trouble.
 TRANSIENT = frozenset({"provider_unavailable", "network"})
 _KEEP_STATE = frozenset({"rate_limited"})
-
-
-@dataclass(frozen=True, slots=True)
-class HealthResult:
-    """The check of one instance and the status it led to."""
-
-    instance_id: str
-    integration_id: str
-    reason: str
-    state_before: str
-    state_after: str
-    status_code: int | None = None
-    error: str | None = None
-    duration_ms: float = 0.0
-    outage: bool = False
-
-    def as_row(self) -> dict[str, Any]:
-        """A row of the health table artifact."""
-        return {
-            "instance": self.instance_id,
-            "integration": self.integration_id,
-            "state": self.state_after,
-            "previous": self.state_before,
-            "result": self.reason,
-            "outage": "yes" if self.outage else "",
-            "http": self.status_code or "",
-            "ms": round(self.duration_ms, 1),
-            "error": (self.error or "")[:200],
-        }
-
-
-@dataclass(slots=True)
-class HealthReport:
-    """What one sweep did."""
-
-    run_id: str
-    results: list[HealthResult] = field(default_factory=list)
-    outages: dict[str, str] = field(default_factory=dict)
-    batches: int = 0
-    seconds: float = 0.0
-
-    def counts(self) -> dict[str, int]:
-        """How many instances ended in each result."""
-        return dict(Counter(r.reason for r in self.results))
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready summary."""
-        return {
-            "run_id": self.run_id,
-            "checked": len(self.results),
-            "results": self.counts(),
-            "outages": self.outages,
-            "degraded": [
-                r.instance_id
-                for r in self.results
-                if r.state_before != "error" and r.state_after == "error"
-            ],
-            "recovered": [
-                r.instance_id
-                for r in self.results
-                if r.state_before == "error" and r.state_after == "active"
-            ],
-            "batches": self.batches,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 def classify(error: BaseException) -> str:
@@ -195,6 +144,14 @@ class HealthChecker:
         """Check every due instance (optionally only some integrations or ids)."""
         report = HealthReport(run_id=run_id or uuid.uuid4().hex)
         started = time.perf_counter()
+        await asyncio.to_thread(
+            check_worker,
+            self._db,
+            self._registry,
+            self._keyring,
+            flow="health-check",
+            actor=self._actor,
+        )
         limits = httpx.Limits(
             max_connections=self.concurrency, max_keepalive_connections=self.concurrency
         )
@@ -209,7 +166,11 @@ class HealthChecker:
                 if not claimed:
                     break
                 report.batches += 1
-                results = await self._check_batch(http, claimed)
+                try:
+                    results = await self._check_batch(http, claimed)
+                except WorkerMisconfigured as fault:
+                    await asyncio.to_thread(self._abandon, report.run_id, claimed, fault)
+                    raise
                 self._apply_outages(results, report)
                 results = await asyncio.to_thread(self._write, report.run_id, claimed, results)
                 report.results.extend(results)
@@ -258,7 +219,22 @@ class HealthChecker:
             async with gate:
                 return await self._check(http, instance, creds.get(instance.instance_id))
 
-        return list(await asyncio.gather(*(one(i) for i in claimed)))
+        outcomes = await asyncio.gather(*(one(i) for i in claimed), return_exceptions=True)
+        for outcome in outcomes:  # a fault of this worker first: it explains the others
+            if isinstance(outcome, WorkerMisconfigured):
+                raise outcome
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [o for o in outcomes if isinstance(o, HealthResult)]
+
+    def _abandon(self, owner: str, claimed: list[Instance], fault: WorkerMisconfigured) -> None:
+        """Release a batch a worker fault stopped, writing no status; audit the fault."""
+        with self._db.transaction("release instances not checked") as session:
+            leases.release_maintenance_batch(
+                session, owner=owner, instance_ids=[i.instance_id for i in claimed]
+            )
+        record_fault(self._db, fault, flow="health-check", actor=self._actor)
 
     async def _check(
         self,
@@ -273,7 +249,7 @@ class HealthChecker:
             definition = self._registry.get(instance.integration_id)
             check = definition.health_check
             if check is None:
-                return _result(instance, "not_applicable", started, keep=True)
+                return result_of(instance, "not_applicable", started, keep=True)
             if creds is None or isinstance(creds, CredentialsError):
                 raise creds or CredentialsError(
                     f"Instance '{instance.instance_id}' has no credentials"
@@ -288,12 +264,15 @@ class HealthChecker:
             pipeline = AsyncPipeline(http, max_response_bytes=self.max_response_bytes)
             await pipeline.call(call, auth)
         except (IntegrationError, httpx.HTTPError) as exc:
+            fault = worker_fault(exc)
+            if fault is not None:  # this worker's settings, not the instance, are wrong
+                raise fault from None
             reason = classify(exc)
             # The provider may echo a credential the request never carried (a signing
             # secret, a refresh token): clean the message with all of them.
             if auth is not None:
                 creds = auth.current.credentials
-            return _result(
+            return result_of(
                 instance,
                 reason,
                 started,
@@ -301,7 +280,7 @@ class HealthChecker:
                 status_code=call.status if call is not None else None,
                 keep=reason in _KEEP_STATE,
             )
-        return _result(instance, "ok", started, status_code=call.status)
+        return result_of(instance, "ok", started, status_code=call.status)
 
     def _renew(self, stale: Authorization, force: bool) -> Authorization | None:
         """The `Renew` of a check: refresh a due token and decrypt again (never forced)."""
@@ -329,7 +308,9 @@ class HealthChecker:
             report.outages[integration_id] = reason
             for index, result in enumerate(results):
                 if result.integration_id == integration_id and result.reason == reason:
-                    results[index] = _replace(result, state_after=result.state_before, outage=True)
+                    results[index] = replace_result(
+                        result, state_after=result.state_before, outage=True
+                    )
             emit_event(
                 "integration.provider.outage",
                 {"prefect.resource.id": f"prefect-integrations.integration.{integration_id}"},
@@ -351,7 +332,7 @@ class HealthChecker:
         writes = [
             StatusWrite(
                 instance_id=instance.instance_id,
-                status=_status(instance, result, checked_at),
+                status=status_document(instance, result, checked_at),
                 expected_state=instance.state,
                 reason=result.reason,
             )
@@ -365,7 +346,7 @@ class HealthChecker:
             results = [
                 r
                 if r.instance_id in written or r.instance_id not in states
-                else _replace(r, state_after=states[r.instance_id])
+                else replace_result(r, state_after=states[r.instance_id])
                 for r in results
             ]
             audit.record_many(
@@ -390,58 +371,3 @@ class HealthChecker:
                 ),
             )
         return results
-
-
-def _result(
-    instance: Instance,
-    reason: str,
-    started: float,
-    *,
-    error: str | None = None,
-    status_code: int | None = None,
-    keep: bool = False,
-) -> HealthResult:
-    if reason == "ok":
-        after = "active"
-    elif keep:
-        after = instance.state
-    else:
-        after = "error"
-    return HealthResult(
-        instance_id=instance.instance_id,
-        integration_id=instance.integration_id,
-        reason=reason,
-        state_before=instance.state,
-        state_after=after,
-        status_code=status_code,
-        error=error,
-        duration_ms=(time.perf_counter() - started) * 1000,
-    )
-
-
-def _replace(result: HealthResult, **changes: Any) -> HealthResult:
-    values = {name: getattr(result, name) for name in HealthResult.__slots__}
-    values.update(changes)
-    return HealthResult(**values)
-
-
-def _status(instance: Instance, result: HealthResult, checked_at: str) -> dict[str, Any]:
-    if result.reason == "not_applicable":
-        return {**instance.status, "lastChecked": checked_at}
-    details: dict[str, Any] = {"reason": result.reason}
-    if result.outage:
-        details["outage"] = True
-    if result.status_code is not None:
-        details["status_code"] = result.status_code
-    kept = result.outage or (result.reason != "ok" and result.state_after != "error")
-    if kept:  # the check failed, but not in a way that says this instance is broken
-        error = instance.status.get("error")
-        details["last_error"] = (result.error or "")[:500]
-    else:
-        error = result.error if result.state_after == "error" else None
-    return {
-        "state": result.state_after,
-        "lastChecked": checked_at,
-        "error": error[:4000] if isinstance(error, str) else None,
-        "details": details,
-    }

@@ -69,6 +69,8 @@ class AuditAction(enum.StrEnum):
     HEALTH_CHECK = "health.check"
     #: A definition method was called.
     METHOD_CALL = "method.call"
+    #: A maintenance run stopped because its own settings are wrong (no status changed).
+    MAINTENANCE_FAULT = "maintenance.fault"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,10 @@ from prefect_integrations.store import audit
 from prefect_integrations.store.audit import AuditAction
 
 __all__ = [
+    "DefinitionDrift",
     "StoredDefinition",
     "SyncReport",
+    "definition_drift",
     "definition_uuid",
     "list_definitions",
     "sync_definitions",
@@ -240,3 +242,41 @@ def definition_uuid(session: Session, integration_id: str) -> uuid.UUID | None:
         sa.select(definitions.c.id).where(definitions.c.integration_id == integration_id)
     ).scalar()
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionDrift:
+    """Where the definitions a process loaded differ from the stored ones that have instances.
+
+    ``missing``: integration id -> instance count, stored with instances but not loaded;
+    ``differs``: integration id -> (stored version, loaded version), loaded with other
+    content than the stored row.
+    """
+
+    missing: dict[str, int]
+    differs: dict[str, tuple[str, str]]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.differs)
+
+
+def definition_drift(session: Session, registry: Registry) -> DefinitionDrift:
+    """Compare the stored definitions that have instances with ``registry``'s."""
+    query = (
+        sa.select(definitions, sa.func.count(instances.c.id).label("n"))
+        .select_from(definitions.join(instances))
+        .group_by(definitions.c.id)
+    )
+    with translate_errors("compare the stored definitions"):
+        rows = session.execute(query).all()
+    missing: dict[str, int] = {}
+    differs: dict[str, tuple[str, str]] = {}
+    for row in rows:
+        if row.integration_id not in registry:
+            missing[row.integration_id] = int(row.n)
+            continue
+        loaded = registry.get(row.integration_id)
+        stored = {column: getattr(row, column) for column in _row_values(loaded.raw)}
+        if stored != _row_values(loaded.raw):
+            differs[row.integration_id] = (row.version, loaded.version)
+    return DefinitionDrift(missing=missing, differs=differs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from prefect_integrations.db import VERSION_TABLE, Database
 from prefect_integrations.exceptions import PermissionDenied
@@ -15,10 +16,13 @@ from prefect_integrations.models import (
     ADMIN_ROLE,
     RUNTIME_ROLE,
     RUNTIME_UPDATABLE_COLUMNS,
+    audit_log,
+    definitions,
+    instances,
     metadata,
 )
 
-__all__ = ["apply_grants"]
+__all__ = ["apply_grants", "missing_privileges"]
 
 
 def _role_exists(connection: Connection, role: str) -> bool:
@@ -99,3 +103,30 @@ def apply_grants(
         ]
         for statement in statements:
             connection.execute(sa.text(statement))
+
+
+#: What every maintenance run does: (privilege, table).
+_MAINTENANCE_NEEDS = (
+    ("SELECT", definitions.name),
+    ("SELECT", instances.name),
+    ("UPDATE", instances.name),
+    ("INSERT", audit_log.name),
+)
+
+
+def missing_privileges(connection: Session | Connection) -> list[str]:
+    """The privileges a maintenance run needs that the connected role lacks.
+
+    Each as ``'UPDATE on integration_instances'``; UPDATE counts when granted on any
+    column (the runtime role has it on the status, credentials and lease columns).
+    """
+    missing = []
+    for privilege, table in _MAINTENANCE_NEEDS:
+        check = "has_any_column_privilege" if privilege == "UPDATE" else "has_table_privilege"
+        allowed = connection.execute(
+            sa.text(f"SELECT {check}(CAST(:t AS text), CAST(:p AS text))"),
+            {"t": table, "p": privilege},
+        ).scalar()
+        if not allowed:
+            missing.append(f"{privilege} on {table}")
+    return missing

@@ -29,7 +29,15 @@ from prefect_integrations.store import audit, rekey_sql, vault
 from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.vault import ENVELOPE_VERSION
 
-__all__ = ["KeyCounts", "count_keys", "key_counts", "upgrade_shapes", "verify_keys"]
+__all__ = [
+    "KeyCounts",
+    "KeyProbe",
+    "count_keys",
+    "key_counts",
+    "probe_keys",
+    "upgrade_shapes",
+    "verify_keys",
+]
 
 _VERIFY_BATCH = 10_000
 
@@ -84,6 +92,33 @@ def count_keys(session: Session | Connection, keyring: Keyring) -> KeyCounts:
 def key_counts(session: Session | Connection, keyring: Keyring) -> dict[str, int]:
     """Instances with stored credentials per key id (see `count_keys` for the unknown)."""
     return dict(count_keys(session, keyring).by_key)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyProbe:
+    """Key ids in use that the keyring lacks, and those whose key does not decrypt."""
+
+    unknown: tuple[str, ...]
+    wrong: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.unknown or self.wrong)
+
+
+def probe_keys(session: Session | Connection, keyring: Keyring) -> KeyProbe:
+    """Try the keyring on the newest rows of every key id in use (up to 3 decrypts per id).
+
+    A key id the keyring lacks is ``unknown``; one where none of those rows decrypts with
+    the keyring's key of that id is ``wrong`` (another key under the same id). The
+    plaintext never leaves the database.
+    """
+    params = {"kids": keyring.ids, "keys": [key.get_secret_value() for _, key in keyring]}
+    with translate_errors("try the keyring on stored credentials"):
+        rows = session.execute(rekey_sql.PROBE_KEYS, params).all()
+    return KeyProbe(
+        unknown=tuple(sorted(str(r.kid) for r in rows if not r.key_known)),
+        wrong=tuple(sorted(str(r.kid) for r in rows if r.key_known and not r.decrypts)),
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -241,6 +241,26 @@ COUNTS = sa.text(
     """
 )
 
+#: One row per key id in use, tried on the (up to 3) newest credentials under it: whether
+#: the keyring holds the key and whether any of them decrypts with it (one damaged row
+#: does not make a right key look wrong; nothing secret leaves the database).
+PROBE_KEYS = sa.text(
+    f"""
+SELECT b.kid, bool_and(b.key_known) AS key_known, bool_or(b.pt IS NOT NULL) AS decrypts
+  FROM (SELECT {_DECRYPTED}
+          FROM (SELECT i.credentials {_DETOASTED} AS envelope
+                  FROM integration_instances i
+                  JOIN (SELECT r.id
+                          FROM (SELECT id, row_number() OVER (
+                                         PARTITION BY key_id ORDER BY updated_at DESC) AS n
+                                  FROM integration_instances
+                                 WHERE credentials IS NOT NULL) r
+                         WHERE r.n <= 3) newest ON newest.id = i.id) e
+        OFFSET 0) b
+ GROUP BY b.kid
+"""
+)
+
 _VERIFY_ROWS = f"""
 SELECT b.id, b.instance_id, {_VERIFY_REASON} AS reason
   FROM (SELECT e.id, e.instance_id, e.key_id, {_DECRYPTED}

@@ -1,0 +1,241 @@
+"""A misconfigured maintenance worker fails its run and leaves every instance's status alone.
+
+Each fault of the worker itself (a definition it lacks, a key id its keyring lacks, a
+different key under the same id, a database role without rights, definitions that differ
+from the database's) must fail the Prefect run with a message naming the setting, write
+only a ``maintenance.fault`` audit row, and keep every instance's status as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from prefect.client.schemas.objects import State
+from pydantic import SecretStr
+from sqlalchemy.engine import make_url
+
+from prefect_integrations.db import Database
+from prefect_integrations.definitions import Registry
+from prefect_integrations.exceptions import WorkerMisconfigured
+from prefect_integrations.keyring import Keyring, generate_key
+from prefect_integrations.maintenance import health as health_module
+from prefect_integrations.maintenance.flows import (
+    health_check,
+    refresh_tokens,
+    rotate_credentials,
+)
+from prefect_integrations.maintenance.health import HealthChecker
+from prefect_integrations.runtime import reset_runtime
+from prefect_integrations.store import audit, instances, key_checks
+
+from .factories import make_echo
+from .provider import FakeProvider, Reply
+
+OK = Reply(200, {"id": 1, "name": "one"})
+IDS = ("alpha", "beta", "gamma")
+
+
+async def _health_state() -> State[Any]:
+    return await health_check(min_interval_seconds=0, return_state=True)
+
+
+FLOWS: dict[str, Callable[[], State[Any]]] = {
+    "health-check": lambda: asyncio.run(_health_state()),
+    "refresh-tokens": lambda: refresh_tokens(return_state=True),
+    "rotate-credentials": lambda: rotate_credentials(return_state=True),
+}
+
+
+def _statuses(db: Database) -> dict[str, dict[str, Any]]:
+    with db.transaction() as session:
+        return {i.instance_id: dict(i.status) for i in instances.list_instances(session)}
+
+
+def _faults(db: Database) -> list[audit.AuditEntry]:
+    with db.transaction() as session:
+        return audit.tail(session, limit=50, action=audit.AuditAction.MAINTENANCE_FAULT)
+
+
+@pytest.fixture
+def healthy(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
+) -> dict[str, dict[str, Any]]:
+    """Three echo instances, each checked once (so each is ``active`` with a last check)."""
+    for instance_id in IDS:
+        make_echo(echo_db, echo_registry, keyring, provider.url, instance_id)
+        provider.reply("GET", f"/{instance_id}/items/1", OK)
+    report = asyncio.run(
+        HealthChecker(echo_db, echo_registry, keyring, actor="tests", min_interval=0).run()
+    )
+    assert report.counts() == {"ok": 3}
+    statuses = _statuses(echo_db)
+    assert {s["state"] for s in statuses.values()} == {"active"}
+    return statuses
+
+
+def _assert_fault(
+    state: State[Any], db: Database, before: dict[str, dict[str, Any]], setting: str, flow: str
+) -> None:
+    assert state.is_failed(), state
+    assert setting in (state.message or ""), state.message
+    assert _statuses(db) == before
+    faults = _faults(db)
+    assert faults, "no maintenance.fault audit row"
+    assert faults[-1].details["setting"] == setting
+    assert faults[-1].details["flow"] == flow
+    assert faults[-1].outcome == "failure"
+
+
+@pytest.mark.usefixtures("env")
+@pytest.mark.parametrize("flow", list(FLOWS))
+def test_worker_without_the_definition_fails_and_changes_nothing(
+    harness: Path,
+    echo_db: Database,
+    healthy: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    flow: str,
+) -> None:
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", "")
+    reset_runtime()
+    state = FLOWS[flow]()
+    _assert_fault(state, echo_db, healthy, "PREFECT_INTEGRATIONS_DEFINITIONS_PATH", flow)
+    assert "'echo' (3 instance(s))" in (state.message or "")
+
+
+@pytest.mark.usefixtures("env")
+@pytest.mark.parametrize("flow", list(FLOWS))
+def test_worker_without_the_key_fails_and_changes_nothing(
+    harness: Path,
+    echo_db: Database,
+    healthy: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    flow: str,
+) -> None:
+    # The keyring of a worker that missed `keys rotate`: another primary, no 'k1'.
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", f"k0:{generate_key()}")
+    reset_runtime()
+    state = FLOWS[flow]()
+    _assert_fault(state, echo_db, healthy, "PREFECT_INTEGRATIONS_KEYS", flow)
+    assert "'k1'" in (state.message or "")
+    with echo_db.transaction() as session:  # nothing was re-encrypted to the wrong key
+        assert key_checks.key_counts(session, Keyring((("k1", SecretStr("x")),))) == {"k1": 3}
+
+
+@pytest.mark.usefixtures("env")
+def test_worker_with_another_key_under_the_same_id_fails(
+    harness: Path,
+    echo_db: Database,
+    healthy: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", f"k1:{generate_key()}")
+    reset_runtime()
+    for flow, run in FLOWS.items():
+        state = run()
+        _assert_fault(state, echo_db, healthy, "PREFECT_INTEGRATIONS_KEYS", flow)
+        assert "do not decrypt" in (state.message or "")
+
+
+@pytest.mark.usefixtures("env")
+def test_worker_with_a_role_without_rights_fails(
+    harness: Path,
+    echo_db: Database,
+    healthy: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    role, password = f"reader_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    url = make_url(echo_db.url)
+    with psycopg.connect(
+        url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
+    ) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        conn.execute(f"GRANT CONNECT ON DATABASE {url.database} TO {role}")
+        conn.execute(f"GRANT SELECT ON integration_definitions, integration_instances TO {role}")
+    query = {k: v for k, v in url.query.items() if k != "passfile"}
+    reader = url.set(username=role, password=password, query=query)
+    monkeypatch.setenv(
+        "PREFECT_INTEGRATIONS_DATABASE_URL", reader.render_as_string(hide_password=False)
+    )
+    reset_runtime()
+    for run in FLOWS.values():
+        state = run()
+        assert state.is_failed(), state
+        message = state.message or ""
+        assert "PREFECT_INTEGRATIONS_DATABASE_URL" in message
+        assert "UPDATE on integration_instances" in message
+        assert "INSERT on integration_audit_log" in message
+        assert _statuses(echo_db) == healthy
+    # This role may not append to the audit log: no fault row, and nothing else either.
+    assert _faults(echo_db) == []
+
+
+@pytest.mark.usefixtures("env")
+def test_worker_with_other_definitions_than_the_database_fails(
+    harness: Path,
+    echo_db: Database,
+    echo_dir: Path,
+    healthy: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    newer = tmp_path / "newer-definitions"
+    shutil.copytree(echo_dir, newer)
+    for path in newer.glob("*.json"):
+        document = json.loads(path.read_text())
+        if document.get("integrationId") == "echo":
+            document["version"] = "9.9.9"
+            path.write_text(json.dumps(document))
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", str(newer))
+    reset_runtime()
+    for flow, run in FLOWS.items():
+        state = run()
+        _assert_fault(state, echo_db, healthy, "PREFECT_INTEGRATIONS_DEFINITIONS_PATH", flow)
+        assert "'echo' (database" in (state.message or "")
+        assert "this worker 9.9.9" in (state.message or "")
+
+
+@pytest.mark.usefixtures("env")
+def test_runtime_role_passes_the_checks(
+    harness: Path,
+    echo_db: Database,
+    healthy: dict[str, dict[str, Any]],
+    runtime_db: Database,
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DATABASE_URL", runtime_db.url)
+    reset_runtime()
+    for run in FLOWS.values():
+        assert run().is_completed()
+    assert _faults(echo_db) == []
+
+
+def test_a_fault_met_during_a_sweep_writes_no_status(
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    healthy: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second line: a key id missing for one row met mid-sweep stops the batch."""
+    monkeypatch.setattr(health_module, "check_worker", lambda *a, **k: None)
+    other = Keyring((("k0", keyring.primary),))  # the same key under another id: no k1
+    checker = HealthChecker(echo_db, echo_registry, other, actor="tests", min_interval=0)
+    with pytest.raises(WorkerMisconfigured) as caught:
+        asyncio.run(checker.run())
+    assert caught.value.setting == "PREFECT_INTEGRATIONS_KEYS"
+    assert _statuses(echo_db) == healthy
+    assert _faults(echo_db)[-1].details["flow"] == "health-check"
+    # The claims were released: a correct worker checks every instance at once.
+    report = asyncio.run(
+        HealthChecker(echo_db, echo_registry, keyring, actor="tests", min_interval=0).run()
+    )
+    assert report.counts() == {"ok": 3}
