@@ -94,38 +94,32 @@ def _assert_fault(
     assert faults[-1].outcome == "failure"
 
 
+#: (setting, its value on the misconfigured worker, what the message must say)
+MISSING = {
+    "no definition": ("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", "", "'echo' (3 instance(s))"),
+    # the keyring of a worker that missed `keys rotate`: another primary, no 'k1'
+    "no key": ("PREFECT_INTEGRATIONS_KEYS", f"k0:{generate_key()}", "'k1'"),
+}
+
+
 @pytest.mark.usefixtures("env")
 @pytest.mark.parametrize("flow", list(FLOWS))
-def test_worker_without_the_definition_fails_and_changes_nothing(
+@pytest.mark.parametrize("missing", list(MISSING))
+def test_worker_missing_a_definition_or_key_fails_and_changes_nothing(
     harness: Path,
     echo_db: Database,
     healthy: dict[str, dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
     flow: str,
+    missing: str,
 ) -> None:
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", "")
+    setting, value, named = MISSING[missing]
+    monkeypatch.setenv(setting, value)
     reset_runtime()
     state = FLOWS[flow]()
-    _assert_fault(state, echo_db, healthy, "PREFECT_INTEGRATIONS_DEFINITIONS_PATH", flow)
-    assert "'echo' (3 instance(s))" in (state.message or "")
-
-
-@pytest.mark.usefixtures("env")
-@pytest.mark.parametrize("flow", list(FLOWS))
-def test_worker_without_the_key_fails_and_changes_nothing(
-    harness: Path,
-    echo_db: Database,
-    healthy: dict[str, dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-    flow: str,
-) -> None:
-    # The keyring of a worker that missed `keys rotate`: another primary, no 'k1'.
-    monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", f"k0:{generate_key()}")
-    reset_runtime()
-    state = FLOWS[flow]()
-    _assert_fault(state, echo_db, healthy, "PREFECT_INTEGRATIONS_KEYS", flow)
-    assert "'k1'" in (state.message or "")
-    with echo_db.transaction() as session:  # nothing was re-encrypted to the wrong key
+    _assert_fault(state, echo_db, healthy, setting, flow)
+    assert named in (state.message or "")
+    with echo_db.transaction() as session:  # nothing was re-encrypted to another key
         assert key_checks.key_counts(session, Keyring((("k1", SecretStr("x")),))) == {"k1": 3}
 
 
