@@ -31,6 +31,7 @@ __all__ = [
     "destroy",
     "find_orphans",
     "remove_orphans",
+    "server_running",
 ]
 
 _CLUSTER_NAME = re.compile(r"[0-9a-f]{16}")
@@ -142,7 +143,8 @@ def cluster_files(cluster: EmbeddedCluster) -> ClusterFiles:
     return ClusterFiles(folders=tuple(folders), files=tuple(files), size=size)
 
 
-def _running(cluster: EmbeddedCluster) -> bool:
+def server_running(cluster: EmbeddedCluster) -> bool:
+    """True when the server of ``cluster`` runs (without binaries: when it may run, refuse)."""
     try:
         return cluster.is_running()
     except PostgresNotFound:
@@ -166,12 +168,19 @@ def destroy(cluster: EmbeddedCluster) -> ClusterFiles:
 
     Finding nothing is not an error: the result then lists no paths.
     """
-    if not cluster_files(cluster).paths:  # refuses a foreign link before any stop
-        return ClusterFiles(folders=(), files=(), size=0)
-    if _running(cluster):
+    listed = cluster_files(cluster)  # refuses a foreign link before any stop
+    if not listed.paths:
+        return listed
+    shared = SHARED_CLUSTERS.resolve()
+    if os.geteuid() != 0 and any(folder.parent == shared for folder in listed.folders):
+        raise ConfigurationError(
+            f"The embedded cluster of {cluster.home} is in {SHARED_CLUSTERS}, where root "
+            "started it: run `db destroy` as root. Nothing was deleted"
+        )
+    if server_running(cluster):
         cluster.stop()
     with cluster.lock():
-        if _running(cluster):  # started again meanwhile
+        if server_running(cluster):  # started again meanwhile
             raise ConfigurationError(
                 f"The embedded PostgreSQL in {cluster.data_dir} is running again: "
                 "nothing was deleted"

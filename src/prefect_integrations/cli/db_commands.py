@@ -83,7 +83,7 @@ def destroy(
     if not found.paths:
         echo(f"No embedded PostgreSQL cluster for {cluster.home}: nothing to delete")
         return
-    running = cluster.is_running() if found.folders else False
+    running = embedded_files.server_running(cluster) if found.folders else False
     echo(f"This deletes the embedded PostgreSQL cluster of {cluster.home}, every database in it:")
     for path in found.paths:
         echo(f"  {path}")
