@@ -127,8 +127,8 @@ def cluster_files(cluster: EmbeddedCluster) -> ClusterFiles:
     elif link.is_dir():
         folders.append(link)
     shared = shared_cluster_dir(home)
-    if shared not in folders and shared.is_dir() and not shared.is_symlink():
-        folders.append(_shared_folder(shared, home, shared))
+    if shared.is_dir() and not shared.is_symlink() and shared.resolve() not in folders:
+        folders.append(_shared_folder(shared.resolve(), home, shared))
     files: list[Path] = [link] if link.is_symlink() else []
     lock = home / ".postgres.lock"
     if _exists(lock):
@@ -186,10 +186,17 @@ def destroy(cluster: EmbeddedCluster) -> ClusterFiles:
                 "nothing was deleted"
             )
         found = cluster_files(cluster)
-        for folder in found.folders:
-            _remove_tree(folder)
-        for path in found.files:
-            path.unlink(missing_ok=True)
+        for path in found.paths:
+            try:
+                if path in found.folders:
+                    _remove_tree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"Cannot delete {path}: {exc.strerror or exc}; what is listed after it "
+                    "was not deleted"
+                ) from None
     password_dir = cluster.password_dir
     if password_dir.is_dir() and not password_dir.is_symlink() and not any(password_dir.iterdir()):
         password_dir.rmdir()
@@ -199,7 +206,7 @@ def destroy(cluster: EmbeddedCluster) -> ClusterFiles:
 def _in_use(folder: Path, home: Path) -> bool:
     link = home / "postgres"
     if link.is_symlink():
-        return link.resolve() == folder
+        return link.resolve() == folder.resolve()
     return home.is_dir() and not link.exists() and shared_cluster_dir(home) == folder
 
 
