@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,10 +29,16 @@ def _listing() -> set[str]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+    """True while ``pid`` runs (a zombie waiting for its parent to reap it has ended)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return False
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.05)
     return True
 
 
@@ -96,8 +104,15 @@ def _record(folder: Path) -> Path | None:
         return None
 
 
-def test_destroy_without_yes_refuses_when_not_interactive(
-    private_home: Path, capsys: pytest.CaptureFixture[str]
+class _Terminal(io.StringIO):
+    """Standard input that is a terminal, with the answers typed in advance."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_destroy_asks_first_and_refuses_without_a_terminal(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cluster = EmbeddedCluster(private_home, durable=False)
     cluster.ensure_running()
@@ -109,6 +124,16 @@ def test_destroy_without_yes_refuses_when_not_interactive(
     assert all(str(path) in out for path in files.paths)  # said what it would delete
     assert cluster.is_running()
     assert embedded_files.cluster_files(cluster).paths == files.paths
+
+    monkeypatch.setattr("sys.stdin", _Terminal("n\n"))
+    assert run(["db", "destroy"]) == 1
+    assert "Delete these files?" in capsys.readouterr().out
+    assert cluster.is_running()
+    assert embedded_files.cluster_files(cluster).paths == files.paths
+    monkeypatch.setattr("sys.stdin", _Terminal("y\n"))
+    assert run(["db", "destroy"]) == 0
+    assert "cluster deleted" in capsys.readouterr().out
+    assert not cluster.data_dir.exists()
 
 
 def test_destroy_refuses_an_external_database(
