@@ -12,6 +12,7 @@ from typing import Any
 from prefect_integrations import db as dbmod
 from prefect_integrations.db import Database
 from prefect_integrations.embedded import EmbeddedCluster
+from prefect_integrations.embedded_files import destroy
 
 __all__ = ["throwaway_database"]
 
@@ -33,6 +34,7 @@ def throwaway_database(*, durable: bool = False, **engine: Any) -> Iterator[tupl
     finally:
         if database is not None:
             database.dispose()
-        cluster.stop()
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
+        try:
+            destroy(cluster)  # its files too when they live in the shared clusters folder
+        finally:
+            shutil.rmtree(home, ignore_errors=True)

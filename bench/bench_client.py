@@ -162,13 +162,15 @@ def main() -> None:
         )
         _run(url, args.calls, args.tasks, args.rounds)
     finally:
+        from prefect_integrations.embedded_files import destroy
         from prefect_integrations.runtime import reset_runtime
 
         reset_runtime()
-        cluster.stop()
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
-        server.terminate()
+        try:
+            destroy(cluster)  # its files too when they live in the shared clusters folder
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+            server.terminate()
 
 
 def _run(url: str, calls: int, tasks: int, rounds: int) -> None:

@@ -1,8 +1,10 @@
 """Shared fixtures: a throwaway PostgreSQL cluster and one fresh database per test.
 
 The cluster is the package's own embedded cluster (fsync off), started once per test
-session in a temporary home. A migrated, granted template database is made once; each
-test gets a copy of it (``CREATE DATABASE ... TEMPLATE``), so tests never share rows.
+session in a temporary home and removed at the end with `embedded_files.destroy`, so
+nothing stays behind, in the home or in the shared clusters folder. A migrated, granted
+template database is made once; each test gets a copy of it (``CREATE DATABASE ...
+TEMPLATE``), so tests never share rows.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.embedded import EmbeddedCluster
+from prefect_integrations.embedded_files import destroy, find_orphans
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
 from prefect_integrations.store.definitions import sync_definitions
@@ -51,6 +54,26 @@ settings.load_profile("project")
 _counter = itertools.count(1)
 
 
+def remove_cluster(embedded: EmbeddedCluster) -> None:
+    """Stop a cluster a test made and remove all its files, then its home."""
+    try:
+        destroy(embedded)
+    finally:
+        shutil.rmtree(embedded.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_cluster_left_behind() -> Iterator[None]:
+    """Fail the session when it leaves a cluster folder whose home is gone (under root)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    before = {orphan.folder for orphan in find_orphans()[0]}
+    yield
+    left = [orphan for orphan in find_orphans()[0] if orphan.folder not in before]
+    assert not left, f"clusters left in the shared folder: {left}"
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[EmbeddedCluster]:
     home = Path(tempfile.mkdtemp(prefix="pi-test-"))
@@ -64,11 +87,7 @@ def cluster() -> Iterator[EmbeddedCluster]:
         template.dispose()
         yield embedded
     finally:
-        try:
-            embedded.stop()
-        finally:
-            shutil.rmtree(embedded.base_dir, ignore_errors=True)
-            shutil.rmtree(home, ignore_errors=True)
+        remove_cluster(embedded)
 
 
 def _create_from_template(cluster: EmbeddedCluster, name: str) -> None:

@@ -31,6 +31,8 @@ from prefect_integrations.exceptions import (
 from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
 from prefect_integrations.store import bootstrap
 
+from .conftest import remove_cluster
+
 
 def test_finds_binaries() -> None:
     found = find_binaries()
@@ -126,9 +128,7 @@ def test_cli_lifecycle_in_a_fresh_home(
                 s.connection()
     finally:
         reset_runtime()
-        cluster.stop()
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
+        remove_cluster(cluster)
 
 
 def _refused(conninfo: str, **kwargs: str) -> str:
@@ -283,6 +283,4 @@ def test_trust_cluster_of_an_older_version_is_secured_in_place(
             cluster.ensure_running()
         assert "not-the-password" not in str(info.value)
     finally:
-        cluster.stop()
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
+        remove_cluster(cluster)

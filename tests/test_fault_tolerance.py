@@ -17,7 +17,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +67,7 @@ from prefect_integrations.store.grants import apply_grants
 from prefect_integrations.store.instances import Instance
 from prefect_integrations.store.usage import UsageRecorder
 
+from .conftest import remove_cluster
 from .oauth import OAuthServer, start_oauth_server
 from .provider import FakeProvider, Received, Reply
 from .test_client import SECRET, _instance
@@ -96,11 +96,7 @@ def fault_cluster() -> Iterator[EmbeddedCluster]:
         template.dispose()
         yield embedded
     finally:
-        try:
-            embedded.stop(mode="immediate")
-        finally:
-            shutil.rmtree(embedded.base_dir, ignore_errors=True)
-            shutil.rmtree(home, ignore_errors=True)
+        remove_cluster(embedded)
 
 
 @pytest.fixture

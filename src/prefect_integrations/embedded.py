@@ -7,7 +7,8 @@ an unprivileged user: ``PREFECT_INTEGRATIONS_PG_USER``, else the owner of an exi
 cluster, else the dedicated system account ``prefect-integrations`` (created with
 ``useradd`` when missing; ``postgres`` or ``nobody`` when that fails). When that user
 cannot reach the home folder (``/root`` is 0700), the cluster files live under
-``/var/lib/prefect-integrations/`` and the home holds a symlink to them.
+``/var/lib/prefect-integrations/clusters/`` (a folder that names its home) and the home
+holds a symlink to them; `prefect_integrations.embedded_files` finds and removes them.
 
 Every role logs in with its own password (SCRAM-SHA-256): ``pg_hba.conf`` has no
 ``trust`` or ``peer`` line, so a connection as one role (or from the OS user the server
@@ -26,7 +27,6 @@ provides (binaries, the OS account) is in `prefect_integrations.embedded_host`.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import pwd
@@ -49,7 +49,9 @@ from prefect_integrations.embedded_host import (
     ServiceUser,
     can_traverse,
     find_binaries,
+    record_home,
     service_user,
+    shared_cluster_dir,
     user_entry,
 )
 from prefect_integrations.exceptions import ConfigurationError
@@ -77,7 +79,6 @@ ROLES = (SUPERUSER, ADMIN_ROLE, RUNTIME_ROLE)
 
 #: How `EmbeddedCluster.stop` shuts the server down (``pg_ctl -m``).
 ShutdownMode = Literal["smart", "fast", "immediate"]
-_ROOT_FALLBACK = Path("/var/lib/prefect-integrations/clusters")
 
 # Settings that keep secrets out of the server log: bind parameters (keys, plaintext)
 # are never written, even with log_statement=all or on error.
@@ -192,8 +193,7 @@ class EmbeddedCluster:
             return link
         if self.home.is_dir() and can_traverse(link, self._user):
             return link
-        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
-        return _ROOT_FALLBACK / digest
+        return shared_cluster_dir(self.home)
 
     # -- process helpers ---------------------------------------------------------------
 
@@ -229,7 +229,8 @@ class EmbeddedCluster:
             folder.chmod(0o700)
 
     @contextmanager
-    def _lock(self) -> Iterator[None]:
+    def lock(self) -> Iterator[None]:
+        """Hold the cluster's lock (``<home>/.postgres.lock``): one start, stop or removal."""
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(self.home / ".postgres.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -407,7 +408,7 @@ class EmbeddedCluster:
         ``fast`` (default) ends sessions and shuts down cleanly; ``immediate`` aborts like a
         crash, so the next start replays the WAL.
         """
-        with self._lock():
+        with self.lock():
             if not self.is_running():
                 return False
             self._run(
@@ -418,7 +419,7 @@ class EmbeddedCluster:
     def restart(self, *, mode: ShutdownMode = "fast") -> None:
         """Stop the server (see `stop` for ``mode``) and start it again; waits until ready."""
         self.stop(mode=mode)
-        with self._lock():
+        with self.lock():
             self.start()
 
     def ensure_running(self, *, database: str = DATABASE_NAME) -> str:
@@ -427,9 +428,10 @@ class EmbeddedCluster:
         Also creates the admin and runtime roles (`ROLES`) when missing, each with its
         generated password, and converts a cluster that trusts local connections.
         """
-        with self._lock():
+        with self.lock():
             if not self.is_initialized():
                 self.initialize()
+            record_home(self.base_dir, self.home)
             legacy = not self._hba_is_current()
             if not self.is_running():
                 self.start()

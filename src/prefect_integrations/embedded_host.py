@@ -3,14 +3,17 @@
 `find_binaries` looks for the newest PostgreSQL server on the machine (``pg_config``, the
 Debian and Homebrew layouts, ``PATH``). PostgreSQL refuses to run as root, so a cluster
 started by root runs as an unprivileged account: `DEDICATED_USER`, created as a system
-account when missing.
+account when missing. When that account cannot reach the home folder, the cluster's files
+live in `SHARED_CLUSTERS`, one folder per home, each naming its home in `HOME_RECORD`.
 """
 
 from __future__ import annotations
 
 import glob
 import grp
+import hashlib
 import logging
+import os
 import pwd
 import re
 import shutil
@@ -24,17 +27,25 @@ from prefect_integrations.exceptions import ConfigurationError, PostgresNotFound
 
 __all__ = [
     "DEDICATED_USER",
+    "HOME_RECORD",
+    "SHARED_CLUSTERS",
     "PostgresBinaries",
     "ServiceUser",
     "can_traverse",
     "find_binaries",
+    "record_home",
     "service_user",
+    "shared_cluster_dir",
     "user_entry",
 ]
 
 _logger = logging.getLogger(__name__)
 #: The OS account the server runs as when started by root (created when missing).
 DEDICATED_USER = "prefect-integrations"
+#: Where root's clusters live when their OS user cannot reach the home: one folder per home.
+SHARED_CLUSTERS = Path("/var/lib/prefect-integrations/clusters")
+#: The file in a folder of `SHARED_CLUSTERS` that names the home the cluster belongs to.
+HOME_RECORD = "home"
 _INSTALL_HINT = (
     "Install the PostgreSQL server and its contrib modules "
     "(Debian/Ubuntu: `apt-get install postgresql postgresql-contrib`; "
@@ -191,3 +202,31 @@ def can_traverse(path: Path, user: ServiceUser) -> bool:
         if not allowed:
             return False
     return True
+
+
+def shared_cluster_dir(home: Path) -> Path:
+    """The folder of ``home``'s cluster in `SHARED_CLUSTERS` (named by a digest of the path)."""
+    return SHARED_CLUSTERS / hashlib.sha256(str(home).encode()).hexdigest()[:16]
+
+
+def record_home(base_dir: Path, home: Path) -> None:
+    """Name ``home`` in `HOME_RECORD` of a cluster folder in `SHARED_CLUSTERS`.
+
+    So an operator (and ``db destroy --orphans``) can tell whose cluster a folder holds,
+    and whether that home still exists. Nothing is written for a cluster inside its home.
+    """
+    if base_dir.parent != SHARED_CLUSTERS or not base_dir.is_dir() or base_dir.is_symlink():
+        return
+    record = base_dir / HOME_RECORD
+    text = f"{home}\n"
+    try:
+        if not record.is_symlink() and record.read_text() == text:
+            return
+    except OSError:
+        pass
+    staging = base_dir / f".{HOME_RECORD}.new"
+    staging.unlink(missing_ok=True)
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(staging, record)

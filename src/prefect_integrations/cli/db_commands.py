@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
 from prefect_integrations import db as dbmod
+from prefect_integrations import embedded_files
 from prefect_integrations.cli._common import echo, runtime
+from prefect_integrations.embedded_host import SHARED_CLUSTERS
+from prefect_integrations.exceptions import ConfigurationError
 from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
 from prefect_integrations.store.grants import apply_grants
 
@@ -31,6 +35,84 @@ def stop() -> None:
     rt.require_embedded("db stop")
     stopped = dbmod.embedded_cluster(rt.settings).stop()
     echo("Embedded PostgreSQL stopped" if stopped else "Embedded PostgreSQL was not running")
+
+
+def _size_text(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _confirm(question: str, *, yes: bool, command: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigurationError(
+            f"`{command}` deletes files for good and standard input is not a terminal to "
+            "confirm it: pass --yes. Nothing was deleted"
+        )
+    typer.confirm(question, abort=True)
+
+
+@app.command()
+def destroy(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
+    orphans: Annotated[
+        bool,
+        typer.Option(
+            "--orphans",
+            help="Instead: remove root's shared cluster folders whose home was deleted",
+        ),
+    ] = False,
+) -> None:
+    """Stop the embedded cluster and delete its files for good (databases, log, passwords).
+
+    The keyring and the home folder stay. Refused when PREFECT_INTEGRATIONS_DATABASE_URL
+    is set: an external database is never deleted.
+    """
+    rt = runtime()
+    rt.require_embedded("db destroy")
+    if orphans:
+        _destroy_orphans(yes=yes)
+        return
+    cluster = dbmod.embedded_cluster(rt.settings)
+    found = embedded_files.cluster_files(cluster)
+    if not found.paths:
+        echo(f"No embedded PostgreSQL cluster for {cluster.home}: nothing to delete")
+        return
+    running = embedded_files.server_running(cluster) if found.folders else False
+    echo(f"This deletes the embedded PostgreSQL cluster of {cluster.home}, every database in it:")
+    for path in found.paths:
+        echo(f"  {path}")
+    echo(f"  {_size_text(found.size)} in all" + (", after stopping the server" if running else ""))
+    _confirm("Delete these files?", yes=yes, command="db destroy")
+    removed = embedded_files.destroy(cluster)
+    echo(f"Embedded PostgreSQL cluster deleted ({len(removed.paths)} paths)")
+
+
+def _destroy_orphans(*, yes: bool) -> None:
+    found, unknown = embedded_files.find_orphans()
+    for folder in unknown:
+        echo(f"  {folder}: made before homes were recorded; kept (its home is unknown)")
+    if not found:
+        echo(f"No orphaned cluster in {SHARED_CLUSTERS}")
+        return
+    echo("Clusters whose home no longer uses them:")
+    for orphan in found:
+        note = ""
+        if orphan.running:
+            note = (
+                f"; running, kept (stop it: pg_ctl -D {orphan.folder / 'data'} stop, as its owner)"
+            )
+        echo(f"  {orphan.folder} (home {orphan.home}), {_size_text(orphan.size)}{note}")
+    if all(orphan.running for orphan in found):
+        return
+    _confirm("Delete the clusters that are not running?", yes=yes, command="db destroy --orphans")
+    removed = embedded_files.remove_orphans(found)
+    echo(f"Deleted {len(removed)} orphaned cluster(s)")
 
 
 @app.command()

@@ -1,0 +1,245 @@
+"""`db destroy`: the embedded cluster's files are removed wherever they live, nothing else."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prefect_integrations import embedded_files, embedded_host
+from prefect_integrations.cli import run
+from prefect_integrations.cli._common import reset_runtime
+from prefect_integrations.embedded import ROLES, EmbeddedCluster
+from prefect_integrations.embedded_host import HOME_RECORD, SHARED_CLUSTERS, shared_cluster_dir
+
+from .conftest import remove_cluster
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the shared folder is used under root")
+
+
+def _listing() -> set[str]:
+    return set(os.listdir(SHARED_CLUSTERS)) if SHARED_CLUSTERS.is_dir() else set()
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent to reap it has ended)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return False
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _use_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_HOME", str(home))
+    monkeypatch.delenv("PREFECT_INTEGRATIONS_DATABASE_URL", raising=False)
+    reset_runtime()
+
+
+@pytest.fixture
+def private_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh home only its owner may enter: under root the cluster goes to the shared
+    folder. The home is the CLI's; whatever cluster it gets is removed at the end.
+    """
+    home = Path(tempfile.mkdtemp(prefix="pi-destroy-"))  # 0700
+    _use_home(monkeypatch, home)
+    try:
+        yield home
+    finally:
+        reset_runtime()
+        remove_cluster(EmbeddedCluster(home))
+
+
+def test_destroy_stops_the_server_and_leaves_nothing_behind(
+    private_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _listing()
+    assert run(["db", "start"]) == 0
+    cluster = EmbeddedCluster(private_home)
+    if os.geteuid() == 0:
+        assert cluster.base_dir == shared_cluster_dir(private_home)
+        assert cluster.base_dir.name in _listing() - before
+        assert (cluster.base_dir / HOME_RECORD).read_text() == f"{private_home}\n"
+    assert run(["db", "status"]) == 0
+    assert f"data dir:    {cluster.data_dir}" in capsys.readouterr().out
+    pid = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    (private_home / "keyring").write_text("k1:kept\n")
+    (private_home / "passwords" / "notes.txt").write_text("not the package's\n")
+
+    assert run(["db", "destroy", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert str(cluster.base_dir) in out and "MB in all, after stopping the server" in out
+    assert not _alive(pid)
+    for path in (cluster.base_dir, private_home / "postgres", private_home / ".postgres.lock"):
+        assert not path.exists() and not path.is_symlink(), path
+    assert not [role for role in ROLES if cluster.passfile(role).exists()]
+    assert sorted(os.listdir(private_home)) == ["keyring", "passwords"]
+    assert os.listdir(private_home / "passwords") == ["notes.txt"]
+    assert SHARED_CLUSTERS.is_dir() or os.geteuid() != 0  # the folder itself stays
+    assert cluster.base_dir.name not in _listing()
+    ours = [name for name in _listing() - before if _record(SHARED_CLUSTERS / name) == private_home]
+    assert ours == []
+
+    reset_runtime()
+    assert run(["db", "destroy"]) == 0  # idempotent
+    assert "nothing to delete" in capsys.readouterr().out
+
+
+def _record(folder: Path) -> Path | None:
+    try:
+        return Path((folder / HOME_RECORD).read_text().strip())
+    except OSError:
+        return None
+
+
+class _Terminal(io.StringIO):
+    """Standard input that is a terminal, with the answers typed in advance."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_destroy_asks_first_and_refuses_without_a_terminal(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = EmbeddedCluster(private_home, durable=False)
+    cluster.ensure_running()
+    files = embedded_files.cluster_files(cluster)
+    capsys.readouterr()
+    assert run(["db", "destroy"]) == 1
+    out, err = capsys.readouterr()
+    assert "pass --yes. Nothing was deleted" in err
+    assert all(str(path) in out for path in files.paths)  # said what it would delete
+    assert cluster.is_running()
+    assert embedded_files.cluster_files(cluster).paths == files.paths
+
+    monkeypatch.setattr("sys.stdin", _Terminal("n\n"))
+    assert run(["db", "destroy"]) == 1
+    assert "Delete these files?" in capsys.readouterr().out
+    assert cluster.is_running()
+    assert embedded_files.cluster_files(cluster).paths == files.paths
+    monkeypatch.setattr("sys.stdin", _Terminal("y\n"))
+    assert run(["db", "destroy"]) == 0
+    assert "cluster deleted" in capsys.readouterr().out
+    assert not cluster.data_dir.exists()
+
+
+def test_destroy_refuses_an_external_database(
+    cli_env: dict[str, str], cluster: EmbeddedCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = Path(cli_env["PREFECT_INTEGRATIONS_HOME"])
+    (home / "postgres").mkdir(parents=True)
+    (home / "postgres" / "PG_VERSION").write_text("16\n")
+    assert run(["db", "destroy", "--yes"]) == 1
+    err = capsys.readouterr().err
+    assert "PREFECT_INTEGRATIONS_DATABASE_URL" in err and err.startswith("error[")
+    assert (home / "postgres" / "PG_VERSION").is_file()
+    assert cluster.is_running()
+
+
+def test_destroy_with_nothing_there_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "never-used"
+    _use_home(monkeypatch, home)
+    assert run(["db", "destroy"]) == 0
+    assert "nothing to delete" in capsys.readouterr().out
+    assert not home.exists()
+
+
+def test_destroy_never_follows_a_link_out_of_the_cluster_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    (victim / "data.txt").write_text("keep me\n")
+    (home / "postgres").symlink_to(victim)
+    _use_home(monkeypatch, home)
+    assert run(["db", "destroy", "--yes"]) == 1
+    assert "not a cluster folder" in capsys.readouterr().err
+    assert (victim / "data.txt").read_text() == "keep me\n"
+    assert (home / "postgres").is_symlink()
+    # A password folder that is a link is not entered either.
+    (home / "postgres").unlink()
+    (home / "passwords").symlink_to(victim)
+    (victim / "prefect_integrations.pgpass").write_text("someone else's\n")
+    assert embedded_files.cluster_files(EmbeddedCluster(home)).paths == ()
+    assert run(["db", "destroy", "--yes"]) == 0
+    assert (victim / "prefect_integrations.pgpass").is_file()
+
+
+@as_root
+def test_destroy_leaves_another_homes_shared_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = tmp_path / "clusters"
+    monkeypatch.setattr(embedded_host, "SHARED_CLUSTERS", shared)
+    monkeypatch.setattr(embedded_files, "SHARED_CLUSTERS", shared)
+    other = embedded_host.shared_cluster_dir(tmp_path / "other-home")
+    (other / "data").mkdir(parents=True)
+    (other / HOME_RECORD).write_text(f"{tmp_path / 'other-home'}\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "postgres").symlink_to(other)
+    _use_home(monkeypatch, home)
+    assert run(["db", "destroy", "--yes"]) == 1
+    assert "the cluster of another home" in capsys.readouterr().err
+    assert (other / "data").is_dir()
+
+
+@as_root
+def test_destroy_orphans_removes_clusters_whose_home_is_gone(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared_root = Path(tempfile.mkdtemp(prefix="pi-shared-"))
+    shared_root.chmod(0o755)  # the cluster's OS user enters the shared folder
+    shared = shared_root / "clusters"
+    shared.mkdir()
+    monkeypatch.setattr(embedded_host, "SHARED_CLUSTERS", shared)
+    monkeypatch.setattr(embedded_files, "SHARED_CLUSTERS", shared)
+    (shared / "0123456789abcdef").mkdir()  # made before homes were recorded: kept
+    kept_home = Path(tempfile.mkdtemp(prefix="pi-kept-"))
+    gone_home = Path(tempfile.mkdtemp(prefix="pi-gone-"))
+    kept = EmbeddedCluster(kept_home, durable=False)
+    gone = EmbeddedCluster(gone_home, durable=False)
+    try:
+        for cluster in (kept, gone):
+            cluster.ensure_running()
+            assert cluster.base_dir.parent == shared
+        kept.stop()
+        remove_home = ["rm", "-rf", str(gone_home)]
+        subprocess.run(remove_home, check=True)  # the user deletes the home, server running
+        _use_home(monkeypatch, kept_home)
+
+        assert run(["db", "destroy", "--orphans"]) == 0
+        out = capsys.readouterr().out
+        assert f"{gone.base_dir} (home {gone_home})" in out and "running, kept" in out
+        assert "0123456789abcdef: made before homes were recorded; kept" in out
+        assert str(kept.base_dir) not in out
+
+        gone.stop()  # as an operator would, after reading the hint
+        subprocess.run(remove_home, check=True)
+        assert run(["db", "destroy", "--orphans"]) == 1  # not interactive, no --yes
+        assert "pass --yes" in capsys.readouterr().err and gone.base_dir.is_dir()
+        assert run(["db", "destroy", "--orphans", "--yes"]) == 0
+        assert "Deleted 1 orphaned cluster(s)" in capsys.readouterr().out
+        assert sorted(os.listdir(shared)) == sorted(["0123456789abcdef", kept.base_dir.name])
+    finally:
+        reset_runtime()
+        remove_cluster(kept)
+        remove_cluster(gone)
+        shutil.rmtree(shared_root)
