@@ -22,7 +22,7 @@ from prefect_integrations.cli import (
     keys_commands,
     oauth_commands,
 )
-from prefect_integrations.cli._common import echo, runtime
+from prefect_integrations.cli._common import echo, emit_json, runtime
 from prefect_integrations.cli._output import safe_text
 from prefect_integrations.exceptions import DefinitionError, IntegrationError, ValidationError
 from prefect_integrations.store.grants import apply_grants
@@ -112,6 +112,9 @@ def serve(
     oauth_port: int | None = typer.Option(
         None, help="Connect service port (default: the redirect URI's)"
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="With --once: print the summaries as JSON (the rest on stderr)"
+    ),
 ) -> None:
     """Run the maintenance flows on their schedules (and the OAuth connect service).
 
@@ -119,16 +122,20 @@ def serve(
     """
     from prefect_integrations.maintenance.service import serve as run_service
 
+    if as_json and not once:
+        raise typer.BadParameter("only with --once", param_hint="--json")
     rt = runtime()
-    run_service(
+    summaries = run_service(
         rt,
         once=once,
         oauth=oauth,
         prefect_port=prefect_port,
         oauth_host=oauth_host,
         oauth_port=oauth_port,
-        echo=echo,
+        echo=(lambda line: echo(line, err=True)) if as_json else echo,
     )
+    if as_json:
+        emit_json(summaries)
 
 
 def _check_encodable(args: Sequence[str]) -> None:
