@@ -891,19 +891,38 @@ def test_nul_character_in_config_is_a_clear_error(store: Cli, db: Database) -> N
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [
-        pytest.param(("instances", "create", "x1"), "--integration", id="missing-option"),
-        pytest.param(("audit", "tail", "-n", "0"), "-n", id="option-out-of-range"),
-        pytest.param(("instances", "frobnicate"), "frobnicate", id="unknown-command"),
+        pytest.param(
+            ("instances", "create", "x1"), "Missing option '--integration'", id="missing-option"
+        ),
+        pytest.param(("oauth", "refresh"), "Missing argument 'instance_id'", id="missing-argument"),
+        pytest.param(
+            ("instances", "list", "--bogus"), "No such option: --bogus", id="unknown-option"
+        ),
+        pytest.param(("audit", "tail", "-n", "0"), "'-n'", id="option-out-of-range"),
+        pytest.param(
+            ("instances", "frobnicate"), "No such command 'frobnicate'", id="unknown-command"
+        ),
     ],
 )
-def test_usage_errors_are_reported_as_usage_errors(
+def test_usage_errors_are_one_line_in_the_error_format(
     cli: Cli, arguments: tuple[str, ...], fragment: str
 ) -> None:
     result = cli(*arguments)
     assert result.code == 2, result
-    assert "Traceback" not in result.out + result.err
-    assert "error[unexpected]" not in result.err, result.err
-    assert fragment in result.err
+    assert result.out == ""
+    lines = result.err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error[usage]: "), lines
+    assert fragment in lines[0]
+    command = " ".join(a for a in arguments if not a.startswith("-") and a not in ("x1", "0"))
+    if arguments[-1] == "frobnicate":
+        command = "instances"
+    assert lines[0].endswith(f"(see `prefect-integrations {command} --help`)"), lines
+
+
+def test_no_command_prints_help_and_exits_2(cli: Cli) -> None:
+    result = cli()
+    assert result.code == 2 and "Usage: prefect-integrations [OPTIONS] COMMAND" in result.out
 
 
 # --------------------------------------------------------------------------------------

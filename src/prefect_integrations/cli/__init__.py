@@ -1,7 +1,8 @@
 """The ``prefect-integrations`` command line (typer).
 
 Every command fails with one clear line ``error[code]: message`` and exit code 1 for
-errors of the package, never a traceback, and never prints a secret.
+errors of the package (``error[usage]: ...`` and exit code 2 for a usage error), never a
+traceback, and never prints a secret.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click
 
 from prefect_integrations import logfilter
 from prefect_integrations.cli import (
@@ -27,7 +29,10 @@ from prefect_integrations.cli._output import safe_text
 from prefect_integrations.exceptions import DefinitionError, IntegrationError, ValidationError
 from prefect_integrations.store.grants import apply_grants
 
-__all__ = ["app", "main", "run"]
+__all__ = ["PROG_NAME", "app", "main", "run"]
+
+#: The command's name in usage lines and hints, however it was started.
+PROG_NAME = "prefect-integrations"
 
 app = typer.Typer(
     name="prefect-integrations",
@@ -168,20 +173,42 @@ def _error_text(exc: IntegrationError) -> str:
     return f"error[{exc.code}]: {safe_text(str(exc), one_line=True)}"
 
 
+def _usage_text(exc: UsageError) -> str:
+    """``error[usage]: message (see `... --help`)``, one line, like the package's errors."""
+    message = safe_text(exc.format_message(), one_line=True).rstrip(".")
+    if exc.ctx is not None:
+        message += f" (see `{exc.ctx.command_path} --help`)"
+    return f"error[usage]: {message}"
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv``; return the exit code (errors become one clear line).
 
-    Usage errors are typer's (usage and the problem, exit 2); errors of the package are
-    one line ``error[code]: message`` with exit 1.
+    Usage errors (an unknown option, a missing argument, a bad value) are one line
+    ``error[usage]: message`` with exit 2; errors of the package are one line
+    ``error[code]: message`` with exit 1.
     """
     args = list(argv) if argv is not None else sys.argv[1:]
     logfilter.install()  # decrypted credentials never reach a log record
     try:
         _check_encodable(args)
-        app(args=args, standalone_mode=True)
+        result = app(args=args, prog_name=PROG_NAME, standalone_mode=False)
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except NoArgsIsHelpError as exc:
+        if exc.ctx is not None:
+            echo(exc.ctx.get_help())
+        return 2
+    except UsageError as exc:
+        echo(_usage_text(exc), err=True)
+        return exc.exit_code
+    except typer.TyperException as exc:  # typer's other errors (an unreadable file option)
+        echo(f"error[usage]: {safe_text(exc.format_message(), one_line=True)}", err=True)
+        return exc.exit_code
+    except typer.Abort:
+        echo("Aborted.", err=True)
+        return 1
     except IntegrationError as exc:
         echo(_error_text(exc), err=True)
         return 1
@@ -194,7 +221,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             err=True,
         )
         return 1
-    return 0
+    return result if isinstance(result, int) else 0  # typer.Exit(n) returns n here
 
 
 def main() -> None:
