@@ -1222,3 +1222,28 @@ def test_oauth_serve_on_a_port_in_use_is_one_clear_error(cli: Cli) -> None:
         port = busy.getsockname()[1]
         result = cli("oauth", "serve", "--port", str(port))
     assert_one_error(result, "configuration_error", f"127.0.0.1:{port}")
+
+
+def test_oauth_refresh_without_a_refresh_token_says_it_cannot(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("definitions", "sync")
+    no_refresh = {k: v for k, v in XERO_CREDENTIALS["oauth2"].items() if k != "refresh_token"}
+    create_xero(cli, "xero_main", write(tmp_path, "creds.json", {"oauth2": no_refresh}))
+    forced = cli("oauth", "refresh", "xero_main", "--force")
+    line = assert_one_error(forced, "oauth_error", "'xero_main' cannot be refreshed")
+    assert "no refresh token" in line
+    assert line.endswith("`prefect-integrations oauth connect xero_main --reconnect`")
+    assert forced.out == ""
+    # a token without an expiry needs no refresh: that is not an error
+    fine = cli.ok("oauth", "refresh", "xero_main").out
+    assert fine.startswith("xero_main: not_needed (no_expiry)")
+    # one that expires soon, without a refresh token: cannot, and says so
+    expiring = {**no_refresh, "expires_at": "2000-01-01T00:00:00Z"}
+    cli.ok(
+        "instances",
+        "set-credentials",
+        "xero_main",
+        "--credentials-file",
+        write(tmp_path, "expiring.json", {"oauth2": expiring}),
+    )
+    due = cli("oauth", "refresh", "xero_main")
+    assert_one_error(due, "oauth_error", "expiring_without_refresh_token", "--reconnect")
