@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -1247,3 +1248,20 @@ def test_oauth_refresh_without_a_refresh_token_says_it_cannot(cli: Cli, tmp_path
     )
     due = cli("oauth", "refresh", "xero_main")
     assert_one_error(due, "oauth_error", "expiring_without_refresh_token", "--reconnect")
+
+
+def test_apply_shows_progress_only_on_a_terminal(
+    store: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    documents = [
+        {"instanceId": f"acme_{i}", "integrationId": "acme", "name": f"Acme {i}"} for i in range(12)
+    ]
+    path = write(tmp_path, "many.json", documents)
+    piped = store.ok("instances", "apply", path)  # standard error is not a terminal here
+    assert piped.err == "" and piped.out.splitlines()[-1] == "created 12, updated 0, unchanged 0"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    shown = store.ok("instances", "apply", path)
+    assert "applying" in shown.err and "12/12" in shown.err
+    assert shown.out.splitlines()[-1] == "created 0, updated 0, unchanged 12"
+    as_json = store.ok("instances", "apply", path, "--json")  # never with --json
+    assert as_json.err == "" and len(json.loads(as_json.out)) == 12
