@@ -1265,3 +1265,22 @@ def test_apply_shows_progress_only_on_a_terminal(
     assert shown.out.splitlines()[-1] == "created 0, updated 0, unchanged 12"
     as_json = store.ok("instances", "apply", path, "--json")  # never with --json
     assert as_json.err == "" and len(json.loads(as_json.out)) == 12
+
+
+def test_up_says_what_to_do_next_when_there_is_no_instance(cli: Cli, xero_creds: str) -> None:
+    out = cli.ok("up").out.splitlines()
+    assert "instances: 0 (none yet)" in out
+    steps = out[
+        out.index("next: create, connect and test an instance (README: Connecting an account):") :
+    ]
+    commands = [line.split()[:3] for line in steps[1:]]
+    assert commands == [
+        ["prefect-integrations", "instances", "apply"],
+        ["prefect-integrations", "oauth", "connect"],
+        ["prefect-integrations", "instances", "test"],
+    ]
+    for command in commands:  # each is a real command
+        assert cli(*command[1:], "--help").code == 0
+    create_xero(cli, "xero_main", xero_creds)
+    again = cli.ok("up").out
+    assert "instances: 1 (1 active)" in again and "next:" not in again

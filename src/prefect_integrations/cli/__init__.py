@@ -51,6 +51,15 @@ app.add_typer(oauth_commands.app, name="oauth")
 app.command("call")(call_commands.call)
 
 
+#: What `up` suggests when there is no instance yet: create one, connect it, test it.
+NEXT_STEPS = (
+    "next: create, connect and test an instance (README: Connecting an account):",
+    f"  {PROG_NAME} instances apply FILE   create it (or `instances create ID ...`)",
+    f"  {PROG_NAME} oauth connect ID       a link for the account owner (OAuth2)",
+    f"  {PROG_NAME} instances test ID      check its connection",
+)
+
+
 @app.command()
 def up() -> None:
     """Bring the store up and print a summary of definitions and instances.
@@ -104,6 +113,10 @@ def up() -> None:
     states = ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "none yet"
     echo(f"instances: {len(found)} ({states})")
     echo(f"audit log: {chain.rows} rows, chain {'intact' if chain.ok else 'BROKEN'}")
+    if not found:
+        echo("")
+        for line in NEXT_STEPS:
+            echo(line)
 
 
 @app.command()
