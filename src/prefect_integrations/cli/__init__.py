@@ -143,6 +143,9 @@ def serve(
     if as_json and not once:
         raise typer.BadParameter("only with --once", param_hint="--json")
     rt = runtime()
+    # Read here, before any flow run starts: a development keyring's warning comes once,
+    # and the flow runs (processes of this command) inherit that it was given.
+    rt.keyring  # noqa: B018
     summaries = run_service(
         rt,
         once=once,
