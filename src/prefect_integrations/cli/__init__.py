@@ -212,9 +212,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except NoArgsIsHelpError as exc:
-        if exc.ctx is not None:
-            echo(exc.ctx.get_help())
+    except NoArgsIsHelpError as exc:  # a group without its command: its help
+        text = exc.ctx.get_help() if exc.ctx is not None else ""
+        if text:  # typer's rich help prints itself and returns nothing
+            echo(text)
         return 2
     except UsageError as exc:
         echo(_usage_text(exc), err=True)
