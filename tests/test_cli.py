@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -891,19 +892,38 @@ def test_nul_character_in_config_is_a_clear_error(store: Cli, db: Database) -> N
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [
-        pytest.param(("instances", "create", "x1"), "--integration", id="missing-option"),
-        pytest.param(("audit", "tail", "-n", "0"), "-n", id="option-out-of-range"),
-        pytest.param(("instances", "frobnicate"), "frobnicate", id="unknown-command"),
+        pytest.param(
+            ("instances", "create", "x1"), "Missing option '--integration'", id="missing-option"
+        ),
+        pytest.param(("oauth", "refresh"), "Missing argument 'instance_id'", id="missing-argument"),
+        pytest.param(
+            ("instances", "list", "--bogus"), "No such option: --bogus", id="unknown-option"
+        ),
+        pytest.param(("audit", "tail", "-n", "0"), "'-n'", id="option-out-of-range"),
+        pytest.param(
+            ("instances", "frobnicate"), "No such command 'frobnicate'", id="unknown-command"
+        ),
     ],
 )
-def test_usage_errors_are_reported_as_usage_errors(
+def test_usage_errors_are_one_line_in_the_error_format(
     cli: Cli, arguments: tuple[str, ...], fragment: str
 ) -> None:
     result = cli(*arguments)
     assert result.code == 2, result
-    assert "Traceback" not in result.out + result.err
-    assert "error[unexpected]" not in result.err, result.err
-    assert fragment in result.err
+    assert result.out == ""
+    lines = result.err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error[usage]: "), lines
+    assert fragment in lines[0]
+    command = " ".join(a for a in arguments if not a.startswith("-") and a not in ("x1", "0"))
+    if arguments[-1] == "frobnicate":
+        command = "instances"
+    assert lines[0].endswith(f"(see `prefect-integrations {command} --help`)"), lines
+
+
+def test_no_command_prints_help_and_exits_2(cli: Cli) -> None:
+    result = cli()
+    assert result.code == 2 and "Usage: prefect-integrations [OPTIONS] COMMAND" in result.out
 
 
 # --------------------------------------------------------------------------------------
@@ -1203,3 +1223,64 @@ def test_oauth_serve_on_a_port_in_use_is_one_clear_error(cli: Cli) -> None:
         port = busy.getsockname()[1]
         result = cli("oauth", "serve", "--port", str(port))
     assert_one_error(result, "configuration_error", f"127.0.0.1:{port}")
+
+
+def test_oauth_refresh_without_a_refresh_token_says_it_cannot(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("definitions", "sync")
+    no_refresh = {k: v for k, v in XERO_CREDENTIALS["oauth2"].items() if k != "refresh_token"}
+    create_xero(cli, "xero_main", write(tmp_path, "creds.json", {"oauth2": no_refresh}))
+    forced = cli("oauth", "refresh", "xero_main", "--force")
+    line = assert_one_error(forced, "oauth_error", "'xero_main' cannot be refreshed")
+    assert "no refresh token" in line
+    assert line.endswith("`prefect-integrations oauth connect xero_main --reconnect`")
+    assert forced.out == ""
+    # a token without an expiry needs no refresh: that is not an error
+    fine = cli.ok("oauth", "refresh", "xero_main").out
+    assert fine.startswith("xero_main: not_needed (no_expiry)")
+    # one that expires soon, without a refresh token: cannot, and says so
+    expiring = {**no_refresh, "expires_at": "2000-01-01T00:00:00Z"}
+    cli.ok(
+        "instances",
+        "set-credentials",
+        "xero_main",
+        "--credentials-file",
+        write(tmp_path, "expiring.json", {"oauth2": expiring}),
+    )
+    due = cli("oauth", "refresh", "xero_main")
+    assert_one_error(due, "oauth_error", "expiring_without_refresh_token", "--reconnect")
+
+
+def test_apply_shows_progress_only_on_a_terminal(
+    store: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    documents = [
+        {"instanceId": f"acme_{i}", "integrationId": "acme", "name": f"Acme {i}"} for i in range(12)
+    ]
+    path = write(tmp_path, "many.json", documents)
+    piped = store.ok("instances", "apply", path)  # standard error is not a terminal here
+    assert piped.err == "" and piped.out.splitlines()[-1] == "created 12, updated 0, unchanged 0"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    shown = store.ok("instances", "apply", path)
+    assert "applying" in shown.err and "12/12" in shown.err
+    assert shown.out.splitlines()[-1] == "created 0, updated 0, unchanged 12"
+    as_json = store.ok("instances", "apply", path, "--json")  # never with --json
+    assert as_json.err == "" and len(json.loads(as_json.out)) == 12
+
+
+def test_up_says_what_to_do_next_when_there_is_no_instance(cli: Cli, xero_creds: str) -> None:
+    out = cli.ok("up").out.splitlines()
+    assert "instances: 0 (none yet)" in out
+    steps = out[
+        out.index("next: create, connect and test an instance (README: Connecting an account):") :
+    ]
+    commands = [line.split()[:3] for line in steps[1:]]
+    assert commands == [
+        ["prefect-integrations", "instances", "apply"],
+        ["prefect-integrations", "oauth", "connect"],
+        ["prefect-integrations", "instances", "test"],
+    ]
+    for command in commands:  # each is a real command
+        assert cli(*command[1:], "--help").code == 0
+    create_xero(cli, "xero_main", xero_creds)
+    again = cli.ok("up").out
+    assert "instances: 1 (1 active)" in again and "next:" not in again

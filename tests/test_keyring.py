@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,7 +61,7 @@ def test_external_database_without_keyring_is_an_error(tmp_path: Path) -> None:
 def test_embedded_dev_keyring_is_private_and_warned_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(keyring_mod, "_warned_dev_key", False)
+    monkeypatch.delenv(keyring_mod.DEV_KEYRING_WARNED_ENV, raising=False)
     settings = Settings(home=tmp_path / "home")
     with caplog.at_level(logging.WARNING):
         first = load_keyring(settings)
@@ -68,6 +71,42 @@ def test_embedded_dev_keyring_is_private_and_warned_once(
     assert (path.stat().st_mode & 0o777) == 0o600
     warnings = [r for r in caplog.records if "development keyring" in r.getMessage()]
     assert len(warnings) == 1
+
+
+_CHILD = """
+import logging, sys
+logging.basicConfig(stream=sys.stderr, format="%(message)s")
+from prefect_integrations.keyring import load_keyring
+from prefect_integrations.settings import Settings
+load_keyring(Settings())
+"""
+
+
+def test_dev_keyring_warning_is_given_once_per_command_not_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A command's processes (flow runs it starts) inherit that the warning was given."""
+    home = tmp_path / "home"
+    monkeypatch.delenv(keyring_mod.DEV_KEYRING_WARNED_ENV, raising=False)
+    monkeypatch.delenv("PREFECT_INTEGRATIONS_DATABASE_URL", raising=False)
+    monkeypatch.delenv("PREFECT_INTEGRATIONS_KEYS", raising=False)
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_HOME", str(home))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
+
+    def child() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD], capture_output=True, text=True, check=True
+        )
+        return done.stderr
+
+    assert "development keyring" in child()  # a command of its own warns
+    with caplog.at_level(logging.WARNING):
+        load_keyring(Settings(home=home))  # the command
+    assert [r for r in caplog.records if "development keyring" in r.getMessage()]
+    assert os.environ[keyring_mod.DEV_KEYRING_WARNED_ENV] == str(home / "keyring")
+    assert "development keyring" not in child()  # a process it starts stays quiet
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_HOME", str(tmp_path / "other"))
+    assert "development keyring" in child()  # another keyring is warned about
 
 
 def test_configured_keyring_wins(tmp_path: Path) -> None:

@@ -190,6 +190,39 @@ def test_provider_outage_is_reported_not_spread(
     assert lonely["state"] == "error" and lonely["details"]["reason"] == "network"
 
 
+@pytest.mark.parametrize(
+    ("failing", "working", "outage"),
+    [
+        pytest.param(2, 0, False, id="2-of-2-too-few"),
+        pytest.param(3, 4, False, id="3-of-7-less-than-half"),
+        pytest.param(3, 3, True, id="3-of-6-outage"),
+    ],
+)
+def test_an_outage_needs_three_failing_instances_and_half_of_those_checked(
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+    failing: int,
+    working: int,
+    outage: bool,
+) -> None:
+    """The README's rule (defaults ``outage_min=3``, ``outage_share=0.5``).
+
+    Otherwise each failing instance is marked ``error`` on its own.
+    """
+    for i in range(failing):
+        _add(echo_db, echo_registry, keyring, f"down_{i}", provider.url)
+        provider.reply("GET", f"/down_{i}/items/1", Reply(503, {}))
+    for i in range(working):
+        _add(echo_db, echo_registry, keyring, f"up_{i}", provider.url)
+        provider.reply("GET", f"/up_{i}/items/1", OK)
+    report = _run(_checker(echo_db, echo_registry, keyring))
+    assert report.outages == ({"echo": "provider_unavailable"} if outage else {})
+    states = {_status(echo_db, f"down_{i}")["state"] for i in range(failing)}
+    assert states == ({"active"} if outage else {"error"})
+
+
 def test_two_concurrent_sweeps_split_the_instances(
     echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
 ) -> None:

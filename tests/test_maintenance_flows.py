@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,7 +73,10 @@ def test_health_check_flow(
     assert summary["results"] == {"ok": 1, "provider_auth_failed": 1}
     assert summary["degraded"] == ["sick"]
     descriptions = asyncio.run(_artifact_descriptions("integration-health"))
-    assert any("provider_auth_failed" in d for d in descriptions)
+    # people read text, not a Python dict
+    expected = "checked 2 instances: 1 ok, 1 provider_auth_failed; no outage; 1 degraded (sick)"
+    assert f"Instance health: {expected}" in descriptions
+    assert not [d for d in descriptions if "{" in d]
 
 
 @pytest.mark.usefixtures("env")
@@ -216,5 +220,22 @@ def test_serve_once_runs_each_flow(harness: Path, capsys: pytest.CaptureFixture[
     assert run(["serve", "--once", "--no-oauth"]) == 0
     out = capsys.readouterr().out
     assert "Prefect UI: http://127.0.0.1:" in out
-    for name in ("health-check:", "refresh-tokens:", "rotate-credentials:"):
-        assert name in out
+    lines = out.splitlines()
+    assert "health-check: checked 0 instances (none due)" in lines
+    assert "refresh-tokens: no token expiring" in lines
+    assert (
+        "rotate-credentials: keys: 0 re-encrypted, 0 failed; per key id none -> none; "
+        "provider credentials: none"
+    ) in lines
+    assert "{" not in out
+
+    assert run(["serve", "--once", "--no-oauth", "--json"]) == 0
+    captured = capsys.readouterr()
+    summaries = json.loads(captured.out)  # nothing else on stdout
+    assert list(summaries) == ["health-check", "refresh-tokens", "rotate-credentials"]
+    assert summaries["refresh-tokens"] == {"candidates": 0, "results": {}, "failed": {}}
+    assert "Prefect UI: http://127.0.0.1:" in captured.err
+    assert "health-check: checked 0 instances (none due)" in captured.err
+
+    assert run(["serve", "--json"]) == 2  # only with --once
+    assert "--json" in capsys.readouterr().err

@@ -323,6 +323,7 @@ def test_cli_rotate_exits_1_naming_failed_instances_never_keys(
     assert "Traceback" not in out + err
     for secret in _keys_of(new):
         assert secret not in out + err
+    assert err.splitlines()[-1].startswith("reminder: keep every key (PREFECT_INTEGRATIONS_KEYS)")
     assert run(["keys", "rotate", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["rotated"] == 0 and report["ok"] is False
@@ -723,6 +724,48 @@ def test_cli_status_and_rotate_name_key_ids_and_counts_only(
     assert any(line.split()[:3] == ["k2", "20", "NO"] for line in out.splitlines())
     assert "20 under a key id not in the keyring" in out
     assert _fetch_all(synced, only_k2, ids[:1]) == {ids[0]: ("k2", _secret(0))}
+
+
+def test_cli_rotate_shows_progress_on_a_terminal_and_says_what_to_keep(
+    synced: Database,
+    test_registry: Registry,
+    keyring: Keyring,
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _make(synced, test_registry, keyring, 6)
+    new, _ = _rotated_ring(keyring)
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", _entry(new))
+    reset_runtime()
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as if on a terminal
+    assert run(["keys", "rotate", "--batch-size", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "rotated: 6 instance(s) in 3 batch(es)" in out
+    assert "re-encrypting" in err and "6/6" in err  # the bar, on standard error only
+    assert "re-encrypting" not in out
+    # (the bar is erased with terminal controls before the report's lines)
+    reminders = [
+        line[line.index("reminder: ") :] for line in err.splitlines() if "reminder: " in line
+    ]
+    assert reminders == [
+        "reminder: keep the primary key 'k2' (PREFECT_INTEGRATIONS_KEYS): every credential "
+        "is encrypted under it, and nothing can read them without it",
+        "reminder: older keys ('k1') may be dropped from the keyring now, because this "
+        "rotation completed with 0 failures; drop a key only after such a run",
+    ]
+    for secret in _keys_of(new):
+        assert secret not in out + err
+
+    assert run(["keys", "rotate", "--json"]) == 0  # no bar with --json, stdout is JSON
+    out, err = capsys.readouterr()
+    assert json.loads(out)["ok"] is True
+    assert "re-encrypting" not in err and err.startswith("reminder: keep the primary key")
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # piped: no bar
+    assert run(["keys", "rotate"]) == 0
+    assert "re-encrypting" not in capsys.readouterr().err
 
 
 def test_keys_never_reach_the_server_log(

@@ -23,6 +23,7 @@ from prefect_integrations.exceptions import KeyringError
 from prefect_integrations.settings import Settings
 
 __all__ = [
+    "DEV_KEYRING_WARNED_ENV",
     "KEY_BYTES",
     "Keyring",
     "dev_keyring_path",
@@ -34,7 +35,10 @@ __all__ = [
 KEY_BYTES = 32
 _KID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _logger = logging.getLogger(__name__)
-_warned_dev_key = False
+
+#: Set (to the development keyring's path) once its warning was given; processes a
+#: command starts (flow runs, a local Prefect server) inherit it and do not repeat it.
+DEV_KEYRING_WARNED_ENV = "PREFECT_INTEGRATIONS_DEV_KEYRING_WARNED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +125,10 @@ def load_keyring(settings: Settings) -> Keyring:
     """Return the configured keyring.
 
     With ``PREFECT_INTEGRATIONS_KEYS`` set, that keyring. Otherwise, in embedded mode, a
-    development keyring kept in a 0600 file under the home (generated on first use, with a
-    warning once per process). Otherwise a `KeyringError`.
+    development keyring kept in a 0600 file under the home (generated on first use), with a
+    warning once per command: the processes it starts inherit
+    ``PREFECT_INTEGRATIONS_DEV_KEYRING_WARNED`` and stay quiet. Otherwise a `KeyringError`.
     """
-    global _warned_dev_key
     if settings.keys is not None:
         return parse_keyring(settings.keys.get_secret_value())
     if not settings.embedded:
@@ -138,8 +142,8 @@ def load_keyring(settings: Settings) -> Keyring:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(f"dev1:{generate_key()}\n")
-    if not _warned_dev_key:
-        _warned_dev_key = True
+    if os.environ.get(DEV_KEYRING_WARNED_ENV) != str(path):
+        os.environ[DEV_KEYRING_WARNED_ENV] = str(path)
         _logger.warning(
             "Using the development keyring %s; set PREFECT_INTEGRATIONS_KEYS for production",
             path,

@@ -1,7 +1,8 @@
 """The ``prefect-integrations`` command line (typer).
 
 Every command fails with one clear line ``error[code]: message`` and exit code 1 for
-errors of the package, never a traceback, and never prints a secret.
+errors of the package (``error[usage]: ...`` and exit code 2 for a usage error), never a
+traceback, and never prints a secret.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click
 
 from prefect_integrations import logfilter
 from prefect_integrations.cli import (
@@ -22,12 +24,15 @@ from prefect_integrations.cli import (
     keys_commands,
     oauth_commands,
 )
-from prefect_integrations.cli._common import echo, runtime
+from prefect_integrations.cli._common import echo, emit_json, runtime
 from prefect_integrations.cli._output import safe_text
 from prefect_integrations.exceptions import DefinitionError, IntegrationError, ValidationError
 from prefect_integrations.store.grants import apply_grants
 
-__all__ = ["app", "main", "run"]
+__all__ = ["PROG_NAME", "app", "main", "run"]
+
+#: The command's name in usage lines and hints, however it was started.
+PROG_NAME = "prefect-integrations"
 
 app = typer.Typer(
     name="prefect-integrations",
@@ -44,6 +49,15 @@ app.add_typer(audit_commands.app, name="audit")
 app.add_typer(call_commands.blocks_app, name="blocks")
 app.add_typer(oauth_commands.app, name="oauth")
 app.command("call")(call_commands.call)
+
+
+#: What `up` suggests when there is no instance yet: create one, connect it, test it.
+NEXT_STEPS = (
+    "next: create, connect and test an instance (README: Connecting an account):",
+    f"  {PROG_NAME} instances apply FILE   create it (or `instances create ID ...`)",
+    f"  {PROG_NAME} oauth connect ID       a link for the account owner (OAuth2)",
+    f"  {PROG_NAME} instances test ID      check its connection",
+)
 
 
 @app.command()
@@ -99,6 +113,10 @@ def up() -> None:
     states = ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "none yet"
     echo(f"instances: {len(found)} ({states})")
     echo(f"audit log: {chain.rows} rows, chain {'intact' if chain.ok else 'BROKEN'}")
+    if not found:
+        echo("")
+        for line in NEXT_STEPS:
+            echo(line)
 
 
 @app.command()
@@ -112,6 +130,9 @@ def serve(
     oauth_port: int | None = typer.Option(
         None, help="Connect service port (default: the redirect URI's)"
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="With --once: print the summaries as JSON (the rest on stderr)"
+    ),
 ) -> None:
     """Run the maintenance flows on their schedules (and the OAuth connect service).
 
@@ -119,16 +140,23 @@ def serve(
     """
     from prefect_integrations.maintenance.service import serve as run_service
 
+    if as_json and not once:
+        raise typer.BadParameter("only with --once", param_hint="--json")
     rt = runtime()
-    run_service(
+    # Read here, before any flow run starts: a development keyring's warning comes once,
+    # and the flow runs (processes of this command) inherit that it was given.
+    rt.keyring  # noqa: B018
+    summaries = run_service(
         rt,
         once=once,
         oauth=oauth,
         prefect_port=prefect_port,
         oauth_host=oauth_host,
         oauth_port=oauth_port,
-        echo=echo,
+        echo=(lambda line: echo(line, err=True)) if as_json else echo,
     )
+    if as_json:
+        emit_json(summaries)
 
 
 def _check_encodable(args: Sequence[str]) -> None:
@@ -161,20 +189,43 @@ def _error_text(exc: IntegrationError) -> str:
     return f"error[{exc.code}]: {safe_text(str(exc), one_line=True)}"
 
 
+def _usage_text(exc: UsageError) -> str:
+    """``error[usage]: message (see `... --help`)``, one line, like the package's errors."""
+    message = safe_text(exc.format_message(), one_line=True).rstrip(".")
+    if exc.ctx is not None:
+        message += f" (see `{exc.ctx.command_path} --help`)"
+    return f"error[usage]: {message}"
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv``; return the exit code (errors become one clear line).
 
-    Usage errors are typer's (usage and the problem, exit 2); errors of the package are
-    one line ``error[code]: message`` with exit 1.
+    Usage errors (an unknown option, a missing argument, a bad value) are one line
+    ``error[usage]: message`` with exit 2; errors of the package are one line
+    ``error[code]: message`` with exit 1.
     """
     args = list(argv) if argv is not None else sys.argv[1:]
     logfilter.install()  # decrypted credentials never reach a log record
     try:
         _check_encodable(args)
-        app(args=args, standalone_mode=True)
+        result = app(args=args, prog_name=PROG_NAME, standalone_mode=False)
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except NoArgsIsHelpError as exc:  # a group without its command: its help
+        text = exc.ctx.get_help() if exc.ctx is not None else ""
+        if text:  # typer's rich help prints itself and returns nothing
+            echo(text)
+        return 2
+    except UsageError as exc:
+        echo(_usage_text(exc), err=True)
+        return exc.exit_code
+    except typer.TyperException as exc:  # typer's other errors (an unreadable file option)
+        echo(f"error[usage]: {safe_text(exc.format_message(), one_line=True)}", err=True)
+        return exc.exit_code
+    except typer.Abort:
+        echo("Aborted.", err=True)
+        return 1
     except IntegrationError as exc:
         echo(_error_text(exc), err=True)
         return 1
@@ -187,7 +238,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             err=True,
         )
         return 1
-    return 0
+    return result if isinstance(result, int) else 0  # typer.Exit(n) returns n here
 
 
 def main() -> None:

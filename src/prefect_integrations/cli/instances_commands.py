@@ -18,6 +18,7 @@ from prefect_integrations.cli._common import (
     runtime,
     scope_option,
 )
+from prefect_integrations.cli._progress import progress
 from prefect_integrations.credentials import NON_SECRET_FIELDS
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.resolve import explain
@@ -260,6 +261,7 @@ def apply(
 
     Every document is checked before anything is written; one bad document writes none.
     Credentials in a document are stored encrypted; `{}` or none keeps the stored ones.
+    On a terminal, a progress bar on standard error counts the documents written.
     """
     rt = runtime()
     value = read_json_file(path, what="Instance documents")
@@ -269,8 +271,14 @@ def apply(
         for d in (value if isinstance(value, list) else [value])
     )
     keyring = rt.keyring if needs_key else None
-    with rt.transaction("apply instance documents") as session:
-        results = apply_documents(session, registry, keyring, value, actor=rt.actor)
+    total = len(value) if isinstance(value, list) else 1
+    with (
+        progress("applying", total=total, enabled=not as_json and total > 1) as advance,
+        rt.transaction("apply instance documents") as session,
+    ):
+        results = apply_documents(
+            session, registry, keyring, value, actor=rt.actor, on_applied=lambda _: advance(1)
+        )
     if as_json:
         emit_json(
             [

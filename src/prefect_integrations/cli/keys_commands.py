@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
-from prefect_integrations.cli._common import echo, echo_table, emit_json, runtime
-from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
+from prefect_integrations.cli._common import Runtime, echo, echo_table, emit_json, runtime
+from prefect_integrations.cli._progress import progress, shown
+from prefect_integrations.keyring import Keyring, dev_keyring_path, generate_key, parse_keyring
 from prefect_integrations.store import key_checks, rekey
 
 app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
@@ -90,31 +90,56 @@ def rotate(
     and an interrupted run is simply run again. Credentials still stored in the flat shape
     of earlier versions (envelope v1) are rewritten in the specification's shape. Prints
     the instances per key id before and after, how many were upgraded, what failed
-    (instance ids and reasons) and the verification of every row. Exits 1 if any row
-    failed or does not verify.
+    (instance ids and reasons) and the verification of every row, then what to keep: the
+    primary key always, older keys until a run completes with 0 failures. Exits 1 if any
+    row failed or does not verify. On a terminal, a progress bar on standard error counts
+    the rows re-encrypted.
     """
     rt = runtime()
     keyring = rt.keyring
-    progress = sys.stderr.isatty() and not as_json
-    done = {"rows": 0}
-
-    def on_batch(rotated: int) -> None:
-        done["rows"] += rotated
-        echo(f"  ... {done['rows']} rotated", err=True)
-
-    report = rekey.rotate_keys(
-        rt.db,
-        keyring,
-        actor=rt.actor,
-        batch_size=batch_size,
-        on_batch=on_batch if progress else None,
-    )
+    total: int | None = None
+    if shown(not as_json):  # the bar's total: the rows not under the primary key
+        with rt.transaction("count credentials per key id") as session:
+            counts = key_checks.count_keys(session, keyring)
+        total = counts.total - counts.by_key.get(keyring.primary_id, 0)
+    with progress("re-encrypting", total=total, enabled=not as_json) as advance:
+        report = rekey.rotate_keys(
+            rt.db, keyring, actor=rt.actor, batch_size=batch_size, on_batch=advance
+        )
     if as_json:
         emit_json(report.as_dict())
     else:
         _echo_report(report, keyring)
+    _remind(rt, keyring, report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _remind(rt: Runtime, keyring: Keyring, report: rekey.RotationReport) -> None:
+    """What to keep and what may go, on standard error (``--json`` output stays clean)."""
+    if rt.settings.keys is not None:
+        where = "PREFECT_INTEGRATIONS_KEYS"
+    else:
+        where = f"the development keyring file {dev_keyring_path(rt.settings)}"
+    older = ", ".join(f"'{kid}'" for kid in keyring.ids[1:])
+    if not report.ok:
+        echo(
+            f"reminder: keep every key ({where}) until `keys rotate` completes with 0 "
+            "failures; rows that failed are still encrypted under an older key",
+            err=True,
+        )
+        return
+    echo(
+        f"reminder: keep the primary key '{keyring.primary_id}' ({where}): every "
+        "credential is encrypted under it, and nothing can read them without it",
+        err=True,
+    )
+    if older:
+        echo(
+            f"reminder: older keys ({older}) may be dropped from the keyring now, because "
+            "this rotation completed with 0 failures; drop a key only after such a run",
+            err=True,
+        )
 
 
 def _echo_report(report: rekey.RotationReport, keyring: Keyring) -> None:

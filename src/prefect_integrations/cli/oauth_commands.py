@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from prefect_integrations.cli._common import echo, runtime
+from prefect_integrations.exceptions import OAuthError
 
 app = typer.Typer(help="OAuth2: connect accounts, refresh tokens.", no_args_is_help=True)
 
@@ -62,13 +63,24 @@ def refresh(
     instance_id: str,
     force: Annotated[bool, typer.Option(help="Refresh even if the token is fresh")] = False,
 ) -> None:
-    """Refresh INSTANCE_ID's token now if it needs it (or with --force)."""
+    """Refresh INSTANCE_ID's token now if it needs it (or with --force).
+
+    Exits 1 when it cannot be refreshed (no refresh token: the account is connected again
+    with `oauth connect ID --reconnect`).
+    """
     from prefect_integrations.oauth.lifecycle import TokenLifecycle
 
     rt = runtime()
     outcome = TokenLifecycle(rt.db, rt.registry, rt.keyring, actor=rt.actor).refresh(
         instance_id, force=force
     )
+    if outcome.result == "cannot_refresh":
+        raise OAuthError(
+            f"Instance '{instance_id}' cannot be refreshed: it has no refresh token "
+            f"({outcome.reason}); connect the account again with "
+            f"`prefect-integrations oauth connect {instance_id} --reconnect`",
+            reason=outcome.reason,
+        )
     echo(
         f"{instance_id}: {outcome.result} ({outcome.reason}), "
         f"credentials version {outcome.credentials_version}"

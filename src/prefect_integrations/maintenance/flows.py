@@ -17,6 +17,12 @@ from prefect.artifacts import acreate_table_artifact, create_table_artifact
 
 from prefect_integrations.maintenance.health import HealthChecker
 from prefect_integrations.maintenance.refresh import refresh_expiring
+from prefect_integrations.maintenance.summaries import (
+    credential_rotation_text,
+    health_text,
+    key_rotation_text,
+    refresh_text,
+)
 from prefect_integrations.maintenance.worker_checks import check_worker, faults_fail_the_run
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.runtime import runtime
@@ -52,12 +58,11 @@ async def health_check(
     )
     report = await checker.run(integrations=integrations, instance_ids=instance_ids)
     summary = report.summary()
-    get_run_logger().info("Health check: %s", summary)
+    get_run_logger().info("Health check: %s", health_text(summary))
     await acreate_table_artifact(
         key="integration-health",
         table=[r.as_row() for r in report.results] or [{"instance": "(none due)"}],
-        description=f"Instance health: {summary['results']}; outages: "
-        f"{summary['outages'] or 'none'}",
+        description=f"Instance health: {health_text(summary)}",
     )
     return summary
 
@@ -71,7 +76,7 @@ def refresh_tokens(horizon_seconds: float = 900.0, workers: int = 8) -> dict[str
     with faults_fail_the_run(rt.db, flow="refresh-tokens", actor=rt.actor):
         report = refresh_expiring(rt.db, lifecycle, horizon=horizon_seconds, workers=workers)
     summary = report.summary()
-    get_run_logger().info("Token refresh: %s", summary)
+    get_run_logger().info("Token refresh: %s", refresh_text(summary))
     create_table_artifact(
         key="integration-token-refresh",
         table=[
@@ -79,7 +84,7 @@ def refresh_tokens(horizon_seconds: float = 900.0, workers: int = 8) -> dict[str
             for i, r in sorted(report.outcomes.items())
         ]
         or [{"instance": "(none due)"}],
-        description=f"Tokens expiring within {horizon_seconds:.0f} s: {summary['results']}",
+        description=f"Token refresh (horizon {horizon_seconds:.0f} s): {refresh_text(summary)}",
     )
     return summary
 
@@ -98,13 +103,7 @@ def rotate_credentials(batch_size: int = 5000, provider_rotation: bool = True) -
     check_worker(rt.db, rt.registry, rt.keyring, flow="rotate-credentials", actor=rt.actor)
     with faults_fail_the_run(rt.db, flow="rotate-credentials", actor=rt.actor):
         keys = rotate_keys(rt.db, rt.keyring, actor=rt.actor, batch_size=batch_size)
-    logger.info(
-        "Key rotation: %d rotated, %d failed, counts %s -> %s",
-        keys.rotated,
-        len(keys.failed),
-        keys.before,
-        keys.after,
-    )
+    logger.info("Key rotation: %s", key_rotation_text(keys.as_dict()))
     rows: list[dict[str, Any]] = [
         {"instance": i, "step": "encryption key", "result": "failed", "detail": reason}
         for i, reason in keys.failed
@@ -133,7 +132,7 @@ def rotate_credentials(batch_size: int = 5000, provider_rotation: bool = True) -
     create_table_artifact(
         key="integration-credential-rotation",
         table=rows or [{"instance": "(nothing to report)"}],
-        description=f"Keys: {keys.rotated} re-encrypted to '{rt.keyring.primary_id}', "
-        f"{len(keys.failed)} failed; per key id now {keys.after}",
+        description=f"Primary key '{rt.keyring.primary_id}'; {credential_rotation_text(summary)}",
     )
+    logger.info("Credential rotation: %s", credential_rotation_text(summary))
     return summary

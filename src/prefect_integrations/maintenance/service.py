@@ -172,6 +172,7 @@ def _run_once(echo: Callable[[str], None]) -> dict[str, Any]:
         refresh_tokens,
         rotate_credentials,
     )
+    from prefect_integrations.maintenance.summaries import summary_text
 
     summaries: dict[str, Any] = {
         "health-check": asyncio.run(health_check()),
@@ -179,7 +180,7 @@ def _run_once(echo: Callable[[str], None]) -> dict[str, Any]:
         "rotate-credentials": rotate_credentials(),
     }
     for name, summary in summaries.items():
-        echo(f"{name}: {summary}")
+        echo(f"{name}: {summary_text(name, summary)}")
     return summaries
 
 

@@ -69,7 +69,10 @@ class RefreshOutcome:
     """What `TokenLifecycle.refresh` did."""
 
     instance_id: str
-    result: Literal["refreshed", "not_needed", "refreshed_elsewhere"]
+    #: ``cannot_refresh``: a refresh was asked for (forced, or the token expires) but
+    #: there is nothing to refresh with (no refresh token); the account must be connected
+    #: again.
+    result: Literal["refreshed", "not_needed", "refreshed_elsewhere", "cannot_refresh"]
     reason: str
     credentials_version: int
 
@@ -157,7 +160,14 @@ class TokenLifecycle:
                     instance_id, "refreshed_elsewhere", "version_changed", version
                 )
             decision = should_refresh(creds.reveal(), now=self._clock(), grant_type=grant)
-            if not (decision.refresh or (force and grant_type_can_refresh(creds, grant))):
+            if not decision.refresh and not grant_type_can_refresh(creds, grant):
+                if force:
+                    return RefreshOutcome(
+                        instance_id, "cannot_refresh", "no_refresh_token", version
+                    )
+                if decision.reason == "expiring_without_refresh_token":
+                    return RefreshOutcome(instance_id, "cannot_refresh", decision.reason, version)
+            if not (decision.refresh or force):
                 return RefreshOutcome(instance_id, "not_needed", decision.reason, version)
             if not self._claim(instance_id, version):
                 if self._lease_holder_done(instance_id, version):

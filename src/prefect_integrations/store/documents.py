@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal, cast
@@ -282,13 +282,14 @@ def apply_documents(
     value: object,
     *,
     actor: str,
+    on_applied: Callable[[Applied], None] | None = None,
 ) -> list[Applied]:
     """Create or update the instances described by ``value``; all or nothing.
 
     ``value`` is one instance document or a list of them. Every document is checked
     before the first write; the writes share the caller's transaction, so a failure part
     way leaves nothing written once the caller rolls back. Returns what happened to each
-    instance, in input order.
+    instance, in input order; ``on_applied`` is told each as it is written (progress).
     """
     documents = parse_documents(value, registry)
     if keyring is None and any(d.credentials for d in documents):
@@ -318,6 +319,8 @@ def apply_documents(
                 actor=actor,
             )
             results.append(Applied(document.instance_id, "created"))
+            if on_applied is not None:
+                on_applied(results[-1])
             continue
         changed = store.update_instance(
             session,
@@ -357,4 +360,6 @@ def apply_documents(
             fields.append("credentials")
         action: Action = "updated" if fields else "unchanged"
         results.append(Applied(document.instance_id, action, tuple(fields)))
+        if on_applied is not None:
+            on_applied(results[-1])
     return results
