@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from prefect_integrations import db as dbmod
 from prefect_integrations.cli._common import reset_runtime
 from prefect_integrations.db import Database
+from prefect_integrations.definitions import load_registry
 from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.models import RUNTIME_ROLE
@@ -31,6 +32,8 @@ from prefect_integrations.store import vault
 
 from .clirunner import Cli, Result, assert_one_error, counts, use_definitions, write
 from .conftest import ACME_DEFINITION
+from .factories import make_echo
+from .provider import FakeProvider, Reply
 
 # --------------------------------------------------------------------------------------
 # Canaries: secrets that must never be printed by any command
@@ -1216,6 +1219,48 @@ def test_instances_test_checks_now_and_says_why(cli: Cli) -> None:
     assert re.search(r"^last_checked\s+\d{4}-", shown, re.M)
     missing = cli("instances", "test", "nope")
     assert_one_error(missing, "instance_not_found", "'nope'")
+
+
+def test_instances_test_checks_several_or_all_with_progress(
+    cli: Cli,
+    db: Database,
+    keyring: Keyring,
+    echo_dir: Path,
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", str(echo_dir))
+    reset_runtime()
+    cli.ok("definitions", "sync")
+    registry = load_registry([echo_dir])
+    for instance_id, reply in {
+        "one": Reply(200, {"id": 1, "name": "one"}),
+        "two": Reply(200, {"id": 1, "name": "one"}),
+        "sick": Reply(401, {}),
+    }.items():
+        make_echo(db, registry, keyring, provider.url, instance_id)
+        provider.reply("GET", f"/{instance_id}/items/1", reply)
+
+    both = cli.ok("instances", "test", "one", "two").out.splitlines()
+    assert [line.split(":")[0] for line in both[:2]] == ["one", "two"]
+    assert both[-1] == "tested 2 instance(s): 2 ok"
+
+    every = cli("instances", "test", "--all", "--json")
+    assert every.code == 1 and every.err == ""
+    rows = {r["instanceId"]: r for r in json.loads(every.out)}
+    assert sorted(rows) == ["one", "sick", "two"]
+    assert rows["sick"]["reason"] == "provider_auth_failed" and not rows["sick"]["passed"]
+    assert rows["sick"]["state"] == "error"
+
+    provider.reply("GET", "/sick/items/1", Reply(200, {"id": 1, "name": "one"}))  # fixed
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    shown = cli.ok("instances", "test", "--all", "--integration", "echo")
+    assert "testing connections" in shown.err and "3/3" in shown.err
+    assert "sick: ok" in shown.out and "state active (was error)" in shown.out
+
+    assert cli("instances", "test").code == 2  # nothing to test is a usage error
+    assert cli("instances", "test", "one", "--all").code == 2
+    assert_one_error(cli("instances", "test", "one", "nope"), "instance_not_found", "'nope'")
 
 
 def test_oauth_serve_on_a_port_in_use_is_one_clear_error(cli: Cli) -> None:

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import UsageError  # typer's own click
 
 from prefect_integrations.cli._common import (
     caller_context,
@@ -18,6 +19,7 @@ from prefect_integrations.cli._common import (
     runtime,
     scope_option,
 )
+from prefect_integrations.cli._connection_tests import PASSED, check_many, echo_result, result_row
 from prefect_integrations.cli._progress import progress
 from prefect_integrations.credentials import NON_SECRET_FIELDS
 from prefect_integrations.exceptions import ValidationError
@@ -359,41 +361,36 @@ def resolve(
 
 @app.command("test")
 def test_(
-    instance_id: str,
+    instance_ids: Annotated[
+        list[str] | None, typer.Argument(help="Instances to test", show_default=False)
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Test every instance that is not inactive")
+    ] = False,
+    integration: Annotated[
+        list[str] | None,
+        typer.Option("--integration", help="With --all: only instances of this integration"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
 ) -> None:
-    """Check INSTANCE_ID's connection now with its health check, and record the status.
+    """Check connections now with their health checks, and record the statuses.
 
-    An instance that works again becomes active at once. Exits 1 when the check fails.
+    One INSTANCE_ID, several, or --all. An instance that works again becomes active at
+    once. Exits 1 when a check fails.
     """
     from prefect_integrations.maintenance.connection_check import check_connection
 
+    if bool(instance_ids) == all_ or (integration and not all_):
+        raise UsageError("give INSTANCE_ID(s), or --all (optionally with --integration)")
     rt = runtime()
-    result = check_connection(rt.db, rt.registry, rt.keyring, instance_id, actor=rt.actor)
-    passed = result.reason in ("ok", "not_applicable")
-    if as_json:
-        emit_json(
-            {
-                "instanceId": result.instance_id,
-                "integrationId": result.integration_id,
-                "passed": passed,
-                "reason": result.reason,
-                "statusCode": result.status_code,
-                "durationMs": round(result.duration_ms, 1),
-                "state": result.state_after,
-                "previousState": result.state_before,
-                "error": result.error,
-            }
-        )
+    if instance_ids and len(instance_ids) == 1:
+        result = check_connection(rt.db, rt.registry, rt.keyring, instance_ids[0], actor=rt.actor)
+        results = [result]
+        if as_json:
+            emit_json(result_row(result))
+        else:
+            echo_result(result)
     else:
-        http = f"HTTP {result.status_code}, " if result.status_code is not None else ""
-        moved = (
-            f"; state {result.state_after} (was {result.state_before})"
-            if result.state_after != result.state_before
-            else f"; state {result.state_after}"
-        )
-        echo(f"{instance_id}: {result.reason} ({http}{result.duration_ms:.1f} ms){moved}")
-        if result.error and not passed:
-            echo(f"error: {result.error}", err=True)
-    if not passed:
+        results = check_many(instance_ids, integration, as_json=as_json)
+    if not all(r.reason in PASSED for r in results):
         raise typer.Exit(1)

@@ -3,9 +3,13 @@
 `check_connection` runs the instance's health check at once, outside the schedule, with
 the same pipeline and the same status rules as the sweep: an instance that works again
 becomes ``active`` at once, and the check is audited as every check is.
+`check_connections` does the same for several instances (or all that are not
+``inactive``) in one sweep.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import httpx
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -14,10 +18,10 @@ from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
 from prefect_integrations.exceptions import InstanceUnavailable
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.maintenance.health import HealthChecker, HealthResult
+from prefect_integrations.maintenance.health import HealthChecker, HealthReport, HealthResult
 from prefect_integrations.store.instances import require_instance
 
-__all__ = ["check_connection"]
+__all__ = ["check_connection", "check_connections"]
 
 
 def check_connection(
@@ -61,3 +65,43 @@ def check_connection(
             f"Instance '{instance_id}' is being checked by a maintenance run; try again"
         )
     return report.results[0]
+
+
+def check_connections(
+    db: Database,
+    registry: Registry,
+    keyring: Keyring,
+    *,
+    actor: str,
+    instance_ids: Sequence[str] | None = None,
+    integrations: Sequence[str] | None = None,
+    on_batch: Callable[[list[HealthResult]], None] | None = None,
+    concurrency: int = 10,
+    timeout: float = 10.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> HealthReport:
+    """Check these instances (default: every one not ``inactive``) now; record statuses.
+
+    ``instance_ids`` must exist (`InstanceNotFound` otherwise); an ``inactive`` one is
+    not checked, as the sweep never checks one. ``on_batch`` sees each batch's results.
+    """
+    if instance_ids:
+        with db.transaction("read the instances to test") as session:
+            for instance_id in instance_ids:
+                require_instance(session, instance_id)
+    checker = HealthChecker(
+        db,
+        registry,
+        keyring,
+        actor=actor,
+        batch_size=50,
+        concurrency=concurrency,
+        timeout=timeout,
+        min_interval=0.0,
+        transport=transport,
+    )
+    report = run_coro_as_sync(
+        checker.run(instance_ids=instance_ids, integrations=integrations, on_batch=on_batch)
+    )
+    assert report is not None
+    return report

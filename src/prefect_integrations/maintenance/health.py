@@ -41,7 +41,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import httpx
@@ -140,8 +140,12 @@ class HealthChecker:
         integrations: Sequence[str] | None = None,
         instance_ids: Sequence[str] | None = None,
         run_id: str | None = None,
+        on_batch: Callable[[list[HealthResult]], None] | None = None,
     ) -> HealthReport:
-        """Check every due instance (optionally only some integrations or ids)."""
+        """Check every due instance (optionally only some integrations or ids).
+
+        ``on_batch`` is called with the results of each batch once they are written.
+        """
         report = HealthReport(run_id=run_id or uuid.uuid4().hex)
         started = time.perf_counter()
         await asyncio.to_thread(
@@ -174,6 +178,8 @@ class HealthChecker:
                 self._apply_outages(results, report)
                 results = await asyncio.to_thread(self._write, report.run_id, claimed, results)
                 report.results.extend(results)
+                if on_batch is not None:
+                    on_batch(results)
         report.seconds = time.perf_counter() - started
         return report
 
