@@ -175,6 +175,15 @@ def test_deploy_refuses_secrets_in_job_variables(
     assert "s3cr3t" not in line and "c2VjcmV0" not in line
 
 
+@pytest.mark.parametrize("pool", ["", " ", "a/b", "x\x00", "p" * 201])
+def test_deploy_refuses_what_cannot_be_a_work_pool_name(
+    pool: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = Cli(capsys, monkeypatch)("deploy", "--pool", pool)
+    assert_one_error(result, "validation_error", "--pool", "not a work pool name")
+
+
 def test_deploy_accepts_a_url_naming_a_password_file() -> None:
     from prefect_integrations.maintenance.deployments import job_env
 
@@ -202,6 +211,8 @@ def test_serve_refuses_a_name_that_belongs_to_a_work_pool(
     result = Cli(capsys, monkeypatch)("serve", "--no-oauth")
     assert_one_error(result, "configuration_error", full_name, "'taken-pool'", "will not")
     assert _stored(full_name) == before
+    with get_client(sync_client=True) as client:  # the session's server serves other tests
+        client.delete_deployment(client.read_deployment_by_name(full_name).id)
 
 
 # --------------------------------------------------------------------------------------

@@ -49,6 +49,8 @@ __all__ = [
 #: Tags of every maintenance deployment.
 TAGS = ("prefect-integrations", "maintenance")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: What Prefect accepts as a work pool name (no ``/ % & > <``), printable, not too long.
+_POOL_NAME = re.compile(r"[^/%&><]{1,200}")
 #: A word of a variable name that says it holds a secret (``PREFECT_API_KEY``, ``..._TOKEN``).
 _SECRET_WORDS = frozenset(
     {"KEY", "KEYS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PASSPHRASE", "TOKEN", "TOKENS"}
@@ -188,9 +190,13 @@ def deploy(pool: str, *, env: Mapping[str, str] | None = None) -> list[Deployed]
     set or does not answer, or the work pool does not exist. Deploying again updates the
     deployments in place (a paused one stays paused).
     """
+    import httpx
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
+    from prefect.deployments.runner import DeploymentApplyError
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
+    if not (_POOL_NAME.fullmatch(pool) and pool.isprintable() and pool.strip()):
+        raise ValidationError(f"--pool {quote(pool)}", [], "not a work pool name")
     deployments = work_pool_deployments(pool, env=env)
     url = _api_url()
     with get_client(sync_client=True) as client:
@@ -201,9 +207,20 @@ def deploy(pool: str, *, env: Mapping[str, str] | None = None) -> list[Deployed]
                 f"Work pool {quote(pool)} does not exist on the Prefect server at {url}; "
                 f"create it with `prefect work-pool create {pool} --type process`"
             ) from None
+        except (PrefectHTTPStatusError, httpx.HTTPError) as exc:
+            raise ConfigurationError(
+                f"Reading work pool {quote(pool)} from the Prefect server at {url} failed: "
+                f"{type(exc).__name__}"
+            ) from None
         deployed = []
         for deployment in deployments:
-            deployment_id = cast(UUID, deployment.apply())  # sync: no event loop runs here
+            try:
+                deployment_id = cast(UUID, deployment.apply())  # sync: no event loop here
+            except (DeploymentApplyError, PrefectHTTPStatusError, httpx.HTTPError) as exc:
+                raise ConfigurationError(
+                    f"Registering deployment '{deployment.full_name}' on the Prefect server "
+                    f"at {url} failed: {type(exc).__name__}: {exc}"
+                ) from None
             stored = client.read_deployment(deployment_id)
             deployed.append(
                 Deployed(
