@@ -159,6 +159,7 @@ def test_deploy_fails_clearly_without_a_prefect_api(
         ("PREFECT_INTEGRATIONS_KEYS=k1:c2VjcmV0", "PREFECT_INTEGRATIONS_KEYS"),
         ("PREFECT_INTEGRATIONS_DATABASE_URL=postgresql://u:s3cr3t@db/x", "holds a password"),
         ("DATABASE_URL=postgresql://u@db/x?password=s3cr3t", "holds a password"),
+        ("PGCONN=host=db user=u password=s3cr3t", "holds a password"),
         ("PREFECT_API_KEY=s3cr3t", "PREFECT_API_KEY"),
         ("SLACK_TOKEN=s3cr3t", "SLACK_TOKEN"),
         ("NOVALUE", "not KEY=VALUE"),

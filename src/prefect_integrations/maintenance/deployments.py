@@ -49,6 +49,8 @@ __all__ = [
 #: Tags of every maintenance deployment.
 TAGS = ("prefect-integrations", "maintenance")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: ``password=`` of a libpq connection string (``host=db password=...``) or a URL query.
+_PASSWORD_WORD = re.compile(r"\bpassword\s*=", re.IGNORECASE)
 #: What Prefect accepts as a work pool name (no ``/ % & > <``), printable, not too long.
 _POOL_NAME = re.compile(r"[^/%&><]{1,200}")
 #: A word of a variable name that says it holds a secret (``PREFECT_API_KEY``, ``..._TOKEN``).
@@ -99,8 +101,8 @@ def _secret_reason(name: str, value: str) -> str | None:
     except ValueError:
         return None
     query = {k.lower() for k, _ in parse_qsl(parts.query)}
-    if password or "password" in query:
-        return "the URL holds a password (name a password file instead: passfile=...)"
+    if password or "password" in query or _PASSWORD_WORD.search(value):
+        return "it holds a password (name a password file instead: passfile=...)"
     return None
 
 
