@@ -20,6 +20,7 @@ from prefect_integrations.cli import (
     call_commands,
     db_commands,
     definitions_commands,
+    deploy_commands,
     instances_commands,
     keys_commands,
     oauth_commands,
@@ -49,6 +50,7 @@ app.add_typer(audit_commands.app, name="audit")
 app.add_typer(call_commands.blocks_app, name="blocks")
 app.add_typer(oauth_commands.app, name="oauth")
 app.command("call")(call_commands.call)
+app.command("deploy")(deploy_commands.deploy)
 
 
 #: What `up` suggests when there is no instance yet: create one, connect it, test it.

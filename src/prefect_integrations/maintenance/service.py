@@ -1,10 +1,13 @@
 """The maintenance service: the three flows on their schedules, plus the connect service.
 
-`serve` runs the ``health-check``, ``refresh-tokens`` and ``rotate-credentials``
-deployments with Prefect's ``serve`` (no work pool needed) and the OAuth connect service
-in a background thread. With no ``PREFECT_API_URL``, it first starts a local Prefect
-server (its own SQLite database under the home folder) and stops it on exit. ``once=True``
-runs each flow once and returns.
+`serve` runs the ``health-check-served``, ``refresh-tokens-served`` and
+``rotate-credentials-served`` deployments with Prefect's ``serve`` (no work pool needed)
+and the OAuth connect service in a background thread. Their names differ from the work
+pool deployments' (`deployments`), and a name that belongs to a work pool is refused, so
+serving never rewrites, nor pauses on exit, a deployment it did not create. With no
+``PREFECT_API_URL``, it first starts a local Prefect server (its own SQLite database
+under the home folder) and stops it on exit. ``once=True`` runs each flow once and
+returns.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 
@@ -193,24 +196,12 @@ def _serve_forever(
     echo: Callable[[str], None],
 ) -> dict[str, Any]:
     from prefect import serve as prefect_serve
-    from prefect.deployments.runner import RunnerDeployment
 
-    from prefect_integrations.maintenance.flows import (
-        SCHEDULES,
-        health_check,
-        refresh_tokens,
-        rotate_credentials,
-    )
+    from prefect_integrations.maintenance.deployments import check_servable, served_deployments
+    from prefect_integrations.maintenance.flows import SCHEDULES
 
-    tags = ["prefect-integrations", "maintenance"]
-    deployments = [
-        cast(RunnerDeployment, flow.to_deployment(name=name, cron=SCHEDULES[name], tags=tags))
-        for name, flow in (
-            ("health-check", health_check),
-            ("refresh-tokens", refresh_tokens),
-            ("rotate-credentials", rotate_credentials),
-        )
-    ]
+    deployments = served_deployments()
+    check_servable(deployments)  # never take over (and pause) a work pool's deployment
     connect = _ConnectThread(rt, host=oauth_host, port=oauth_port) if oauth else None
     if connect is not None:
         connect.start()
@@ -218,8 +209,8 @@ def _serve_forever(
             f"OAuth connect service: {connect.url}, callback {connect.redirect_uri} "
             "(links from `prefect-integrations oauth connect ID`)"
         )
-    for name, cron in SCHEDULES.items():
-        echo(f"schedule: {name:<20} cron '{cron}' (UTC)")
+    for deployment, cron in zip(deployments, SCHEDULES.values(), strict=True):
+        echo(f"schedule: {deployment.name:<26} cron '{cron}' (UTC)")
     echo("serving; press Ctrl-C to stop")
     try:
         prefect_serve(*deployments, print_starting_message=False)

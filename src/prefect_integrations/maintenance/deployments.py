@@ -1,0 +1,262 @@
+"""The maintenance flows as Prefect deployments, for a work pool or for ``serve``.
+
+Two ways to run the three flows on their schedules, with different deployment names so
+that one never takes over the other's deployments:
+
+- **In a work pool** (`deploy`, `prefect-integrations deploy --pool NAME`, or
+  ``prefect deploy --all`` with the repository's ``prefect.yaml``, which declares the same
+  deployments): ``health-check``, ``refresh-tokens`` and ``rotate-credentials``, with
+  module-path entrypoints (``prefect_integrations.maintenance.flows.health_check``) and
+  no pull step. A worker needs the package installed and the settings in its own
+  environment (``PREFECT_INTEGRATIONS_DATABASE_URL``, ``PREFECT_INTEGRATIONS_KEYS``),
+  never a source checkout.
+- **Served** (`prefect-integrations serve`): ``health-check-served``, ... Prefect's
+  runner rewrites the entrypoint and pull steps of every deployment it serves and pauses
+  them all when it stops, so `check_servable` refuses to serve a name that belongs to a
+  work pool.
+
+Job variables (``--env``) are stored in Prefect's database and shown in its UI, so
+`job_env` refuses secrets there: the keyring, tokens, passwords, a URL with a password.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl, urlsplit
+from uuid import UUID
+
+from prefect_integrations.exceptions import ConfigurationError, ValidationError, quote
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
+
+__all__ = [
+    "TAGS",
+    "Deployed",
+    "check_servable",
+    "deploy",
+    "job_env",
+    "maintenance_flows",
+    "served_deployments",
+    "served_name",
+    "work_pool_deployments",
+]
+
+#: Tags of every maintenance deployment.
+TAGS = ("prefect-integrations", "maintenance")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: ``password=`` of a libpq connection string (``host=db password=...``) or a URL query.
+_PASSWORD_WORD = re.compile(r"\bpassword\s*=", re.IGNORECASE)
+#: What Prefect accepts as a work pool name (no ``/ % & > <``), printable, not too long.
+_POOL_NAME = re.compile(r"[^/%&><]{1,200}")
+#: A word of a variable name that says it holds a secret (``PREFECT_API_KEY``, ``..._TOKEN``).
+_SECRET_WORDS = frozenset(
+    {"KEY", "KEYS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PASSPHRASE", "TOKEN", "TOKENS"}
+    | {"CREDENTIAL", "CREDENTIALS", "PRIVATE"}
+)
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """One deployment registered by `deploy`."""
+
+    name: str  # "flow-name/deployment-name"
+    entrypoint: str
+    cron: str
+    paused: bool
+
+
+def maintenance_flows() -> list[tuple[str, Flow[..., Any]]]:
+    """(deployment name, flow) of the three maintenance flows, in schedule order."""
+    from prefect_integrations.maintenance.flows import (
+        SCHEDULES,
+        health_check,
+        refresh_tokens,
+        rotate_credentials,
+    )
+
+    flows: dict[str, Flow[..., Any]] = {
+        "health-check": health_check,
+        "refresh-tokens": refresh_tokens,
+        "rotate-credentials": rotate_credentials,
+    }
+    return [(name, flows[name]) for name in SCHEDULES]
+
+
+def served_name(name: str) -> str:
+    """The name under which `serve` runs the deployment ``name``."""
+    return f"{name}-served"
+
+
+def _secret_reason(name: str, value: str) -> str | None:
+    if name == "PREFECT_INTEGRATIONS_KEYS" or _SECRET_WORDS & set(name.upper().split("_")):
+        return "its name says it holds a secret"
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return None
+    query = {k.lower() for k, _ in parse_qsl(parts.query)}
+    if password or "password" in query or _PASSWORD_WORD.search(value):
+        return "it holds a password (name a password file instead: passfile=...)"
+    return None
+
+
+def job_env(items: Mapping[str, str]) -> dict[str, str]:
+    """Environment variables to store as job variables; secrets are refused.
+
+    Job variables live in Prefect's database and show in its UI, so the keyring, tokens,
+    passwords and URLs with a password belong in the worker's environment instead. The
+    error names the variable, never its value.
+    """
+    for name, value in items.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ValidationError(f"--env {quote(name)}", [], "not an environment variable name")
+        reason = _secret_reason(name, value)
+        if reason is not None:
+            raise ValidationError(
+                f"--env {name}",
+                [],
+                f"refused as a job variable: {reason}; job variables are stored in Prefect's "
+                "database and shown in its UI, so set it in the worker's environment",
+            )
+    return dict(items)
+
+
+def work_pool_deployments(
+    pool: str, *, env: Mapping[str, str] | None = None
+) -> list[RunnerDeployment]:
+    """The three deployments for ``pool``, with module-path entrypoints and no pull step."""
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.types.entrypoint import EntrypointType
+
+    from prefect_integrations.maintenance.flows import SCHEDULES
+
+    variables = {"env": job_env(env)} if env else None
+    return [
+        RunnerDeployment.from_flow(
+            flow,
+            name=name,
+            cron=SCHEDULES[name],
+            tags=list(TAGS),
+            work_pool_name=pool,
+            job_variables=variables,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+        for name, flow in maintenance_flows()
+    ]
+
+
+def served_deployments() -> list[RunnerDeployment]:
+    """The three deployments `serve` runs: the same flows and schedules, ``-served`` names."""
+    from prefect.deployments.runner import RunnerDeployment
+
+    from prefect_integrations.maintenance.flows import SCHEDULES
+
+    return [
+        RunnerDeployment.from_flow(
+            flow, name=served_name(name), cron=SCHEDULES[name], tags=list(TAGS)
+        )
+        for name, flow in maintenance_flows()
+    ]
+
+
+def _api_url() -> str:
+    """The configured Prefect API; an error when none is set or it does not answer."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ConfigurationError(
+            "PREFECT_API_URL is not set: deployments are registered on a Prefect server "
+            "(`export PREFECT_API_URL=http://HOST:4200/api`, or `prefect config set ...`)"
+        )
+    with get_client(sync_client=True) as client:
+        failure = client.api_healthcheck()
+    if failure is not None:
+        raise ConfigurationError(
+            f"The Prefect API at {url} (PREFECT_API_URL) does not answer: {type(failure).__name__}"
+        )
+    return str(url)
+
+
+def deploy(pool: str, *, env: Mapping[str, str] | None = None) -> list[Deployed]:
+    """Register the three maintenance deployments in work pool ``pool``; return them.
+
+    Fails before registering anything when ``env`` holds a secret, PREFECT_API_URL is not
+    set or does not answer, or the work pool does not exist. Deploying again updates the
+    deployments in place (a paused one stays paused).
+    """
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.deployments.runner import DeploymentApplyError
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    if not (_POOL_NAME.fullmatch(pool) and pool.isprintable() and pool.strip()):
+        raise ValidationError(f"--pool {quote(pool)}", [], "not a work pool name")
+    deployments = work_pool_deployments(pool, env=env)
+    url = _api_url()
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise ConfigurationError(
+                f"Work pool {quote(pool)} does not exist on the Prefect server at {url}; "
+                f"create it with `prefect work-pool create {pool} --type process`"
+            ) from None
+        except (PrefectHTTPStatusError, httpx.HTTPError) as exc:
+            raise ConfigurationError(
+                f"Reading work pool {quote(pool)} from the Prefect server at {url} failed: "
+                f"{type(exc).__name__}"
+            ) from None
+        deployed = []
+        for deployment in deployments:
+            try:
+                deployment_id = cast(UUID, deployment.apply())  # sync: no event loop here
+            except (DeploymentApplyError, PrefectHTTPStatusError, httpx.HTTPError) as exc:
+                raise ConfigurationError(
+                    f"Registering deployment '{deployment.full_name}' on the Prefect server "
+                    f"at {url} failed: {type(exc).__name__}: {exc}"
+                ) from None
+            stored = client.read_deployment(deployment_id)
+            deployed.append(
+                Deployed(
+                    name=deployment.full_name,
+                    entrypoint=stored.entrypoint or "",
+                    cron=_crons(stored.schedules),
+                    paused=bool(stored.paused),
+                )
+            )
+    return deployed
+
+
+def _crons(schedules: Iterable[Any]) -> str:
+    return ", ".join(str(getattr(s.schedule, "cron", s.schedule)) for s in schedules)
+
+
+def check_servable(deployments: Sequence[RunnerDeployment]) -> None:
+    """Refuse to serve a deployment whose name belongs to a deployment in a work pool.
+
+    Serving it would rewrite its entrypoint, drop its pull steps and pause it on exit.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for deployment in deployments:
+            try:
+                existing = client.read_deployment_by_name(deployment.full_name)
+            except ObjectNotFound:
+                continue
+            if existing.work_pool_name:
+                raise ConfigurationError(
+                    f"Deployment '{deployment.full_name}' belongs to work pool "
+                    f"{quote(existing.work_pool_name)}; `serve` will not take it over "
+                    "(it would rewrite its entrypoint and pull steps and pause it on exit). "
+                    "Delete or rename it, or let the pool's workers run it"
+                )
