@@ -9,6 +9,7 @@ only a ``maintenance.fault`` audit row, and keep every instance's status as it w
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import shutil
 import uuid
@@ -18,12 +19,13 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from prefect.client.schemas.objects import State
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from prefect_integrations.db import Database
-from prefect_integrations.definitions import Registry
+from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.exceptions import WorkerMisconfigured
 from prefect_integrations.keyring import Keyring, generate_key
 from prefect_integrations.maintenance import health as health_module
@@ -33,9 +35,12 @@ from prefect_integrations.maintenance.flows import (
     rotate_credentials,
 )
 from prefect_integrations.maintenance.health import HealthChecker
+from prefect_integrations.maintenance.worker_checks import check_worker
 from prefect_integrations.runtime import reset_runtime
 from prefect_integrations.store import audit, instances, key_checks
+from prefect_integrations.store.definitions import sync_definitions
 
+from .definitions import ECHO
 from .factories import make_echo
 from .provider import FakeProvider, Reply
 
@@ -233,3 +238,79 @@ def test_a_fault_met_during_a_sweep_writes_no_status(
         HealthChecker(echo_db, echo_registry, keyring, actor="tests", min_interval=0).run()
     )
     assert report.counts() == {"ok": 3}
+
+
+# --------------------------------------------------------------------------------------
+# No false faults: what is the instance's own problem, or outside the run, is no fault
+# --------------------------------------------------------------------------------------
+
+
+def _damage(db: Database, instance_id: str, expression: str) -> None:
+    with db.transaction() as session:
+        session.execute(
+            sa.text(
+                f"UPDATE integration_instances SET credentials = {expression} "
+                "WHERE instance_id = :i"
+            ),
+            {"i": instance_id},
+        )
+
+
+def _sweep(db: Database, registry: Registry, keyring: Keyring) -> dict[str, str]:
+    report = asyncio.run(HealthChecker(db, registry, keyring, actor="t", min_interval=0).run())
+    return {r.instance_id: r.reason for r in report.results}
+
+
+def test_a_number_jsonb_stores_otherwise_is_no_drift(
+    db: Database, keyring: Keyring, provider: FakeProvider, tmp_path: Path
+) -> None:
+    document = copy.deepcopy(ECHO)
+    document["methods"][0]["inputSchema"]["properties"]["item_id"]["maximum"] = 1e23
+    (tmp_path / "echo.json").write_text(json.dumps(document))
+    registry = load_registry([tmp_path])
+    with db.transaction() as session:
+        sync_definitions(session, registry, actor="t")
+    make_echo(db, registry, keyring, provider.url, "alpha")
+    check_worker(db, registry, keyring, flow="health-check", actor="t")  # no fault
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "jsonb_set(credentials, '{ct}', '\"!!not-base64!!\"')",  # the ciphertext
+        "credentials - 'kid'",  # the envelope's key id
+    ],
+)
+def test_a_damaged_row_is_its_instances_problem_not_the_workers(
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+    damage: str,
+) -> None:
+    for instance_id in IDS:
+        make_echo(echo_db, echo_registry, keyring, provider.url, instance_id)
+        provider.reply("GET", f"/{instance_id}/items/1", OK)
+    _damage(echo_db, "beta", damage)
+    check_worker(echo_db, echo_registry, keyring, flow="health-check", actor="t")
+    reasons = _sweep(echo_db, echo_registry, keyring)
+    assert reasons["alpha"] == reasons["gamma"] == "ok"
+    assert reasons["beta"] != "ok"
+    assert _faults(echo_db) == []
+
+
+def test_the_checks_cover_only_what_the_run_touches(
+    echo_db: Database, echo_registry: Registry, keyring: Keyring, provider: FakeProvider
+) -> None:
+    other = Keyring((("k0", SecretStr(generate_key())),))
+    make_echo(echo_db, echo_registry, keyring, provider.url, "alpha")  # under k1
+    make_echo(echo_db, echo_registry, other, provider.url, "beta")  # under k0
+    provider.reply("GET", "/alpha/items/1", OK)
+    with pytest.raises(WorkerMisconfigured, match="'k0'"):
+        check_worker(echo_db, echo_registry, keyring, flow="health-check", actor="t")
+    checker = HealthChecker(echo_db, echo_registry, keyring, actor="t", min_interval=0)
+    report = asyncio.run(checker.run(instance_ids=["alpha"]))
+    assert report.counts() == {"ok": 1}
+    check_worker(
+        echo_db, echo_registry, other, flow="health-check", actor="t", instance_ids=["beta"]
+    )

@@ -155,6 +155,8 @@ class HealthChecker:
             self._keyring,
             flow="health-check",
             actor=self._actor,
+            integrations=integrations,
+            instance_ids=instance_ids,
         )
         limits = httpx.Limits(
             max_connections=self.concurrency, max_keepalive_connections=self.concurrency

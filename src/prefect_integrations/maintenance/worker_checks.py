@@ -22,7 +22,7 @@ instance created meanwhile under a key this worker lacks).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
@@ -50,9 +50,20 @@ def _definitions_path() -> str:
 
 
 def check_worker(
-    db: Database, registry: Registry, keyring: Keyring, *, flow: str, actor: str
+    db: Database,
+    registry: Registry,
+    keyring: Keyring,
+    *,
+    flow: str,
+    actor: str,
+    integrations: Sequence[str] | None = None,
+    instance_ids: Sequence[str] | None = None,
 ) -> None:
-    """Raise `WorkerMisconfigured` (audited) unless this worker can run ``flow`` safely."""
+    """Raise `WorkerMisconfigured` (audited) unless this worker can run ``flow`` safely.
+
+    ``integrations`` / ``instance_ids`` limit the checks to what the run will touch (a
+    worker may hold only its share of definitions and keys).
+    """
     fault: WorkerMisconfigured | None
     try:
         with db.transaction(f"check the settings of the {flow} worker") as session:
@@ -60,8 +71,9 @@ def check_worker(
             if missing:
                 fault = _role_fault(f"The database role of this worker lacks {', '.join(missing)}")
             else:
-                drift = definitions.definition_drift(session, registry)
-                probe = key_checks.probe_keys(session, keyring)
+                scope = {"integrations": integrations, "instance_ids": instance_ids}
+                drift = definitions.definition_drift(session, registry, **scope)
+                probe = key_checks.probe_keys(session, keyring, **scope)
                 fault = _definitions_fault(drift) or _keys_fault(probe, keyring)
     except PermissionDenied as exc:
         fault = _role_fault(str(exc))
@@ -89,7 +101,9 @@ def _definitions_fault(drift: definitions.DefinitionDrift) -> WorkerMisconfigure
         )
     if drift.differs:
         listed = ", ".join(
-            f"'{i}' (database {stored}, this worker {loaded})"
+            f"'{i}' (version {stored} in both, other content)"
+            if stored == loaded
+            else f"'{i}' (database {stored}, this worker {loaded})"
             for i, (stored, loaded) in sorted(drift.differs.items())
         )
         return WorkerMisconfigured(
@@ -133,7 +147,7 @@ def worker_fault(error: BaseException) -> WorkerMisconfigured | None:
             "that hold it",
             setting=DEFINITIONS_PATH,
         )
-    if isinstance(error, UnknownKeyId):
+    if isinstance(error, UnknownKeyId) and error.key_id not in ("", "<none>"):
         return WorkerMisconfigured(
             f"{error}: set {KEYS} to the keyring the operator uses", setting=KEYS
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -260,23 +260,48 @@ class DefinitionDrift:
         return bool(self.missing or self.differs)
 
 
-def definition_drift(session: Session, registry: Registry) -> DefinitionDrift:
-    """Compare the stored definitions that have instances with ``registry``'s."""
+def definition_drift(
+    session: Session,
+    registry: Registry,
+    *,
+    integrations: Sequence[str] | None = None,
+    instance_ids: Sequence[str] | None = None,
+) -> DefinitionDrift:
+    """Compare the stored definitions that have instances with ``registry``'s.
+
+    Only those of ``integrations`` / of the instances ``instance_ids`` when given. The
+    content is compared in PostgreSQL, as `sync_definitions` decides a change (jsonb
+    equality: ``1e23`` in a file equals the number jsonb stores for it).
+    """
     query = (
-        sa.select(definitions, sa.func.count(instances.c.id).label("n"))
+        sa.select(definitions.c.integration_id, sa.func.count(instances.c.id).label("n"))
         .select_from(definitions.join(instances))
-        .group_by(definitions.c.id)
+        .group_by(definitions.c.integration_id)
     )
-    with translate_errors("compare the stored definitions"):
-        rows = session.execute(query).all()
+    if integrations:
+        query = query.where(definitions.c.integration_id.in_(list(integrations)))
+    if instance_ids:
+        query = query.where(instances.c.instance_id.in_(list(instance_ids)))
     missing: dict[str, int] = {}
     differs: dict[str, tuple[str, str]] = {}
-    for row in rows:
-        if row.integration_id not in registry:
-            missing[row.integration_id] = int(row.n)
-            continue
-        loaded = registry.get(row.integration_id)
-        stored = {column: getattr(row, column) for column in _row_values(loaded.raw)}
-        if stored != _row_values(loaded.raw):
-            differs[row.integration_id] = (row.version, loaded.version)
+    with translate_errors("compare the stored definitions"):
+        for row in session.execute(query).all():
+            if row.integration_id not in registry:
+                missing[row.integration_id] = int(row.n)
+                continue
+            loaded = registry.get(row.integration_id)
+            values = _row_values(loaded.raw)
+            columns = [c for c in values if c != "integration_id"]
+            changed = sa.tuple_(*(definitions.c[c] for c in columns)).is_distinct_from(
+                sa.tuple_(
+                    *(sa.bindparam(None, values[c], type_=definitions.c[c].type) for c in columns)
+                )
+            )
+            stored_version = session.execute(
+                sa.select(definitions.c.version).where(
+                    definitions.c.integration_id == row.integration_id, changed
+                )
+            ).scalar()
+            if stored_version is not None:
+                differs[row.integration_id] = (stored_version, loaded.version)
     return DefinitionDrift(missing=missing, differs=differs)

@@ -105,16 +105,31 @@ class KeyProbe:
         return bool(self.unknown or self.wrong)
 
 
-def probe_keys(session: Session | Connection, keyring: Keyring) -> KeyProbe:
-    """Try the keyring on the newest rows of every key id in use (up to 3 decrypts per id).
+def probe_keys(
+    session: Session | Connection,
+    keyring: Keyring,
+    *,
+    instance_ids: Sequence[str] | None = None,
+    integrations: Sequence[str] | None = None,
+) -> KeyProbe:
+    """Try the keyring on up to 3 rows of every key id in use (of some instances only).
 
     A key id the keyring lacks is ``unknown``; one where none of those rows decrypts with
-    the keyring's key of that id is ``wrong`` (another key under the same id). The
-    plaintext never leaves the database.
+    the keyring's key of that id is ``wrong`` (another key under the same id). A row
+    whose ciphertext is damaged never fails the check; rows without a key id are left
+    out. The plaintext never leaves the database.
     """
-    params = {"kids": keyring.ids, "keys": [key.get_secret_value() for _, key in keyring]}
+    params: dict[str, Any] = {
+        "kids": keyring.ids,
+        "keys": [key.get_secret_value() for _, key in keyring],
+    }
+    statement = rekey_sql.PROBE_KEYS
+    if instance_ids or integrations:
+        statement = rekey_sql.PROBE_KEYS_OF
+        params["ids"] = list(instance_ids) if instance_ids else None
+        params["integrations"] = list(integrations) if integrations else None
     with translate_errors("try the keyring on stored credentials"):
-        rows = session.execute(rekey_sql.PROBE_KEYS, params).all()
+        rows = session.execute(statement, params).all()
     return KeyProbe(
         unknown=tuple(sorted(str(r.kid) for r in rows if not r.key_known)),
         wrong=tuple(sorted(str(r.kid) for r in rows if r.key_known and not r.decrypts)),

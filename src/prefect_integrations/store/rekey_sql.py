@@ -241,23 +241,56 @@ COUNTS = sa.text(
     """
 )
 
-#: One row per key id in use, tried on the (up to 3) newest credentials under it: whether
-#: the keyring holds the key and whether any of them decrypts with it (one damaged row
-#: does not make a right key look wrong; nothing secret leaves the database).
+# Trying the keyring on stored credentials (a worker's settings check): per key id in use,
+# whether the keyring holds it and whether its key decrypts any of up to 3 rows under it.
+# A ciphertext that is not base64 is tried as NULL (no decrypt) instead of failing the
+# statement; rows without a key id are the instances' own problem, not the keyring's.
+_PROBE_DECRYPT = r"""
+integration_try_decrypt(
+  CASE WHEN e.ct ~ '^[A-Za-z0-9+/=\s]*$' THEN decode(e.ct, 'base64') END,
+  (CAST(:keys AS text[]))[array_position(CAST(:kids AS text[]), e.key_id)]
+)
+"""
+_PROBE_RESULT = f"""
+SELECT e.key_id AS kid,
+       array_position(CAST(:kids AS text[]), e.key_id) IS NOT NULL AS key_known,
+       bool_or({_PROBE_DECRYPT} IS NOT NULL) AS decrypts
+"""
+#: Every key id in use: the distinct ids walked on the key id index (one index probe per
+#: id, not a scan of the table), then up to 3 rows of each.
 PROBE_KEYS = sa.text(
     f"""
-SELECT b.kid, bool_and(b.key_known) AS key_known, bool_or(b.pt IS NOT NULL) AS decrypts
-  FROM (SELECT {_DECRYPTED}
-          FROM (SELECT i.credentials {_DETOASTED} AS envelope
-                  FROM integration_instances i
-                  JOIN (SELECT r.id
-                          FROM (SELECT id, row_number() OVER (
-                                         PARTITION BY key_id ORDER BY updated_at DESC) AS n
-                                  FROM integration_instances
-                                 WHERE credentials IS NOT NULL) r
-                         WHERE r.n <= 3) newest ON newest.id = i.id) e
-        OFFSET 0) b
- GROUP BY b.kid
+WITH RECURSIVE ids AS (
+  (SELECT key_id FROM integration_instances
+    WHERE key_id IS NOT NULL ORDER BY key_id LIMIT 1)
+  UNION ALL
+  SELECT (SELECT i.key_id FROM integration_instances i
+           WHERE i.key_id > ids.key_id ORDER BY i.key_id LIMIT 1)
+    FROM ids WHERE ids.key_id IS NOT NULL
+)
+{_PROBE_RESULT}
+  FROM (SELECT key_id FROM ids WHERE key_id IS NOT NULL) ids
+  CROSS JOIN LATERAL (SELECT i.key_id, i.credentials ->> 'ct' AS ct
+                        FROM integration_instances i
+                       WHERE i.key_id = ids.key_id AND i.credentials IS NOT NULL
+                       LIMIT 3) e
+ GROUP BY e.key_id
+"""
+)
+#: The key ids of some instances (``:ids``) or integrations (``:integrations``) only.
+PROBE_KEYS_OF = sa.text(
+    f"""
+{_PROBE_RESULT}
+  FROM (SELECT i.key_id, i.credentials ->> 'ct' AS ct,
+               row_number() OVER (PARTITION BY i.key_id) AS n
+          FROM integration_instances i
+          JOIN integration_definitions d ON d.id = i.integration_definition_id
+         WHERE i.credentials IS NOT NULL AND i.key_id IS NOT NULL
+           AND (CAST(:ids AS text[]) IS NULL OR i.instance_id = ANY(CAST(:ids AS text[])))
+           AND (CAST(:integrations AS text[]) IS NULL
+                OR d.integration_id = ANY(CAST(:integrations AS text[])))) e
+ WHERE e.n <= 3
+ GROUP BY e.key_id
 """
 )
 
