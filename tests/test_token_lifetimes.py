@@ -103,14 +103,24 @@ def test_the_lead_time_is_at_most_half_the_lifetime(lifetime: int, lead: float) 
 
 
 def test_a_new_token_is_used_for_calls_right_after_it_arrives(
-    echo_db: Database, echo_registry: Registry, keyring: Keyring, server: OAuthServer
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    served: tuple[int, OAuthServer],
+    server: OAuthServer,
 ) -> None:
+    lifetime = served[0]
     _instance(echo_db, echo_registry, keyring, server)
     server.reset_stats()
+    started = time.monotonic()
     for _ in range(CALLS):  # each a new client: nothing remembered between calls
         with _client(echo_db, echo_registry, keyring) as client:
             assert client.call("list_items")["client_id"] == server.m2m_client_id
-    assert _token_requests(server) == 1  # the first call's, none after
+    elapsed = time.monotonic() - started
+    # The first call's request, and none after while each token is fresh: a token is due
+    # half its lifetime after it arrived, so a slow (shared, busy) machine may see one
+    # more per half lifetime elapsed, never one per call.
+    assert 1 <= _token_requests(server) <= 1 + int(elapsed // (lifetime / 2))
 
 
 def _expire(
