@@ -122,9 +122,16 @@ def test_deploy_registers_module_entrypoints_without_pull_steps(
             "env": {"PREFECT_INTEGRATIONS_DEFINITIONS_PATH": "/defs"}
         }
         assert stored["schedules"][0][0]["cron"] == SCHEDULES[name]
-    # deploying again updates in place
+    # deploying again updates in place, and a deployment the operator paused stays paused
+    paused = again_paused = "integration-refresh-tokens/refresh-tokens"
+    with get_client(sync_client=True) as client:
+        client.pause_deployment(client.read_deployment_by_name(paused).id)
     again = deploy("deploy-pool")
     assert [d.entrypoint for d in again] == list(ENTRYPOINTS.values())
+    assert {d.name: d.paused for d in again} == {
+        f"{FLOWS[name]}/{name}": f"{FLOWS[name]}/{name}" == again_paused for name in ENTRYPOINTS
+    }
+    assert _stored(paused)["paused"] is True
 
 
 def test_deploy_fails_clearly_without_the_work_pool(

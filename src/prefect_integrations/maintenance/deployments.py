@@ -217,7 +217,13 @@ def deploy(pool: str, *, env: Mapping[str, str] | None = None) -> list[Deployed]
         deployed = []
         for deployment in deployments:
             try:
+                was_paused = bool(client.read_deployment_by_name(deployment.full_name).paused)
+            except ObjectNotFound:
+                was_paused = False
+            try:
                 deployment_id = cast(UUID, deployment.apply())  # sync: no event loop here
+                if was_paused:  # apply() sends paused=False: an operator's pause stands
+                    client.pause_deployment(deployment_id)
             except (DeploymentApplyError, PrefectHTTPStatusError, httpx.HTTPError) as exc:
                 raise ConfigurationError(
                     f"Registering deployment '{deployment.full_name}' on the Prefect server "
