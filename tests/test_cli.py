@@ -903,6 +903,11 @@ def test_nul_character_in_config_is_a_clear_error(store: Cli, db: Database) -> N
             ("instances", "list", "--bogus"), "No such option: --bogus", id="unknown-option"
         ),
         pytest.param(("audit", "tail", "-n", "0"), "'-n'", id="option-out-of-range"),
+        pytest.param(("serve", "--oauth-port", "99999"), "'--oauth-port'", id="port-range"),
+        pytest.param(("oauth", "serve", "--port", "99999"), "'--port'", id="oauth-port-range"),
+        pytest.param(
+            ("serve", "--once", "--prefect-port", "0"), "'--prefect-port'", id="prefect-port"
+        ),
         pytest.param(
             ("instances", "frobnicate"), "No such command 'frobnicate'", id="unknown-command"
         ),
@@ -918,7 +923,8 @@ def test_usage_errors_are_one_line_in_the_error_format(
     assert len(lines) == 1, lines
     assert lines[0].startswith("error[usage]: "), lines
     assert fragment in lines[0]
-    command = " ".join(a for a in arguments if not a.startswith("-") and a not in ("x1", "0"))
+    values = ("x1", "0", "99999")
+    command = " ".join(a for a in arguments if not a.startswith("-") and a not in values)
     if arguments[-1] == "frobnicate":
         command = "instances"
     assert lines[0].endswith(f"(see `prefect-integrations {command} --help`)"), lines
@@ -1258,6 +1264,10 @@ def test_instances_test_checks_several_or_all_with_progress(
     assert "testing connections" in shown.err and "3/3" in shown.err
     assert "sick: ok" in shown.out and "state active (was error)" in shown.out
 
+    unknown = cli("instances", "test", "--all", "--integration", "nope")
+    assert_one_error(unknown, "unknown_integration", "'nope'")
+    tail = cli.ok("audit", "tail", "-n", "1", "--action", "health.check").out
+    assert "result=ok" in tail and "{'" not in tail  # readable, not a dict repr
     assert cli("instances", "test").code == 2  # nothing to test is a usage error
     assert cli("instances", "test", "one", "--all").code == 2
     assert_one_error(cli("instances", "test", "one", "nope"), "instance_not_found", "'nope'")

@@ -125,12 +125,14 @@ def up() -> None:
 def serve(
     once: bool = typer.Option(False, "--once", help="Run each maintenance flow once and exit"),
     oauth: bool = typer.Option(True, help="Also run the OAuth connect service"),
-    prefect_port: int = typer.Option(4200, help="Port of the local Prefect server, if started"),
+    prefect_port: int = typer.Option(
+        4200, min=1, max=65535, help="Port of the local Prefect server, if started"
+    ),
     oauth_host: str | None = typer.Option(
         None, help="Connect service host (default: the redirect URI's)"
     ),
     oauth_port: int | None = typer.Option(
-        None, help="Connect service port (default: the redirect URI's)"
+        None, min=0, max=65535, help="Connect service port (default: the redirect URI's)"
     ),
     as_json: bool = typer.Option(
         False, "--json", help="With --once: print the summaries as JSON (the rest on stderr)"

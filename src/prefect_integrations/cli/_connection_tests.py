@@ -25,6 +25,8 @@ def check_many(
     from prefect_integrations.maintenance.connection_check import check_connections
 
     rt = runtime()
+    for integration_id in integrations or ():
+        rt.registry.get(integration_id)  # an unknown one is an error, not "tested 0"
     with rt.db.transaction("count the instances to test") as session:
         found = store.list_instances(session)
     unknown = sorted(set(instance_ids or ()) - {i.instance_id for i in found})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import typer
 
@@ -36,10 +38,19 @@ def tail(
                 r.action,
                 r.instance_id or r.integration_id,
                 r.outcome,
-                dict(r.details) or "",
+                _details_text(r.details),
             ]
             for r in rows
         ],
+    )
+
+
+def _details_text(details: Mapping[str, Any]) -> str:
+    """``key=value, ...`` (nested values as compact JSON), not a Python dict repr."""
+    return ", ".join(
+        f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
+        for key, value in details.items()
+        if value not in (None, "", [], {})
     )
 
 

@@ -37,7 +37,9 @@ def connect(
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Default: the redirect URI's host")] = None,
-    port: Annotated[int | None, typer.Option(help="Default: the redirect URI's port")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Default: the redirect URI's port")
+    ] = None,
 ) -> None:
     """Run the connect service (authorization-code flow with PKCE).
 
