@@ -47,7 +47,7 @@ def deploy(
 
     deployed = register(pool, env=_env_options(env or []))
     for d in deployed:
-        note = "  (paused: `prefect deployment resume` it)" if d.paused else ""
+        note = "  (paused: resume it in the Prefect UI)" if d.paused else ""
         echo(f"deployed: {d.name:<50} cron '{d.cron}' (UTC)  {d.entrypoint}{note}")
     echo(
         f"work pool {quote(pool)}: start a worker with `prefect worker start --pool {pool}` "
