@@ -9,7 +9,7 @@ import typer
 from prefect_integrations.cli._common import Runtime, echo, echo_table, emit_json, runtime
 from prefect_integrations.cli._progress import progress, shown
 from prefect_integrations.keyring import Keyring, dev_keyring_path, generate_key, parse_keyring
-from prefect_integrations.store import key_checks, rekey
+from prefect_integrations.store import key_checks, key_registry, rekey
 
 app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
 
@@ -86,7 +86,9 @@ def rotate(
 ) -> None:
     """Re-encrypt every stored credential to the primary key, online, in batches.
 
-    Each batch is one short transaction; rows in use elsewhere are skipped and retried,
+    First registers the primary key in the key registry (refused when its id is
+    registered with another key), so maintenance workers are held to this keyring's
+    primary key. Each batch is one short transaction; rows in use elsewhere are skipped and retried,
     and an interrupted run is simply run again. Credentials still stored in the flat shape
     of earlier versions (envelope v1) are rewritten in the specification's shape. Prints
     the instances per key id before and after, how many were upgraded, what failed
@@ -97,6 +99,10 @@ def rotate(
     """
     rt = runtime()
     keyring = rt.keyring
+    # The operator's primary key becomes the one workers must hold (see `keys register`);
+    # refused, before anything is re-encrypted, when its id is registered with another key.
+    with rt.transaction("register the primary key") as session:
+        key_registry.register(session, keyring, [keyring.primary_id], actor=rt.actor)
     total: int | None = None
     if shown(not as_json):  # the bar's total: the rows not under the primary key
         with rt.transaction("count credentials per key id") as session:
@@ -113,6 +119,33 @@ def rotate(
     _remind(rt, keyring, report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def register(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Register every key of this keyring whose id is not registered yet.
+
+    The registry records each key id's fingerprint (an HMAC of a fixed label under the
+    key, never the key): a maintenance worker whose keyring holds another key under a
+    registered id, or a primary key nobody registered while the credentials are under
+    other keys, refuses to run. Run it where the operator's keyring is. Refused, and
+    nothing registered, when a key id is registered with another key: the message names
+    the id. Prints the key ids registered now and those registered before.
+    """
+    rt = runtime()
+    keyring = rt.keyring
+    with rt.transaction("register keys") as session:
+        added = key_registry.register(session, keyring, keyring.ids, actor=rt.actor)
+    already = [kid for kid in keyring.ids if kid not in added]
+    if as_json:
+        emit_json({"registered": added, "already_registered": already})
+        return
+    if added:
+        echo(f"registered: {', '.join(added)}")
+    if already:
+        echo(f"already registered: {', '.join(already)}")
 
 
 def _remind(rt: Runtime, keyring: Keyring, report: rekey.RotationReport) -> None:

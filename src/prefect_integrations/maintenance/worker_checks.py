@@ -35,7 +35,7 @@ from prefect_integrations.exceptions import (
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.settings import get_settings
-from prefect_integrations.store import audit, definitions, grants, key_checks
+from prefect_integrations.store import audit, definitions, grants, key_checks, key_registry
 
 __all__ = ["check_worker", "faults_fail_the_run", "record_fault", "worker_fault"]
 
@@ -62,7 +62,10 @@ def check_worker(
             else:
                 drift = definitions.definition_drift(session, registry)
                 probe = key_checks.probe_keys(session, keyring)
-                fault = _definitions_fault(drift) or _keys_fault(probe, keyring)
+                keys = key_registry.check_keyring(session, keyring, probe=probe)
+                fault = _definitions_fault(drift) or _keys_fault(probe, keyring, keys)
+                if fault is None:
+                    key_registry.trust_on_first_use(session, keyring, keys, actor=actor)
     except PermissionDenied as exc:
         fault = _role_fault(str(exc))
     if fault is not None:
@@ -102,7 +105,9 @@ def _definitions_fault(drift: definitions.DefinitionDrift) -> WorkerMisconfigure
     return None
 
 
-def _keys_fault(probe: key_checks.KeyProbe, keyring: Keyring) -> WorkerMisconfigured | None:
+def _keys_fault(
+    probe: key_checks.KeyProbe, keyring: Keyring, keys: key_registry.KeyringCheck
+) -> WorkerMisconfigured | None:
     held = ", ".join(f"'{k}'" for k in keyring.ids)
     if probe.unknown:
         listed = ", ".join(f"'{k}'" for k in probe.unknown)
@@ -119,6 +124,10 @@ def _keys_fault(probe: key_checks.KeyProbe, keyring: Keyring) -> WorkerMisconfig
             f"under that id: the key differs from the one they were written with; set {KEYS} "
             "to the operator's keyring",
             setting=KEYS,
+        )
+    if keys.conflicts or keys.primary_unknown:
+        return WorkerMisconfigured(
+            key_registry.fault_message(keys, held=held, setting=KEYS), setting=KEYS
         )
     return None
 
