@@ -34,7 +34,7 @@ def _role_exists(connection: Connection, role: str) -> bool:
     )
 
 
-#: The package's tables (definitions, instances, audit log, OAuth states).
+#: The package's tables (definitions, instances, audit log, OAuth states, key registry).
 _OWNED_TABLES = tuple(metadata.tables)
 #: The tables roles may only read and append to (the audit log).
 _APPEND_ONLY = tuple(
