@@ -187,6 +187,11 @@ def test_cli_register_refuses_another_key_under_a_registered_id(
     _use(cli, _ring(("k3", generate_key()), ("k1", generate_key())))
     assert_one_error(cli("keys", "register"), "keyring_error", "'k1'", "another key")
     assert set(_registry(db)) == {"k1"}  # k3 was not registered either
+    assert cli.json("keys", "status")["registered"] == {"k3": "no", "k1": "another key"}
+    table = cli.ok("keys", "status").out.splitlines()
+    assert "REGISTERED" in table[1] and ["k1", "0", "yes", "another", "key"] in [
+        line.split() for line in table
+    ]
 
 
 def test_cli_rotate_registers_the_primary_before_reencrypting(

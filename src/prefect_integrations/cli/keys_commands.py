@@ -28,8 +28,10 @@ def generate(
     echo(entry)
 
 
-def _count_rows(counts: dict[str, int], keyring: Keyring) -> list[list[object]]:
-    """Rows of KEY ID / INSTANCES / IN KEYRING / PRIMARY, keyring keys included at 0."""
+def _count_rows(
+    counts: dict[str, int], keyring: Keyring, registered: dict[str, str] | None
+) -> list[list[object]]:
+    """Rows of KEY ID / INSTANCES / IN KEYRING / PRIMARY (/ REGISTERED), keyring keys at 0."""
     kids = sorted(set(counts) | set(keyring.ids))
     return [
         [
@@ -37,13 +39,19 @@ def _count_rows(counts: dict[str, int], keyring: Keyring) -> list[list[object]]:
             counts.get(kid, 0),
             "yes" if kid in keyring.ids else "NO",
             "yes" if kid == keyring.primary_id else "",
+            *([] if registered is None else [registered.get(kid, "")]),
         ]
         for kid in kids
     ]
 
 
-def _echo_counts(counts: dict[str, int], keyring: Keyring) -> None:
-    echo_table(["KEY ID", "INSTANCES", "IN KEYRING", "PRIMARY"], _count_rows(counts, keyring))
+def _echo_counts(
+    counts: dict[str, int], keyring: Keyring, registered: dict[str, str] | None = None
+) -> None:
+    headers = ["KEY ID", "INSTANCES", "IN KEYRING", "PRIMARY"]
+    if registered is not None:
+        headers.append("REGISTERED")
+    echo_table(headers, _count_rows(counts, keyring, registered))
 
 
 @app.command()
@@ -52,12 +60,16 @@ def status(
 ) -> None:
     """Show how many instances' credentials are encrypted under each key id.
 
-    Names key ids and counts only, never key material.
+    REGISTERED says whether the key registry holds this keyring's key under the id
+    (``yes``), another key (``another key``: maintenance workers with this keyring are
+    refused) or nothing yet (``no``; see `keys register`). Names key ids and counts only,
+    never key material.
     """
     rt = runtime()
     keyring = rt.keyring
     with rt.transaction("count credentials per key id") as session:
         counts = key_checks.count_keys(session, keyring)
+        registered = key_registry.registration(session, keyring)
     to_rotate = counts.total - counts.by_key.get(keyring.primary_id, 0)
     if as_json:
         emit_json(
@@ -66,11 +78,12 @@ def status(
                 "keyring": keyring.ids,
                 **counts.as_dict(),
                 "to_rotate": to_rotate,
+                "registered": registered,
             }
         )
         return
     echo(f"keyring: {len(keyring.ids)} key(s), primary '{keyring.primary_id}'")
-    _echo_counts(counts.by_key, keyring)
+    _echo_counts(counts.by_key, keyring, registered)
     echo(
         f"{counts.total} instance(s) with credentials; {to_rotate} not under the primary "
         f"key '{keyring.primary_id}'; {counts.unknown} under a key id not in the keyring"

@@ -51,6 +51,7 @@ __all__ = [
     "fingerprint",
     "register",
     "registered",
+    "registration",
     "trust_on_first_use",
 ]
 
@@ -82,6 +83,19 @@ def registered(session: Session | Connection, key_ids: Sequence[str]) -> dict[st
     with translate_errors(f"read the key registry ({keys_table.name})"):
         rows = session.execute(_REGISTERED, {"kids": list(key_ids)}).all()
     return {str(r.key_id): bytes(r.fingerprint) for r in rows}
+
+
+def registration(session: Session | Connection, keyring: Keyring) -> dict[str, str]:
+    """Per key id of ``keyring``: ``yes`` (registered with this key), ``another key`` or ``no``."""
+    known = registered(session, keyring.ids)
+    out: dict[str, str] = {}
+    for kid, key in keyring:
+        if kid not in known:
+            out[kid] = "no"
+        else:
+            same = hmac.compare_digest(known[kid], fingerprint(key))
+            out[kid] = "yes" if same else "another key"
+    return out
 
 
 @dataclass(frozen=True, slots=True)
