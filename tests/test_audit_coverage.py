@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 import prefect_integrations
+from prefect_integrations.cli import run as cli_run
 from prefect_integrations.client import IntegrationClient
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry, load_registry
@@ -44,12 +45,13 @@ from prefect_integrations.exceptions import (
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.maintenance.credential_rotation import ProviderCredentialRotation
 from prefect_integrations.maintenance.health import HealthChecker
+from prefect_integrations.maintenance.worker_checks import check_worker
 from prefect_integrations.oauth.lifecycle import TokenLifecycle
 from prefect_integrations.oauth.links import mint_link
 from prefect_integrations.oauth.service import create_app, finish
 from prefect_integrations.runtime import reset_runtime, runtime
 from prefect_integrations.scope import Scope
-from prefect_integrations.store import audit, instances, vault
+from prefect_integrations.store import audit, instances, key_registry, vault
 from prefect_integrations.store.audit import AuditAction
 from prefect_integrations.store.definitions import sync_definitions
 from prefect_integrations.store.rekey import rotate_keys
@@ -271,6 +273,22 @@ def _health_degrades(w: World) -> None:
     assert [r.reason for r in report.results] == ["provider_auth_failed"]
 
 
+def _with_registered_instance(w: World) -> None:
+    """An instance, its key registered (a first health check would register it itself)."""
+    _with_instance(w)
+    with w.db.transaction() as s:
+        key_registry.register(s, w.keyring, w.keyring.ids, actor="setup")
+
+
+def _register_keys(w: World) -> None:
+    w.use_runtime()
+    assert cli_run(["keys", "register"]) == 0
+
+
+def _check_worker_first_use(w: World) -> None:
+    check_worker(w.db, w.registry, w.keyring, flow="health-check", actor=ACTOR)
+
+
 def _health_without_the_key(w: World) -> None:
     ring = parse_keyring(f"k0:{generate_key()}")  # a worker that missed a key rotation
     checker = HealthChecker(w.db, w.registry, ring, actor=ACTOR, min_interval=0.0)
@@ -452,7 +470,7 @@ OPERATIONS: dict[str, Operation] = {
         (("credentials.decrypt", "success"), ("method.call", "failure")),
     ),
     "health.check (status change)": Operation(
-        _with_instance,
+        _with_registered_instance,
         _health_degrades,
         (("credentials.decrypt", "success"), ("health.check", "failure")),
     ),
@@ -498,6 +516,16 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "keys.rotate": Operation(
         _with_instance, _rotate_keys, (("keys.rotate", "success"),), instance_id=None
+    ),
+    "keys.register": Operation(
+        _with_instance, _register_keys, (("keys.register", "success"),), instance_id=None
+    ),
+    "keys.register (first use)": Operation(
+        # rows under 'k1' decrypt with the worker's 'k1': registered without a manual step
+        _with_instance,
+        _check_worker_first_use,
+        (("keys.register", "success"),),
+        instance_id=None,
     ),
     "credentials.upgrade": Operation(
         _with_old_shape,

@@ -22,7 +22,7 @@ from prefect_integrations.maintenance.flows import (
     rotate_credentials,
 )
 from prefect_integrations.runtime import reset_runtime
-from prefect_integrations.store import vault
+from prefect_integrations.store import key_registry, vault
 
 from .factories import make_instance
 from .oauth import OAuthServer, start_oauth_server
@@ -172,6 +172,8 @@ def test_rotate_credentials_flow(
         ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in new_ring),
     )
     reset_runtime()
+    with echo_db.transaction() as s:  # the operator registers the new primary key
+        key_registry.register(s, new_ring, new_ring.ids, actor="operator")
 
     summary = rotate_credentials(batch_size=1)
     assert summary["keys"]["rotated"] == 2 and summary["keys"]["after"] == {"k2": 2}

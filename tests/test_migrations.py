@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from prefect_integrations import db as dbmod
 from prefect_integrations.db import Database
 from prefect_integrations.embedded import EmbeddedCluster
+from prefect_integrations.exceptions import PermissionDenied
 from prefect_integrations.store.grants import apply_grants
 
 from .spec import EXTRA_COLUMNS, SPEC_COLUMNS, SPEC_INDEXES
@@ -110,6 +111,12 @@ def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
         ).scalar_one()
     # row-level, and only when what resolution reads changes (not every status write)
     assert "FOR EACH ROW WHEN" in update and "'state'::text" in update, update
+    assert _key_registry(empty_db) == KEY_REGISTRY
+    dbmod.downgrade(empty_db, "2026_11_29_0005")
+    assert "integration_keys" not in _tables(empty_db)
+    assert _columns(empty_db) == SCHEMA
+    dbmod.upgrade(empty_db)
+    assert _key_registry(empty_db) == KEY_REGISTRY
     dbmod.downgrade(empty_db, "2026_11_27_0004")
     assert _columns(empty_db) == SCHEMA_0004
     assert _notify_objects(empty_db) == (NOTIFY_TRIGGERS, True)
@@ -126,9 +133,57 @@ def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
     assert _columns(empty_db) == SCHEMA
     assert _notify_objects(empty_db) == (NOTIFY_TRIGGERS, True)
     assert set(INDEXES) <= set(_indexes(empty_db))
-    assert {"integration_definitions", "integration_instances", "integration_audit_log"} <= _tables(
-        empty_db
+    assert {
+        "integration_definitions",
+        "integration_instances",
+        "integration_audit_log",
+        "integration_keys",
+    } <= _tables(empty_db)
+    assert _key_registry(empty_db) == KEY_REGISTRY
+
+
+#: The key registry of revision 0006: key id, fingerprint (never the key), when, by whom.
+KEY_REGISTRY = {
+    "key_id": ("character varying", 64, "NO"),
+    "fingerprint": ("bytea", None, "NO"),
+    "registered_at": ("timestamp with time zone", None, "NO"),
+    "registered_by": ("text", None, "YES"),
+}
+
+
+def _key_registry(db: Database) -> dict[str, tuple[str, int | None, str]]:
+    with db.transaction() as s:
+        rows = s.execute(
+            sa.text(
+                "SELECT column_name, data_type, character_maximum_length, is_nullable "
+                "FROM information_schema.columns WHERE table_name = 'integration_keys'"
+            )
+        ).all()
+    return {r.column_name: (r.data_type, r.character_maximum_length, r.is_nullable) for r in rows}
+
+
+def test_key_registry_grants(db: Database, runtime_db: Database, admin_db: Database) -> None:
+    """Workers read the registry and register on first use; only the admin changes a row."""
+    insert = sa.text(
+        "INSERT INTO integration_keys (key_id, fingerprint) "
+        "VALUES (:k, decode(repeat('ab', 32), 'hex'))"
     )
+    with runtime_db.transaction() as s:
+        s.execute(insert, {"k": "k1"})
+        assert s.execute(sa.text("SELECT count(*) FROM integration_keys")).scalar() == 1
+    with pytest.raises(PermissionDenied), runtime_db.transaction() as s:
+        s.execute(sa.text("UPDATE integration_keys SET registered_by = 'x'"))
+    with pytest.raises(PermissionDenied), runtime_db.transaction() as s:
+        s.execute(sa.text("DELETE FROM integration_keys"))
+    with admin_db.transaction() as s:
+        s.execute(sa.text("UPDATE integration_keys SET registered_by = 'admin'"))
+    with pytest.raises(sa.exc.IntegrityError), db.transaction() as s:  # 32 bytes only
+        s.execute(
+            sa.text(
+                "INSERT INTO integration_keys (key_id, fingerprint) "
+                "VALUES ('k2', decode(repeat('ab', 16), 'hex'))"
+            )
+        )
 
 
 def test_missing_schema_is_a_clear_error(empty_db: Database) -> None:

@@ -697,11 +697,12 @@ def test_cli_status_and_rotate_name_key_ids_and_counts_only(
     out = cli("keys", "status")
     assert "primary 'k2'" in out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:2] in KIDS}
-    assert rows == {"k1": ["20", "yes"], "k2": ["0", "yes", "yes"]}
+    assert rows == {"k1": ["20", "yes", "no"], "k2": ["0", "yes", "yes", "no"]}
     assert "20 not under the primary key 'k2'" in out
     status = json.loads(cli("keys", "status", "--json"))
     assert status["primary"] == "k2" and status["to_rotate"] == 20 and status["unknown"] == 0
     assert {"key_id": "k1", "instances": 20, "in_keyring": True} in status["by_key"]
+    assert status["registered"] == {"k2": "no", "k1": "no"}
 
     out = cli("keys", "rotate", "--batch-size", "8")
     assert "rotated: 20 instance(s) in 3 batch(es)" in out
@@ -716,6 +717,7 @@ def test_cli_status_and_rotate_name_key_ids_and_counts_only(
     report = json.loads(cli("keys", "rotate", "--json"))
     assert report["rotated"] == 0 and report["after"] == {"k2": 20} and report["ok"] is True
     assert report["upgraded"] == 0
+    assert json.loads(cli("keys", "status", "--json"))["registered"] == {"k2": "yes", "k1": "no"}
 
     # a keyring that lacks k2: the rows' key id is flagged as not in the keyring
     monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", f"k3:{generate_key()}")

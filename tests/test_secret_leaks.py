@@ -619,6 +619,7 @@ def test_no_canary_reaches_any_sink(
     assert refreshed["results"] == {"refreshed": 1, "failed": 1}, refreshed
 
     _use_keyring(monkeypatch, c.ring("k2", "k1"))
+    cli.ok("keys", "register")  # the operator's new primary key, which workers must hold
     provider.reply("POST", "/rot/keys", Reply(201, {"secret": c.minted_key, "id": "key-2"}))
     provider.reply("GET", "/rot/items/1", _echo(401, c.minted_key))
     first = rotate_credentials()

@@ -24,10 +24,11 @@ from prefect.client.schemas.objects import State
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
+from prefect_integrations.cli import run as cli_run
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry, load_registry
 from prefect_integrations.exceptions import WorkerMisconfigured
-from prefect_integrations.keyring import Keyring, generate_key
+from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.maintenance import health as health_module
 from prefect_integrations.maintenance.flows import (
     health_check,
@@ -37,7 +38,7 @@ from prefect_integrations.maintenance.flows import (
 from prefect_integrations.maintenance.health import HealthChecker
 from prefect_integrations.maintenance.worker_checks import check_worker
 from prefect_integrations.runtime import reset_runtime
-from prefect_integrations.store import audit, instances, key_checks
+from prefect_integrations.store import audit, instances, key_checks, key_registry
 from prefect_integrations.store.definitions import sync_definitions
 
 from .definitions import ECHO
@@ -314,3 +315,100 @@ def test_the_checks_cover_only_what_the_run_touches(
     check_worker(
         echo_db, echo_registry, other, flow="health-check", actor="t", instance_ids=["beta"]
     )
+
+
+# --------------------------------------------------------------------------------------
+# The key registry: a worker may not bring its own primary key
+# --------------------------------------------------------------------------------------
+
+
+def _registry(db: Database) -> dict[str, bytes]:
+    with db.transaction() as session:
+        return key_registry.registered(session, ["k0", "k1", "k2"])
+
+
+def _ring_text(ring: Keyring) -> str:
+    return ",".join(f"{kid}:{key.get_secret_value()}" for kid, key in ring)
+
+
+@pytest.mark.usefixtures("env")
+@pytest.mark.parametrize("registered", [True, False], ids=["k1 registered", "registry empty"])
+def test_worker_with_its_own_primary_key_fails_and_reencrypts_nothing(
+    harness: Path,
+    echo_db: Database,
+    keyring: Keyring,
+    healthy: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    registered: bool,
+) -> None:
+    """The review's reproduction: operator keyring k1:K, worker keyring k2:<its own>,k1:K."""
+    assert set(_registry(echo_db)) == {"k1"}  # the first health check registered k1
+    if not registered:  # an install upgraded before any worker ran
+        with echo_db.transaction() as session:
+            session.execute(sa.text("DELETE FROM integration_keys"))
+    worker = parse_keyring(f"k2:{generate_key()},k1:{keyring.primary.get_secret_value()}")
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", _ring_text(worker))
+    reset_runtime()
+    for flow, run in FLOWS.items():
+        state = run()
+        _assert_fault(state, echo_db, healthy, "PREFECT_INTEGRATIONS_KEYS", flow)
+        message = state.message or ""
+        assert "primary key 'k2' is not registered" in message
+        assert "stored credentials are under 'k1'" in message
+        assert "`prefect-integrations keys rotate`" in message
+    with echo_db.transaction() as session:  # nothing was re-encrypted to the worker's key
+        assert key_checks.key_counts(session, keyring) == {"k1": 3}
+    assert set(_registry(echo_db)) == ({"k1"} if registered else set())
+
+
+@pytest.mark.usefixtures("env")
+@pytest.mark.parametrize("how", ["keys rotate", "keys register"])
+def test_worker_with_the_operators_new_primary_passes(
+    harness: Path,
+    echo_db: Database,
+    keyring: Keyring,
+    healthy: dict[str, dict[str, Any]],
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """The operator adds k2 as primary and registers it; a worker holding k2,k1 then runs."""
+    operator = parse_keyring(f"k2:{generate_key()},k1:{keyring.primary.get_secret_value()}")
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", _ring_text(operator))
+    reset_runtime()
+    assert cli_run(how.split()) == 0
+    assert set(_registry(echo_db)) == {"k1", "k2"}
+    # the worker, given the operator's keyring
+    reset_runtime()
+    for flow, run in FLOWS.items():
+        assert run().is_completed(), flow
+    with echo_db.transaction() as session:
+        assert key_checks.key_counts(session, operator) == {"k2": 3}
+        registrations = audit.tail(session, action=audit.AuditAction.KEYS_REGISTER)
+    assert [(e.details["key_id"], e.details["reason"]) for e in registrations] == [
+        ("k1", "first_use"),
+        ("k2", "operator"),
+    ]
+    assert _faults(echo_db) == []
+
+
+@pytest.mark.usefixtures("env")
+def test_worker_with_another_key_under_a_registered_id_fails(
+    harness: Path,
+    echo_db: Database,
+    keyring: Keyring,
+    healthy: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key id with no rows is still held to its registered key."""
+    with echo_db.transaction() as session:
+        key_registry.register(
+            session, parse_keyring(f"k0:{generate_key()}"), ["k0"], actor="operator"
+        )
+    worker = parse_keyring(f"k1:{keyring.primary.get_secret_value()},k0:{generate_key()}")
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_KEYS", _ring_text(worker))
+    reset_runtime()
+    for flow, run in FLOWS.items():
+        state = run()
+        _assert_fault(state, echo_db, healthy, "PREFECT_INTEGRATIONS_KEYS", flow)
+        assert "key(s) 'k0' differ from the key(s) registered" in (state.message or "")

@@ -13,6 +13,7 @@ __all__ = [
     "definitions",
     "instances",
     "integration_id_of",
+    "keys",
     "metadata",
     "oauth_states",
 ]
@@ -118,6 +119,20 @@ oauth_states = sa.Table(
     sa.Column("verifier", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+keys = sa.Table(
+    "integration_keys",
+    metadata,
+    # The key each key id stands for: HMAC-SHA256 of a fixed label under the key (never the
+    # key); see `prefect_integrations.store.key_registry`.
+    sa.Column("key_id", sa.String(64), primary_key=True),
+    sa.Column("fingerprint", BYTEA, nullable=False),
+    sa.Column(
+        "registered_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("registered_by", sa.Text),
+    sa.CheckConstraint("octet_length(fingerprint) = 32", name="integration_keys_fingerprint"),
 )
 
 

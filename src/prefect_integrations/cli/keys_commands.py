@@ -9,7 +9,7 @@ import typer
 from prefect_integrations.cli._common import Runtime, echo, echo_table, emit_json, runtime
 from prefect_integrations.cli._progress import progress, shown
 from prefect_integrations.keyring import Keyring, dev_keyring_path, generate_key, parse_keyring
-from prefect_integrations.store import key_checks, rekey
+from prefect_integrations.store import key_checks, key_registry, rekey
 
 app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
 
@@ -28,8 +28,10 @@ def generate(
     echo(entry)
 
 
-def _count_rows(counts: dict[str, int], keyring: Keyring) -> list[list[object]]:
-    """Rows of KEY ID / INSTANCES / IN KEYRING / PRIMARY, keyring keys included at 0."""
+def _count_rows(
+    counts: dict[str, int], keyring: Keyring, registered: dict[str, str] | None
+) -> list[list[object]]:
+    """Rows of KEY ID / INSTANCES / IN KEYRING / PRIMARY (/ REGISTERED), keyring keys at 0."""
     kids = sorted(set(counts) | set(keyring.ids))
     return [
         [
@@ -37,13 +39,19 @@ def _count_rows(counts: dict[str, int], keyring: Keyring) -> list[list[object]]:
             counts.get(kid, 0),
             "yes" if kid in keyring.ids else "NO",
             "yes" if kid == keyring.primary_id else "",
+            *([] if registered is None else [registered.get(kid, "")]),
         ]
         for kid in kids
     ]
 
 
-def _echo_counts(counts: dict[str, int], keyring: Keyring) -> None:
-    echo_table(["KEY ID", "INSTANCES", "IN KEYRING", "PRIMARY"], _count_rows(counts, keyring))
+def _echo_counts(
+    counts: dict[str, int], keyring: Keyring, registered: dict[str, str] | None = None
+) -> None:
+    headers = ["KEY ID", "INSTANCES", "IN KEYRING", "PRIMARY"]
+    if registered is not None:
+        headers.append("REGISTERED")
+    echo_table(headers, _count_rows(counts, keyring, registered))
 
 
 @app.command()
@@ -52,12 +60,16 @@ def status(
 ) -> None:
     """Show how many instances' credentials are encrypted under each key id.
 
-    Names key ids and counts only, never key material.
+    REGISTERED says whether the key registry holds this keyring's key under the id
+    (``yes``), another key (``another key``: maintenance workers with this keyring are
+    refused) or nothing yet (``no``; see `keys register`). Names key ids and counts only,
+    never key material.
     """
     rt = runtime()
     keyring = rt.keyring
     with rt.transaction("count credentials per key id") as session:
         counts = key_checks.count_keys(session, keyring)
+        registered = key_registry.registration(session, keyring)
     to_rotate = counts.total - counts.by_key.get(keyring.primary_id, 0)
     if as_json:
         emit_json(
@@ -66,11 +78,12 @@ def status(
                 "keyring": keyring.ids,
                 **counts.as_dict(),
                 "to_rotate": to_rotate,
+                "registered": registered,
             }
         )
         return
     echo(f"keyring: {len(keyring.ids)} key(s), primary '{keyring.primary_id}'")
-    _echo_counts(counts.by_key, keyring)
+    _echo_counts(counts.by_key, keyring, registered)
     echo(
         f"{counts.total} instance(s) with credentials; {to_rotate} not under the primary "
         f"key '{keyring.primary_id}'; {counts.unknown} under a key id not in the keyring"
@@ -86,7 +99,9 @@ def rotate(
 ) -> None:
     """Re-encrypt every stored credential to the primary key, online, in batches.
 
-    Each batch is one short transaction; rows in use elsewhere are skipped and retried,
+    First registers the primary key in the key registry (refused when its id is
+    registered with another key), so maintenance workers are held to this keyring's
+    primary key. Each batch is one short transaction; rows in use elsewhere are skipped and retried,
     and an interrupted run is simply run again. Credentials still stored in the flat shape
     of earlier versions (envelope v1) are rewritten in the specification's shape. Prints
     the instances per key id before and after, how many were upgraded, what failed
@@ -97,6 +112,10 @@ def rotate(
     """
     rt = runtime()
     keyring = rt.keyring
+    # The operator's primary key becomes the one workers must hold (see `keys register`);
+    # refused, before anything is re-encrypted, when its id is registered with another key.
+    with rt.transaction("register the primary key") as session:
+        key_registry.register(session, keyring, [keyring.primary_id], actor=rt.actor)
     total: int | None = None
     if shown(not as_json):  # the bar's total: the rows not under the primary key
         with rt.transaction("count credentials per key id") as session:
@@ -113,6 +132,33 @@ def rotate(
     _remind(rt, keyring, report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def register(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Register every key of this keyring whose id is not registered yet.
+
+    The registry records each key id's fingerprint (an HMAC of a fixed label under the
+    key, never the key): a maintenance worker whose keyring holds another key under a
+    registered id, or a primary key nobody registered while the credentials are under
+    other keys, refuses to run. Run it where the operator's keyring is. Refused, and
+    nothing registered, when a key id is registered with another key: the message names
+    the id. Prints the key ids registered now and those registered before.
+    """
+    rt = runtime()
+    keyring = rt.keyring
+    with rt.transaction("register keys") as session:
+        added = key_registry.register(session, keyring, keyring.ids, actor=rt.actor)
+    already = [kid for kid in keyring.ids if kid not in added]
+    if as_json:
+        emit_json({"registered": added, "already_registered": already})
+        return
+    if added:
+        echo(f"registered: {', '.join(added)}")
+    if already:
+        echo(f"already registered: {', '.join(already)}")
 
 
 def _remind(rt: Runtime, keyring: Keyring, report: rekey.RotationReport) -> None:

@@ -15,8 +15,10 @@ looks first, in one read-only transaction:
 
 The first failing check raises `WorkerMisconfigured` naming the setting, after recording
 one ``maintenance.fault`` audit row (when the role may append one); nothing else is
-written. `worker_fault` tells the same faults apart when they appear during a run (an
-instance created meanwhile under a key this worker lacks).
+written. A worker that passes registers, on first use, the key ids of its keyring whose
+rows decrypt and that the key registry does not name yet (`store.key_registry`).
+`worker_fault` tells the same faults apart when they appear during a run (an instance
+created meanwhile under a key this worker lacks).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from prefect_integrations.exceptions import (
 )
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.settings import get_settings
-from prefect_integrations.store import audit, definitions, grants, key_checks
+from prefect_integrations.store import audit, definitions, grants, key_checks, key_registry
 
 __all__ = ["check_worker", "faults_fail_the_run", "record_fault", "worker_fault"]
 
@@ -74,7 +76,10 @@ def check_worker(
                 scope = {"integrations": integrations, "instance_ids": instance_ids}
                 drift = definitions.definition_drift(session, registry, **scope)
                 probe = key_checks.probe_keys(session, keyring, **scope)
-                fault = _definitions_fault(drift) or _keys_fault(probe, keyring)
+                keys = key_registry.check_keyring(session, keyring, probe=probe)
+                fault = _definitions_fault(drift) or _keys_fault(probe, keyring, keys)
+                if fault is None:
+                    key_registry.trust_on_first_use(session, keyring, keys, actor=actor)
     except PermissionDenied as exc:
         fault = _role_fault(str(exc))
     if fault is not None:
@@ -116,7 +121,9 @@ def _definitions_fault(drift: definitions.DefinitionDrift) -> WorkerMisconfigure
     return None
 
 
-def _keys_fault(probe: key_checks.KeyProbe, keyring: Keyring) -> WorkerMisconfigured | None:
+def _keys_fault(
+    probe: key_checks.KeyProbe, keyring: Keyring, keys: key_registry.KeyringCheck
+) -> WorkerMisconfigured | None:
     held = ", ".join(f"'{k}'" for k in keyring.ids)
     if probe.unknown:
         listed = ", ".join(f"'{k}'" for k in probe.unknown)
@@ -133,6 +140,10 @@ def _keys_fault(probe: key_checks.KeyProbe, keyring: Keyring) -> WorkerMisconfig
             f"under that id: the key differs from the one they were written with; set {KEYS} "
             "to the operator's keyring",
             setting=KEYS,
+        )
+    if keys.conflicts or keys.primary_unknown:
+        return WorkerMisconfigured(
+            key_registry.fault_message(keys, held=held, setting=KEYS), setting=KEYS
         )
     return None
 

@@ -61,6 +61,8 @@ class AuditAction(enum.StrEnum):
     CREDENTIALS_UPGRADE = "credentials.upgrade"
     #: Ciphertexts were re-encrypted under the current key.
     KEYS_ROTATE = "keys.rotate"
+    #: A key id was registered with its key's fingerprint (by an operator or on first use).
+    KEYS_REGISTER = "keys.register"
     #: The OAuth2 authorization flow was started, completed, or a token refreshed.
     OAUTH_AUTHORIZE = "oauth.authorize"
     OAUTH_CONNECT = "oauth.connect"

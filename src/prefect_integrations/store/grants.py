@@ -19,6 +19,7 @@ from prefect_integrations.models import (
     audit_log,
     definitions,
     instances,
+    keys,
     metadata,
 )
 
@@ -33,7 +34,7 @@ def _role_exists(connection: Connection, role: str) -> bool:
     )
 
 
-#: The package's tables (definitions, instances, audit log, OAuth states).
+#: The package's tables (definitions, instances, audit log, OAuth states, key registry).
 _OWNED_TABLES = tuple(metadata.tables)
 #: The tables roles may only read and append to (the audit log).
 _APPEND_ONLY = tuple(
@@ -76,7 +77,8 @@ def apply_grants(
 
     admin: manages definitions and instances (SELECT/INSERT/UPDATE/DELETE), appends audit.
     runtime: reads definitions and instances, updates only status, credentials, token and
-    usage columns, appends audit; cannot create or delete instances.
+    usage columns, appends audit; cannot create or delete instances. Both read the key
+    registry and may register a key; only admin may change a registration.
     Nobody gets UPDATE or DELETE on the audit log (a trigger refuses them too).
     """
     quote = db.engine.dialect.identifier_preparer.quote
@@ -100,6 +102,10 @@ def apply_grants(
             f"GRANT UPDATE ({updatable}) ON integration_instances TO {runtime}",
             f"GRANT SELECT, INSERT ON {', '.join(_APPEND_ONLY)} TO {admin}, {runtime}",
             f"GRANT SELECT, INSERT, DELETE ON integration_oauth_states TO {admin}, {runtime}",
+            # the key registry: workers read it and register keys on first use; only an
+            # operator (admin) may change a registration
+            f"GRANT SELECT, INSERT, UPDATE ON {keys.name} TO {admin}",
+            f"GRANT SELECT, INSERT ON {keys.name} TO {runtime}",
         ]
         for statement in statements:
             connection.execute(sa.text(statement))
@@ -111,6 +117,7 @@ _MAINTENANCE_NEEDS = (
     ("SELECT", instances.name),
     ("UPDATE", instances.name),
     ("INSERT", audit_log.name),
+    ("SELECT", keys.name),
 )
 
 
