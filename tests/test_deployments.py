@@ -153,6 +153,10 @@ def test_deploy_fails_clearly_without_a_prefect_api(
         )
 
 
+#: A well-formed keyring key (32 bytes, base64): "c2VjcmV0" is "secret".
+_KEY = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0YWI="
+
+
 @pytest.mark.parametrize(
     ("item", "fragment"),
     [
@@ -162,7 +166,25 @@ def test_deploy_fails_clearly_without_a_prefect_api(
         ("PGCONN=host=db user=u password=s3cr3t", "holds a password"),
         ("PREFECT_API_KEY=s3cr3t", "PREFECT_API_KEY"),
         ("SLACK_TOKEN=s3cr3t", "SLACK_TOKEN"),
+        ("PGPASSWORD=s3cr3t", "PGPASSWORD"),
+        ("DB_PASS=s3cr3t", "DB_PASS"),
+        ("DB_PWD=s3cr3t", "DB_PWD"),
+        ("APIKEY=s3cr3t", "APIKEY"),
+        ("AUTHTOKEN=s3cr3t", "AUTHTOKEN"),
+        ("GITHUB_PAT=s3cr3t", "GITHUB_PAT"),
+        ("PREFECT_API_AUTH_STRING=admin:s3cr3t", "PREFECT_API_AUTH_STRING"),
+        (f"PREFECT_INTEGRATIONS_KEYRING=k1:{_KEY}", "PREFECT_INTEGRATIONS_KEYRING"),
+        (f"SOMETHING=k1:{_KEY}", "holds a keyring key"),
+        (f"SOMETHING=old:x, k1:{_KEY}", "holds a keyring key"),
+        ("X_DSN=host=db sslpassword=s3cr3t", "holds a password"),
+        ("X_URL=postgresql://u:s3cr3t@[::1/db password=x", "holds a password"),
+        ("X_URL=postgresql://u:s3cr3t@[::1/db", "does not parse as a URL"),
+        ("X_URL=https://h/?db_password=s3cr3t", "holds a password"),
         ("NOVALUE", "not KEY=VALUE"),
+        ("PREFECT_INTEGRATIONS_KEYS:k1:c2VjcmV0", "--env 'PREFECT_INTEGRATIONS_KEYS' is"),
+        (f"PREFECT_INTEGRATIONS_KEYS:k1:{_KEY}", "not an environment variable name"),
+        (f":k1:{_KEY}", "not an environment variable name"),
+        (":k1:c2VjcmV0", "not KEY=VALUE"),
         ("1BAD=x", "not an environment variable name"),
     ],
 )
@@ -173,7 +195,28 @@ def test_deploy_refuses_secrets_in_job_variables(
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         result = Cli(capsys, monkeypatch)("deploy", "--pool", "p", "--env", item)
     line = assert_one_error(result, "validation_error", fragment)
-    assert "s3cr3t" not in line and "c2VjcmV0" not in line
+    assert "s3cr3t" not in line and "c2VjcmV0" not in line and _KEY[:8] not in line
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", "/srv/definitions"),
+        ("PREFECT_INTEGRATIONS_ACTOR", "maintenance"),
+        ("HTTP_PROXY", "http://proxy.internal:3128"),
+        ("HTTPS_PROXY", "http://user@proxy.internal:3128"),
+        ("PREFECT_LOGGING_LEVEL", "DEBUG"),
+        ("PATH", "/usr/bin:/bin"),
+        (
+            "PREFECT_INTEGRATIONS_DATABASE_URL",
+            "postgresql+psycopg://runtime@db/pi?passfile=/etc/pi/pgpass&sslmode=require",
+        ),
+    ],
+)
+def test_deploy_accepts_ordinary_settings(name: str, value: str) -> None:
+    from prefect_integrations.maintenance.deployments import job_env
+
+    assert job_env({name: value}) == {name: value}
 
 
 @pytest.mark.parametrize("pool", ["", " ", "a/b", "x\x00", "p" * 201])

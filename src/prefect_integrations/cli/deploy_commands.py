@@ -8,6 +8,7 @@ import typer
 
 from prefect_integrations.cli._common import echo
 from prefect_integrations.exceptions import ValidationError, quote
+from prefect_integrations.maintenance.deployments import env_item_name
 
 __all__ = ["deploy"]
 
@@ -17,8 +18,8 @@ def _env_options(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            # the value may be anything: name only the variable
-            raise ValidationError(f"--env {quote(name or item, limit=60)}", [], "not KEY=VALUE")
+            # the rest may be the secret (':' typed for '='): show only the leading name
+            raise ValidationError(f"--env {env_item_name(item)}", [], "not KEY=VALUE")
         env[name] = value
     return env
 

@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlsplit
 from uuid import UUID
 
-from prefect_integrations.exceptions import ConfigurationError, ValidationError, quote
+from prefect_integrations.exceptions import (
+    ConfigurationError,
+    KeyringError,
+    ValidationError,
+    quote,
+)
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -39,6 +44,7 @@ __all__ = [
     "Deployed",
     "check_servable",
     "deploy",
+    "env_item_name",
     "job_env",
     "maintenance_flows",
     "served_deployments",
@@ -49,14 +55,21 @@ __all__ = [
 #: Tags of every maintenance deployment.
 TAGS = ("prefect-integrations", "maintenance")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: ``password=`` of a libpq connection string (``host=db password=...``) or a URL query.
-_PASSWORD_WORD = re.compile(r"\bpassword\s*=", re.IGNORECASE)
+_ENV_NAME_START = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,59}")
+#: ``password=`` of a libpq connection string (``host=db password=...``, ``sslpassword=``)
+#: or a URL query.
+_PASSWORD_WORD = re.compile(r"\w*password\s*=", re.IGNORECASE)
 #: What Prefect accepts as a work pool name (no ``/ % & > <``), printable, not too long.
 _POOL_NAME = re.compile(r"[^/%&><]{1,200}")
-#: A word of a variable name that says it holds a secret (``PREFECT_API_KEY``, ``..._TOKEN``).
-_SECRET_WORDS = frozenset(
-    {"KEY", "KEYS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PASSPHRASE", "TOKEN", "TOKENS"}
-    | {"CREDENTIAL", "CREDENTIALS", "PRIVATE"}
+#: Parts of a variable name that say it holds a secret, anywhere in the upper-cased name
+#: (``DB_PASS``, ``PGPASSWORD``, ``APIKEY``, ``AUTHTOKEN``, ``..._KEYRING``). Broad on
+#: purpose: a refused harmless name (``MONKEY``) costs setting it on the worker instead.
+_SECRET_PARTS = ("PASS", "PWD", "TOKEN", "KEY", "SECRET", "AUTH", "CRED", "PRIVATE")
+#: Words (between ``_``) that say so only as a whole word: ``GITHUB_PAT`` but not ``PATH``.
+_SECRET_WORDS = frozenset({"PAT", "PW", "PIN"})
+#: Names that hold a secret whatever their words.
+_SECRET_NAMES = frozenset(
+    {"PGPASSWORD", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_INTEGRATIONS_KEYS"}
 )
 
 
@@ -92,18 +105,57 @@ def served_name(name: str) -> str:
     return f"{name}-served"
 
 
+def _holds_keyring_entry(value: str) -> bool:
+    """True when an entry of ``value`` parses as a keyring entry (``kid:base64-of-32-bytes``)."""
+    from prefect_integrations.keyring import parse_keyring
+
+    for entry in re.split(r"[,\s]+", value):
+        if ":" not in entry:
+            continue
+        try:
+            parse_keyring(entry)
+        except KeyringError:
+            continue
+        return True
+    return False
+
+
 def _secret_reason(name: str, value: str) -> str | None:
-    if name == "PREFECT_INTEGRATIONS_KEYS" or _SECRET_WORDS & set(name.upper().split("_")):
+    upper = name.upper()
+    if (
+        upper in _SECRET_NAMES
+        or any(part in upper for part in _SECRET_PARTS)
+        or _SECRET_WORDS & set(upper.split("_"))
+    ):
         return "its name says it holds a secret"
+    if _holds_keyring_entry(value):
+        return "it holds a keyring key"
+    if _PASSWORD_WORD.search(value):
+        return "it holds a password (name a password file instead: passfile=...)"
     try:
         parts = urlsplit(value)
         password = parts.password
+        query = [k.lower() for k, _ in parse_qsl(parts.query)]
     except ValueError:
-        return None
-    query = {k.lower() for k, _ in parse_qsl(parts.query)}
-    if password or "password" in query or _PASSWORD_WORD.search(value):
+        return "it does not parse as a URL, so a password in it cannot be ruled out"
+    if password or any("password" in k for k in query):
         return "it holds a password (name a password file instead: passfile=...)"
     return None
+
+
+def _shown_name(name: str) -> str:
+    """What an error may show of a malformed name: its leading valid-name part, no more.
+
+    ``PREFECT_INTEGRATIONS_KEYS:k1:<key>=`` (``:`` typed for ``=``) shows as
+    ``PREFECT_INTEGRATIONS_KEYS``: the rest may be the secret.
+    """
+    match = _ENV_NAME_START.match(name)
+    return quote(match.group(0), limit=60) if match else "(an item not starting with a name)"
+
+
+def env_item_name(item: str) -> str:
+    """The name of a ``--env`` item as an error may show it (see `_shown_name`)."""
+    return _shown_name(item)
 
 
 def job_env(items: Mapping[str, str]) -> dict[str, str]:
@@ -115,7 +167,9 @@ def job_env(items: Mapping[str, str]) -> dict[str, str]:
     """
     for name, value in items.items():
         if not _ENV_NAME.fullmatch(name):
-            raise ValidationError(f"--env {quote(name)}", [], "not an environment variable name")
+            raise ValidationError(
+                f"--env {_shown_name(name)}", [], "not an environment variable name"
+            )
         reason = _secret_reason(name, value)
         if reason is not None:
             raise ValidationError(
