@@ -155,7 +155,8 @@ def serve(
         prefect_port=prefect_port,
         oauth_host=oauth_host,
         oauth_port=oauth_port,
-        echo=(lambda line: echo(line, err=True)) if as_json else echo,
+        # summaries name instances and reasons: one line each, whatever they hold
+        echo=lambda line: echo(line, err=as_json, one_line=True),
     )
     if as_json:
         emit_json(summaries)

@@ -49,7 +49,8 @@ def deploy(
     deployed = register(pool, env=_env_options(env or []))
     for d in deployed:
         note = "  (paused: `prefect deployment resume` it)" if d.paused else ""
-        echo(f"deployed: {d.name:<50} cron '{d.cron}' (UTC)  {d.entrypoint}{note}")
+        # name, cron and entrypoint as the Prefect server stored them: one line each
+        echo(f"deployed: {d.name:<50} cron '{d.cron}' (UTC)  {d.entrypoint}{note}", one_line=True)
     echo(
         f"work pool {quote(pool)}: start a worker with `prefect worker start --pool {pool}` "
         "where the package is installed and PREFECT_INTEGRATIONS_DATABASE_URL and "
