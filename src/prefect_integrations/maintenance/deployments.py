@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
 __all__ = [
+    "LIVE_RUNNER_SECONDS",
     "TAGS",
     "Deployed",
     "check_servable",
@@ -49,12 +50,19 @@ __all__ = [
     "maintenance_flows",
     "served_deployments",
     "served_name",
+    "unpooled_old_deployments",
     "work_pool_deployments",
 ]
 
 #: Tags of every maintenance deployment.
 TAGS = ("prefect-integrations", "maintenance")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME_SUFFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+#: A served deployment that is not paused and was polled this recently is being served by
+#: a runner now: Prefect's runner polls every 10 s (``PREFECT_RUNNER_POLL_FREQUENCY``)
+#: and pauses what it serves when it stops; the server marks a deployment not ready after
+#: 60 s without a poll.
+LIVE_RUNNER_SECONDS = 90
 _ENV_NAME_START = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,59}")
 #: ``password=`` of a libpq connection string (``host=db password=...``, ``sslpassword=``)
 #: or a URL query.
@@ -100,9 +108,15 @@ def maintenance_flows() -> list[tuple[str, Flow[..., Any]]]:
     return [(name, flows[name]) for name in SCHEDULES]
 
 
-def served_name(name: str) -> str:
-    """The name under which `serve` runs the deployment ``name``."""
-    return f"{name}-served"
+def served_name(name: str, suffix: str | None = None) -> str:
+    """The name under which `serve` runs the deployment ``name`` (``serve --name-suffix``)."""
+    if suffix is not None and not _NAME_SUFFIX.fullmatch(suffix):
+        raise ValidationError(
+            f"--name-suffix {quote(suffix, limit=60)}",
+            [],
+            "1-40 lower-case letters, digits and '-', starting with a letter or digit",
+        )
+    return f"{name}-served-{suffix}" if suffix else f"{name}-served"
 
 
 def _holds_keyring_entry(value: str) -> bool:
@@ -205,15 +219,18 @@ def work_pool_deployments(
     ]
 
 
-def served_deployments() -> list[RunnerDeployment]:
-    """The three deployments `serve` runs: the same flows and schedules, ``-served`` names."""
+def served_deployments(suffix: str | None = None) -> list[RunnerDeployment]:
+    """The three deployments `serve` runs: the same flows and schedules, ``-served`` names.
+
+    With ``suffix``, ``-served-<suffix>``: a second installation on the same Prefect server.
+    """
     from prefect.deployments.runner import RunnerDeployment
 
     from prefect_integrations.maintenance.flows import SCHEDULES
 
     return [
         RunnerDeployment.from_flow(
-            flow, name=served_name(name), cron=SCHEDULES[name], tags=list(TAGS)
+            flow, name=served_name(name, suffix), cron=SCHEDULES[name], tags=list(TAGS)
         )
         for name, flow in maintenance_flows()
     ]
@@ -294,12 +311,17 @@ def _crons(schedules: Iterable[Any]) -> str:
 
 
 def check_servable(deployments: Sequence[RunnerDeployment]) -> None:
-    """Refuse to serve a deployment whose name belongs to a deployment in a work pool.
+    """Refuse to serve a deployment that belongs to a work pool or is served elsewhere now.
 
-    Serving it would rewrite its entrypoint, drop its pull steps and pause it on exit.
+    Serving a work pool's deployment would rewrite its entrypoint, drop its pull steps and
+    pause it on exit. A deployment served now by another runner (another host, or another
+    installation on the same Prefect server) would have its runs executed by both, and the
+    first to stop would pause it under the other: one that is not paused and was polled
+    in the last `LIVE_RUNNER_SECONDS` is refused (a runner that stopped paused it).
     """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+    from prefect.types._datetime import now
 
     with get_client(sync_client=True) as client:
         for deployment in deployments:
@@ -314,3 +336,40 @@ def check_servable(deployments: Sequence[RunnerDeployment]) -> None:
                     "(it would rewrite its entrypoint and pull steps and pause it on exit). "
                     "Delete or rename it, or let the pool's workers run it"
                 )
+            polled = existing.last_polled
+            if existing.paused or polled is None:
+                continue
+            age = (now("UTC") - polled).total_seconds()
+            if age < LIVE_RUNNER_SECONDS:
+                raise ConfigurationError(
+                    f"Deployment '{deployment.full_name}' is served by another running "
+                    f"`serve` (polled {max(age, 0):.0f} s ago; another host, or another "
+                    "installation using the same PREFECT_API_URL): both would run its flow "
+                    "runs, and the first to stop would pause it under the other. Stop the "
+                    "other `serve` (or wait "
+                    f"{LIVE_RUNNER_SECONDS} s if it was killed), or serve under other names: "
+                    "`serve --name-suffix NAME`"
+                )
+
+
+def unpooled_old_deployments() -> list[str]:
+    """Deployments ``serve`` of earlier versions left: the work pool names, without a pool.
+
+    Earlier versions served ``integration-health-check/health-check`` and the others
+    without a work pool; today those names are the work pool deployments', and nothing
+    runs a pool-less one (its runs stay scheduled, late).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    found = []
+    with get_client(sync_client=True) as client:
+        for name, flow in maintenance_flows():
+            full_name = f"{flow.name}/{name}"
+            try:
+                existing = client.read_deployment_by_name(full_name)
+            except ObjectNotFound:
+                continue
+            if not existing.work_pool_name:
+                found.append(full_name)
+    return found
