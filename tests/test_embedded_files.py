@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -348,3 +349,28 @@ def test_orphans_on_an_unmounted_file_system_are_kept(
     orphan = embedded_files.Orphan(folder, mount / "home", 0, running=False)
     assert embedded_files.remove_orphans([orphan]) == []
     assert folder.is_dir()
+
+
+def test_destroy_deletes_nothing_when_the_cluster_appears_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that became a cluster after the listing (its server never checked) stays."""
+    home = tmp_path / "home"
+    (home / "postgres").mkdir(parents=True)
+    (home / "passwords").mkdir()
+    (home / "passwords" / "prefect_integrations.pgpass").write_text("*:*:*:u:p\n")
+    cluster = EmbeddedCluster(home)
+    cluster.base_dir = home / "postgres"  # under root too (tmp_path is private)
+    real_lock = EmbeddedCluster.lock
+
+    @contextlib.contextmanager
+    def lock(self: EmbeddedCluster) -> Iterator[None]:
+        (home / "postgres" / CLUSTER_MARKER).write_text("made meanwhile\n")
+        with real_lock(self):
+            yield
+
+    monkeypatch.setattr(EmbeddedCluster, "lock", lock)
+    with pytest.raises(ConfigurationError, match="changed meanwhile"):
+        embedded_files.destroy(cluster)
+    assert (home / "postgres" / CLUSTER_MARKER).is_file()
+    assert (home / "passwords" / "prefect_integrations.pgpass").is_file()
