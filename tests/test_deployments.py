@@ -321,6 +321,7 @@ def test_serve_warns_about_pool_less_deployments_of_earlier_versions(
         health_check, name=served_name("health-check"), work_pool_name="warn-pool"
     )
     try:
+        _delete(old)  # an earlier test's, in a pool: applying again would keep its pool
         RunnerDeployment.from_flow(health_check, name="health-check").apply()  # no pool
         taken.apply()  # so that serve stops before serving
         result = Cli(capsys, monkeypatch)("serve", "--no-oauth")
