@@ -374,3 +374,14 @@ def test_destroy_deletes_nothing_when_the_cluster_appears_meanwhile(
         embedded_files.destroy(cluster)
     assert (home / "postgres" / CLUSTER_MARKER).is_file()
     assert (home / "passwords" / "prefect_integrations.pgpass").is_file()
+
+
+def test_a_cluster_only_initialised_is_destroyed(private_home: Path) -> None:
+    """The marker and (in the shared folder) the home record come with initdb, not later."""
+    cluster = EmbeddedCluster(private_home, durable=False)
+    with cluster.lock():
+        cluster.initialize()
+    if cluster.base_dir.parent == SHARED_CLUSTERS:
+        assert _record(cluster.base_dir) == private_home
+    assert embedded_files.destroy(cluster).folders == (cluster.base_dir,)
+    assert not cluster.base_dir.exists()

@@ -269,9 +269,11 @@ class EmbeddedCluster:
         short-lived file in the cluster's own 0700 folder).
         """
         self._prepare_dirs()
+        # what `db destroy` requires before it deletes this folder (see embedded_files)
         marker = self.base_dir / CLUSTER_MARKER
         if not marker.is_symlink():
             marker.write_text(f"prefect-integrations embedded cluster of {self.home}\n")
+        record_home(self.base_dir, self.home)
         password, _ = self._password(SUPERUSER)
         pwfile = self.base_dir / ".initdb-password"
         pwfile.unlink(missing_ok=True)
