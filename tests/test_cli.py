@@ -1339,3 +1339,25 @@ def test_up_says_what_to_do_next_when_there_is_no_instance(cli: Cli, xero_creds:
     create_xero(cli, "xero_main", xero_creds)
     again = cli.ok("up").out
     assert "instances: 1 (1 active)" in again and "next:" not in again
+
+
+def test_a_connection_test_error_prints_as_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A provider's error with line feeds cannot forge a result line or the tally."""
+    from prefect_integrations.cli._connection_tests import echo_result
+    from prefect_integrations.maintenance.health_report import HealthResult
+
+    echo_result(
+        HealthResult(
+            instance_id="sick",
+            integration_id="echo",
+            reason="auth_failed",
+            state_before="active",
+            state_after="error",
+            status_code=401,
+            error="denied\ntested 9 instance(s): 9 ok\r\x1b[2K",
+        )
+    )
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1 and captured.out.startswith("sick: auth_failed (")
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: denied")
+    assert "\x1b" not in captured.err and "\r" not in captured.err

@@ -18,7 +18,8 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import httpx
 import pytest
@@ -160,6 +161,10 @@ def test_deploy_fails_clearly_without_a_prefect_api(
         )
 
 
+#: A well-formed keyring key (32 bytes, base64): "c2VjcmV0" is "secret".
+_KEY = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0YWI="
+
+
 @pytest.mark.parametrize(
     ("item", "fragment"),
     [
@@ -169,7 +174,25 @@ def test_deploy_fails_clearly_without_a_prefect_api(
         ("PGCONN=host=db user=u password=s3cr3t", "holds a password"),
         ("PREFECT_API_KEY=s3cr3t", "PREFECT_API_KEY"),
         ("SLACK_TOKEN=s3cr3t", "SLACK_TOKEN"),
+        ("PGPASSWORD=s3cr3t", "PGPASSWORD"),
+        ("DB_PASS=s3cr3t", "DB_PASS"),
+        ("DB_PWD=s3cr3t", "DB_PWD"),
+        ("APIKEY=s3cr3t", "APIKEY"),
+        ("AUTHTOKEN=s3cr3t", "AUTHTOKEN"),
+        ("GITHUB_PAT=s3cr3t", "GITHUB_PAT"),
+        ("PREFECT_API_AUTH_STRING=admin:s3cr3t", "PREFECT_API_AUTH_STRING"),
+        (f"PREFECT_INTEGRATIONS_KEYRING=k1:{_KEY}", "PREFECT_INTEGRATIONS_KEYRING"),
+        (f"SOMETHING=k1:{_KEY}", "holds a keyring key"),
+        (f"SOMETHING=old:x, k1:{_KEY}", "holds a keyring key"),
+        ("X_DSN=host=db sslpassword=s3cr3t", "holds a password"),
+        ("X_URL=postgresql://u:s3cr3t@[::1/db password=x", "holds a password"),
+        ("X_URL=postgresql://u:s3cr3t@[::1/db", "does not parse as a URL"),
+        ("X_URL=https://h/?db_password=s3cr3t", "holds a password"),
         ("NOVALUE", "not KEY=VALUE"),
+        ("PREFECT_INTEGRATIONS_KEYS:k1:c2VjcmV0", "--env 'PREFECT_INTEGRATIONS_KEYS' is"),
+        (f"PREFECT_INTEGRATIONS_KEYS:k1:{_KEY}", "not an environment variable name"),
+        (f":k1:{_KEY}", "not an environment variable name"),
+        (":k1:c2VjcmV0", "not KEY=VALUE"),
         ("1BAD=x", "not an environment variable name"),
     ],
 )
@@ -180,7 +203,28 @@ def test_deploy_refuses_secrets_in_job_variables(
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         result = Cli(capsys, monkeypatch)("deploy", "--pool", "p", "--env", item)
     line = assert_one_error(result, "validation_error", fragment)
-    assert "s3cr3t" not in line and "c2VjcmV0" not in line
+    assert "s3cr3t" not in line and "c2VjcmV0" not in line and _KEY[:8] not in line
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", "/srv/definitions"),
+        ("PREFECT_INTEGRATIONS_ACTOR", "maintenance"),
+        ("HTTP_PROXY", "http://proxy.internal:3128"),
+        ("HTTPS_PROXY", "http://user@proxy.internal:3128"),
+        ("PREFECT_LOGGING_LEVEL", "DEBUG"),
+        ("PATH", "/usr/bin:/bin"),
+        (
+            "PREFECT_INTEGRATIONS_DATABASE_URL",
+            "postgresql+psycopg://runtime@db/pi?passfile=/etc/pi/pgpass&sslmode=require",
+        ),
+    ],
+)
+def test_deploy_accepts_ordinary_settings(name: str, value: str) -> None:
+    from prefect_integrations.maintenance.deployments import job_env
+
+    assert job_env({name: value}) == {name: value}
 
 
 @pytest.mark.parametrize("pool", ["", " ", "a/b", "x\x00", "p" * 201])
@@ -221,6 +265,80 @@ def test_serve_refuses_a_name_that_belongs_to_a_work_pool(
     assert _stored(full_name) == before
     with get_client(sync_client=True) as client:  # the session's server serves other tests
         client.delete_deployment(client.read_deployment_by_name(full_name).id)
+
+
+def _delete(full_name: str) -> None:
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        client.delete_deployment(client.read_deployment_by_name(full_name).id)
+
+
+def _polled_by_a_runner(deployment_id: Any) -> None:
+    """Poll ``deployment_id`` as Prefect's runner does, until the server records it."""
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            client.get_scheduled_flow_runs_for_deployments(deployment_ids=[deployment_id])
+            if client.read_deployment(deployment_id).last_polled is not None:
+                return
+            time.sleep(0.5)
+    raise AssertionError("the Prefect server did not record the poll")
+
+
+@pytest.mark.usefixtures("env")
+def test_serve_refuses_deployments_another_serve_runs_now(
+    harness: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two serves of one name would both run its flow runs; the first to stop would pause
+    the other's. A served deployment polled recently and not paused is refused; a
+    distinct --name-suffix is the way to run a second installation."""
+    from prefect_integrations.maintenance.deployments import check_servable, served_deployments
+
+    names = [d.full_name for d in served_deployments()]
+    try:
+        served = served_deployments()[0]
+        deployment_id = cast(UUID, served.apply())  # sync: no event loop here
+        _polled_by_a_runner(deployment_id)
+        result = Cli(capsys, monkeypatch)("serve", "--no-oauth")
+        assert_one_error(
+            result, "configuration_error", served.full_name, "another running", "--name-suffix"
+        )
+        assert _stored(served.full_name)["paused"] is False  # the other one is left alone
+        check_servable(served_deployments("staging"))  # other names: servable
+        with get_client(sync_client=True) as client:
+            client.pause_deployment(deployment_id)  # what a runner does when it stops
+        check_servable(served_deployments())
+        bad = Cli(capsys, monkeypatch)("serve", "--no-oauth", "--name-suffix", "Bad Name")
+        assert_one_error(bad, "validation_error", "--name-suffix")
+    finally:
+        for name in names:
+            _delete(name)
+
+
+@pytest.mark.usefixtures("env")
+def test_serve_warns_about_pool_less_deployments_of_earlier_versions(
+    harness: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.deployments.runner import RunnerDeployment
+
+    from prefect_integrations.maintenance.flows import health_check
+
+    old = "integration-health-check/health-check"
+    _create_pool("warn-pool")
+    taken = RunnerDeployment.from_flow(
+        health_check, name=served_name("health-check"), work_pool_name="warn-pool"
+    )
+    try:
+        _delete(old)  # an earlier test's, in a pool: applying again would keep its pool
+        RunnerDeployment.from_flow(health_check, name="health-check").apply()  # no pool
+        taken.apply()  # so that serve stops before serving
+        result = Cli(capsys, monkeypatch)("serve", "--no-oauth")
+        assert_one_error(result, "configuration_error", "'warn-pool'")
+        warnings = [line for line in result.out.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and f"'{old}'" in warnings[0]
+        assert f"prefect deployment delete '{old}'" in warnings[0] and "--pool" in warnings[0]
+    finally:
+        _delete(old)
+        _delete(taken.full_name)
 
 
 # --------------------------------------------------------------------------------------

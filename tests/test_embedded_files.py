@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -16,8 +17,9 @@ import pytest
 from prefect_integrations import embedded_files, embedded_host
 from prefect_integrations.cli import run
 from prefect_integrations.cli._common import reset_runtime
-from prefect_integrations.embedded import ROLES, EmbeddedCluster
+from prefect_integrations.embedded import CLUSTER_MARKER, CONF_MARKER, ROLES, EmbeddedCluster
 from prefect_integrations.embedded_host import HOME_RECORD, SHARED_CLUSTERS, shared_cluster_dir
+from prefect_integrations.exceptions import ConfigurationError
 
 from .conftest import remove_cluster
 
@@ -243,3 +245,143 @@ def test_destroy_orphans_removes_clusters_whose_home_is_gone(
         remove_cluster(kept)
         remove_cluster(gone)
         shutil.rmtree(shared_root)
+
+
+def test_destroy_keeps_a_postgres_folder_that_is_not_a_cluster_of_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A home's ``postgres`` folder without the package's marks is neither stopped nor deleted
+    (a home of /var/lib would otherwise take the system server's data)."""
+    home = tmp_path / "x"
+    (home / "postgres" / "projects").mkdir(parents=True)
+    (home / "postgres" / "projects" / "thesis.txt").write_text("years of work\n")
+    system = tmp_path / "var-lib"
+    (system / "postgres" / "data").mkdir(parents=True)
+    (system / "postgres" / "data" / "PG_VERSION").write_text("16\n")
+    (system / "postgres" / "data" / "postgresql.conf").write_text("port = 5432\n")
+    (system / "postgres" / "data" / "postmaster.pid").write_text("1\n")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a server not ours was asked about or stopped")
+
+    monkeypatch.setattr(EmbeddedCluster, "stop", never)
+    monkeypatch.setattr(EmbeddedCluster, "is_running", never)
+    for where, kept in ((home, "projects/thesis.txt"), (system, "data/PG_VERSION")):
+        _use_home(monkeypatch, where)
+        assert run(["db", "destroy", "--yes"]) == 0
+        out = capsys.readouterr().out
+        assert f"{where / 'postgres'}: not ours, kept" in out and "nothing to delete" in out
+        assert (where / "postgres" / kept).is_file()
+        assert not (where / ".postgres.lock").exists()
+
+
+def test_destroy_refuses_the_root_folder_as_home(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigurationError, match="is /"):
+        embedded_files.cluster_files(EmbeddedCluster(Path("/")))
+
+
+def test_destroy_removes_a_cluster_of_an_earlier_version_and_counts_what_it_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No marker file (made before it existed), but our settings in postgresql.conf: ours.
+    The lock file that destroy itself makes is not counted."""
+    home = tmp_path / "home"
+    data = home / "postgres" / "data"
+    data.mkdir(parents=True)
+    (data / "postgresql.conf").write_text(f"port = 5432\n\n{CONF_MARKER}\nlisten_addresses = ''\n")
+    (home / "passwords").mkdir()
+    (home / "passwords" / "prefect_integrations.pgpass").write_text("*:*:*:u:p\n")
+    _use_home(monkeypatch, home)
+    assert run(["db", "destroy", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "not ours" not in out and "cluster deleted (2 paths)" in out
+    assert sorted(os.listdir(home)) == []
+
+
+def test_a_new_cluster_carries_the_marker(
+    private_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = EmbeddedCluster(private_home, durable=False)
+    cluster.ensure_running()
+    assert (cluster.base_dir / CLUSTER_MARKER).is_file()
+    assert cluster.base_dir in embedded_files.cluster_files(cluster).folders
+
+
+@as_root
+def test_destroy_refuses_a_shared_folder_that_does_not_record_its_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = tmp_path / "clusters"
+    monkeypatch.setattr(embedded_host, "SHARED_CLUSTERS", shared)
+    monkeypatch.setattr(embedded_files, "SHARED_CLUSTERS", shared)
+    other = embedded_host.shared_cluster_dir(tmp_path / "other-home")
+    (other / "data").mkdir(parents=True)
+    (other / CLUSTER_MARKER).write_text("another home's\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "postgres").symlink_to(other)
+    _use_home(monkeypatch, home)
+    for record in (None, "link", "dir"):
+        if record == "link":
+            (other / HOME_RECORD).symlink_to(tmp_path / "fake-record")
+            (tmp_path / "fake-record").write_text(f"{home}\n")
+        elif record == "dir":
+            (other / HOME_RECORD).unlink()
+            (other / HOME_RECORD).mkdir()
+        assert run(["db", "destroy", "--yes"]) == 1
+        assert "does not record its home" in capsys.readouterr().err
+        assert (other / "data").is_dir() and (home / "postgres").is_symlink()
+
+
+def test_orphans_on_an_unmounted_file_system_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mount = tmp_path / "mnt"  # in fstab, not mounted now
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"# comment\n/dev/sdb1 {mount} ext4 defaults 0 2\n")
+    read = embedded_files._fstab_mount_points
+    monkeypatch.setattr(embedded_files, "_fstab_mount_points", lambda: read(fstab))
+    folder = tmp_path / "clusters" / "0123456789abcdef"
+    folder.mkdir(parents=True)
+    (folder / HOME_RECORD).write_text(f"{mount / 'home'}\n")
+    orphan = embedded_files.Orphan(folder, mount / "home", 0, running=False)
+    assert embedded_files.remove_orphans([orphan]) == []
+    assert folder.is_dir()
+
+
+def test_destroy_deletes_nothing_when_the_cluster_appears_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that became a cluster after the listing (its server never checked) stays."""
+    home = tmp_path / "home"
+    (home / "postgres").mkdir(parents=True)
+    (home / "passwords").mkdir()
+    (home / "passwords" / "prefect_integrations.pgpass").write_text("*:*:*:u:p\n")
+    cluster = EmbeddedCluster(home)
+    cluster.base_dir = home / "postgres"  # under root too (tmp_path is private)
+    real_lock = EmbeddedCluster.lock
+
+    @contextlib.contextmanager
+    def lock(self: EmbeddedCluster) -> Iterator[None]:
+        (home / "postgres" / CLUSTER_MARKER).write_text("made meanwhile\n")
+        with real_lock(self):
+            yield
+
+    monkeypatch.setattr(EmbeddedCluster, "lock", lock)
+    with pytest.raises(ConfigurationError, match="changed meanwhile"):
+        embedded_files.destroy(cluster)
+    assert (home / "postgres" / CLUSTER_MARKER).is_file()
+    assert (home / "passwords" / "prefect_integrations.pgpass").is_file()
+
+
+def test_a_cluster_only_initialised_is_destroyed(private_home: Path) -> None:
+    """The marker and (in the shared folder) the home record come with initdb, not later."""
+    cluster = EmbeddedCluster(private_home, durable=False)
+    with cluster.lock():
+        cluster.initialize()
+    if cluster.base_dir.parent == SHARED_CLUSTERS:
+        assert _record(cluster.base_dir) == private_home
+    assert embedded_files.destroy(cluster).folders == (cluster.base_dir,)
+    assert not cluster.base_dir.exists()

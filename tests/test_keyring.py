@@ -109,6 +109,23 @@ def test_dev_keyring_warning_is_given_once_per_command_not_per_process(
     assert "development keyring" in child()  # another keyring is warned about
 
 
+def test_dev_keyring_created_is_warned_even_when_marked_as_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marker quiets an existing keyring only: new keys (file deleted) are announced."""
+    home = tmp_path / "home"
+    path = home / "keyring"
+    monkeypatch.setenv(keyring_mod.DEV_KEYRING_WARNED_ENV, str(path))
+    with caplog.at_level(logging.WARNING):
+        load_keyring(Settings(home=home))
+    warnings = [r.getMessage() for r in caplog.records if "development keyring" in r.getMessage()]
+    assert len(warnings) == 1 and "new keys" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_keyring(Settings(home=home))  # the same file again: quiet
+    assert not [r for r in caplog.records if "development keyring" in r.getMessage()]
+
+
 def test_configured_keyring_wins(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, keys=SecretStr(f"prod:{KEY}"))
     assert load_keyring(settings).primary_id == "prod"

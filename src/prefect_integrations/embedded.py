@@ -59,6 +59,8 @@ from prefect_integrations.models import ADMIN_ROLE, RUNTIME_ROLE
 from prefect_integrations.store import bootstrap
 
 __all__ = [
+    "CLUSTER_MARKER",
+    "CONF_MARKER",
     "DATABASE_NAME",
     "DEDICATED_USER",
     "ROLES",
@@ -71,6 +73,12 @@ __all__ = [
 ]
 
 SUPERUSER = "prefect_integrations"
+#: The file `EmbeddedCluster.initialize` writes in the cluster's folder: `db destroy`
+#: removes only a folder that carries it (or, made before it existed, `CONF_MARKER`).
+CLUSTER_MARKER = ".prefect-integrations-cluster"
+#: The comment line `EmbeddedCluster.initialize` appends to ``postgresql.conf`` (every
+#: version has), before the settings that keep the cluster private.
+CONF_MARKER = "# prefect-integrations embedded cluster"
 DATABASE_NAME = "prefect_integrations"
 PORT = 5432
 _logger = logging.getLogger(__name__)
@@ -261,6 +269,11 @@ class EmbeddedCluster:
         short-lived file in the cluster's own 0700 folder).
         """
         self._prepare_dirs()
+        # what `db destroy` requires before it deletes this folder (see embedded_files)
+        marker = self.base_dir / CLUSTER_MARKER
+        if not marker.is_symlink():
+            marker.write_text(f"prefect-integrations embedded cluster of {self.home}\n")
+        record_home(self.base_dir, self.home)
         password, _ = self._password(SUPERUSER)
         pwfile = self.base_dir / ".initdb-password"
         pwfile.unlink(missing_ok=True)
@@ -297,7 +310,7 @@ class EmbeddedCluster:
         conf = self.data_dir / "postgresql.conf"
         lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
         with conf.open("a") as handle:
-            handle.write("\n# prefect-integrations embedded cluster\n" + lines)
+            handle.write(f"\n{CONF_MARKER}\n" + lines)
         self._write_hba()
 
     # -- authentication -------------------------------------------------------------------

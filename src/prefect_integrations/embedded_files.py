@@ -4,11 +4,20 @@ A cluster's files are its folder (data, socket, log: ``<home>/postgres``, or und
 a folder of `SHARED_CLUSTERS` that ``<home>/postgres`` links to), its lock file and the
 password files in ``<home>/passwords``. `cluster_files` lists them with their size;
 `destroy` stops the server and removes exactly those, never following a link out of
-them: a ``postgres`` link is followed only into a folder of `SHARED_CLUSTERS` that names
-no other home. The keyring and the home itself stay.
+them: a ``postgres`` link is followed only into a folder of `SHARED_CLUSTERS` whose
+`HOME_RECORD` names this home. A cluster folder is removed (and its server stopped) only
+when it positively is the package's: it carries `CLUSTER_MARKER` (written by
+`EmbeddedCluster.initialize`), or, made by an earlier version, its ``postgresql.conf``
+holds `CONF_MARKER`, or it is a folder of `SHARED_CLUSTERS` recording this home. Any
+other folder (``<home>/postgres`` of a home that is not the package's, e.g. a system
+server's data under ``/var/lib``) is listed as kept and nothing is stopped. The keyring
+and the home itself stay; the home ``/`` is refused.
 
 `find_orphans` lists the folders of `SHARED_CLUSTERS` whose home no longer uses them
-(its home was deleted), as named by their `HOME_RECORD`.
+(its home was deleted), as named by their `HOME_RECORD`. A home under a mount point of
+``/etc/fstab`` that is not mounted now is not taken for deleted (its folder is kept); a
+home on a file system mounted otherwise (autofs, a manual mount) cannot be told apart
+from a deleted one: mount it before ``db destroy --orphans``.
 """
 
 from __future__ import annotations
@@ -17,10 +26,10 @@ import os
 import re
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from prefect_integrations.embedded import ROLES, EmbeddedCluster
+from prefect_integrations.embedded import CLUSTER_MARKER, CONF_MARKER, ROLES, EmbeddedCluster
 from prefect_integrations.embedded_host import HOME_RECORD, SHARED_CLUSTERS, shared_cluster_dir
 from prefect_integrations.exceptions import ConfigurationError, PostgresNotFound
 
@@ -30,6 +39,7 @@ __all__ = [
     "cluster_files",
     "destroy",
     "find_orphans",
+    "owns_server",
     "remove_orphans",
     "server_running",
 ]
@@ -46,6 +56,8 @@ class ClusterFiles:
     files: tuple[Path, ...]
     """The ``<home>/postgres`` link to a shared folder, the lock file, the password files."""
     size: int
+    kept: tuple[Path, ...] = ()
+    """Folders where a cluster could be that are not the package's: never touched."""
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -61,6 +73,8 @@ class Orphan:
     home: Path
     size: int
     running: bool
+    unmounted: bool = False
+    """Its home is under a mount point of ``/etc/fstab`` not mounted now: kept."""
 
 
 def _exists(path: Path) -> bool:
@@ -92,8 +106,30 @@ def _recorded_home(folder: Path) -> Path | None:
     return Path(text) if text.startswith("/") and "\n" not in text else None
 
 
+def _is_ours(folder: Path) -> bool:
+    """True when ``folder`` positively is a cluster folder made by this package."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    marker = folder / CLUSTER_MARKER
+    if marker.is_file() and not marker.is_symlink():
+        return True
+    conf = folder / "data" / "postgresql.conf"  # made by an earlier version: our settings
+    try:
+        if conf.is_symlink() or not conf.is_file():
+            return False
+        with conf.open("rb") as handle:
+            text = handle.read(1 << 20)
+    except OSError:
+        return False
+    return f"\n{CONF_MARKER}\n".encode() in text
+
+
 def _shared_folder(target: Path, home: Path, link: Path) -> Path:
-    """``target`` when it is a cluster folder of ``home`` in `SHARED_CLUSTERS`; else refuse."""
+    """``target`` when it is a cluster folder of ``home`` in `SHARED_CLUSTERS`; else refuse.
+
+    Its `HOME_RECORD` must be there and name ``home``: a missing or unreadable record
+    never lets a link lead into another home's cluster.
+    """
     shared = SHARED_CLUSTERS.resolve()
     if target.parent != shared or not _CLUSTER_NAME.fullmatch(target.name):
         raise ConfigurationError(
@@ -101,6 +137,12 @@ def _shared_folder(target: Path, home: Path, link: Path) -> Path:
             "nothing was deleted (remove the link and what it points to yourself)"
         )
     recorded = _recorded_home(target)
+    if recorded is None and target.is_dir():
+        raise ConfigurationError(
+            f"{link} leads to {target}, which does not record its home ({HOME_RECORD}): "
+            "nothing was deleted (`db start` records it when the cluster is this home's; "
+            "then run `db destroy` again)"
+        )
     if recorded is not None and recorded != home:
         raise ConfigurationError(
             f"{link} links to {target}, the cluster of another home ({recorded}): "
@@ -114,22 +156,34 @@ def cluster_files(cluster: EmbeddedCluster) -> ClusterFiles:
 
     The folders are ``<home>/postgres`` (or the folder of `SHARED_CLUSTERS` it links to)
     and this home's folder in `SHARED_CLUSTERS` when it is there too (left by a start when
-    the home was private). Refuses (`ConfigurationError`) when ``<home>/postgres`` links
-    anywhere else.
+    the home was private), each only when it is the package's (`_is_ours`); others are
+    listed in ``kept``. Refuses (`ConfigurationError`) the home ``/``, and a
+    ``<home>/postgres`` that links anywhere else.
     """
     home = cluster.home
+    if home.resolve() == Path("/"):
+        raise ConfigurationError(
+            "PREFECT_INTEGRATIONS_HOME is /: `db destroy` will not look for a cluster there"
+        )
     link = home / "postgres"
-    folders: list[Path] = []
+    candidates: list[Path] = []
     if link.is_symlink():
         target = _shared_folder(link.resolve(), home, link)
         if target.is_dir():
-            folders.append(target)
+            candidates.append(target)
     elif link.is_dir():
-        folders.append(link)
+        candidates.append(link)
     shared = shared_cluster_dir(home)
-    if shared.is_dir() and not shared.is_symlink() and shared.resolve() not in folders:
-        folders.append(_shared_folder(shared.resolve(), home, shared))
-    files: list[Path] = [link] if link.is_symlink() else []
+    if shared.is_dir() and not shared.is_symlink() and shared.resolve() not in candidates:
+        candidates.append(_shared_folder(shared.resolve(), home, shared))
+    folders: list[Path] = []
+    kept: list[Path] = []
+    for folder in candidates:
+        recorded = folder.parent == SHARED_CLUSTERS.resolve() and _recorded_home(folder) == home
+        (folders if recorded or _is_ours(folder) else kept).append(folder)
+    # a link into SHARED_CLUSTERS (checked above) goes with its folder, or when dangling
+    gone = link.is_symlink() and not link.resolve().exists()
+    files: list[Path] = [link] if gone or (link.is_symlink() and link.resolve() in folders) else []
     lock = home / ".postgres.lock"
     if _exists(lock):
         files.append(lock)
@@ -140,7 +194,12 @@ def cluster_files(cluster: EmbeddedCluster) -> ClusterFiles:
                 if _exists(path):
                     files.append(path)
     size = sum(_size(p) for p in (*folders, *files))
-    return ClusterFiles(folders=tuple(folders), files=tuple(files), size=size)
+    return ClusterFiles(folders=tuple(folders), files=tuple(files), size=size, kept=tuple(kept))
+
+
+def owns_server(cluster: EmbeddedCluster, listed: ClusterFiles) -> bool:
+    """True when the folder of ``cluster``'s server is among those ``listed`` to remove."""
+    return cluster.base_dir in listed.folders or cluster.base_dir.resolve() in listed.folders
 
 
 def server_running(cluster: EmbeddedCluster) -> bool:
@@ -177,15 +236,22 @@ def destroy(cluster: EmbeddedCluster) -> ClusterFiles:
             f"The embedded cluster of {cluster.home} is in {SHARED_CLUSTERS}, where root "
             "started it: run `db destroy` as root. Nothing was deleted"
         )
-    if server_running(cluster):
+    ours = owns_server(cluster, listed)  # a folder not ours is never stopped
+    if ours and server_running(cluster):
         cluster.stop()
+    lock = cluster.home / ".postgres.lock"
+    made_lock = lock not in listed.files  # made by the lock below: not reported
     with cluster.lock():
-        if server_running(cluster):  # started again meanwhile
+        if ours and server_running(cluster):  # started again meanwhile
             raise ConfigurationError(
                 f"The embedded PostgreSQL in {cluster.data_dir} is running again: "
                 "nothing was deleted"
             )
         found = cluster_files(cluster)
+        if owns_server(cluster, found) != ours:  # a server never checked or stopped
+            raise ConfigurationError(
+                f"The embedded cluster of {cluster.home} changed meanwhile: nothing was deleted"
+            )
         for path in found.paths:
             try:
                 if path in found.folders:
@@ -200,6 +266,8 @@ def destroy(cluster: EmbeddedCluster) -> ClusterFiles:
     password_dir = cluster.password_dir
     if password_dir.is_dir() and not password_dir.is_symlink() and not any(password_dir.iterdir()):
         password_dir.rmdir()
+    if made_lock:
+        found = replace(found, files=tuple(p for p in found.files if p != lock))
     return found
 
 
@@ -208,6 +276,27 @@ def _in_use(folder: Path, home: Path) -> bool:
     if link.is_symlink():
         return link.resolve() == folder.resolve()
     return home.is_dir() and not link.exists() and shared_cluster_dir(home) == folder
+
+
+def _fstab_mount_points(fstab: Path = Path("/etc/fstab")) -> list[Path]:
+    points: list[Path] = []
+    try:
+        lines = fstab.read_text(errors="replace").splitlines()
+    except OSError:
+        return points
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and not fields[0].startswith("#") and fields[1].startswith("/"):
+            points.append(Path(fields[1].replace("\\040", " ")))
+    return points
+
+
+def _may_be_unmounted(home: Path) -> bool:
+    """True when ``home`` is under a mount point of ``/etc/fstab`` that is not mounted now."""
+    return any(
+        point != Path("/") and home.is_relative_to(point) and not os.path.ismount(point)
+        for point in _fstab_mount_points()
+    )
 
 
 def find_orphans() -> tuple[list[Orphan], list[Path]]:
@@ -235,7 +324,8 @@ def find_orphans() -> tuple[list[Orphan], list[Path]]:
             unknown.append(folder)
         elif not _in_use(folder, home):
             running = (folder / "data" / "postmaster.pid").exists()
-            orphans.append(Orphan(folder, home, _size(folder), running))
+            unmounted = not home.exists() and _may_be_unmounted(home)
+            orphans.append(Orphan(folder, home, _size(folder), running, unmounted))
     return orphans, unknown
 
 
@@ -244,6 +334,8 @@ def remove_orphans(orphans: Iterable[Orphan]) -> list[Orphan]:
     removed: list[Orphan] = []
     for orphan in orphans:
         if orphan.running or (orphan.folder / "data" / "postmaster.pid").exists():
+            continue
+        if orphan.unmounted or _may_be_unmounted(orphan.home):
             continue
         if _recorded_home(orphan.folder) != orphan.home or _in_use(orphan.folder, orphan.home):
             continue

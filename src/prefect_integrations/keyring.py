@@ -127,7 +127,8 @@ def load_keyring(settings: Settings) -> Keyring:
     With ``PREFECT_INTEGRATIONS_KEYS`` set, that keyring. Otherwise, in embedded mode, a
     development keyring kept in a 0600 file under the home (generated on first use), with a
     warning once per command: the processes it starts inherit
-    ``PREFECT_INTEGRATIONS_DEV_KEYRING_WARNED`` and stay quiet. Otherwise a `KeyringError`.
+    ``PREFECT_INTEGRATIONS_DEV_KEYRING_WARNED`` and stay quiet about that file, but
+    creating the file (new keys) always warns. Otherwise a `KeyringError`.
     """
     if settings.keys is not None:
         return parse_keyring(settings.keys.get_secret_value())
@@ -137,15 +138,24 @@ def load_keyring(settings: Settings) -> Keyring:
             "(generate a key with `prefect-integrations keys generate`)"
         )
     path = dev_keyring_path(settings)
+    created = False
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"dev1:{generate_key()}\n")
-    if os.environ.get(DEV_KEYRING_WARNED_ENV) != str(path):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it meanwhile: use that one
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"dev1:{generate_key()}\n")
+            created = True
+    # the marker only quiets the warning about a keyring already warned about; new keys
+    # (the file was deleted since, or never existed) are always announced
+    if created or os.environ.get(DEV_KEYRING_WARNED_ENV) != str(path):
         os.environ[DEV_KEYRING_WARNED_ENV] = str(path)
         _logger.warning(
-            "Using the development keyring %s; set PREFECT_INTEGRATIONS_KEYS for production",
+            "%s the development keyring %s; set PREFECT_INTEGRATIONS_KEYS for production",
+            "Generated new keys in" if created else "Using",
             path,
         )
     return parse_keyring(path.read_text(), source=str(path))

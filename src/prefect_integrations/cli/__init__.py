@@ -137,15 +137,27 @@ def serve(
     as_json: bool = typer.Option(
         False, "--json", help="With --once: print the summaries as JSON (the rest on stderr)"
     ),
+    name_suffix: str | None = typer.Option(
+        None,
+        "--name-suffix",
+        help="Serve as health-check-served-SUFFIX, ...: a second installation on the same "
+        "Prefect server (e.g. staging)",
+    ),
 ) -> None:
     """Run the maintenance flows on their schedules (and the OAuth connect service).
 
     Without PREFECT_API_URL a local Prefect server is started first. Ctrl-C stops all.
+    Refuses deployments another serve runs now (see --name-suffix).
     """
+    from prefect_integrations.maintenance.deployments import served_name
     from prefect_integrations.maintenance.service import serve as run_service
 
     if as_json and not once:
         raise typer.BadParameter("only with --once", param_hint="--json")
+    if name_suffix is not None:
+        if once:
+            raise typer.BadParameter("not with --once", param_hint="--name-suffix")
+        served_name("health-check", name_suffix)  # checks the suffix before anything starts
     rt = runtime()
     # Read here, before any flow run starts: a development keyring's warning comes once,
     # and the flow runs (processes of this command) inherit that it was given.
@@ -157,7 +169,9 @@ def serve(
         prefect_port=prefect_port,
         oauth_host=oauth_host,
         oauth_port=oauth_port,
-        echo=(lambda line: echo(line, err=True)) if as_json else echo,
+        # summaries name instances and reasons: one line each, whatever they hold
+        echo=lambda line: echo(line, err=as_json, one_line=True),
+        name_suffix=name_suffix,
     )
     if as_json:
         emit_json(summaries)

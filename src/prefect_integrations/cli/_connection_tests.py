@@ -57,10 +57,13 @@ def check_many(
     for result in results:
         echo_result(result)
     for instance_id in skipped:
-        echo(f"{instance_id}: not tested (inactive, or being checked by a maintenance run)")
+        echo(
+            f"{instance_id}: not tested (inactive, or being checked by a maintenance run)",
+            one_line=True,
+        )
     counts = Counter(r.reason for r in results)
     tally = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) or "nothing"
-    echo(f"tested {len(results)} instance(s): {tally}")
+    echo(f"tested {len(results)} instance(s): {tally}", one_line=True)
     return results
 
 
@@ -80,13 +83,21 @@ def result_row(result: HealthResult) -> dict[str, Any]:
 
 
 def echo_result(result: HealthResult) -> None:
-    """One line per tested connection (its error on standard error when it failed)."""
+    """One line per tested connection (its error on standard error when it failed).
+
+    Every line is escaped to one line (`safe_text`): a line feed in a provider's error
+    cannot forge another result line or the tally.
+    """
     http = f"HTTP {result.status_code}, " if result.status_code is not None else ""
     moved = (
         f"; state {result.state_after} (was {result.state_before})"
         if result.state_after != result.state_before
         else f"; state {result.state_after}"
     )
-    echo(f"{result.instance_id}: {result.reason} ({http}{result.duration_ms:.1f} ms){moved}")
+    echo(
+        f"{result.instance_id}: {result.reason} ({http}{result.duration_ms:.1f} ms){moved}",
+        one_line=True,
+    )
     if result.error and result.reason not in PASSED:
-        echo(f"error: {result.error}", err=True)
+        # a provider's text: one line, so that it cannot pass for a result or the tally
+        echo(f"error: {result.error}", err=True, one_line=True)

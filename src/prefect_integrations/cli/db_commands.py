@@ -80,17 +80,21 @@ def destroy(
         return
     cluster = dbmod.embedded_cluster(rt.settings)
     found = embedded_files.cluster_files(cluster)
+    for folder in found.kept:
+        echo(f"  {folder}: not ours, kept (no prefect-integrations cluster marker)")
     if not found.paths:
         echo(f"No embedded PostgreSQL cluster for {cluster.home}: nothing to delete")
         return
-    running = embedded_files.server_running(cluster) if found.folders else False
+    ours = embedded_files.owns_server(cluster, found)
+    running = embedded_files.server_running(cluster) if ours else False
     echo(f"This deletes the embedded PostgreSQL cluster of {cluster.home}, every database in it:")
     for path in found.paths:
         echo(f"  {path}")
     echo(f"  {_size_text(found.size)} in all" + (", after stopping the server" if running else ""))
     _confirm("Delete these files?", yes=yes, command="db destroy")
     removed = embedded_files.destroy(cluster)
-    echo(f"Embedded PostgreSQL cluster deleted ({len(removed.paths)} paths)")
+    kept = "; the folders not ours were kept" if removed.kept else ""
+    echo(f"Embedded PostgreSQL cluster deleted ({len(removed.paths)} paths){kept}")
 
 
 def _destroy_orphans(*, yes: bool) -> None:
@@ -107,8 +111,10 @@ def _destroy_orphans(*, yes: bool) -> None:
             note = (
                 f"; running, kept (stop it: pg_ctl -D {orphan.folder / 'data'} stop, as its owner)"
             )
+        elif orphan.unmounted:
+            note = "; its home's file system is not mounted, kept (mount it, then check again)"
         echo(f"  {orphan.folder} (home {orphan.home}), {_size_text(orphan.size)}{note}")
-    if all(orphan.running for orphan in found):
+    if all(orphan.running or orphan.unmounted for orphan in found):
         return
     _confirm("Delete the clusters that are not running?", yes=yes, command="db destroy --orphans")
     removed = embedded_files.remove_orphans(found)

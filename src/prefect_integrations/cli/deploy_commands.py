@@ -8,6 +8,7 @@ import typer
 
 from prefect_integrations.cli._common import echo
 from prefect_integrations.exceptions import ValidationError, quote
+from prefect_integrations.maintenance.deployments import env_item_name
 
 __all__ = ["deploy"]
 
@@ -17,8 +18,8 @@ def _env_options(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            # the value may be anything: name only the variable
-            raise ValidationError(f"--env {quote(name or item, limit=60)}", [], "not KEY=VALUE")
+            # the rest may be the secret (':' typed for '='): show only the leading name
+            raise ValidationError(f"--env {env_item_name(item)}", [], "not KEY=VALUE")
         env[name] = value
     return env
 
@@ -48,7 +49,8 @@ def deploy(
     deployed = register(pool, env=_env_options(env or []))
     for d in deployed:
         note = "  (paused: resume it in the Prefect UI)" if d.paused else ""
-        echo(f"deployed: {d.name:<50} cron '{d.cron}' (UTC)  {d.entrypoint}{note}")
+        # name, cron and entrypoint as the Prefect server stored them: one line each
+        echo(f"deployed: {d.name:<50} cron '{d.cron}' (UTC)  {d.entrypoint}{note}", one_line=True)
     echo(
         f"work pool {quote(pool)}: start a worker with `prefect worker start --pool {pool}` "
         "where the package is installed and PREFECT_INTEGRATIONS_DATABASE_URL and "

@@ -28,35 +28,56 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlsplit
 from uuid import UUID
 
-from prefect_integrations.exceptions import ConfigurationError, ValidationError, quote
+from prefect_integrations.exceptions import (
+    ConfigurationError,
+    KeyringError,
+    ValidationError,
+    quote,
+)
 
 if TYPE_CHECKING:
     from prefect import Flow
     from prefect.deployments.runner import RunnerDeployment
 
 __all__ = [
+    "LIVE_RUNNER_SECONDS",
     "TAGS",
     "Deployed",
     "check_servable",
     "deploy",
+    "env_item_name",
     "job_env",
     "maintenance_flows",
     "served_deployments",
     "served_name",
+    "unpooled_old_deployments",
     "work_pool_deployments",
 ]
 
 #: Tags of every maintenance deployment.
 TAGS = ("prefect-integrations", "maintenance")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: ``password=`` of a libpq connection string (``host=db password=...``) or a URL query.
-_PASSWORD_WORD = re.compile(r"\bpassword\s*=", re.IGNORECASE)
+_NAME_SUFFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+#: A served deployment that is not paused and was polled this recently is being served by
+#: a runner now: Prefect's runner polls every 10 s (``PREFECT_RUNNER_POLL_FREQUENCY``)
+#: and pauses what it serves when it stops; the server marks a deployment not ready after
+#: 60 s without a poll.
+LIVE_RUNNER_SECONDS = 90
+_ENV_NAME_START = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,59}")
+#: ``password=`` of a libpq connection string (``host=db password=...``, ``sslpassword=``)
+#: or a URL query.
+_PASSWORD_WORD = re.compile(r"\w*password\s*=", re.IGNORECASE)
 #: What Prefect accepts as a work pool name (no ``/ % & > <``), printable, not too long.
 _POOL_NAME = re.compile(r"[^/%&><]{1,200}")
-#: A word of a variable name that says it holds a secret (``PREFECT_API_KEY``, ``..._TOKEN``).
-_SECRET_WORDS = frozenset(
-    {"KEY", "KEYS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PASSPHRASE", "TOKEN", "TOKENS"}
-    | {"CREDENTIAL", "CREDENTIALS", "PRIVATE"}
+#: Parts of a variable name that say it holds a secret, anywhere in the upper-cased name
+#: (``DB_PASS``, ``PGPASSWORD``, ``APIKEY``, ``AUTHTOKEN``, ``..._KEYRING``). Broad on
+#: purpose: a refused harmless name (``MONKEY``) costs setting it on the worker instead.
+_SECRET_PARTS = ("PASS", "PWD", "TOKEN", "KEY", "SECRET", "AUTH", "CRED", "PRIVATE")
+#: Words (between ``_``) that say so only as a whole word: ``GITHUB_PAT`` but not ``PATH``.
+_SECRET_WORDS = frozenset({"PAT", "PW", "PIN"})
+#: Names that hold a secret whatever their words.
+_SECRET_NAMES = frozenset(
+    {"PGPASSWORD", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_INTEGRATIONS_KEYS"}
 )
 
 
@@ -87,23 +108,68 @@ def maintenance_flows() -> list[tuple[str, Flow[..., Any]]]:
     return [(name, flows[name]) for name in SCHEDULES]
 
 
-def served_name(name: str) -> str:
-    """The name under which `serve` runs the deployment ``name``."""
-    return f"{name}-served"
+def served_name(name: str, suffix: str | None = None) -> str:
+    """The name under which `serve` runs the deployment ``name`` (``serve --name-suffix``)."""
+    if suffix is not None and not _NAME_SUFFIX.fullmatch(suffix):
+        raise ValidationError(
+            f"--name-suffix {quote(suffix, limit=60)}",
+            [],
+            "1-40 lower-case letters, digits and '-', starting with a letter or digit",
+        )
+    return f"{name}-served-{suffix}" if suffix else f"{name}-served"
+
+
+def _holds_keyring_entry(value: str) -> bool:
+    """True when an entry of ``value`` parses as a keyring entry (``kid:base64-of-32-bytes``)."""
+    from prefect_integrations.keyring import parse_keyring
+
+    for entry in re.split(r"[,\s]+", value):
+        if ":" not in entry:
+            continue
+        try:
+            parse_keyring(entry)
+        except KeyringError:
+            continue
+        return True
+    return False
 
 
 def _secret_reason(name: str, value: str) -> str | None:
-    if name == "PREFECT_INTEGRATIONS_KEYS" or _SECRET_WORDS & set(name.upper().split("_")):
+    upper = name.upper()
+    if (
+        upper in _SECRET_NAMES
+        or any(part in upper for part in _SECRET_PARTS)
+        or _SECRET_WORDS & set(upper.split("_"))
+    ):
         return "its name says it holds a secret"
+    if _holds_keyring_entry(value):
+        return "it holds a keyring key"
+    if _PASSWORD_WORD.search(value):
+        return "it holds a password (name a password file instead: passfile=...)"
     try:
         parts = urlsplit(value)
         password = parts.password
+        query = [k.lower() for k, _ in parse_qsl(parts.query)]
     except ValueError:
-        return None
-    query = {k.lower() for k, _ in parse_qsl(parts.query)}
-    if password or "password" in query or _PASSWORD_WORD.search(value):
+        return "it does not parse as a URL, so a password in it cannot be ruled out"
+    if password or any("password" in k for k in query):
         return "it holds a password (name a password file instead: passfile=...)"
     return None
+
+
+def _shown_name(name: str) -> str:
+    """What an error may show of a malformed name: its leading valid-name part, no more.
+
+    ``PREFECT_INTEGRATIONS_KEYS:k1:<key>=`` (``:`` typed for ``=``) shows as
+    ``PREFECT_INTEGRATIONS_KEYS``: the rest may be the secret.
+    """
+    match = _ENV_NAME_START.match(name)
+    return quote(match.group(0), limit=60) if match else "(an item not starting with a name)"
+
+
+def env_item_name(item: str) -> str:
+    """The name of a ``--env`` item as an error may show it (see `_shown_name`)."""
+    return _shown_name(item)
 
 
 def job_env(items: Mapping[str, str]) -> dict[str, str]:
@@ -115,7 +181,9 @@ def job_env(items: Mapping[str, str]) -> dict[str, str]:
     """
     for name, value in items.items():
         if not _ENV_NAME.fullmatch(name):
-            raise ValidationError(f"--env {quote(name)}", [], "not an environment variable name")
+            raise ValidationError(
+                f"--env {_shown_name(name)}", [], "not an environment variable name"
+            )
         reason = _secret_reason(name, value)
         if reason is not None:
             raise ValidationError(
@@ -151,15 +219,18 @@ def work_pool_deployments(
     ]
 
 
-def served_deployments() -> list[RunnerDeployment]:
-    """The three deployments `serve` runs: the same flows and schedules, ``-served`` names."""
+def served_deployments(suffix: str | None = None) -> list[RunnerDeployment]:
+    """The three deployments `serve` runs: the same flows and schedules, ``-served`` names.
+
+    With ``suffix``, ``-served-<suffix>``: a second installation on the same Prefect server.
+    """
     from prefect.deployments.runner import RunnerDeployment
 
     from prefect_integrations.maintenance.flows import SCHEDULES
 
     return [
         RunnerDeployment.from_flow(
-            flow, name=served_name(name), cron=SCHEDULES[name], tags=list(TAGS)
+            flow, name=served_name(name, suffix), cron=SCHEDULES[name], tags=list(TAGS)
         )
         for name, flow in maintenance_flows()
     ]
@@ -246,12 +317,17 @@ def _crons(schedules: Iterable[Any]) -> str:
 
 
 def check_servable(deployments: Sequence[RunnerDeployment]) -> None:
-    """Refuse to serve a deployment whose name belongs to a deployment in a work pool.
+    """Refuse to serve a deployment that belongs to a work pool or is served elsewhere now.
 
-    Serving it would rewrite its entrypoint, drop its pull steps and pause it on exit.
+    Serving a work pool's deployment would rewrite its entrypoint, drop its pull steps and
+    pause it on exit. A deployment served now by another runner (another host, or another
+    installation on the same Prefect server) would have its runs executed by both, and the
+    first to stop would pause it under the other: one that is not paused and was polled
+    in the last `LIVE_RUNNER_SECONDS` is refused (a runner that stopped paused it).
     """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+    from prefect.types._datetime import now
 
     with get_client(sync_client=True) as client:
         for deployment in deployments:
@@ -266,3 +342,40 @@ def check_servable(deployments: Sequence[RunnerDeployment]) -> None:
                     "(it would rewrite its entrypoint and pull steps and pause it on exit). "
                     "Delete or rename it, or let the pool's workers run it"
                 )
+            polled = existing.last_polled
+            if existing.paused or polled is None:
+                continue
+            age = (now("UTC") - polled).total_seconds()
+            if age < LIVE_RUNNER_SECONDS:
+                raise ConfigurationError(
+                    f"Deployment '{deployment.full_name}' is served by another running "
+                    f"`serve` (polled {max(age, 0):.0f} s ago; another host, or another "
+                    "installation using the same PREFECT_API_URL): both would run its flow "
+                    "runs, and the first to stop would pause it under the other. Stop the "
+                    "other `serve` (or wait "
+                    f"{LIVE_RUNNER_SECONDS} s if it was killed), or serve under other names: "
+                    "`serve --name-suffix NAME`"
+                )
+
+
+def unpooled_old_deployments() -> list[str]:
+    """Deployments ``serve`` of earlier versions left: the work pool names, without a pool.
+
+    Earlier versions served ``integration-health-check/health-check`` and the others
+    without a work pool; today those names are the work pool deployments', and nothing
+    runs a pool-less one (its runs stay scheduled, late).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    found = []
+    with get_client(sync_client=True) as client:
+        for name, flow in maintenance_flows():
+            full_name = f"{flow.name}/{name}"
+            try:
+                existing = client.read_deployment_by_name(full_name)
+            except ObjectNotFound:
+                continue
+            if not existing.work_pool_name:
+                found.append(full_name)
+    return found

@@ -138,6 +138,7 @@ def serve(
     oauth_host: str | None = None,
     oauth_port: int | None = None,
     echo: Callable[[str], None] = print,
+    name_suffix: str | None = None,
 ) -> dict[str, Any]:
     """Run the maintenance service (or each flow once); returns the summaries of ``once``."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -154,7 +155,12 @@ def serve(
         if once:
             return _run_once(echo)
         return _serve_forever(
-            rt, oauth=oauth, oauth_host=oauth_host, oauth_port=oauth_port, echo=echo
+            rt,
+            oauth=oauth,
+            oauth_host=oauth_host,
+            oauth_port=oauth_port,
+            echo=echo,
+            name_suffix=name_suffix,
         )
     return {}  # pragma: no cover - the with block always returns
 
@@ -194,14 +200,26 @@ def _serve_forever(
     oauth_host: str | None,
     oauth_port: int | None,
     echo: Callable[[str], None],
+    name_suffix: str | None = None,
 ) -> dict[str, Any]:
     from prefect import serve as prefect_serve
 
-    from prefect_integrations.maintenance.deployments import check_servable, served_deployments
+    from prefect_integrations.maintenance.deployments import (
+        check_servable,
+        served_deployments,
+        unpooled_old_deployments,
+    )
     from prefect_integrations.maintenance.flows import SCHEDULES
 
-    deployments = served_deployments()
-    check_servable(deployments)  # never take over (and pause) a work pool's deployment
+    for old in unpooled_old_deployments():
+        echo(
+            f"warning: deployment '{old}' (served by an earlier version) has no work pool and "
+            f"nothing runs it: `prefect deployment delete '{old}'`, or give it a pool with "
+            "`prefect-integrations deploy --pool NAME`"
+        )
+    deployments = served_deployments(name_suffix)
+    # never take over (and pause) a work pool's deployment, nor one another serve runs
+    check_servable(deployments)
     connect = _ConnectThread(rt, host=oauth_host, port=oauth_port) if oauth else None
     if connect is not None:
         connect.start()
