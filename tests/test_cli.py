@@ -1280,6 +1280,17 @@ def test_oauth_serve_on_a_port_in_use_is_one_clear_error(cli: Cli) -> None:
     assert_one_error(result, "configuration_error", f"127.0.0.1:{port}")
 
 
+def test_serve_with_its_connect_port_in_use_fails_before_starting_anything(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # serve would start a server
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = cli("serve", "--oauth-port", str(port))
+    assert_one_error(result, "configuration_error", f"127.0.0.1:{port}")
+    assert "Prefect" not in result.out  # no local Prefect server was started
+
+
 def test_oauth_refresh_without_a_refresh_token_says_it_cannot(cli: Cli, tmp_path: Path) -> None:
     cli.ok("definitions", "sync")
     no_refresh = {k: v for k, v in XERO_CREDENTIALS["oauth2"].items() if k != "refresh_token"}

@@ -21,6 +21,7 @@ Job variables (``--env``) are stored in Prefect's database and shown in its UI, 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ __all__ = [
     "env_item_name",
     "job_env",
     "maintenance_flows",
+    "pause_served",
     "served_deployments",
     "served_name",
     "unpooled_old_deployments",
@@ -314,6 +316,19 @@ def deploy(pool: str, *, env: Mapping[str, str] | None = None) -> list[Deployed]
 
 def _crons(schedules: Iterable[Any]) -> str:
     return ", ".join(str(getattr(s.schedule, "cron", s.schedule)) for s in schedules)
+
+
+def pause_served(deployments: Sequence[RunnerDeployment]) -> None:
+    """Pause the deployments ``serve`` served, as Prefect's runner does on SIGTERM."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    with get_client(sync_client=True) as client:
+        for deployment in deployments:
+            # a server already gone or a deployment deleted meanwhile: nothing to pause
+            with contextlib.suppress(ObjectNotFound, PrefectHTTPStatusError, httpx.HTTPError):
+                client.pause_deployment(client.read_deployment_by_name(deployment.full_name).id)
 
 
 def check_servable(deployments: Sequence[RunnerDeployment]) -> None:

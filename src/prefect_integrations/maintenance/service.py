@@ -124,8 +124,10 @@ class _ConnectThread:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the service (if it started) and close its socket."""
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=10)
         self._socket.close()
 
 
@@ -144,6 +146,10 @@ def serve(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with contextlib.ExitStack() as stack:
+        connect = None
+        if oauth and not once:  # a port in use is an error before anything starts
+            connect = _ConnectThread(rt, host=oauth_host, port=oauth_port)
+            stack.callback(connect.stop)
         api_url = PREFECT_API_URL.value()
         if not api_url:
             echo("starting a local Prefect server ...")
@@ -154,14 +160,7 @@ def serve(
         echo(f"Prefect UI: {ui_url}")
         if once:
             return _run_once(echo)
-        return _serve_forever(
-            rt,
-            oauth=oauth,
-            oauth_host=oauth_host,
-            oauth_port=oauth_port,
-            echo=echo,
-            name_suffix=name_suffix,
-        )
+        return _serve_forever(connect, echo=echo, name_suffix=name_suffix)
     return {}  # pragma: no cover - the with block always returns
 
 
@@ -194,11 +193,8 @@ def _run_once(echo: Callable[[str], None]) -> dict[str, Any]:
 
 
 def _serve_forever(
-    rt: Runtime,
+    connect: _ConnectThread | None,
     *,
-    oauth: bool,
-    oauth_host: str | None,
-    oauth_port: int | None,
     echo: Callable[[str], None],
     name_suffix: str | None = None,
 ) -> dict[str, Any]:
@@ -206,6 +202,7 @@ def _serve_forever(
 
     from prefect_integrations.maintenance.deployments import (
         check_servable,
+        pause_served,
         served_deployments,
         unpooled_old_deployments,
     )
@@ -220,7 +217,6 @@ def _serve_forever(
     deployments = served_deployments(name_suffix)
     # never take over (and pause) a work pool's deployment, nor one another serve runs
     check_servable(deployments)
-    connect = _ConnectThread(rt, host=oauth_host, port=oauth_port) if oauth else None
     if connect is not None:
         connect.start()
         echo(
@@ -235,6 +231,9 @@ def _serve_forever(
     except KeyboardInterrupt:
         pass
     finally:
+        # Prefect's runner pauses what it served on SIGTERM but not on Ctrl-C: pause
+        # these (and only these) here, so no schedule is left that nothing runs.
+        pause_served(deployments)
         if connect is not None:
             connect.stop()
         echo("stopped")
