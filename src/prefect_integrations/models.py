@@ -9,6 +9,7 @@ __all__ = [
     "ADMIN_ROLE",
     "RUNTIME_ROLE",
     "RUNTIME_UPDATABLE_COLUMNS",
+    "audit_chains",
     "audit_log",
     "definitions",
     "instances",
@@ -104,8 +105,22 @@ audit_log = sa.Table(
     sa.Column("details", JSONB, nullable=False),
     sa.Column("prev_hash", BYTEA),
     sa.Column("hash", BYTEA, nullable=False, server_default=sa.FetchedValue()),
+    # The hash formula, the chain and the place in it (`store/audit_chain.py`).
+    sa.Column("version", sa.SmallInteger, nullable=False, server_default=sa.FetchedValue()),
+    sa.Column("chain", sa.SmallInteger, nullable=False, server_default=sa.FetchedValue()),
+    sa.Column("seq", sa.BigInteger, nullable=False, server_default=sa.FetchedValue()),
     # Roles may only read and append (`prefect_integrations.store.grants.apply_grants`).
     info={"append_only": True},
+)
+
+#: The head of each audit chain; moved only by the append trigger (roles may only read).
+audit_chains = sa.Table(
+    "integration_audit_chains",
+    metadata,
+    sa.Column("chain", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("head", BYTEA),
+    info={"read_only": True},
 )
 
 oauth_states = sa.Table(
