@@ -5,7 +5,9 @@ read in one statement through a server-side cursor in chain order, so memory sta
 constant whatever the size of the log. Per chain it checks that ``seq`` runs 1, 2, 3...
 with no gap, that each row links to the stored hash of the one before (``prev_hash``),
 that ids grow with ``seq`` (the trigger numbers a chain's rows in order), and that the
-chain's head in ``integration_audit_chains`` is the hash of a row of the chain. It also
+chain's head in ``integration_audit_chains`` is the hash of its row at the head's seq
+and covers every row (rows appended while verify reads are told from rows written
+around the trigger by reading the heads again after the rows). It also
 checks that the triggers the log relies on exist, are enabled and unconditional, that no
 other trigger or rule sits on the table, and that the functions have the expected source.
 
@@ -139,10 +141,14 @@ class _Chain:
     """Where a chain is while its rows are read."""
 
     chain: int
+    #: The chain's head (seq, hash) read before the rows.
+    head: tuple[int, bytes | None] | None
     seq: int = 0
     id: int | None = None
     hash: bytes | None = None
     rows: int = 0
+    #: (seq, id) of rows past the head read before the rows (appended since, or forged).
+    beyond: list[tuple[int, int]] = field(default_factory=list)
 
 
 _ROWS = sa.text(
@@ -156,6 +162,12 @@ _ROWS = sa.text(
 )
 _HEADS = sa.text(f"SELECT chain, seq, head FROM {audit_chains.name} ORDER BY chain")
 
+_Heads = dict[int, tuple[int, bytes | None]]
+
+
+def _heads(session: Session) -> _Heads:
+    return {int(r.chain): (int(r.seq), r.head) for r in session.execute(_HEADS)}
+
 
 def _rows(session: Session) -> Iterator[Any]:
     # the text of timestamps, whatever the session's settings
@@ -164,9 +176,7 @@ def _rows(session: Session) -> Iterator[Any]:
     yield from result
 
 
-def _check_row(
-    row: Any, state: _Chain, heads: dict[int, tuple[int, bytes | None]], found: _Found
-) -> None:
+def _check_row(row: Any, state: _Chain, found: _Found) -> None:
     """Check one row against the state of its chain, then move the chain on."""
     where = {"id": row.id, "chain": row.chain, "seq": row.seq}
     if row.seq <= state.seq:
@@ -186,8 +196,6 @@ def _check_row(
                 next_id=row.id,
             )
         )
-    if row.chain not in heads:
-        found.add(Problem("inserted", f"chain {row.chain} does not exist", **where))
     expected = row_hash(
         row.prev_hash,
         version=row.version,
@@ -209,42 +217,55 @@ def _check_row(
         found.add(Problem("altered", "does not link to the row before it", **where))
     if state.id is not None and row.id <= state.id:
         found.add(Problem("reordered", f"id below {state.id}, the row before it", **where))
+    if state.head is None:
+        found.add(Problem("inserted", f"chain {row.chain} does not exist", **where))
+    elif row.seq == state.head[0] and row.hash != state.head[1]:
+        found.add(
+            Problem("head", f"the head of chain {row.chain} is not the hash of this row", **where)
+        )
+    elif row.seq > state.head[0] and len(state.beyond) < MAX_PROBLEMS:
+        state.beyond.append((row.seq, row.id))
     state.seq, state.id, state.hash = row.seq, row.id, row.hash
     state.rows += 1
 
 
-def _close(state: _Chain, heads: dict[int, tuple[int, bytes | None]], found: _Found) -> ChainHead:
-    """Compare a chain's last row with its stored head."""
-    head_seq, head = heads.get(state.chain, (state.seq, state.hash))
-    if head_seq > state.seq:
+def _close(state: _Chain, heads_after: _Heads, found: _Found) -> ChainHead:
+    """Compare a chain's last row with its head read before and after the rows.
+
+    A head only moves forward, in the transaction of the row it names. So rows past the
+    head read before are appends made during the read only if the head read after
+    covers them; rows it does not cover were written around the trigger.
+    """
+    if state.head is not None and state.head[0] > state.seq:
         found.add(
             Problem(
                 "missing",
-                f"chain {state.chain} ends at seq {state.seq}, its head is at seq {head_seq}",
+                f"chain {state.chain} ends at seq {state.seq}, its head is at seq {state.head[0]}",
                 id=state.id,
                 chain=state.chain,
                 seq=state.seq + 1,
-                last_seq=head_seq,
+                last_seq=state.head[0],
             )
         )
-    elif head_seq == state.seq and head != state.hash:
-        found.add(
-            Problem(
-                "head",
-                f"the head of chain {state.chain} is not the hash of its row at seq {head_seq}",
-                id=state.id,
-                chain=state.chain,
-                seq=head_seq,
+    covered = heads_after.get(state.chain, (0, None))[0]
+    for seq, row_id in state.beyond:
+        if seq > covered:
+            found.add(
+                Problem(
+                    "inserted",
+                    f"past the head of chain {state.chain} (seq {covered})",
+                    id=row_id,
+                    chain=state.chain,
+                    seq=seq,
+                )
             )
-        )
-    # a head behind the rows: appended after the heads were read (checked row by row)
     return ChainHead(state.chain, state.seq, state.hash.hex() if state.hash else None, state.rows)
 
 
 def _check_chains(session: Session, found: _Found) -> tuple[int, list[ChainHead]]:
-    heads = {int(r.chain): (int(r.seq), r.head) for r in session.execute(_HEADS)}
+    heads = _heads(session)
     rows = 0
-    chains: list[ChainHead] = []
+    states: list[_Chain] = []
     state: _Chain | None = None
     for row in _rows(session):
         rows += 1
@@ -252,12 +273,11 @@ def _check_chains(session: Session, found: _Found) -> tuple[int, list[ChainHead]
             found.add(Problem("inserted", "row has no chain or seq", id=row.id))
             continue
         if state is None or row.chain != state.chain:
-            if state is not None:
-                chains.append(_close(state, heads, found))
-            state = _Chain(row.chain)
-        _check_row(row, state, heads, found)
-    if state is not None:
-        chains.append(_close(state, heads, found))
+            state = _Chain(row.chain, heads.get(row.chain))
+            states.append(state)
+        _check_row(row, state, found)
+    heads_after = _heads(session) if any(s.beyond for s in states) else heads
+    chains = [_close(s, heads_after, found) for s in states]
     seen = {c.chain for c in chains}
     for chain, (seq, _) in sorted(heads.items()):
         if chain not in seen and seq > 0:
