@@ -162,30 +162,42 @@ def test_swapped_rows_are_reordered(db: Database) -> None:
     assert set(report.ids("altered")) >= {first.id, second.id}
 
 
-def test_a_forged_row_is_inserted(db: Database) -> None:
-    """A row written around the trigger, even with a hash computed as the trigger would."""
-    first, _ = _two_in_one_chain(db)
-    row = (
-        "999, x.t, 'mallory', 'prefect_integrations', 'keys.rotate', NULL, NULL, 'success', "
-        "'{}'::jsonb, c.head"
+_LAST_PAIR = "(SELECT max(id) FROM integration_audit_log WHERE actor = 'pair')"
+_FORGED = (
+    "INSERT INTO integration_audit_log SELECT 999, x.t, 'mallory', 'prefect_integrations', "
+    "'keys.rotate', NULL, NULL, 'success', '{{}}', l.hash, {hash}, 2, l.chain, l.seq + 1 "
+    "FROM integration_audit_log l, (SELECT clock_timestamp() AS t) x WHERE l.id = {after}"
+)
+
+
+def test_a_forged_row_is_altered(db: Database) -> None:
+    """A row written around the trigger, with a hash that is not its own."""
+    _two_in_one_chain(db)
+    _tamper(db, _FORGED.format(hash="l.hash", after=_LAST_PAIR))
+    assert _verify(db).ids("altered") == (999,)
+
+
+def test_a_row_with_a_correct_hash_at_the_end_of_a_chain_needs_the_heads(db: Database) -> None:
+    """Hashed as the trigger would, a row added at the end of a chain looks appended;
+    only the chain's head kept from before (a checkpoint) shows it."""
+    _, second = _two_in_one_chain(db)
+    before = {c.chain: c.head for c in _verify(db).chains}
+    hashed = (
+        "integration_audit_hash(l.hash, ROW(999, x.t, 'mallory', 'prefect_integrations', "
+        "'keys.rotate', NULL, NULL, 'success', '{}', l.hash, NULL, 2, l.chain, l.seq + 1)"
+        "::integration_audit_log)"
     )
-    _tamper(
-        db,
-        f"INSERT INTO integration_audit_log SELECT {row}, "
-        f"integration_audit_hash(c.head, ROW({row}, NULL, 2, c.chain, c.seq + 1)"
-        "::integration_audit_log), 2, c.chain, c.seq + 1 "
-        "FROM integration_audit_chains c, (SELECT clock_timestamp() AS t) x "
-        f"WHERE c.chain = {first.chain}",
-    )
+    _tamper(db, _FORGED.format(hash=hashed, after=_LAST_PAIR))
     report = _verify(db)
-    [problem] = report.problems
-    assert (problem.kind, problem.id, problem.chain) == ("inserted", 999, first.chain)
+    assert report.ok
+    assert {c.chain: c.head for c in report.chains}[second.chain] != before[second.chain]
 
 
 def test_a_row_in_a_chain_that_does_not_exist_is_inserted(db: Database) -> None:
     _append(db, 1)
     _tamper(
         db,
+        "ALTER TABLE integration_audit_log DROP CONSTRAINT ck_integration_audit_log_chain",
         "INSERT INTO integration_audit_log SELECT 998, occurred_at, 'mallory', db_role, action, "
         "instance_id, integration_id, outcome, details, NULL, hash, version, 500, 1 "
         "FROM integration_audit_log LIMIT 1",
@@ -241,8 +253,12 @@ def test_a_disabled_append_trigger_is_named(db: Database) -> None:
             "rule forget rewrites statements on the log",
         ),
         (
-            "ALTER FUNCTION integration_audit_link(integration_audit_log) SECURITY INVOKER",
-            "integration_audit_link runs as the caller",
+            "ALTER FUNCTION integration_audit_append() SECURITY DEFINER",
+            "integration_audit_append runs as its owner",
+        ),
+        (
+            "ALTER FUNCTION integration_audit_append() SET search_path = mallory",
+            "integration_audit_append changes settings when it runs",
         ),
     ],
 )

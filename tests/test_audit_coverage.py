@@ -853,26 +853,15 @@ def test_cli_verify_names_a_deleted_row_by_its_place(cli: Cli, logged: Database)
     _verify_fails(cli, f"missing rows: {place}")
 
 
-def test_cli_verify_finds_a_cut_tail_by_the_chain_head(cli: Cli, logged: Database) -> None:
-    """Removing a chain's newest row leaves its head ahead; moving the head back too
-    leaves a valid shorter chain, which only the heads printed before (a checkpoint) tell."""
+def test_cli_verify_finds_a_cut_tail_only_by_the_heads(cli: Cli, logged: Database) -> None:
+    """Removing a chain's newest row leaves a valid shorter chain: the printed heads tell."""
     intact = cli.ok("audit", "verify").out
     last = _last_id(logged)
     chain, seq, _, _ = _place(logged, last)
     _tamper(logged, f"DELETE FROM integration_audit_log WHERE id = {last}")
-    result = cli("audit", "verify")
-    assert result.code == 1
-    assert f"missing rows: chain {chain} seq {seq}" in result.err
-    _tamper(
-        logged,
-        f"UPDATE integration_audit_chains c SET seq = l.seq, head = l.hash "
-        f"FROM integration_audit_log l WHERE c.chain = {chain} AND l.chain = {chain} "
-        f"AND l.seq = {seq - 1}"
-        if seq > 1
-        else f"UPDATE integration_audit_chains SET seq = 0, head = NULL WHERE chain = {chain}",
-    )
     shorter = cli.ok("audit", "verify").out
-    assert shorter != intact and shorter.startswith(f"audit log intact: {last - 1} rows")
+    assert shorter.startswith(f"audit log intact: {last - 1} rows")
+    assert f"chain {chain}: seq {seq}," in intact and f"chain {chain}: seq {seq}," not in shorter
 
 
 def test_cli_verify_names_every_broken_row(cli: Cli, logged: Database) -> None:
@@ -1087,7 +1076,7 @@ def test_admin_role_cannot_grant_through_the_cli(
     assert_one_error(
         cli("db", "grant", "--runtime-role", "someone_else"),
         "permission_denied",
-        f"role '{ADMIN_ROLE}' does not own integration_audit_chains, integration_audit_log",
+        f"role '{ADMIN_ROLE}' does not own integration_audit_log",
     )
     with db.transaction() as s:
         assert not s.execute(

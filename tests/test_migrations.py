@@ -9,7 +9,6 @@ import sqlalchemy as sa
 from prefect_integrations import db as dbmod
 from prefect_integrations.db import Database
 from prefect_integrations.embedded import EmbeddedCluster
-from prefect_integrations.store.audit_chain import CHAINS
 from prefect_integrations.store.grants import apply_grants
 
 from .spec import EXTRA_COLUMNS, SPEC_COLUMNS, SPEC_INDEXES
@@ -197,13 +196,8 @@ def test_audit_rows_survive_the_chains_both_ways(empty_db: Database) -> None:
     assert _audit_rows(empty_db) == before
     with empty_db.transaction() as s:
         report = audit.verify(s)
-        heads = {
-            r.chain: r.seq
-            for r in s.execute(sa.text("SELECT chain, seq FROM integration_audit_chains"))
-        }
     assert report.ok, report.problems
     assert [(c.chain, c.seq, c.head) for c in report.chains] == [(0, 3, before[-1][4].hex())]
-    assert len(heads) == CHAINS and heads[0] == 3
     _append_rows(empty_db, "after", 3)
     with empty_db.transaction() as s:
         assert audit.verify(s).ok

@@ -1,13 +1,14 @@
 """The audit log in independent chains, so audited transactions append in parallel.
 
 Before, the append trigger took one advisory lock until commit: every audited transaction
-waited for the previous one. Now ``integration_audit_chains`` holds `CHAINS` chain heads
-(``seq``, ``head``); a transaction locks one free chain row until commit and appends
-there (see `prefect_integrations.store.audit_chain`). Rows gain ``chain``, ``seq`` and
-``version``; ids come from ``integration_audit_log_id_seq``. The rows already written stay
-valid unchanged: they become chain 0's history (version 1, their hash formula), and chain
-0's head continues from the last of them. A unique index on ``(chain, seq)`` holds one
-row per place and lets `audit verify` read chain by chain.
+waited for the previous one. Now a transaction takes one of `CHAINS` advisory locks, the
+first free one, until commit and appends to that chain (see
+`prefect_integrations.store.audit_chain`). Rows gain ``chain``, ``seq`` and ``version``;
+ids come from ``integration_audit_log_id_seq``. The rows already written stay valid
+unchanged: they become chain 0's history (version 1, their hash formula), and chain 0
+continues from the last of them. A unique index on ``(chain, seq)`` holds one row per
+place, finds a chain's last row for the trigger and lets `audit verify` read chain by
+chain.
 
 Downgrading returns to one chain: every row is renumbered and re-linked in id order with
 the version 1 formula (the previous layout cannot hold several chains), so run `audit
@@ -93,15 +94,6 @@ def _schema() -> str:
 
 def upgrade() -> None:
     op.execute(
-        """
-        CREATE TABLE integration_audit_chains (
-          chain smallint PRIMARY KEY,
-          seq bigint NOT NULL DEFAULT 0,
-          head bytea
-        )
-        """
-    )
-    op.execute(
         "ALTER TABLE integration_audit_log ADD COLUMN version smallint, "
         "ADD COLUMN chain smallint, ADD COLUMN seq bigint"
     )
@@ -118,13 +110,8 @@ def upgrade() -> None:
     for column in ("version", "chain", "seq"):
         op.alter_column("integration_audit_log", column, nullable=False)
     op.execute(
-        f"""
-        INSERT INTO integration_audit_chains (chain, seq, head)
-        SELECT c, coalesce(last.seq, 0) * (c = 0)::int, CASE WHEN c = 0 THEN last.hash END
-          FROM generate_series(0, {CHAINS - 1}) AS c
-          LEFT JOIN LATERAL (SELECT seq, hash FROM integration_audit_log
-                              ORDER BY id DESC LIMIT 1) last ON true
-        """
+        f"ALTER TABLE integration_audit_log ADD CONSTRAINT ck_integration_audit_log_chain "
+        f"CHECK (chain >= 0 AND chain < {CHAINS})"
     )
     op.execute("CREATE SEQUENCE integration_audit_log_id_seq OWNED BY integration_audit_log.id")
     op.execute(
@@ -142,7 +129,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(_V1_FUNCTIONS)
-    op.execute("DROP FUNCTION IF EXISTS integration_audit_link(integration_audit_log)")
     op.execute("ALTER TABLE integration_audit_log DISABLE TRIGGER integration_audit_refuse_change")
     op.execute(_RELINK)
     op.execute("ALTER TABLE integration_audit_log ENABLE TRIGGER integration_audit_refuse_change")
@@ -150,4 +136,3 @@ def downgrade() -> None:
     op.execute("DROP SEQUENCE integration_audit_log_id_seq")
     for column in ("seq", "chain", "version"):
         op.drop_column("integration_audit_log", column)
-    op.execute("DROP TABLE integration_audit_chains")

@@ -9,7 +9,6 @@ __all__ = [
     "ADMIN_ROLE",
     "RUNTIME_ROLE",
     "RUNTIME_UPDATABLE_COLUMNS",
-    "audit_chains",
     "audit_log",
     "definitions",
     "instances",
@@ -22,6 +21,8 @@ metadata = sa.MetaData()
 
 ADMIN_ROLE = "prefect_integrations_admin"
 RUNTIME_ROLE = "prefect_integrations_runtime"
+#: The sequence the audit append trigger numbers rows from.
+AUDIT_ID_SEQUENCE = "integration_audit_log_id_seq"
 
 definitions = sa.Table(
     "integration_definitions",
@@ -109,18 +110,10 @@ audit_log = sa.Table(
     sa.Column("version", sa.SmallInteger, nullable=False, server_default=sa.FetchedValue()),
     sa.Column("chain", sa.SmallInteger, nullable=False, server_default=sa.FetchedValue()),
     sa.Column("seq", sa.BigInteger, nullable=False, server_default=sa.FetchedValue()),
+    # 32: `prefect_integrations.store.audit_chain.CHAINS`
+    sa.CheckConstraint("chain >= 0 AND chain < 32", name="ck_integration_audit_log_chain"),
     # Roles may only read and append (`prefect_integrations.store.grants.apply_grants`).
     info={"append_only": True},
-)
-
-#: The head of each audit chain; moved only by the append trigger (roles may only read).
-audit_chains = sa.Table(
-    "integration_audit_chains",
-    metadata,
-    sa.Column("chain", sa.SmallInteger, primary_key=True, autoincrement=False),
-    sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("head", BYTEA),
-    info={"read_only": True},
 )
 
 oauth_states = sa.Table(

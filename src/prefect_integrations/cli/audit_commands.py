@@ -49,7 +49,6 @@ _HEADINGS = {
     "missing": "missing rows",
     "reordered": "reordered rows",
     "inserted": "inserted rows",
-    "head": "chain heads",
     "trigger": "triggers",
     "function": "functions",
 }

@@ -1,13 +1,14 @@
 """The audit log's chains: the SQL that appends a row, and the same hash in Python.
 
 The log is `CHAINS` independent hash chains. The append trigger gives each audited
-transaction one chain for its lifetime: the first free one (``FOR UPDATE SKIP LOCKED``,
-starting at an offset taken from the backend's pid so writers spread) or, when every
-chain is busy, its own by pid, waiting for it. The chain row of
-``integration_audit_chains`` stays locked until commit, so a chain's rows commit in
-``seq`` order with no gap, while transactions on other chains append at the same time.
-Each row is numbered from a sequence (gaps are allowed: a rolled back row leaves one),
-stamped, and linked to its chain's previous row::
+transaction one chain for its lifetime: the first free one, trying transaction-level
+advisory locks without waiting (``pg_try_advisory_xact_lock``) from an offset taken from
+the backend's pid so writers spread, or, when every chain is busy, its own by pid,
+waiting for it. The lock is held until commit, so a chain's rows commit in ``seq`` order
+with no gap, while transactions on other chains append at the same time; the chain's
+last row (found through the unique ``(chain, seq)`` index) is its head. Each row is
+numbered from a sequence (gaps are allowed: a rolled back row leaves one), stamped, and
+linked to its chain's previous row::
 
     hash = sha256(prev_hash || utf8(jsonb_build_array(2, id, chain, seq, occurred_at,
                   actor, db_role, action, instance_id, integration_id, outcome,
@@ -32,6 +33,7 @@ __all__ = [
     "CHAIN_SETTING",
     "EXPECTED_FUNCTIONS",
     "EXPECTED_TRIGGERS",
+    "LOCK_CLASS",
     "ExpectedFunction",
     "ExpectedTrigger",
     "function_bodies",
@@ -41,63 +43,62 @@ __all__ = [
     "timestamp_text",
 ]
 
-#: How many chains the migration creates (at least the writers expected at once).
+#: How many chains the append trigger uses (at least the writers expected at once).
 CHAINS = 32
 #: The transaction-local setting naming the chain a transaction appends to.
 CHAIN_SETTING = "prefect_integrations.audit_chain"
+#: The first key of the chains' advisory locks (the second is the chain): "PIAU".
+LOCK_CLASS = 0x5049_4155
 
-_HASH_BODY = """
-  SELECT sha256(coalesce(prev, ''::bytea) || convert_to(jsonb_build_array(
+# The hash, as a SQL expression of a row ``r`` and the previous hash ``prev``.
+_HASH_EXPRESSION = """sha256(coalesce(prev, ''::bytea) || convert_to(jsonb_build_array(
       2, r.id, r.chain, r.seq,
       to_char(r.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
       r.actor, r.db_role, r.action, r.instance_id, r.integration_id, r.outcome, r.details
-    )::text, 'UTF8'))
+    )::text, 'UTF8'))"""
+
+# For whoever wants the formula in SQL; the trigger computes it inline (no function call).
+_HASH_BODY = f"""
+  SELECT {_HASH_EXPRESSION}
 """
 
-# Runs as the writer, so db_role is the writer's role; the rest runs as the owner.
+# Runs as the writer: db_role is the writer's role; tables are named with their schema,
+# so a writer's search_path cannot point the trigger at other tables.
 _APPEND_BODY = """
-BEGIN
-  NEW.db_role := current_user;
-  NEW := {schema}.integration_audit_link(NEW);
-  RETURN NEW;
-END
-"""
-
-# SECURITY DEFINER: roles need no privilege on the chains or the id sequence, so they
-# cannot move a chain head or take ids; only this function does.
-_LINK_BODY = """
 DECLARE
   held text := current_setting('{setting}', true);
-  c smallint;
+  start int;
+  c int;
   s bigint;
   h bytea;
 BEGIN
   IF coalesce(held, '') <> '' THEN
-    SELECT chain, seq, head INTO c, s, h FROM integration_audit_chains
-     WHERE chain = held::smallint FOR UPDATE;
+    c := held::int;
+    PERFORM pg_advisory_xact_lock({lock}, c);
+  ELSE
+    start := pg_backend_pid() % {chains};
+    FOR i IN 0..{chains} - 1 LOOP
+      c := (start + i) % {chains};
+      EXIT WHEN pg_try_advisory_xact_lock({lock}, c);
+      c := NULL;
+    END LOOP;
+    IF c IS NULL THEN
+      c := start;
+      PERFORM pg_advisory_xact_lock({lock}, c);
+    END IF;
+    PERFORM set_config('{setting}', c::text, true);
   END IF;
-  IF c IS NULL THEN
-    SELECT chain, seq, head INTO c, s, h FROM integration_audit_chains
-     ORDER BY chain < pg_backend_pid() % {chains}, chain
-       FOR UPDATE SKIP LOCKED LIMIT 1;
-  END IF;
-  IF c IS NULL THEN
-    SELECT chain, seq, head INTO c, s, h FROM integration_audit_chains
-     WHERE chain = pg_backend_pid() % {chains} FOR UPDATE;
-  END IF;
-  IF c IS NULL THEN
-    RAISE EXCEPTION 'integration_audit_chains has no chain to append to';
-  END IF;
-  PERFORM set_config('{setting}', c::text, true);
-  r.id := nextval('integration_audit_log_id_seq');
-  r.occurred_at := clock_timestamp();
-  r.version := 2;
-  r.chain := c;
-  r.seq := s + 1;
-  r.prev_hash := h;
-  r.hash := integration_audit_hash(h, r);
-  UPDATE integration_audit_chains SET seq = r.seq, head = r.hash WHERE chain = c;
-  RETURN r;
+  SELECT l.seq, l.hash INTO s, h FROM {schema}.integration_audit_log l
+   WHERE l.chain = c ORDER BY l.seq DESC LIMIT 1;
+  NEW.db_role := current_user;
+  NEW.id := nextval('{schema}.integration_audit_log_id_seq');
+  NEW.occurred_at := clock_timestamp();
+  NEW.version := 2;
+  NEW.chain := c;
+  NEW.seq := coalesce(s, 0) + 1;
+  NEW.prev_hash := h;
+  NEW.hash := {hash};
+  RETURN NEW;
 END
 """
 
@@ -111,11 +112,10 @@ END
 
 @dataclass(frozen=True, slots=True)
 class ExpectedFunction:
-    """A function the log relies on: its signature, body and whether it runs as owner."""
+    """A function the log relies on: its signature and body (it runs as its caller)."""
 
     signature: str
     body: str
-    definer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +131,6 @@ class ExpectedTrigger:
 EXPECTED_FUNCTIONS = (
     ExpectedFunction("integration_audit_hash(bytea, integration_audit_log)", _HASH_BODY),
     ExpectedFunction("integration_audit_append()", _APPEND_BODY),
-    ExpectedFunction("integration_audit_link(integration_audit_log)", _LINK_BODY, definer=True),
     ExpectedFunction("integration_audit_refuse()", _REFUSE_BODY),
 )
 # tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update, 32 truncate.
@@ -148,32 +147,32 @@ def _quote_ident(name: str) -> str:
 
 def function_bodies(schema: str) -> dict[str, str]:
     """Each function's source (``pg_proc.prosrc``) for tables in ``schema``."""
-    values = {"schema": _quote_ident(schema), "chains": CHAINS, "setting": CHAIN_SETTING}
+    inline = _HASH_EXPRESSION.replace("prev, ''", "h, ''").replace("r.", "NEW.")
+    values = {
+        "schema": _quote_ident(schema),
+        "chains": CHAINS,
+        "setting": CHAIN_SETTING,
+        "lock": LOCK_CLASS,
+        "hash": inline,
+    }
     return {f.signature: f.body.format(**values) for f in EXPECTED_FUNCTIONS}
 
 
 def functions_sql(schema: str) -> str:
-    """``CREATE OR REPLACE`` of the functions and the append trigger's (for a migration)."""
+    """``CREATE OR REPLACE`` of the log's functions (for a migration)."""
     bodies = function_bodies(schema)
-    path = f"pg_catalog, {_quote_ident(schema)}, pg_temp"
-    statements = []
-    for function in EXPECTED_FUNCTIONS:
-        name, _, args = function.signature.partition("(")
-        returns = {
-            "integration_audit_hash": "bytea LANGUAGE sql STABLE",
-            "integration_audit_link": (
-                f"integration_audit_log LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path}"
-            ),
-        }.get(name, "trigger LANGUAGE plpgsql")
-        params = {
-            "integration_audit_hash": "prev bytea, r integration_audit_log",
-            "integration_audit_link": "r integration_audit_log",
-        }.get(name, args.rstrip(")"))
-        body = bodies[function.signature]
-        statements.append(
-            f"CREATE OR REPLACE FUNCTION {name}({params}) RETURNS {returns} AS $fn${body}$fn$;"
-        )
-    return "\n".join(statements)
+    declarations = {
+        "integration_audit_hash(bytea, integration_audit_log)": (
+            "integration_audit_hash(prev bytea, r integration_audit_log) "
+            "RETURNS bytea LANGUAGE sql STABLE"
+        ),
+        "integration_audit_append()": "integration_audit_append() RETURNS trigger LANGUAGE plpgsql",
+        "integration_audit_refuse()": "integration_audit_refuse() RETURNS trigger LANGUAGE plpgsql",
+    }
+    return "\n".join(
+        f"CREATE OR REPLACE FUNCTION {declarations[signature]} AS $fn${body}$fn$;"
+        for signature, body in bodies.items()
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -4,16 +4,15 @@ Every row's hash is recomputed in Python (`audit_chain.row_hash`) from the row's
 read in one statement through a server-side cursor in chain order, so memory stays
 constant whatever the size of the log. Per chain it checks that ``seq`` runs 1, 2, 3...
 with no gap, that each row links to the stored hash of the one before (``prev_hash``),
-that ids grow with ``seq`` (the trigger numbers a chain's rows in order), and that the
-chain's head in ``integration_audit_chains`` is the hash of its row at the head's seq
-and covers every row (rows appended while verify reads are told from rows written
-around the trigger by reading the heads again after the rows). It also
+and that ids grow with ``seq`` (the trigger numbers a chain's rows in order). The last
+row of each chain is its head: `VerifyReport.chains` lists them. It also
 checks that the triggers the log relies on exist, are enabled and unconditional, that no
 other trigger or rule sits on the table, and that the functions have the expected source.
 
-What it cannot see alone: the newest rows of a chain removed together with its head
-moved back (a cut tail), or a chain rewritten entirely by someone who recomputes every
-hash; only a copy of the heads kept outside the database (a checkpoint) shows those.
+What it cannot see alone: the newest rows of a chain removed (a cut tail), rows added
+at the end of a chain by someone who computes their hashes as the trigger would, or a
+chain rewritten entirely; only a copy of the heads kept outside the database (a
+checkpoint) shows those.
 """
 
 from __future__ import annotations
@@ -26,8 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from prefect_integrations.db import translate_errors
-from prefect_integrations.models import audit_chains, audit_log
+from prefect_integrations.models import audit_log
 from prefect_integrations.store.audit_chain import (
+    CHAINS,
     EXPECTED_FUNCTIONS,
     EXPECTED_TRIGGERS,
     function_bodies,
@@ -53,8 +53,8 @@ class Problem:
     (``seq`` to ``last_seq``; ``id`` is the row before the gap, ``next_id`` the one after).
     ``reordered``: the row's id is lower than the id of the row before it in its chain.
     ``inserted``: a row with no place in a chain (no chain or seq, a chain that does not
-    exist, a seq taken twice). ``head``: a chain's head is not the hash of its row.
-    ``trigger``/``function``: what the append and guard rely on is missing or changed.
+    exist, a seq taken twice). ``trigger``/``function``: what the append and the guard
+    rely on is missing or changed.
     """
 
     kind: ProblemKind
@@ -100,7 +100,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        """True when every row, link, head, trigger and function matches."""
+        """True when every row, link, trigger and function matches."""
         return not self.problems and not self.more_problems
 
     def ids(self, kind: ProblemKind) -> tuple[int, ...]:
@@ -141,14 +141,10 @@ class _Chain:
     """Where a chain is while its rows are read."""
 
     chain: int
-    #: The chain's head (seq, hash) read before the rows.
-    head: tuple[int, bytes | None] | None
     seq: int = 0
     id: int | None = None
     hash: bytes | None = None
     rows: int = 0
-    #: (seq, id) of rows past the head read before the rows (appended since, or forged).
-    beyond: list[tuple[int, int]] = field(default_factory=list)
 
 
 _ROWS = sa.text(
@@ -160,13 +156,6 @@ _ROWS = sa.text(
      ORDER BY chain, seq
     """
 )
-_HEADS = sa.text(f"SELECT chain, seq, head FROM {audit_chains.name} ORDER BY chain")
-
-_Heads = dict[int, tuple[int, bytes | None]]
-
-
-def _heads(session: Session) -> _Heads:
-    return {int(r.chain): (int(r.seq), r.head) for r in session.execute(_HEADS)}
 
 
 def _rows(session: Session) -> Iterator[Any]:
@@ -196,6 +185,8 @@ def _check_row(row: Any, state: _Chain, found: _Found) -> None:
                 next_id=row.id,
             )
         )
+    if not 0 <= row.chain < CHAINS:
+        found.add(Problem("inserted", f"chain {row.chain} does not exist", **where))
     expected = row_hash(
         row.prev_hash,
         version=row.version,
@@ -217,55 +208,17 @@ def _check_row(row: Any, state: _Chain, found: _Found) -> None:
         found.add(Problem("altered", "does not link to the row before it", **where))
     if state.id is not None and row.id <= state.id:
         found.add(Problem("reordered", f"id below {state.id}, the row before it", **where))
-    if state.head is None:
-        found.add(Problem("inserted", f"chain {row.chain} does not exist", **where))
-    elif row.seq == state.head[0] and row.hash != state.head[1]:
-        found.add(
-            Problem("head", f"the head of chain {row.chain} is not the hash of this row", **where)
-        )
-    elif row.seq > state.head[0] and len(state.beyond) < MAX_PROBLEMS:
-        state.beyond.append((row.seq, row.id))
     state.seq, state.id, state.hash = row.seq, row.id, row.hash
     state.rows += 1
 
 
-def _close(state: _Chain, heads_after: _Heads, found: _Found) -> ChainHead:
-    """Compare a chain's last row with its head read before and after the rows.
-
-    A head only moves forward, in the transaction of the row it names. So rows past the
-    head read before are appends made during the read only if the head read after
-    covers them; rows it does not cover were written around the trigger.
-    """
-    if state.head is not None and state.head[0] > state.seq:
-        found.add(
-            Problem(
-                "missing",
-                f"chain {state.chain} ends at seq {state.seq}, its head is at seq {state.head[0]}",
-                id=state.id,
-                chain=state.chain,
-                seq=state.seq + 1,
-                last_seq=state.head[0],
-            )
-        )
-    covered = heads_after.get(state.chain, (0, None))[0]
-    for seq, row_id in state.beyond:
-        if seq > covered:
-            found.add(
-                Problem(
-                    "inserted",
-                    f"past the head of chain {state.chain} (seq {covered})",
-                    id=row_id,
-                    chain=state.chain,
-                    seq=seq,
-                )
-            )
+def _head(state: _Chain) -> ChainHead:
     return ChainHead(state.chain, state.seq, state.hash.hex() if state.hash else None, state.rows)
 
 
 def _check_chains(session: Session, found: _Found) -> tuple[int, list[ChainHead]]:
-    heads = _heads(session)
     rows = 0
-    states: list[_Chain] = []
+    chains: list[ChainHead] = []
     state: _Chain | None = None
     for row in _rows(session):
         rows += 1
@@ -273,23 +226,12 @@ def _check_chains(session: Session, found: _Found) -> tuple[int, list[ChainHead]
             found.add(Problem("inserted", "row has no chain or seq", id=row.id))
             continue
         if state is None or row.chain != state.chain:
-            state = _Chain(row.chain, heads.get(row.chain))
-            states.append(state)
+            if state is not None:
+                chains.append(_head(state))
+            state = _Chain(row.chain)
         _check_row(row, state, found)
-    heads_after = _heads(session) if any(s.beyond for s in states) else heads
-    chains = [_close(s, heads_after, found) for s in states]
-    seen = {c.chain for c in chains}
-    for chain, (seq, _) in sorted(heads.items()):
-        if chain not in seen and seq > 0:
-            found.add(
-                Problem(
-                    "missing",
-                    f"chain {chain} has no rows, its head is at seq {seq}",
-                    chain=chain,
-                    seq=1,
-                    last_seq=seq,
-                )
-            )
+    if state is not None:
+        chains.append(_head(state))
     return rows, chains
 
 
@@ -328,13 +270,10 @@ def _check_functions(session: Session, schema: str, found: _Found) -> dict[str, 
         oids[name] = int(row.oid)
         if row.prosrc != bodies[function.signature]:
             found.add(Problem("function", f"{name} differs from its expected source"))
-        if bool(row.prosecdef) != function.definer:
-            runs = "as its owner" if row.prosecdef else "as the caller"
-            found.add(Problem("function", f"{name} runs {runs}"))
-        if function.definer and not any(
-            str(c).startswith("search_path=pg_catalog,") for c in row.proconfig or ()
-        ):
-            found.add(Problem("function", f"{name} does not fix its search_path"))
+        if row.prosecdef:
+            found.add(Problem("function", f"{name} runs as its owner"))
+        if row.proconfig:
+            found.add(Problem("function", f"{name} changes settings when it runs"))
     return oids
 
 

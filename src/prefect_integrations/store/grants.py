@@ -14,6 +14,7 @@ from prefect_integrations.db import VERSION_TABLE, Database
 from prefect_integrations.exceptions import PermissionDenied
 from prefect_integrations.models import (
     ADMIN_ROLE,
+    AUDIT_ID_SEQUENCE,
     RUNTIME_ROLE,
     RUNTIME_UPDATABLE_COLUMNS,
     audit_log,
@@ -39,9 +40,6 @@ _OWNED_TABLES = tuple(metadata.tables)
 _APPEND_ONLY = tuple(
     name for name, table in metadata.tables.items() if table.info.get("append_only")
 )
-
-#: The tables roles may only read (the audit chain heads, moved by the append trigger).
-_READ_ONLY = tuple(name for name, table in metadata.tables.items() if table.info.get("read_only"))
 
 
 def _require_table_owner(connection: Connection) -> None:
@@ -80,8 +78,7 @@ def apply_grants(
     admin: manages definitions and instances (SELECT/INSERT/UPDATE/DELETE), appends audit.
     runtime: reads definitions and instances, updates only status, credentials, token and
     usage columns, appends audit; cannot create or delete instances.
-    Nobody gets UPDATE or DELETE on the audit log (a trigger refuses them too), nor on
-    the chain heads (only the append trigger, as their owner, moves them).
+    Nobody gets UPDATE or DELETE on the audit log (a trigger refuses them too).
     """
     quote = db.engine.dialect.identifier_preparer.quote
     admin, runtime = quote(admin_role), quote(runtime_role)
@@ -103,7 +100,8 @@ def apply_grants(
             f"GRANT SELECT ON integration_definitions, integration_instances TO {runtime}",
             f"GRANT UPDATE ({updatable}) ON integration_instances TO {runtime}",
             f"GRANT SELECT, INSERT ON {', '.join(_APPEND_ONLY)} TO {admin}, {runtime}",
-            f"GRANT SELECT ON {', '.join(_READ_ONLY)} TO {admin}, {runtime}",
+            # the append trigger runs as the writer and numbers rows from this sequence
+            f"GRANT USAGE ON SEQUENCE {AUDIT_ID_SEQUENCE} TO {admin}, {runtime}",
             f"GRANT SELECT, INSERT, DELETE ON integration_oauth_states TO {admin}, {runtime}",
         ]
         for statement in statements:
