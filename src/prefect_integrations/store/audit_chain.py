@@ -14,6 +14,11 @@ linked to its chain's previous row::
                   actor, db_role, action, instance_id, integration_id, outcome,
                   details)::text))
 
+The trigger reads a chain's last row with the statement's snapshot: under READ COMMITTED
+(the package's isolation) it sees every earlier commit on the chain; a REPEATABLE READ
+or SERIALIZABLE transaction whose snapshot is older than another commit on the chain
+fails on the unique ``(chain, seq)`` index instead of forking the chain (retry it).
+
 Rows written before the chains (version 1) are chain 0's history, hashed without the
 version, chain and seq. `row_hash` computes both versions in Python from the row's
 values, so `audit_verify` never relies on a function of the database.

@@ -5,9 +5,9 @@ read in one statement through a server-side cursor in chain order, so memory sta
 constant whatever the size of the log. Per chain it checks that ``seq`` runs 1, 2, 3...
 with no gap, that each row links to the stored hash of the one before (``prev_hash``),
 and that ids grow with ``seq`` (the trigger numbers a chain's rows in order). The last
-row of each chain is its head: `VerifyReport.chains` lists them. It also
-checks that the triggers the log relies on exist, are enabled and unconditional, that no
-other trigger or rule sits on the table, and that the functions have the expected source.
+row of each chain is its head: `VerifyReport.chains` lists them. It also checks that the
+triggers the log relies on exist, are enabled and unconditional, that no other trigger
+or rule sits on the table, and that the functions have the expected source.
 
 What it cannot see alone: the newest rows of a chain removed (a cut tail), rows added
 at the end of a chain by someone who computes their hashes as the trigger would, or a
@@ -36,7 +36,7 @@ from prefect_integrations.store.audit_chain import (
 
 __all__ = ["ChainHead", "Problem", "ProblemKind", "VerifyReport", "verify"]
 
-ProblemKind = Literal["altered", "missing", "reordered", "inserted", "head", "trigger", "function"]
+ProblemKind = Literal["altered", "missing", "reordered", "inserted", "trigger", "function"]
 
 #: Problems kept in a report; past this only their number grows (constant memory).
 MAX_PROBLEMS = 10_000
