@@ -324,3 +324,19 @@ def test_writers_in_several_processes_lose_no_row_and_break_no_chain(db: Databas
         ).scalar_one()
     assert actors == {f"w{i}": per_writer for i in range(WRITERS)}
     assert split == 0  # rows of one transaction never span two chains
+
+
+def test_verify_reads_rows_through_a_server_side_cursor(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows come in pages from a cursor on the server, so memory does not grow with the log."""
+    from prefect_integrations.store import audit_verify
+
+    _append(db, 5)
+    monkeypatch.setattr(audit_verify, "PAGE", 2)
+    with db.transaction() as s:
+        rows = audit_verify._rows(s)
+        next(rows)
+        open_cursors = s.connection().exec_driver_sql("SELECT count(*) FROM pg_cursors").scalar()
+        assert open_cursors == 1
+        assert len(list(rows)) == 4
