@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -32,17 +33,49 @@ def _tamper(db: Database, statement: str) -> None:
         )
 
 
+def _rows(db: Database) -> list[sa.Row[Any]]:
+    with db.transaction() as s:
+        return list(
+            s.execute(
+                sa.text(
+                    "SELECT id, chain, seq, prev_hash, hash FROM integration_audit_log "
+                    "ORDER BY chain, seq"
+                )
+            )
+        )
+
+
+def _successor(db: Database, row_id: int) -> int:
+    """The id of the row after ``row_id`` in its chain."""
+    rows = _rows(db)
+    at = next(i for i, r in enumerate(rows) if r.id == row_id)
+    assert rows[at + 1].chain == rows[at].chain, "the row is the last of its chain"
+    return int(rows[at + 1].id)
+
+
 def test_chain_links_every_row(db: Database) -> None:
     _append(db, 5)
+    rows = _rows(db)
     with db.transaction() as s:
-        rows = s.execute(
-            sa.text("SELECT id, prev_hash, hash FROM integration_audit_log ORDER BY id")
-        ).all()
         report = audit.verify(s)
-    assert [r.id for r in rows] == [1, 2, 3, 4, 5]
-    assert rows[0].prev_hash is None
-    assert all(rows[i].prev_hash == rows[i - 1].hash for i in range(1, 5))
-    assert report.ok and report.rows == 5 and report.last_hash == rows[-1].hash.hex()
+    assert sorted(r.id for r in rows) == [1, 2, 3, 4, 5]
+    heads = set()
+    for chain in {r.chain for r in rows}:
+        mine = [r for r in rows if r.chain == chain]
+        assert [r.seq for r in mine] == list(range(1, len(mine) + 1))
+        assert mine[0].prev_hash is None
+        assert all(mine[i].prev_hash == mine[i - 1].hash for i in range(1, len(mine)))
+        heads.add((chain, len(mine), mine[-1].hash.hex()))
+    assert report.ok and report.rows == 5
+    assert {(c.chain, c.seq, c.head) for c in report.chains} == heads
+
+
+def test_one_transaction_appends_to_one_chain(db: Database) -> None:
+    with db.transaction() as s:
+        for i in range(4):
+            audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t", details={"i": i})
+    rows = _rows(db)
+    assert len({r.chain for r in rows}) == 1 and [r.seq for r in rows] == [1, 2, 3, 4]
 
 
 def test_verify_finds_an_altered_row(db: Database) -> None:
@@ -50,37 +83,44 @@ def test_verify_finds_an_altered_row(db: Database) -> None:
     _tamper(db, "UPDATE integration_audit_log SET actor = 'mallory' WHERE id = 3")
     with db.transaction() as s:
         report = audit.verify(s)
-    assert not report.ok and report.broken == (3,)
+    assert not report.ok and report.ids("altered") == (3,)
 
 
 def test_verify_finds_a_rehashed_row_through_its_successor(db: Database) -> None:
-    _append(db, 5)
-    _tamper(
-        db,
-        "UPDATE integration_audit_log l SET actor = 'mallory', "
-        "hash = integration_audit_hash(l.prev_hash, l) WHERE id = 3",
-    )
+    with db.transaction() as s:
+        for i in range(5):
+            audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t", details={"i": i})
     _tamper(
         db,
         "UPDATE integration_audit_log l SET hash = integration_audit_hash(l.prev_hash, "
         "ROW(l.id, l.occurred_at, 'mallory', l.db_role, l.action, l.instance_id, "
-        "l.integration_id, l.outcome, l.details, l.prev_hash, l.hash)"
-        "::integration_audit_log) WHERE id = 3",
+        "l.integration_id, l.outcome, l.details, l.prev_hash, l.hash, l.version, l.chain, "
+        "l.seq)::integration_audit_log), actor = 'mallory' WHERE id = 3",
     )
     with db.transaction() as s:
         report = audit.verify(s)
-    assert not report.ok and 4 in report.broken
+    assert not report.ok and report.ids("altered") == (4,)
+    assert report.of("altered")[0].detail == "does not link to the row before it"
 
 
 def test_verify_finds_a_deleted_row(db: Database) -> None:
-    _append(db, 5)
+    with db.transaction() as s:
+        for i in range(5):
+            audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t", details={"i": i})
     _tamper(db, "DELETE FROM integration_audit_log WHERE id = 2")
     with db.transaction() as s:
         report = audit.verify(s)
-    assert not report.ok and report.missing == (2,)
+    [missing] = report.problems
+    assert (missing.kind, missing.seq, missing.last_seq, missing.id, missing.next_id) == (
+        "missing",
+        2,
+        2,
+        1,
+        3,
+    )
 
 
-def test_concurrent_appends_form_one_chain(db: Database) -> None:
+def test_concurrent_appends_keep_every_chain(db: Database) -> None:
     threads = [threading.Thread(target=_append, args=(db, 25, f"w{i}")) for i in range(4)]
     for t in threads:
         t.start()
@@ -95,7 +135,7 @@ def test_concurrent_appends_form_one_chain(db: Database) -> None:
     assert sorted((a, int(n)) for a, n in actors) == [(f"w{i}", 25) for i in range(4)]
 
 
-def test_rolled_back_rows_leave_no_gap(db: Database) -> None:
+def test_rolled_back_rows_leave_no_gap_in_their_chain(db: Database) -> None:
     _append(db, 2)
     with db.sessions() as s:
         audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t")

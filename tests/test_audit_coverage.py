@@ -820,7 +820,11 @@ def test_cli_verify_passes_on_an_intact_log(cli: Cli, logged: Database) -> None:
     out = cli.ok("audit", "verify").out
     with logged.transaction() as s:
         report = audit.verify(s)
-    assert out.strip() == f"audit log intact: {report.rows} rows, last hash {report.last_hash}"
+    assert out.splitlines() == [
+        f"audit log intact: {report.rows} rows in {len(report.chains)} chains",
+        *(f"chain {c.chain}: seq {c.seq}, head {c.head}" for c in report.chains),
+    ]
+    assert cli.json("audit", "verify") == {**report.as_dict(), "ok": True}
 
 
 @pytest.mark.parametrize(
@@ -841,8 +845,6 @@ def test_cli_verify_passes_on_an_intact_log(cli: Cli, logged: Database) -> None:
             "UPDATE integration_audit_log SET outcome = 'failure' WHERE id = 3",
             "altered rows: 3",
         ),
-        # the successor of a removed row no longer links to its predecessor
-        ("DELETE FROM integration_audit_log WHERE id = 2", "altered rows: 3\nmissing rows: 2"),
     ],
 )
 def test_cli_verify_names_a_row_changed_in_the_database(
@@ -855,24 +857,55 @@ def test_cli_verify_names_a_row_changed_in_the_database(
     _verify_fails(cli, *expected.format(last=last).splitlines())
 
 
-def test_cli_verify_finds_a_truncated_tail_only_by_its_hash(cli: Cli, logged: Database) -> None:
-    """Removing the newest rows leaves a valid shorter chain: the last hash tells."""
+def _place(db: Database, row_id: int) -> tuple[int, int, int | None, int | None]:
+    """A row's chain and seq, and the ids of the rows before and after it in its chain."""
+    with db.transaction() as s:
+        row = s.execute(
+            sa.text(
+                "SELECT chain, seq, lag(id) OVER w AS before, lead(id) OVER w AS after "
+                "FROM integration_audit_log WINDOW w AS (PARTITION BY chain ORDER BY seq) "
+                "ORDER BY id = :id DESC LIMIT 1"
+            ),
+            {"id": row_id},
+        ).one()
+    return int(row.chain), int(row.seq), row.before, row.after
+
+
+def test_cli_verify_names_a_deleted_row_by_its_place(cli: Cli, logged: Database) -> None:
+    chain, seq, before, after = _place(logged, 2)
+    _tamper(logged, "DELETE FROM integration_audit_log WHERE id = 2")
+    around = ", ".join(
+        [*([f"after id {before}"] if before else []), *([f"before id {after}"] if after else [])]
+    )
+    place = f"chain {chain} seq {seq}" + (f" ({around})" if around else "")
+    _verify_fails(cli, f"missing rows: {place}")
+
+
+def test_cli_verify_finds_a_cut_tail_only_by_the_heads(cli: Cli, logged: Database) -> None:
+    """Removing a chain's newest row leaves a valid shorter chain: the printed heads tell."""
     intact = cli.ok("audit", "verify").out
     last = _last_id(logged)
+    chain, seq, _, _ = _place(logged, last)
     _tamper(logged, f"DELETE FROM integration_audit_log WHERE id = {last}")
     shorter = cli.ok("audit", "verify").out
-    assert shorter != intact and f"{last - 1} rows" in shorter
+    assert shorter.startswith(f"audit log intact: {last - 1} rows")
+    assert f"chain {chain}: seq {seq}," in intact and f"chain {chain}: seq {seq}," not in shorter
 
 
 def test_cli_verify_names_every_broken_row(cli: Cli, logged: Database) -> None:
+    chain, seq, _, _ = _place(logged, 2)
     _tamper(logged, "UPDATE integration_audit_log SET actor = 'mallory' WHERE id IN (1, 3)")
     _tamper(logged, "DELETE FROM integration_audit_log WHERE id = 2")
     result = cli("audit", "verify")
     assert result.code == 1 and "Traceback" not in result.err
     lines = result.err.splitlines()
-    assert "missing rows: 2" in lines
+    assert any(line.startswith(f"missing rows: chain {chain} seq {seq}") for line in lines)
     altered = next(line for line in lines if line.startswith("altered rows: "))
     assert {"1", "3"} <= set(altered.removeprefix("altered rows: ").split(", "))
+    report = cli("audit", "verify", "--json")
+    assert report.code == 1
+    problems = json.loads(report.out)["problems"]
+    assert {(p["kind"], p.get("id")) for p in problems} >= {("altered", 1), ("altered", 3)}
 
 
 def test_cli_verify_as_the_runtime_role(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -195,3 +196,76 @@ def test_missing_schema_is_a_clear_error(empty_db: Database) -> None:
         empty_db.transaction() as s,
     ):
         list_instances(s)
+
+
+def _audit_rows(db: Database) -> list[tuple[Any, ...]]:
+    with db.transaction() as s:
+        return [
+            tuple(r)
+            for r in s.execute(
+                sa.text(
+                    "SELECT id, actor, details::text, prev_hash, hash "
+                    "FROM integration_audit_log ORDER BY id"
+                )
+            )
+        ]
+
+
+def _append_rows(db: Database, actor: str, n: int) -> None:
+    for i in range(n):
+        with db.transaction() as s:
+            s.execute(
+                sa.text(
+                    "INSERT INTO integration_audit_log (actor, action, outcome, details) "
+                    "VALUES (:a, 'health.check', 'success', CAST(:d AS jsonb))"
+                ),
+                {"a": actor, "d": f'{{"i": {i}, "s": "é\\\\n\\"😀"}}'},
+            )
+
+
+def _single_chain_intact(db: Database) -> bool:
+    """The verification of revision 0005: one chain in id order, ids without a gap."""
+    with db.transaction() as s:
+        return bool(
+            s.execute(
+                sa.text(
+                    "SELECT bool_and(ok) FROM (SELECT "
+                    "hash = integration_audit_hash(lag(hash) OVER w, l) "
+                    "AND prev_hash IS NOT DISTINCT FROM lag(hash) OVER w "
+                    "AND id = row_number() OVER w AS ok FROM integration_audit_log l "
+                    "WINDOW w AS (ORDER BY id)) x"
+                )
+            ).scalar()
+        )
+
+
+def test_audit_rows_survive_the_chains_both_ways(empty_db: Database) -> None:
+    """Rows of one chain become chain 0's history, verified in Python; downgrading
+    re-links every row, of every chain, into the one chain of the previous layout."""
+    from prefect_integrations.store import audit
+
+    dbmod.upgrade(empty_db, "2026_11_30_0006")
+    _append_rows(empty_db, "before", 3)
+    before = _audit_rows(empty_db)
+    dbmod.upgrade(empty_db)
+    assert _audit_rows(empty_db) == before
+    with empty_db.transaction() as s:
+        report = audit.verify(s)
+    assert report.ok, report.problems
+    assert [(c.chain, c.seq, c.head) for c in report.chains] == [(0, 3, before[-1][4].hex())]
+    _append_rows(empty_db, "after", 3)
+    with empty_db.transaction() as s:
+        assert audit.verify(s).ok
+    assert [r[0] for r in _audit_rows(empty_db)] == [1, 2, 3, 4, 5, 6]
+
+    dbmod.downgrade(empty_db, "2026_11_30_0006")
+    assert _single_chain_intact(empty_db)
+    assert _audit_rows(empty_db)[:3] == before
+    _append_rows(empty_db, "old trigger", 1)
+    assert _single_chain_intact(empty_db)
+
+    dbmod.upgrade(empty_db)
+    _append_rows(empty_db, "again", 2)
+    with empty_db.transaction() as s:
+        report = audit.verify(s)
+    assert report.ok and report.rows == 9, report.problems

@@ -22,6 +22,8 @@ metadata = sa.MetaData()
 
 ADMIN_ROLE = "prefect_integrations_admin"
 RUNTIME_ROLE = "prefect_integrations_runtime"
+#: The sequence the audit append trigger numbers rows from.
+AUDIT_ID_SEQUENCE = "integration_audit_log_id_seq"
 
 definitions = sa.Table(
     "integration_definitions",
@@ -105,6 +107,12 @@ audit_log = sa.Table(
     sa.Column("details", JSONB, nullable=False),
     sa.Column("prev_hash", BYTEA),
     sa.Column("hash", BYTEA, nullable=False, server_default=sa.FetchedValue()),
+    # The hash formula, the chain and the place in it (`store/audit_chain.py`).
+    sa.Column("version", sa.SmallInteger, nullable=False, server_default=sa.FetchedValue()),
+    sa.Column("chain", sa.SmallInteger, nullable=False, server_default=sa.FetchedValue()),
+    sa.Column("seq", sa.BigInteger, nullable=False, server_default=sa.FetchedValue()),
+    # 32: `prefect_integrations.store.audit_chain.CHAINS`
+    sa.CheckConstraint("chain >= 0 AND chain < 32", name="ck_integration_audit_log_chain"),
     # Roles may only read and append (`prefect_integrations.store.grants.apply_grants`).
     info={"append_only": True},
 )

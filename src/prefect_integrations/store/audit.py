@@ -1,9 +1,9 @@
-"""The append-only, hash-chained audit log.
+"""The append-only, hash-chained audit log: the one writer of its rows.
 
-A trigger numbers each row, stamps it and chains it to the previous row with
-``sha256(prev_hash || row)``; UPDATE, DELETE and TRUNCATE are refused. `verify`
-recomputes the chain in the database and reports the first row that does not match.
-Details never hold secrets: callers pass names and counts, not values.
+A trigger numbers each row, stamps it and links it into one of several hash chains
+(``sha256(prev_hash || row)``, see `audit_chain`); UPDATE, DELETE and TRUNCATE are
+refused. `verify` (from `audit_verify`) recomputes every hash in Python. Details never
+hold secrets: callers pass names and counts, not values.
 """
 
 from __future__ import annotations
@@ -21,16 +21,18 @@ from sqlalchemy.orm import Session
 
 from prefect_integrations.db import translate_errors
 from prefect_integrations.models import audit_log
+from prefect_integrations.store.audit_chain import CHAIN_SETTING
+from prefect_integrations.store.audit_verify import Problem, VerifyReport, verify
 
 __all__ = [
-    "AUDIT_LOCK_KEY",
     "AuditAction",
     "AuditEntry",
     "AuditRow",
     "Outcome",
+    "Problem",
     "VerifyReport",
     "bind_action",
-    "holds_audit_lock",
+    "holds_audit_chain",
     "insert_rows",
     "record",
     "record_many",
@@ -85,10 +87,6 @@ class AuditRow:
     instance_id: str | None = None
     integration_id: str | None = None
     details: Mapping[str, Any] | None = None
-
-
-#: Advisory lock key the append trigger takes (see the initial migration).
-AUDIT_LOCK_KEY = 0x5049_4155
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +165,7 @@ def record(
 # --------------------------------------------------------------------------------------
 
 #: The columns an appended row sets, in the order of `select_row`; the append trigger
-#: sets the others (id, time, database role, hash chain).
+#: sets the others (id, time, database role, chain, seq, hashes).
 _APPENDED_COLUMNS = tuple(
     audit_log.c[name].name
     for name in ("actor", "action", "instance_id", "integration_id", "outcome", "details")
@@ -218,15 +216,12 @@ def bind_action(statement: sa.TextClause, action: AuditAction) -> sa.TextClause:
     )
 
 
-def holds_audit_lock(session: Session) -> bool:
-    """True when this session's transaction has appended to the audit log (holds its lock)."""
+def holds_audit_chain(session: Session) -> bool:
+    """True when this session's transaction has appended to the audit log (holds a chain)."""
     return bool(
         session.execute(
-            sa.text(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
-                "AND pid = pg_backend_pid() AND granted AND classid = 0 AND objid = :key)"
-            ),
-            {"key": AUDIT_LOCK_KEY},
+            sa.text("SELECT coalesce(current_setting(CAST(:name AS text), true), '') <> ''"),
+            {"name": CHAIN_SETTING},
         ).scalar()
     )
 
@@ -244,10 +239,11 @@ def record_outside(
     """Record a failure so that it survives the caller's rollback.
 
     Written in its own transaction on another connection, unless the caller's transaction
-    already holds the audit lock (waiting for it would deadlock): then in the caller's.
+    already holds an audit chain: then in the caller's (when every chain is busy the
+    other connection would wait for one, possibly the caller's, which waits for it).
     """
     row = AuditRow(action, actor, outcome, instance_id, integration_id, details)
-    if holds_audit_lock(session):
+    if holds_audit_chain(session):
         record_many(session, [row])
         return
     bind = session.get_bind()
@@ -286,49 +282,3 @@ def tail(
     with translate_errors("read the audit log"):
         rows = session.execute(query).all()
     return [_entry(r) for r in reversed(rows)]
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    """The result of `verify`: rows checked, broken rows, the hash of the last row."""
-
-    rows: int
-    broken: tuple[int, ...]
-    missing: tuple[int, ...]
-    last_hash: str | None
-
-    @property
-    def ok(self) -> bool:
-        """True when the whole chain matches."""
-        return not self.broken and not self.missing
-
-
-_VERIFY = sa.text(
-    """
-    SELECT id,
-           hash = integration_audit_hash(lag(hash) OVER w, l)
-             AND prev_hash IS NOT DISTINCT FROM lag(hash) OVER w AS ok,
-           id - coalesce(lag(id) OVER w, 0) AS gap,
-           encode(hash, 'hex') AS hex
-      FROM integration_audit_log l
-    WINDOW w AS (ORDER BY id)
-     ORDER BY id
-    """
-)
-
-
-def verify(session: Session) -> VerifyReport:
-    """Recompute the hash chain; report rows whose content or link does not match."""
-    broken: list[int] = []
-    missing: list[int] = []
-    rows = 0
-    last: str | None = None
-    with translate_errors("verify the audit log"):
-        for row in session.execute(_VERIFY):
-            rows += 1
-            if not row.ok:
-                broken.append(row.id)
-            if row.gap != 1:
-                missing.extend(range(row.id - row.gap + 1, row.id))
-            last = row.hex
-    return VerifyReport(rows=rows, broken=tuple(broken), missing=tuple(missing), last_hash=last)

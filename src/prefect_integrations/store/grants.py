@@ -14,6 +14,7 @@ from prefect_integrations.db import VERSION_TABLE, Database
 from prefect_integrations.exceptions import PermissionDenied
 from prefect_integrations.models import (
     ADMIN_ROLE,
+    AUDIT_ID_SEQUENCE,
     RUNTIME_ROLE,
     RUNTIME_UPDATABLE_COLUMNS,
     audit_log,
@@ -101,6 +102,8 @@ def apply_grants(
             f"GRANT SELECT ON integration_definitions, integration_instances TO {runtime}",
             f"GRANT UPDATE ({updatable}) ON integration_instances TO {runtime}",
             f"GRANT SELECT, INSERT ON {', '.join(_APPEND_ONLY)} TO {admin}, {runtime}",
+            # the append trigger runs as the writer and numbers rows from this sequence
+            f"GRANT USAGE ON SEQUENCE {AUDIT_ID_SEQUENCE} TO {admin}, {runtime}",
             f"GRANT SELECT, INSERT, DELETE ON integration_oauth_states TO {admin}, {runtime}",
             # the key registry: workers read it and register keys on first use; only an
             # operator (admin) may change a registration

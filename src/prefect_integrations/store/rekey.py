@@ -252,7 +252,7 @@ def rotate_keys(
     they are audited, as is each batch. Rows still in envelope version 1 are then
     rewritten in the specification's credentials shape (`upgrade_shapes`; counted in
     ``upgraded``). A batch aborted by a deadlock (its row locks
-    against a transaction that holds the audit chain lock, such as the usage recorder's)
+    against another transaction's, or against an audit chain when all of them are busy)
     is retried. Raises `DatabaseUnavailable` when the connection is lost (nothing
     committed is lost; run it again). Uses one connection for the whole run.
     """
