@@ -9,7 +9,7 @@ looks first, in one read-only transaction:
   the audit log (``PREFECT_INTEGRATIONS_DATABASE_URL``);
 - every integration that has instances is loaded, with the content stored in the
   database (``PREFECT_INTEGRATIONS_DEFINITIONS_PATH``, or ``definitions sync``);
-- the keyring holds every key id in use, and each decrypts one of the newest rows under
+- the keyring holds every key id in use, and each decrypts one of 3 rows stored under
   its id (``PREFECT_INTEGRATIONS_KEYS``): a key that decrypts one is the right one, so a
   row that later fails to decrypt is damaged, the instance's own problem.
 
@@ -136,8 +136,8 @@ def _keys_fault(
     if probe.wrong:
         listed = ", ".join(f"'{k}'" for k in probe.wrong)
         return WorkerMisconfigured(
-            f"This worker's key(s) {listed} do not decrypt the newest credentials stored "
-            f"under that id: the key differs from the one they were written with; set {KEYS} "
+            f"This worker's key(s) {listed} do not decrypt the credentials stored under "
+            f"that id: the key differs from the one they were written with; set {KEYS} "
             "to the operator's keyring",
             setting=KEYS,
         )
