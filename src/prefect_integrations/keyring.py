@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
 from prefect_integrations.exceptions import KeyringError
@@ -72,6 +74,18 @@ class Keyring:
             if kid == key_id:
                 return key
         return None
+
+    def subkey(self, key_id: str, info: bytes) -> bytes | None:
+        """A 32-byte key derived (HKDF-SHA256) from the key ``key_id`` for one purpose.
+
+        ``info`` names the purpose, so a signing subkey never equals an encryption key nor
+        another purpose's subkey. None when the keyring has no key ``key_id``.
+        """
+        key = self.get(key_id)
+        if key is None:
+            return None
+        material = base64.b64decode(key.get_secret_value())
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
 
     def __iter__(self) -> Iterator[tuple[str, SecretStr]]:
         return iter(self.keys)

@@ -31,9 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Definition, OAuth2Config, Registry
 from prefect_integrations.exceptions import OAuthError
@@ -74,15 +71,6 @@ class LinkClaims:
     reconnect: bool
 
 
-def _subkey(keyring: Keyring, key_id: str, info: bytes) -> bytes | None:
-    key = keyring.get(key_id)
-    if key is None:
-        return None
-    material = base64.b64decode(key.get_secret_value())
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info)
-    return hkdf.derive(material)
-
-
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -112,7 +100,7 @@ def verify_link(keyring: Keyring, token: str, *, now: float | None = None) -> Li
     if not isinstance(claims, dict) or claims.get("v") != _VERSION:
         return None
     key_id = claims.get("k")
-    subkey = _subkey(keyring, key_id, _LINK_INFO) if isinstance(key_id, str) else None
+    subkey = keyring.subkey(key_id, _LINK_INFO) if isinstance(key_id, str) else None
     if subkey is None or not hmac.compare_digest(_sign(subkey, payload), signature):
         return None
     instance_id, nonce = claims.get("i"), claims.get("n")
@@ -134,7 +122,7 @@ def browser_binding(keyring: Keyring, state: str, key_id: str | None = None) -> 
 
     Signed with a subkey of ``key_id`` (the primary key when not given).
     """
-    subkey = _subkey(keyring, key_id or keyring.primary_id, _BROWSER_INFO)
+    subkey = keyring.subkey(key_id or keyring.primary_id, _BROWSER_INFO)
     if subkey is None:
         raise KeyError(key_id)
     return _b64(hmac.new(subkey, state.encode("utf-8", "surrogatepass"), hashlib.sha256).digest())
@@ -226,7 +214,7 @@ def mint_link(
         "r": reconnect,
     }
     payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
-    subkey = _subkey(keyring, keyring.primary_id, _LINK_INFO)
+    subkey = keyring.subkey(keyring.primary_id, _LINK_INFO)
     assert subkey is not None  # the primary key is always in the keyring
     token = f"{payload}.{_sign(subkey, payload)}"
     return f"{link_base(redirect_uri)}/connect/{quote(instance_id, safe='')}?link={token}"
