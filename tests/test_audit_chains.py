@@ -4,8 +4,8 @@ The tampering is done as the test cluster's superuser, who can switch the guard 
 off (``session_replication_role = replica`` or ``DISABLE TRIGGER``) and replace
 functions: `verify` must name what changed without using any of the database's functions.
 A chain's newest rows removed together with its head moved back look like a shorter,
-intact chain: only heads kept outside the database show that (see
-``test_cli_verify_finds_a_cut_tail_by_the_chain_head`` in test_audit_coverage.py).
+intact chain: only heads kept outside the database (a signed checkpoint) show that: see
+test_audit_seals.py.
 """
 
 from __future__ import annotations
@@ -177,9 +177,10 @@ def test_a_forged_row_is_altered(db: Database) -> None:
     assert _verify(db).ids("altered") == (999,)
 
 
-def test_a_row_with_a_correct_hash_at_the_end_of_a_chain_needs_the_heads(db: Database) -> None:
-    """Hashed as the trigger would, a row added at the end of a chain looks appended;
-    only the chain's head kept from before (a checkpoint) shows it."""
+def test_a_row_with_a_correct_hash_at_the_end_of_a_chain_looks_appended(db: Database) -> None:
+    """Hashed as the trigger would, a row added at the end of a chain looks appended, and
+    is indistinguishable from a later append; a checkpoint shows a changed or removed row
+    up to its heads (test_audit_seals.py)."""
     _, second = _two_in_one_chain(db)
     before = {c.chain: c.head for c in _verify(db).chains}
     hashed = (

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 import prefect_integrations
+from prefect_integrations.audit_archive import archive
 from prefect_integrations.cli import run as cli_run
 from prefect_integrations.client import IntegrationClient
 from prefect_integrations.db import Database
@@ -409,6 +410,17 @@ def _with_rotating(w: World) -> None:
     w.use_runtime()
 
 
+def _archive(w: World) -> None:
+    with w.db.transaction() as s:
+        chains = s.execute(
+            sa.text("SELECT count(DISTINCT chain) FROM integration_audit_log")
+        ).scalar_one()
+        now = s.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+    assert chains == 1  # one cut row expected below
+    result = archive(w.db, w.keyring, before=now, to=w.tmp_path / "old.jsonl.gz", actor=ACTOR)
+    assert result.rows > 0
+
+
 def _rotate_provider(w: World) -> None:
     rt = runtime()
     rotation = ProviderCredentialRotation(rt.db, rt.registry, rt.keyring, clients=rt.clients)
@@ -516,6 +528,9 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "keys.rotate": Operation(
         _with_instance, _rotate_keys, (("keys.rotate", "success"),), instance_id=None
+    ),
+    "audit.archive": Operation(
+        _with_instance, _archive, (("audit.archive", "success"),), instance_id=None
     ),
     "keys.register": Operation(
         _with_instance, _register_keys, (("keys.register", "success"),), instance_id=None
@@ -881,15 +896,73 @@ def test_cli_verify_names_a_deleted_row_by_its_place(cli: Cli, logged: Database)
     _verify_fails(cli, f"missing rows: {place}")
 
 
-def test_cli_verify_finds_a_cut_tail_only_by_the_heads(cli: Cli, logged: Database) -> None:
-    """Removing a chain's newest row leaves a valid shorter chain: the printed heads tell."""
-    intact = cli.ok("audit", "verify").out
+def test_cli_verify_finds_a_cut_tail_only_with_a_checkpoint(
+    cli: Cli, logged: Database, tmp_path: Path
+) -> None:
+    """Removing a chain's newest row leaves a valid shorter chain: a checkpoint tells."""
+    checkpoint = tmp_path / "cp.json"
+    written = cli.ok("audit", "checkpoint", "--out", str(checkpoint)).out
+    assert written.startswith("checkpoint of ") and checkpoint.exists()
+    intact = cli.ok("audit", "verify", "--checkpoint", str(checkpoint)).out
+    assert intact.splitlines()[-1].startswith("checkpoint of ")
+    assert intact.splitlines()[-1].endswith("rows are all here")
     last = _last_id(logged)
     chain, seq, _, _ = _place(logged, last)
     _tamper(logged, f"DELETE FROM integration_audit_log WHERE id = {last}")
     shorter = cli.ok("audit", "verify").out
     assert shorter.startswith(f"audit log intact: {last - 1} rows")
-    assert f"chain {chain}: seq {seq}," in intact and f"chain {chain}: seq {seq}," not in shorter
+    result = cli("audit", "verify", "--checkpoint", str(checkpoint))
+    assert result.code == 1
+    assert (
+        f"cut from the end of a chain (checkpoint): chain {chain} ends at seq {seq - 1}, "
+        f"before the checkpoint's head {seq}"
+    ) in result.err.splitlines()
+    as_json = cli("audit", "verify", "--checkpoint", str(checkpoint), "--json")
+    assert [p["kind"] for p in json.loads(as_json.out)["problems"]] == ["cut"]
+
+
+def test_cli_checkpoint_printed_verifies_and_a_forged_one_is_refused(
+    cli: Cli, logged: Database, tmp_path: Path
+) -> None:
+    document = json.loads(cli.ok("audit", "checkpoint").out)
+    assert document["format"] == "prefect-integrations.audit-checkpoint"
+    assert document["rows"] == _last_id(logged)
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(document | {"rows": 1}))
+    result = cli("audit", "verify", "--checkpoint", str(forged))
+    assert result.code == 1 and "Traceback" not in result.err
+    assert result.err.startswith(
+        f"error[validation_error]: checkpoint file {str(forged)!r} is invalid at $.signature"
+    )
+    missing = cli("audit", "verify", "--checkpoint", str(tmp_path / "none.json"))
+    assert missing.code == 1 and "no such file" in missing.err
+
+
+def test_cli_archive_and_verify_archive(cli: Cli, logged: Database, tmp_path: Path) -> None:
+    rows = _last_id(logged)
+    before = json.loads(cli.ok("audit", "checkpoint").out)
+    (tmp_path / "cp.json").write_text(json.dumps(before))
+    with logged.transaction() as s:
+        now = s.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+    target = tmp_path / "2026.jsonl.gz"
+    out = cli.ok("audit", "archive", "--before", now.isoformat(), "--to", str(target)).out
+    assert out.startswith(f"archived {rows} rows of ") and target.exists()
+    verified = cli.ok("audit", "verify").out
+    assert "archived by row" in verified
+    old = cli.ok("audit", "verify", "--checkpoint", str(tmp_path / "cp.json")).out
+    assert old.splitlines()[-1].endswith(f"all here, {rows} archived since")
+    assert cli.ok("audit", "verify-archive", str(target)).out.startswith(
+        f"archive intact: {rows} rows of "
+    )
+    again = cli("audit", "archive", "--before", now.isoformat(), "--to", str(target))
+    assert again.code == 1 and "already exists" in again.err
+    future = cli("audit", "archive", "--before", "2999-01-01", "--to", str(tmp_path / "f.gz"))
+    assert future.code == 2 and "must be in the past" in future.err
+    bad = cli("audit", "archive", "--before", "last year", "--to", str(tmp_path / "f.gz"))
+    assert bad.code == 2 and "not an ISO date" in bad.err
+    target.write_bytes(b"junk")
+    broken = cli("audit", "verify-archive", str(target))
+    assert broken.code == 1 and "not a complete gzip file" in broken.err
 
 
 def test_cli_verify_names_every_broken_row(cli: Cli, logged: Database) -> None:

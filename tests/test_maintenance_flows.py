@@ -15,6 +15,7 @@ from prefect_integrations.cli import run
 from prefect_integrations.credentials import to_epoch
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
+from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.maintenance.flows import (
     health_check,
@@ -77,6 +78,44 @@ def test_health_check_flow(
     expected = "checked 2 instances: 1 ok, 1 provider_auth_failed; no outage; 1 degraded (sick)"
     assert f"Instance health: {expected}" in descriptions
     assert not [d for d in descriptions if "{" in d]
+
+
+@pytest.mark.usefixtures("env")
+def test_each_maintenance_run_publishes_a_signed_checkpoint(
+    harness: Path, echo_db: Database, keyring: Keyring
+) -> None:
+    """The artifact holds a checkpoint `audit verify --checkpoint artifact:...` reads back."""
+    from prefect_integrations.audit_seals import parse_checkpoint
+    from prefect_integrations.maintenance.checkpoints import ARTIFACT_KEY, read_artifact_document
+    from prefect_integrations.store import audit
+
+    with echo_db.transaction() as s:
+        audit.record(s, action=audit.AuditAction.HEALTH_CHECK, actor="t")
+    refresh_tokens()
+    subject, document = read_artifact_document(f"artifact:{ARTIFACT_KEY}")
+    checkpoint = parse_checkpoint(document, keyring, subject=subject)
+    with echo_db.transaction() as s:
+        rows = audit.verify(s).rows
+        report = audit.verify(s, checkpoint.chains)
+    assert checkpoint.rows == rows >= 1  # the run's checkpoint covers the row above
+    assert report.ok and report.covered_rows == checkpoint.rows
+    # by id too, and a key that names no artifact is a clear error
+    artifact_id = asyncio.run(_artifact_ids(ARTIFACT_KEY))[0]
+    assert read_artifact_document(f"artifact:{artifact_id}")[1] == document
+    with pytest.raises(ValidationError, match="no such artifact"):
+        read_artifact_document("artifact:no-such-key")
+
+
+async def _artifact_ids(key: str) -> list[str]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    return [str(a.id) for a in found]
 
 
 @pytest.mark.usefixtures("env")

@@ -1,14 +1,21 @@
-"""`prefect-integrations audit ...`: read and verify the audit log."""
+"""`prefect-integrations audit ...`: read, verify, checkpoint and archive the audit log."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from prefect_integrations.cli._common import echo, echo_table, emit_json, runtime
+from prefect_integrations.audit_archive import archive as archive_rows
+from prefect_integrations.audit_archive import verify_archive as check_archive_file
+from prefect_integrations.audit_seals import Checkpoint, parse_checkpoint, take_checkpoint
+from prefect_integrations.cli._common import echo, echo_table, emit_json, read_json_file, runtime
+from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.store import audit
 
 app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
@@ -60,6 +67,8 @@ _HEADINGS = {
     "missing": "missing rows",
     "reordered": "reordered rows",
     "inserted": "inserted rows",
+    "cut": "cut from the end of a chain (checkpoint)",
+    "rewritten": "history rewritten (checkpoint)",
     "trigger": "triggers",
     "function": "functions",
 }
@@ -82,24 +91,73 @@ def _describe(problem: audit.Problem) -> str:
     return problem.detail
 
 
+def _load_checkpoint(reference: str) -> Checkpoint:
+    """A checkpoint from a file, or from a Prefect artifact (``artifact:KEY|ID``)."""
+    from prefect_integrations.maintenance.checkpoints import (
+        ARTIFACT_PREFIX,
+        read_artifact_document,
+    )
+
+    rt = runtime()
+    if reference.startswith(ARTIFACT_PREFIX):
+        subject, document = read_artifact_document(reference)
+    else:
+        subject = f"checkpoint file {reference!r}"
+        document = read_json_file(reference, what="checkpoint")
+    return parse_checkpoint(document, rt.keyring, subject=subject)
+
+
 @app.command()
 def verify(
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            metavar="FILE|artifact:KEY|artifact:ID",
+            help="Also prove the log still holds everything this signed checkpoint covered",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Recompute every hash; exit 1 if a row, trigger or function was changed or removed.
 
-    Prints each chain's last seq and hash: kept outside the database, they show later
-    that no row was removed from the end of a chain.
+    Prints each chain's last seq and hash. Without a checkpoint, the newest rows of a
+    chain removed (a cut tail) or rows appended by someone computing the hashes look
+    like a shorter or longer intact chain; with ``--checkpoint`` (a file from `audit
+    checkpoint`, or the artifact each maintenance run publishes) each chain must still
+    hold the checkpoint's head unchanged and every row before it that no archive cut.
     """
+    covered = _load_checkpoint(checkpoint) if checkpoint is not None else None
     rt = runtime()
     with rt.transaction("verify the audit log") as session:
-        report = audit.verify(session)
+        report = audit.verify(session, covered.chains if covered else None)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json(
+            report.as_dict()
+            | (
+                {"checkpoint": {"created_at": covered.created_at, "rows": covered.rows}}
+                if covered
+                else {}
+            )
+        )
     elif report.ok:
         echo(f"audit log intact: {report.rows} rows in {len(report.chains)} chains")
         for chain in report.chains:
-            echo(f"chain {chain.chain}: seq {chain.seq}, head {chain.head}")
+            start = (
+                f"seq {chain.first_seq}-{chain.seq}" if chain.first_seq > 1 else f"seq {chain.seq}"
+            )
+            echo(f"chain {chain.chain}: {start}, head {chain.head}")
+        for cut in report.cuts:
+            echo(
+                f"chain {cut.chain}: seq 1-{cut.through_seq} archived by row {cut.id} "
+                f"({cut.details.get('file', '?')}, {cut.occurred_at})"
+            )
+        if covered is not None:
+            archived = f", {report.archived_since} archived since" if report.archived_since else ""
+            echo(
+                f"checkpoint of {covered.created_at} (key {covered.key_id}): its {covered.rows} "
+                f"rows are all here{archived}"
+            )
     else:
         for kind, heading in _HEADINGS.items():
             found = [_describe(p) for p in report.problems if p.kind == kind]
@@ -109,5 +167,103 @@ def verify(
         if report.more_problems:
             echo(f"... and {report.more_problems} more problems", err=True)
         echo(f"audit log BROKEN ({report.rows} rows checked)", err=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def checkpoint(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write it to this file (default: print it)")
+    ] = None,
+) -> None:
+    """Sign the chains' heads, row count and time with the primary key, as JSON.
+
+    Keep it outside the database; `audit verify --checkpoint FILE` proves later that the
+    log still holds what it covered. Each maintenance run also publishes one as the
+    Prefect artifact ``integration-audit-checkpoint``.
+    """
+    rt = runtime()
+    with rt.transaction("take an audit checkpoint") as session:
+        taken = take_checkpoint(session, rt.keyring)
+    if out is None:
+        echo(taken.to_json().rstrip())
+        return
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        partial.write_text(taken.to_json(), encoding="utf-8")
+        partial.replace(out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ValidationError(
+            f"checkpoint file {str(out)!r}", [], exc.strerror or "cannot be written"
+        ) from None
+    echo(f"checkpoint of {taken.rows} rows in {len(taken.chains)} chains written to {out}")
+
+
+def _parse_before(text: str) -> datetime:
+    """``--before``: an ISO date or time (UTC unless it says otherwise), in the past."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO date or time (e.g. 2025-12-01)", param_hint="--before"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment > datetime.now(UTC):
+        raise typer.BadParameter("must be in the past", param_hint="--before")
+    return moment
+
+
+@app.command(name="archive")
+def archive_command(
+    before: Annotated[
+        str, typer.Option("--before", metavar="DATE", help="Archive rows older than this")
+    ],
+    to: Annotated[Path, typer.Option("--to", metavar="FILE", help="The archive file to write")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Move rows older than DATE to a signed gzip JSON-lines file, then delete them.
+
+    Verifies the log first and refuses a broken one. Each chain gets a cut, a row that
+    names the last seq removed and its hash, so the deletion is part of the chain and
+    `audit verify` accepts a chain that now starts later. Needs a role that may DELETE
+    from the log (its owner). Take a new checkpoint afterwards.
+    """
+    moment = _parse_before(before)
+    rt = runtime()
+    result = archive_rows(rt.db, rt.keyring, before=moment, to=to, actor=rt.actor)
+    if as_json:
+        emit_json(result.as_dict())
+    elif not result.rows:
+        echo(f"nothing to archive: no row older than {moment.isoformat()}")
+    else:
+        echo(
+            f"archived {result.rows} rows of {len(result.cuts)} chains to {result.path} "
+            f"(sha256 {result.file_sha256}); take a new checkpoint: "
+            "prefect-integrations audit checkpoint --out FILE"
+        )
+
+
+@app.command(name="verify-archive")
+def verify_archive_command(
+    file: Annotated[Path, typer.Argument(help="A file written by `audit archive`")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Check an archive file: its signature and every row's hash and link; exit 1 if not."""
+    rt = runtime()
+    report = check_archive_file(file, rt.keyring)
+    if as_json:
+        emit_json(report.as_dict())
+    elif report.ok:
+        echo(
+            f"archive intact: {report.rows} rows of {len(report.chains)} chains older than "
+            f"{report.before} (written {report.created_at})"
+        )
+    else:
+        for problem in report.problems[:50]:
+            echo(problem, err=True)
+        echo(f"archive BROKEN ({len(report.problems)} problems)", err=True)
     if not report.ok:
         raise typer.Exit(1)

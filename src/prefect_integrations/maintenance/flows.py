@@ -5,7 +5,8 @@ keyring from ``PREFECT_INTEGRATIONS_*``) and hands them to the maintenance code
 explicitly. Each first checks that its worker's settings match the store
 (`worker_checks`): a worker fault fails the run with a message naming the setting and
 changes no instance's status. Each takes no secret as a parameter, audits every
-outcome, emits events on status changes, and publishes a table artifact of what it did.
+outcome, emits events on status changes, publishes a table artifact of what it did and
+ends by publishing a signed checkpoint of the audit log (`checkpoints`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact, create_table_artifact
 
+from prefect_integrations.maintenance.checkpoints import apublish_checkpoint, publish_checkpoint
 from prefect_integrations.maintenance.health import HealthChecker
 from prefect_integrations.maintenance.refresh import refresh_expiring
 from prefect_integrations.maintenance.summaries import (
@@ -64,6 +66,7 @@ async def health_check(
         table=[r.as_row() for r in report.results] or [{"instance": "(none due)"}],
         description=f"Instance health: {health_text(summary)}",
     )
+    await apublish_checkpoint(rt.db, rt.keyring)
     return summary
 
 
@@ -86,6 +89,7 @@ def refresh_tokens(horizon_seconds: float = 900.0, workers: int = 8) -> dict[str
         or [{"instance": "(none due)"}],
         description=f"Token refresh (horizon {horizon_seconds:.0f} s): {refresh_text(summary)}",
     )
+    publish_checkpoint(rt.db, rt.keyring)
     return summary
 
 
@@ -135,4 +139,5 @@ def rotate_credentials(batch_size: int = 5000, provider_rotation: bool = True) -
         description=f"Primary key '{rt.keyring.primary_id}'; {credential_rotation_text(summary)}",
     )
     logger.info("Credential rotation: %s", credential_rotation_text(summary))
+    publish_checkpoint(rt.db, rt.keyring)
     return summary

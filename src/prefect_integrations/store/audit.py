@@ -2,7 +2,8 @@
 
 A trigger numbers each row, stamps it and links it into one of several hash chains
 (``sha256(prev_hash || row)``, see `audit_chain`); UPDATE, DELETE and TRUNCATE are
-refused. `verify` (from `audit_verify`) recomputes every hash in Python. Details never
+refused, except the DELETE of rows an archive's cut covers (`audit_archive`). `verify`
+(from `audit_verify`) recomputes every hash in Python. Details never
 hold secrets: callers pass names and counts, not values.
 """
 
@@ -75,6 +76,8 @@ class AuditAction(enum.StrEnum):
     METHOD_CALL = "method.call"
     #: A maintenance run stopped because its own settings are wrong (no status changed).
     MAINTENANCE_FAULT = "maintenance.fault"
+    #: A chain's oldest rows were moved to an archive file and deleted (a cut).
+    AUDIT_ARCHIVE = "audit.archive"
 
 
 @dataclass(frozen=True, slots=True)

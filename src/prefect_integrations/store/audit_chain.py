@@ -36,6 +36,8 @@ from dataclasses import dataclass
 __all__ = [
     "CHAINS",
     "CHAIN_SETTING",
+    "CUT_ACTION",
+    "CUT_INDEX",
     "EXPECTED_FUNCTIONS",
     "EXPECTED_TRIGGERS",
     "LOCK_CLASS",
@@ -52,6 +54,11 @@ __all__ = [
 CHAINS = 32
 #: The transaction-local setting naming the chain a transaction appends to.
 CHAIN_SETTING = "prefect_integrations.audit_chain"
+#: The action of a cut: the row `audit archive` appends to a chain before deleting the
+#: chain's rows up to ``details.through_seq`` (`AuditAction.AUDIT_ARCHIVE`).
+CUT_ACTION = "audit.archive"
+#: The partial index of the cuts, by chain and seq.
+CUT_INDEX = "integration_audit_log_cuts_idx"
 #: The first key of the chains' advisory locks (the second is the chain): "PIAU".
 LOCK_CLASS = 0x5049_4155
 
@@ -107,8 +114,19 @@ BEGIN
 END
 """
 
+# A row may be deleted only when a later row of its chain, a cut recorded by `audit
+# archive`, covers its seq: the deletion is then part of the chain. Everything else is
+# refused (the partial index on the cuts keeps the check one index probe per row).
 _REFUSE_BODY = """
 BEGIN
+  IF TG_OP = 'DELETE' AND EXISTS (
+    SELECT 1 FROM {schema}.integration_audit_log c
+     WHERE c.action = '{cut_action}' AND c.chain = OLD.chain AND c.seq > OLD.seq
+       AND jsonb_typeof(c.details -> 'through_seq') = 'number'
+       AND (c.details ->> 'through_seq')::numeric >= OLD.seq
+  ) THEN
+    RETURN OLD;
+  END IF;
   RAISE EXCEPTION 'integration_audit_log is append-only: % is not allowed', TG_OP
     USING ERRCODE = 'insufficient_privilege';
 END
@@ -159,6 +177,7 @@ def function_bodies(schema: str) -> dict[str, str]:
         "setting": CHAIN_SETTING,
         "lock": LOCK_CLASS,
         "hash": inline,
+        "cut_action": CUT_ACTION,
     }
     return {f.signature: f.body.format(**values) for f in EXPECTED_FUNCTIONS}
 

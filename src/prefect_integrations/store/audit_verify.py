@@ -7,17 +7,24 @@ with no gap, that each row links to the stored hash of the one before (``prev_ha
 and that ids grow with ``seq`` (the trigger numbers a chain's rows in order). The last
 row of each chain is its head: `VerifyReport.chains` lists them. It also checks that the
 triggers the log relies on exist, are enabled and unconditional, that no other trigger
-or rule sits on the table, and that the functions have the expected source.
+or rule sits on the table, and that the functions have the expected source
+(`audit_guard`).
+
+A chain may start after seq 1 when its first rows were archived: a cut (a row with
+action ``audit.archive`` further on in the same chain, `audit_cuts`) must then name the
+seq before the first row and the hash that row links to; `VerifyReport.cuts` lists them.
 
 What it cannot see alone: the newest rows of a chain removed (a cut tail), rows added
 at the end of a chain by someone who computes their hashes as the trigger would, or a
-chain rewritten entirely; only a copy of the heads kept outside the database (a
-checkpoint) shows those.
+chain rewritten entirely. Given the heads of a checkpoint kept outside the database
+(``covered``), it also checks that each chain still holds the row at the checkpoint's
+head with the same hash, and every row before it that no cut removed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,15 +35,16 @@ from prefect_integrations.db import translate_errors
 from prefect_integrations.models import audit_log
 from prefect_integrations.store.audit_chain import (
     CHAINS,
-    EXPECTED_FUNCTIONS,
-    EXPECTED_TRIGGERS,
-    function_bodies,
+    CUT_ACTION,
     row_hash,
 )
+from prefect_integrations.store.audit_guard import check_guard
 
-__all__ = ["ChainHead", "Problem", "ProblemKind", "VerifyReport", "verify"]
+__all__ = ["ChainHead", "Cut", "Problem", "ProblemKind", "VerifyReport", "verify"]
 
-ProblemKind = Literal["altered", "missing", "reordered", "inserted", "trigger", "function"]
+ProblemKind = Literal[
+    "altered", "missing", "reordered", "inserted", "cut", "rewritten", "trigger", "function"
+]
 
 #: Problems kept in a report; past this only their number grows (constant memory).
 MAX_PROBLEMS = 10_000
@@ -53,8 +61,11 @@ class Problem:
     (``seq`` to ``last_seq``; ``id`` is the row before the gap, ``next_id`` the one after).
     ``reordered``: the row's id is lower than the id of the row before it in its chain.
     ``inserted``: a row with no place in a chain (no chain or seq, a chain that does not
-    exist, a seq taken twice). ``trigger``/``function``: what the append and the guard
-    rely on is missing or changed.
+    exist, a seq taken twice). ``cut``: a chain ends before the head a checkpoint
+    recorded (``seq`` is that head's, ``last_seq`` the chain's last). ``rewritten``: the
+    row at a checkpoint's head has another hash, or rows it covered are gone without a
+    cut. ``trigger``/``function``: what the append and the guard rely on is missing or
+    changed.
     """
 
     kind: ProblemKind
@@ -76,16 +87,50 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class ChainHead:
-    """A chain as verified: its last row's seq and hash (hex), and how many rows it has."""
+    """A chain: its last row's seq and hash (hex), how many rows it has, its first seq.
+
+    ``first_seq`` is above 1 when the chain's first rows were archived.
+    """
 
     chain: int
     seq: int
     head: str | None
     rows: int
+    first_seq: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"chain": self.chain, "seq": self.seq, "head": self.head, "rows": self.rows}
+        return {
+            "chain": self.chain,
+            "first_seq": self.first_seq,
+            "seq": self.seq,
+            "head": self.head,
+            "rows": self.rows,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Rows archived from the start of a chain: seq 1 (or an earlier cut's) to ``through_seq``.
+
+    ``id`` is the cut's own row; ``details`` what `audit archive` recorded in it.
+    """
+
+    chain: int
+    through_seq: int
+    id: int
+    occurred_at: str
+    details: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "chain": self.chain,
+            "through_seq": self.through_seq,
+            "id": self.id,
+            "occurred_at": self.occurred_at,
+            "details": self.details,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +142,11 @@ class VerifyReport:
     problems: tuple[Problem, ...]
     #: Problems found beyond `MAX_PROBLEMS` (counted, not kept).
     more_problems: int = 0
+    #: The cuts that explain where chains start.
+    cuts: tuple[Cut, ...] = ()
+    #: With a checkpoint: the rows it covered that are still here, and those archived since.
+    covered_rows: int | None = None
+    archived_since: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -119,6 +169,12 @@ class VerifyReport:
             "chains": [c.as_dict() for c in self.chains],
             "problems": [p.as_dict() for p in self.problems],
             "more_problems": self.more_problems,
+            "cuts": [c.as_dict() for c in self.cuts],
+            **(
+                {"covered_rows": self.covered_rows, "archived_since": self.archived_since}
+                if self.covered_rows is not None
+                else {}
+            ),
         }
 
 
@@ -138,13 +194,22 @@ class _Found:
 
 @dataclass
 class _Chain:
-    """Where a chain is while its rows are read."""
+    """Where a chain is while its rows are read.
+
+    ``start`` is the first row's (seq, id, prev_hash) when the chain starts after seq 1,
+    until a cut explains it; ``at_head`` the hash of the row at the checkpoint's head and
+    ``upto_head`` the rows read up to it.
+    """
 
     chain: int
     seq: int = 0
     id: int | None = None
     hash: bytes | None = None
     rows: int = 0
+    first_seq: int = 0
+    start: tuple[int, int, bytes | None] | None = None
+    at_head: bytes | None = None
+    upto_head: int = 0
 
 
 _ROWS = sa.text(
@@ -165,14 +230,38 @@ def _rows(session: Session) -> Iterator[Any]:
     yield from result
 
 
-def _check_row(row: Any, state: _Chain, found: _Found) -> None:
+def _cut_of(row: Any, state: _Chain) -> Cut | None:
+    """The cut ``row`` records, if it is one and explains where its chain starts."""
+    if row.action != CUT_ACTION or state.start is None:
+        return None
+    try:
+        details = json.loads(row.details)
+    except (TypeError, ValueError):
+        return None
+    first_seq, _, prev_hash = state.start
+    through = details.get("through_seq") if isinstance(details, dict) else None
+    if (
+        not isinstance(details, dict)
+        or type(through) is not int
+        or through != first_seq - 1
+        or details.get("through_hash") != (prev_hash.hex() if prev_hash else None)
+    ):
+        return None
+    return Cut(row.chain, first_seq - 1, row.id, row.occurred_at, details)
+
+
+def _check_row(row: Any, state: _Chain, found: _Found, cuts: list[Cut]) -> None:
     """Check one row against the state of its chain, then move the chain on."""
     where = {"id": row.id, "chain": row.chain, "seq": row.seq}
     if row.seq <= state.seq:
         found.add(Problem("inserted", f"seq {row.seq} of chain {row.chain} taken twice", **where))
         return
     gap = row.seq > state.seq + 1
-    if gap:
+    if state.seq == 0:
+        state.first_seq = row.seq
+        if gap:  # archived, if a cut further on says so
+            state.start = (row.seq, row.id, row.prev_hash)
+    elif gap:
         found.add(
             Problem(
                 "missing",
@@ -208,18 +297,116 @@ def _check_row(row: Any, state: _Chain, found: _Found) -> None:
         found.add(Problem("altered", "does not link to the row before it", **where))
     if state.id is not None and row.id <= state.id:
         found.add(Problem("reordered", f"id below {state.id}, the row before it", **where))
+    elif expected == row.hash and (cut := _cut_of(row, state)) is not None:
+        cuts.append(cut)
+        state.start = None
     state.seq, state.id, state.hash = row.seq, row.id, row.hash
     state.rows += 1
 
 
-def _head(state: _Chain) -> ChainHead:
-    return ChainHead(state.chain, state.seq, state.hash.hex() if state.hash else None, state.rows)
+def _end_chain(state: _Chain, found: _Found) -> ChainHead:
+    """The chain's head, once a chain whose start no cut explains is reported."""
+    if state.start is not None:
+        first_seq, first_id, _ = state.start
+        found.add(
+            Problem(
+                "missing",
+                f"chain {state.chain} has no seq 1"
+                + (f" to {first_seq - 1}" if first_seq > 2 else "")
+                + " and no cut of them",
+                chain=state.chain,
+                seq=1,
+                last_seq=first_seq - 1,
+                next_id=first_id,
+            )
+        )
+    return ChainHead(
+        state.chain,
+        state.seq,
+        state.hash.hex() if state.hash else None,
+        state.rows,
+        state.first_seq or 1,
+    )
 
 
-def _check_chains(session: Session, found: _Found) -> tuple[int, list[ChainHead]]:
+def _hex(value: bytes | None) -> str | None:
+    return value.hex() if value is not None else None
+
+
+@dataclass
+class _Coverage:
+    """A checkpoint's heads, compared with the chains as they are read."""
+
+    heads: dict[int, ChainHead]
+    rows: int = 0
+    archived: int = 0
+
+    def see(self, row: Any, state: _Chain) -> None:
+        head = self.heads.get(row.chain)
+        if head is not None and row.seq <= head.seq:
+            state.upto_head += 1
+            if row.seq == head.seq:
+                state.at_head = row.hash
+
+    def end(self, state: _Chain | None, chain: int, found: _Found) -> None:
+        """Compare a chain (None: absent from the log) with the checkpoint's head."""
+        head = self.heads.get(chain)
+        if head is None or head.rows == 0:
+            return
+        seq, first, upto = (
+            (state.seq, state.first_seq, state.upto_head) if state else (0, head.seq + 1, 0)
+        )
+        # rows before the chain's first: archived, if a cut explains it (else `missing`)
+        archived = max(0, min(first, head.seq + 1) - head.first_seq)
+        archived_ok = state is not None and state.start is None
+        where = {"chain": chain, "seq": head.seq}
+        if seq < head.seq:
+            found.add(
+                Problem(
+                    "cut",
+                    f"chain {chain} ends at seq {seq}, before the checkpoint's head {head.seq}",
+                    last_seq=seq,
+                    **where,
+                )
+            )
+        elif state is not None and first <= head.seq and state.at_head is None:
+            found.add(Problem("cut", f"chain {chain} has no row at seq {head.seq}", **where))
+        elif state is not None and first <= head.seq and _hex(state.at_head) != head.head:
+            found.add(
+                Problem(
+                    "rewritten",
+                    f"the row at seq {head.seq} of chain {chain} is not the checkpoint's head",
+                    **where,
+                )
+            )
+        elif upto + (archived if archived_ok else 0) != head.rows:
+            found.add(
+                Problem(
+                    "rewritten",
+                    f"chain {chain} holds {upto} of the {head.rows} rows the checkpoint "
+                    f"covered" + (f" ({archived} archived since)" if archived else ""),
+                    **where,
+                )
+            )
+        self.rows += upto
+        self.archived += archived if archived_ok else 0
+
+
+def _check_chains(
+    session: Session, found: _Found, coverage: _Coverage | None
+) -> tuple[int, list[ChainHead], list[Cut]]:
     rows = 0
     chains: list[ChainHead] = []
+    cuts: list[Cut] = []
     state: _Chain | None = None
+    seen: set[int] = set()
+
+    def end(state: _Chain) -> None:
+        chains.append(_end_chain(state, found))
+        seen.add(state.chain)
+        if coverage is not None:
+            coverage.end(state, state.chain, found)
+
     for row in _rows(session):
         rows += 1
         if row.chain is None or row.seq is None:
@@ -227,86 +414,36 @@ def _check_chains(session: Session, found: _Found) -> tuple[int, list[ChainHead]
             continue
         if state is None or row.chain != state.chain:
             if state is not None:
-                chains.append(_head(state))
+                end(state)
             state = _Chain(row.chain)
-        _check_row(row, state, found)
+        if coverage is not None:
+            coverage.see(row, state)
+        _check_row(row, state, found, cuts)
     if state is not None:
-        chains.append(_head(state))
-    return rows, chains
+        end(state)
+    if coverage is not None:
+        for chain in sorted(set(coverage.heads) - seen):
+            coverage.end(None, chain, found)
+    return rows, chains, cuts
 
 
-_TABLE_SCHEMA = sa.text(
-    "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.oid = to_regclass(CAST(:t AS text))"
-)
-_FUNCTION = sa.text(
-    "SELECT oid, prosrc, prosecdef, proconfig FROM pg_proc "
-    "WHERE oid = to_regprocedure(CAST(:s AS text))"
-)
-_TRIGGERS = sa.text(
+def verify(session: Session, covered: Sequence[ChainHead] | None = None) -> VerifyReport:
+    """Check the triggers, functions and every row of the audit log (see the module).
+
+    ``covered``: the chains of a checkpoint; each must still reach its head unchanged.
     """
-    SELECT t.tgname, t.tgtype, t.tgenabled, t.tgqual IS NOT NULL AS conditional, t.tgfoid
-      FROM pg_trigger t
-     WHERE t.tgrelid = to_regclass(CAST(:t AS text)) AND NOT t.tgisinternal
-     ORDER BY t.tgname
-    """
-)
-_RULES = sa.text(
-    "SELECT rulename FROM pg_rules WHERE schemaname = :s AND tablename = :t ORDER BY rulename"
-)
-
-
-def _check_functions(session: Session, schema: str, found: _Found) -> dict[str, int]:
-    """Compare each function's source and security with the expected; their oids by name."""
-    bodies = function_bodies(schema)
-    oids: dict[str, int] = {}
-    for function in EXPECTED_FUNCTIONS:
-        name = function.signature.partition("(")[0]
-        qualified = '"' + schema.replace('"', '""') + '".' + function.signature
-        row = session.execute(_FUNCTION, {"s": qualified}).first()
-        if row is None:
-            found.add(Problem("function", f"{name} is missing"))
-            continue
-        oids[name] = int(row.oid)
-        if row.prosrc != bodies[function.signature]:
-            found.add(Problem("function", f"{name} differs from its expected source"))
-        if row.prosecdef:
-            found.add(Problem("function", f"{name} runs as its owner"))
-        if row.proconfig:
-            found.add(Problem("function", f"{name} changes settings when it runs"))
-    return oids
-
-
-def _check_triggers(session: Session, schema: str, oids: dict[str, int], found: _Found) -> None:
-    present = {r.tgname: r for r in session.execute(_TRIGGERS, {"t": audit_log.name})}
-    for trigger in EXPECTED_TRIGGERS:
-        row = present.pop(trigger.name, None)
-        if row is None:
-            found.add(Problem("trigger", f"{trigger.name} is missing"))
-            continue
-        if row.tgenabled not in ("O", "A"):
-            found.add(Problem("trigger", f"{trigger.name} is disabled"))
-        if row.conditional:
-            found.add(Problem("trigger", f"{trigger.name} has a WHEN condition"))
-        if int(row.tgtype) != trigger.tgtype:
-            found.add(Problem("trigger", f"{trigger.name} fires on other events"))
-        if oids.get(trigger.function) != int(row.tgfoid):
-            found.add(Problem("trigger", f"{trigger.name} runs another function"))
-    for name in sorted(present):
-        found.add(Problem("trigger", f"{name} is not one of the log's triggers"))
-    for rule in session.execute(_RULES, {"s": schema, "t": audit_log.name}).scalars():
-        found.add(Problem("trigger", f"rule {rule} rewrites statements on the log"))
-
-
-def verify(session: Session) -> VerifyReport:
-    """Check the triggers, functions and every row of the audit log (see the module)."""
     found = _Found()
+    coverage = _Coverage({c.chain: c for c in covered}) if covered is not None else None
     with translate_errors("verify the audit log"):
-        schema = session.execute(_TABLE_SCHEMA, {"t": audit_log.name}).scalar()
-        if schema is not None:
-            oids = _check_functions(session, str(schema), found)
-            _check_triggers(session, str(schema), oids, found)
-        rows, chains = _check_chains(session, found)
+        for kind, detail in check_guard(session):
+            found.add(Problem(kind, detail))
+        rows, chains, cuts = _check_chains(session, found, coverage)
     return VerifyReport(
-        rows=rows, chains=tuple(chains), problems=tuple(found.problems), more_problems=found.more
+        rows=rows,
+        chains=tuple(chains),
+        problems=tuple(found.problems),
+        more_problems=found.more,
+        cuts=tuple(cuts),
+        covered_rows=coverage.rows if coverage else None,
+        archived_since=coverage.archived if coverage else None,
     )

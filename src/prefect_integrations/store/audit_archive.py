@@ -1,0 +1,176 @@
+"""Archiving: the SQL that plans a cut of each chain, reads the rows, and removes them.
+
+`plan_cuts` finds, per chain, the last seq before which every row is older than a time;
+`archived_rows` streams those rows in chain order (constant memory) for the archive
+file; `cut` appends a cut to each chain (an ``audit.archive`` row pinned to that chain,
+naming ``through_seq`` and the hash of the last row it removes) and then deletes the
+rows. The guard function lets a DELETE through only for rows a later cut of their chain
+covers (`audit_chain`), so the deletion is part of the chain and `audit verify` accepts
+a chain that starts after it. Archives run one at a time (an advisory lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from prefect_integrations.db import translate_errors
+from prefect_integrations.models import audit_log
+from prefect_integrations.store.audit import AuditAction, AuditRow, record_many
+from prefect_integrations.store.audit_chain import CHAIN_SETTING, LOCK_CLASS
+
+__all__ = ["ARCHIVE_COLUMNS", "PlannedCut", "archived_rows", "cut", "lock_archives", "plan_cuts"]
+
+#: The second key of the advisory lock archives take (chains use 0 to CHAINS - 1).
+_ARCHIVE_LOCK = 1_000_000
+
+#: The columns of an archived row, in the archive file's order.
+ARCHIVE_COLUMNS = (
+    "id",
+    "version",
+    "chain",
+    "seq",
+    "occurred_at",
+    "actor",
+    "db_role",
+    "action",
+    "instance_id",
+    "integration_id",
+    "outcome",
+    "details",
+    "prev_hash",
+    "hash",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCut:
+    """The rows of ``chain`` from ``first_seq`` to ``through_seq`` (``rows`` of them)."""
+
+    chain: int
+    first_seq: int
+    through_seq: int
+    through_hash: str
+    rows: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "chain": self.chain,
+            "first_seq": self.first_seq,
+            "through_seq": self.through_seq,
+            "through_hash": self.through_hash,
+            "rows": self.rows,
+        }
+
+
+def lock_archives(session: Session) -> None:
+    """Wait until no other archive runs (until this transaction ends)."""
+    with translate_errors("archive the audit log"):
+        session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": LOCK_CLASS, "b": _ARCHIVE_LOCK}
+        )
+
+
+_PLAN = sa.text(
+    f"""
+    WITH g AS (
+      SELECT chain, min(seq) AS first_seq, max(seq) AS last_seq,
+             min(seq) FILTER (WHERE occurred_at >= :before) AS keep_from
+        FROM {audit_log.name} GROUP BY chain
+    ), p AS (
+      SELECT chain, first_seq, coalesce(keep_from - 1, last_seq) AS through_seq FROM g
+    )
+    SELECT p.chain, p.first_seq, p.through_seq, l.hash,
+           (SELECT count(*) FROM {audit_log.name} r
+             WHERE r.chain = p.chain AND r.seq <= p.through_seq) AS rows
+      FROM p JOIN {audit_log.name} l ON l.chain = p.chain AND l.seq = p.through_seq
+     WHERE p.through_seq >= p.first_seq
+     ORDER BY p.chain
+    """
+)
+
+
+def plan_cuts(session: Session, before: datetime) -> list[PlannedCut]:
+    """Per chain, the rows to archive, written before ``before``.
+
+    From the chain's first row to the last one before which every row is older (a
+    chain's order is its rows' order in time).
+    """
+    with translate_errors("plan the archive of the audit log"):
+        rows = session.execute(_PLAN, {"before": before}).all()
+    return [
+        PlannedCut(
+            int(r.chain), int(r.first_seq), int(r.through_seq), bytes(r.hash).hex(), int(r.rows)
+        )
+        for r in rows
+    ]
+
+
+def _cuts_table(cuts: Sequence[PlannedCut]) -> dict[str, list[int]]:
+    return {"chains": [c.chain for c in cuts], "throughs": [c.through_seq for c in cuts]}
+
+
+_ROWS = sa.text(
+    f"""
+    SELECT l.id, l.version, l.chain, l.seq,
+           (l.occurred_at AT TIME ZONE 'UTC')::text AS occurred_at,
+           l.actor, l.db_role, l.action, l.instance_id, l.integration_id, l.outcome,
+           l.details::text AS details, l.prev_hash, l.hash
+      FROM {audit_log.name} l
+      JOIN unnest(CAST(:chains AS int[]), CAST(:throughs AS bigint[])) AS c(chain, through)
+        ON l.chain = c.chain AND l.seq <= c.through
+     ORDER BY l.chain, l.seq
+    """
+)
+
+
+def archived_rows(session: Session, cuts: Sequence[PlannedCut]) -> Iterator[Any]:
+    """The rows ``cuts`` cover, in chain and seq order, through a server-side cursor."""
+    with translate_errors("read the audit rows to archive"):
+        session.execute(sa.text("SELECT set_config('DateStyle', 'ISO, YMD', true)"))
+        yield from session.execute(_ROWS, _cuts_table(cuts), execution_options={"yield_per": 2000})
+
+
+_DELETE = sa.text(
+    f"""
+    DELETE FROM {audit_log.name} l
+     USING unnest(CAST(:chains AS int[]), CAST(:throughs AS bigint[])) AS c(chain, through)
+     WHERE l.chain = c.chain AND l.seq <= c.through
+    """
+)
+
+
+def cut(
+    session: Session, cuts: Sequence[PlannedCut], *, actor: str, details: dict[str, Any]
+) -> int:
+    """Append each chain's cut (with ``details``), then delete the rows; the rows deleted."""
+    with translate_errors("archive the audit log"):
+        for planned in cuts:
+            session.execute(
+                sa.text("SELECT set_config(:name, :chain, true)"),
+                {"name": CHAIN_SETTING, "chain": str(planned.chain)},
+            )
+            record_many(
+                session,
+                [
+                    AuditRow(
+                        action=AuditAction.AUDIT_ARCHIVE,
+                        actor=actor,
+                        details={
+                            **details,
+                            "through_seq": planned.through_seq,
+                            "through_hash": planned.through_hash,
+                            "rows": planned.rows,
+                        },
+                    )
+                ],
+            )
+        # later appends of this transaction take a chain as usual
+        session.execute(sa.text("SELECT set_config(:name, '', true)"), {"name": CHAIN_SETTING})
+        return int(session.execute(_DELETE, _cuts_table(cuts)).rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,102 @@
+"""What the audit log's integrity relies on: its triggers and functions, as expected.
+
+`check_guard` compares the database's catalog with `audit_chain`: each function's source,
+that it runs as its caller and changes no setting; each trigger present, enabled,
+unconditional, firing on its events and running its function; no other trigger or rule
+on the table. It reads only the catalog, never calls a function of the log.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from prefect_integrations.models import audit_log
+from prefect_integrations.store.audit_chain import (
+    EXPECTED_FUNCTIONS,
+    EXPECTED_TRIGGERS,
+    function_bodies,
+)
+
+__all__ = ["GuardKind", "check_guard"]
+
+GuardKind = Literal["trigger", "function"]
+
+
+_TABLE_SCHEMA = sa.text(
+    "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.oid = to_regclass(CAST(:t AS text))"
+)
+_FUNCTION = sa.text(
+    "SELECT oid, prosrc, prosecdef, proconfig FROM pg_proc "
+    "WHERE oid = to_regprocedure(CAST(:s AS text))"
+)
+_TRIGGERS = sa.text(
+    """
+    SELECT t.tgname, t.tgtype, t.tgenabled, t.tgqual IS NOT NULL AS conditional, t.tgfoid
+      FROM pg_trigger t
+     WHERE t.tgrelid = to_regclass(CAST(:t AS text)) AND NOT t.tgisinternal
+     ORDER BY t.tgname
+    """
+)
+_RULES = sa.text(
+    "SELECT rulename FROM pg_rules WHERE schemaname = :s AND tablename = :t ORDER BY rulename"
+)
+
+
+def _check_functions(
+    session: Session, schema: str, found: list[tuple[GuardKind, str]]
+) -> dict[str, int]:
+    """Compare each function's source and security with the expected; their oids by name."""
+    bodies = function_bodies(schema)
+    oids: dict[str, int] = {}
+    for function in EXPECTED_FUNCTIONS:
+        name = function.signature.partition("(")[0]
+        qualified = '"' + schema.replace('"', '""') + '".' + function.signature
+        row = session.execute(_FUNCTION, {"s": qualified}).first()
+        if row is None:
+            found.append(("function", f"{name} is missing"))
+            continue
+        oids[name] = int(row.oid)
+        if row.prosrc != bodies[function.signature]:
+            found.append(("function", f"{name} differs from its expected source"))
+        if row.prosecdef:
+            found.append(("function", f"{name} runs as its owner"))
+        if row.proconfig:
+            found.append(("function", f"{name} changes settings when it runs"))
+    return oids
+
+
+def _check_triggers(
+    session: Session, schema: str, oids: dict[str, int], found: list[tuple[GuardKind, str]]
+) -> None:
+    present = {r.tgname: r for r in session.execute(_TRIGGERS, {"t": audit_log.name})}
+    for trigger in EXPECTED_TRIGGERS:
+        row = present.pop(trigger.name, None)
+        if row is None:
+            found.append(("trigger", f"{trigger.name} is missing"))
+            continue
+        if row.tgenabled not in ("O", "A"):
+            found.append(("trigger", f"{trigger.name} is disabled"))
+        if row.conditional:
+            found.append(("trigger", f"{trigger.name} has a WHEN condition"))
+        if int(row.tgtype) != trigger.tgtype:
+            found.append(("trigger", f"{trigger.name} fires on other events"))
+        if oids.get(trigger.function) != int(row.tgfoid):
+            found.append(("trigger", f"{trigger.name} runs another function"))
+    for name in sorted(present):
+        found.append(("trigger", f"{name} is not one of the log's triggers"))
+    for rule in session.execute(_RULES, {"s": schema, "t": audit_log.name}).scalars():
+        found.append(("trigger", f"rule {rule} rewrites statements on the log"))
+
+
+def check_guard(session: Session) -> list[tuple[GuardKind, str]]:
+    """Each way the triggers and functions differ from the expected, as (kind, detail)."""
+    found: list[tuple[GuardKind, str]] = []
+    schema = session.execute(_TABLE_SCHEMA, {"t": audit_log.name}).scalar()
+    if schema is not None:
+        oids = _check_functions(session, str(schema), found)
+        _check_triggers(session, str(schema), oids, found)
+    return found
