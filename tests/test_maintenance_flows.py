@@ -106,6 +106,20 @@ def test_each_maintenance_run_publishes_a_signed_checkpoint(
         read_artifact_document("artifact:no-such-key")
 
 
+def test_reading_a_checkpoint_artifact_needs_a_prefect_server() -> None:
+    """Not Prefect's ephemeral mode, whose own empty database would hold no artifact."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_integrations.exceptions import ConfigurationError
+    from prefect_integrations.maintenance.checkpoints import read_artifact_document
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: None}),
+        pytest.raises(ConfigurationError, match="PREFECT_API_URL is not set: checkpoint"),
+    ):
+        read_artifact_document("artifact:integration-audit-checkpoint")
+
+
 async def _artifact_ids(key: str) -> list[str]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort

@@ -24,6 +24,7 @@ from prefect_integrations.audit_seals import Checkpoint, take_checkpoint
 from prefect_integrations.db import Database
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.keyring import Keyring
+from prefect_integrations.maintenance.deployments import require_api_url
 
 __all__ = [
     "ARTIFACT_KEY",
@@ -86,6 +87,12 @@ def read_artifact_document(reference: str) -> tuple[str, Any]:
     """
     name = reference.removeprefix(ARTIFACT_PREFIX).strip()
     subject = f"checkpoint artifact {name!r}"
+    # not Prefect's ephemeral mode: its own empty database would hold no artifact
+    require_api_url(
+        "checkpoint artifacts are read from the Prefect server the maintenance runs report "
+        "to (for `prefect-integrations serve`'s local server, its 'Prefect UI' address "
+        "followed by /api)"
+    )
     try:
         artifact_filter = ArtifactFilter(id=ArtifactFilterId(any_=[uuid.UUID(name)]))
     except ValueError:

@@ -50,6 +50,7 @@ __all__ = [
     "job_env",
     "maintenance_flows",
     "pause_served",
+    "require_api_url",
     "served_deployments",
     "served_name",
     "unpooled_old_deployments",
@@ -238,15 +239,18 @@ def served_deployments(suffix: str | None = None) -> list[RunnerDeployment]:
     ]
 
 
-def _api_url() -> str:
-    """The configured Prefect API; an error when none is set or it does not answer."""
+def require_api_url(purpose: str = "deployments are registered on a Prefect server") -> str:
+    """The configured Prefect API; an error when none is set or it does not answer.
+
+    The error says ``purpose``: what needs the server.
+    """
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     if not url:
         raise ConfigurationError(
-            "PREFECT_API_URL is not set: deployments are registered on a Prefect server "
+            f"PREFECT_API_URL is not set: {purpose} "
             "(`export PREFECT_API_URL=http://HOST:4200/api`, or `prefect config set ...`)"
         )
     with get_client(sync_client=True) as client:
@@ -273,7 +277,7 @@ def deploy(pool: str, *, env: Mapping[str, str] | None = None) -> list[Deployed]
     if not (_POOL_NAME.fullmatch(pool) and pool.isprintable() and pool.strip()):
         raise ValidationError(f"--pool {quote(pool)}", [], "not a work pool name")
     deployments = work_pool_deployments(pool, env=env)
-    url = _api_url()
+    url = require_api_url()
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)
