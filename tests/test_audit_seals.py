@@ -33,20 +33,9 @@ from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.store import audit
 from prefect_integrations.store.audit import AuditAction
 
+from .test_audit_chains import _append, _tamper
+
 ACTOR = "archivist"
-
-
-def _append(db: Database, n: int, *, actor: str = "t") -> None:
-    for i in range(n):
-        with db.transaction() as s:
-            audit.record(s, action=AuditAction.HEALTH_CHECK, actor=actor, details={"i": i})
-
-
-def _tamper(db: Database, *statements: str) -> None:
-    with db.transaction() as s:
-        s.execute(sa.text("SET LOCAL session_replication_role = replica"))
-        for statement in statements:
-            s.execute(sa.text(statement))
 
 
 def _checkpoint(db: Database, keyring: Keyring) -> Checkpoint:

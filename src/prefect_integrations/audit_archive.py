@@ -244,19 +244,7 @@ def _parse(line: bytes, subject: str, number: int) -> dict[str, Any]:
 
 
 #: The fields of an archived row `row_hash` takes by their own name.
-_HASHED = (
-    "version",
-    "chain",
-    "seq",
-    "occurred_at",
-    "actor",
-    "db_role",
-    "action",
-    "instance_id",
-    "integration_id",
-    "outcome",
-    "details",
-)
+_HASHED = tuple(name for name in ARCHIVE_COLUMNS if name not in ("id", "prev_hash", "hash"))
 
 
 def _check_row(
