@@ -115,9 +115,15 @@ def format_json_path(path: Sequence[str | int]) -> str:
 
 
 class IntegrationError(Exception):
-    """Base class of every error raised by prefect-integrations on purpose."""
+    """Base class of every error raised by prefect-integrations on purpose.
+
+    ``retry_safe`` is False when the error ends a method call whose request the provider
+    may have acted on (a 5xx, a read timeout) and the method is not idempotent: running
+    the call again could repeat a write, so the generated tasks' Prefect retries refuse to.
+    """
 
     code: str = "integration_error"
+    retry_safe: bool = True
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

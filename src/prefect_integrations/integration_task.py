@@ -10,6 +10,11 @@ checks the arguments first, against the same signature, and raises the package's
     # ValidationError: Input of 'slack.post_message' is invalid at $.chanel:
     #   unknown parameter 'chanel'; did you mean 'channel'?
 
+The generated tasks' default ``retry_condition_fn`` is `retry_condition`: a Prefect retry
+is refused when the call's error says that sending it again could repeat a write
+(``retry_safe`` is False: a method that is not idempotent, whose request the provider may
+have processed).
+
 In ``.map()``, a Prefect block passed as an argument (the ``instance``) is one value for
 every mapped run, never iterated: Prefect maps over every iterable argument, and a block,
 as any pydantic model, is iterable (over its fields). It is wrapped in Prefect's own
@@ -25,10 +30,12 @@ from typing import Any
 
 from prefect import Task, unmapped
 from prefect.blocks.core import Block
+from prefect.client.schemas.objects import State, TaskRun
 
-from prefect_integrations.exceptions import ValidationError
+from prefect_integrations.exceptions import IntegrationError, ValidationError
+from prefect_integrations.pipeline import retry_logger
 
-__all__ = ["IntegrationTask", "check_arguments"]
+__all__ = ["IntegrationTask", "check_arguments", "retry_condition"]
 
 
 def check_arguments(
@@ -121,3 +128,23 @@ class IntegrationTask(Task[..., Any]):
         copied = super().with_options(*args, **kwargs)
         copied.__class__ = type(self)  # Prefect builds a plain Task; the state is the same
         return copied
+
+
+def retry_condition(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect's ``retry_condition_fn`` of the generated tasks: no retry that could duplicate.
+
+    False (the task run fails at once, whatever ``retries`` says) when the run failed with
+    an error whose ``retry_safe`` is False: the provider may have processed a request
+    that is not idempotent (a 5xx or a read timeout after a POST). The refusal is logged
+    to the task run. True otherwise, so the task's retry policy applies.
+    """
+    error = state.data if isinstance(state.data, BaseException) else None
+    if isinstance(error, IntegrationError) and not error.retry_safe:
+        retry_logger().warning(
+            "Task '%s' is not retried: the provider may have processed the request and the "
+            "method is not idempotent, so running it again could repeat a write (%s)",
+            task.name,
+            error.code,
+        )
+        return False
+    return True

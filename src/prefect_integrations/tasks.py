@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect_integrations.blocks import naming_block
 from prefect_integrations.context import current_context
 from prefect_integrations.definitions import Definition, Method
-from prefect_integrations.integration_task import IntegrationTask
+from prefect_integrations.integration_task import IntegrationTask, retry_condition
 from prefect_integrations.runtime import runtime
 
 __all__ = ["IntegrationTasks", "build_task", "call_method", "tasks_for"]
@@ -157,6 +157,7 @@ def build_task(
         cache_policy=NO_CACHE,
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
+        retry_condition_fn=retry_condition,
     )
 
 
