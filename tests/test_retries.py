@@ -26,6 +26,7 @@ from prefect_integrations.definitions import Definition, Registry
 from prefect_integrations.exceptions import ProviderUnavailable
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.pipeline import (
+    AsyncPipeline,
     Authorization,
     Call,
     InstanceAuth,
@@ -180,6 +181,40 @@ def test_a_429_is_retried_after_the_wait_it_asks_for(caplog: pytest.LogCaptureFi
     call, sent, error = _send(_definition(), [limited])
     assert len(sent) == 3 and isinstance(error, ProviderUnavailable)
     assert call.retry_safe is True
+
+
+def test_the_async_pipeline_retries_the_same_way(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "prefect_integrations.retries")
+    definition = _definition()
+    replies: list[httpx.Response | Exception] = [
+        httpx.ConnectError("refused"),
+        httpx.Response(503, json={}),
+    ]
+    sent: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def main() -> Call:
+        auth = _authorization(definition)
+        call = build_call(
+            definition, auth.instance, "write", {"text": "hi"}, timeout=httpx.Timeout(5)
+        )
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            with pytest.raises(ProviderUnavailable):
+                await AsyncPipeline(http, retry=FAST).call(call, InstanceAuth(auth))
+        return call
+
+    call = asyncio.run(main())
+    assert len(sent) == 2 and call.retry_safe is False  # refused, retried; then 503: stop
+    assert [line.split(";")[0] for line in _retry_lines(caplog)] == [
+        "'writer.write' on instance 'writer_1': attempt 1 of 3 failed (ConnectError)",
+        "'writer.write' on instance 'writer_1': attempt 2 failed (HTTP 503)",
+    ]
 
 
 def test_a_read_timeout_after_a_post_is_not_retried() -> None:
