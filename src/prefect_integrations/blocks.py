@@ -143,11 +143,11 @@ xero.call("list_contacts", {"page": 1})
             return rt.resolve(stored, context, self.instance_id)
 
     def _existing_id(self) -> str:
-        """`_visible_id`, checked to exist also outside any context."""
-        instance_id = self._visible_id()
-        if instance_id == self.instance_id:
+        """`_visible_id`, checked to exist outside any context too (resolution checks inside)."""
+        context = current_context()
+        if context.client_id is None and context.user_id is None:
             self._stored_integration()
-        return instance_id
+        return self._visible_id()
 
     def _stored_integration(self) -> str:
         with runtime().transaction(f"read instance '{self.instance_id}'") as session:
