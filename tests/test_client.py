@@ -386,7 +386,7 @@ def test_async_client(
     iid = _instance(
         echo_db, echo_registry, keyring, "echo", provider.url, {"apikey": {"key": SECRET}}
     )
-    provider.reply("POST", "/v1/items", Reply(503, {}), Reply(201, {"id": 5, "name": "x"}))
+    provider.reply("POST", "/v1/items", Reply(429, {}), Reply(201, {"id": 5, "name": "x"}))
 
     async def main() -> Any:
         async with AsyncIntegrationClient(

@@ -297,7 +297,17 @@ def test_redirects_are_never_followed_even_by_a_client_that_would() -> None:
 
 @pytest.mark.parametrize(
     ("method", "status", "sends"),
-    [("POST", 502, 1), ("POST", 504, 1), ("POST", 503, 3), ("GET", 504, 3), ("GET", 500, 3)],
+    [
+        ("POST", 502, 1),
+        ("POST", 504, 1),
+        ("POST", 503, 1),
+        ("PATCH", 503, 1),
+        ("POST", 429, 3),
+        ("GET", 504, 3),
+        ("GET", 500, 3),
+        ("PUT", 503, 3),
+        ("DELETE", 502, 3),
+    ],
 )
 def test_only_idempotent_requests_are_sent_again_after_a_gateway_error(
     method: str, status: int, sends: int
@@ -315,7 +325,7 @@ def test_only_idempotent_requests_are_sent_again_after_a_gateway_error(
 
 @pytest.mark.parametrize("header", ["\u00b2", "soon", "-1 day", ""])
 def test_an_unreadable_retry_after_is_as_good_as_none(header: str) -> None:
-    response = httpx.Response(503, headers={b"Retry-After": header.encode("latin-1")})
+    response = httpx.Response(429, headers={b"Retry-After": header.encode("latin-1")})
     delay = FAST.delay(1, method="POST", response=response)
     assert delay is not None and delay <= FAST.max_delay
 

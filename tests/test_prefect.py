@@ -21,7 +21,7 @@ from prefect_integrations.cli import run
 from prefect_integrations.context import integration_context
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry
-from prefect_integrations.exceptions import ProviderError
+from prefect_integrations.exceptions import InstanceNotFound, ProviderError, ValidationError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.runtime import runtime
 from prefect_integrations.store import audit
@@ -313,3 +313,149 @@ def test_block_registered_synced_and_callable(
     tested = block.test()  # the connection test, as `instances test` runs it
     assert (tested["passed"], tested["reason"], tested["status_code"]) == (True, "ok", 200)
     assert tested["state"] == "active"
+
+
+def test_a_misspelt_keyword_is_named_with_the_closest_parameter() -> None:
+    from prefect_integrations.tasks import slack
+
+    task = slack.post_message
+    with pytest.raises(ValidationError) as info:
+        task(chanel="#x", text="hi")
+    assert str(info.value) == (
+        "Input of 'slack.post_message' is invalid at $.chanel: "
+        "unknown parameter 'chanel'; did you mean 'channel'?"
+    )
+    assert info.value.path == ("chanel",)
+    # a block given by position as well: the keyword is still what is named
+    with pytest.raises(ValidationError, match="did you mean 'channel'"):
+        task("a-block", chanel="#x", text="hi")
+    # the same through a copy with other options
+    with pytest.raises(ValidationError, match="did you mean 'channel'"):
+        task.with_options(retries=2)(chanel="#x", text="hi")
+    with pytest.raises(ValidationError, match=r"at \$\.channel: missing required parameter"):
+        task(text="hi")
+    with pytest.raises(ValidationError, match="takes keyword arguments only"):
+        task("#x", text="hi")
+    with pytest.raises(ValidationError, match="expected one of 'channel', "):
+        task(channel="#x", zzzzzz=1)
+
+
+@pytest.mark.usefixtures("env")
+def test_a_misspelt_keyword_fails_submit_and_map_before_any_task_run(
+    harness: Path, provider: FakeProvider
+) -> None:
+    from prefect_integrations.tasks import echo
+
+    @flow
+    def submitted() -> Any:
+        return echo.create_item.submit(nmae="x").result()
+
+    @flow
+    def mapped() -> Any:
+        return echo.create_item.map(nmae=["x", "y"]).result()
+
+    for misspelt in (submitted, mapped):
+        state = cast(State[Any], misspelt(return_state=True))
+        assert state.is_failed()
+        with pytest.raises(ValidationError, match=r"\$\.nmae: .*did you mean 'name'\?"):
+            state.result()
+    assert provider.requests == []
+
+
+@pytest.mark.usefixtures("env")
+def test_a_block_is_one_instance_for_every_mapped_run(
+    harness: Path,
+    echo_db: Database,
+    echo_registry: Registry,
+    keyring: Keyring,
+    provider: FakeProvider,
+) -> None:
+    from prefect_integrations.blocks import IntegrationInstance
+    from prefect_integrations.tasks import echo
+
+    make_instance(
+        echo_db,
+        echo_registry,
+        keyring,
+        "echo_mapped",
+        "echo",
+        config={"base_url": f"{provider.url}/echo_mapped"},
+        credentials=api_key("mapped-key"),
+    )
+    IntegrationInstance(instance_id="echo_mapped", integration_id="echo").save(
+        "echo-mapped", overwrite=True
+    )
+    for item_id in (1, 2, 3):
+        provider.reply(
+            "GET", f"/echo_mapped/items/{item_id}", Reply(200, {"id": item_id, "name": "n"})
+        )
+
+    @flow
+    def fan_out(item_ids: list[int]) -> list[Any]:
+        block = IntegrationInstance.load("echo-mapped")
+        results: list[Any] = echo.get_item.map(item_id=item_ids, instance=block).result()
+        return results
+
+    assert fan_out([1, 2, 3]) == [{"id": i, "name": "n"} for i in (1, 2, 3)]
+    assert sorted(r.path for r in provider.requests) == [
+        "/echo_mapped/items/1",
+        "/echo_mapped/items/2",
+        "/echo_mapped/items/3",
+    ]
+    assert {r.headers["x-api-key"] for r in provider.requests} == {"mapped-key"}
+
+
+@pytest.mark.usefixtures("env")
+def test_a_block_saved_in_the_ui_naming_a_missing_instance_fails_naming_both(
+    harness: Path, provider: FakeProvider
+) -> None:
+    from prefect.client.schemas.actions import BlockDocumentCreate
+
+    from prefect_integrations.blocks import IntegrationInstance
+    from prefect_integrations.tasks import echo
+
+    async def save_as_the_ui_does() -> None:
+        """What the UI's form posts: a block document with the typed-in instance id."""
+        async with get_client() as client:
+            block_type = await client.read_block_type_by_slug("integration-instance")
+            schemas = await client.read_block_schemas()
+            schema = next(s for s in schemas if s.block_type_id == block_type.id)
+            await client.create_block_document(
+                BlockDocumentCreate(
+                    name="typo-in-ui",
+                    data={"instance_id": "echo_mian"},
+                    block_schema_id=schema.id,
+                    block_type_id=block_type.id,
+                )
+            )
+
+    asyncio.run(save_as_the_ui_does())
+    block = cast(IntegrationInstance, IntegrationInstance.load("typo-in-ui"))
+    expected = (
+        "Instance 'echo_mian' not found (named by the Prefect block "
+        "'integration-instance/typo-in-ui': correct the block's instance_id or create the "
+        "instance)"
+    )
+    for use in (
+        lambda: block.call("get_item", {"item_id": 1}),
+        lambda: asyncio.run(block.acall("get_item", {"item_id": 1})),
+        block.get_client,
+        block.test,
+    ):
+        with pytest.raises(InstanceNotFound) as info:
+            use()
+        assert str(info.value) == expected
+        assert (info.value.instance_id, info.value.block) == (
+            "echo_mian",
+            "integration-instance/typo-in-ui",
+        )
+
+    @flow
+    def uses_the_block() -> Any:
+        return echo.get_item(item_id=1, instance=IntegrationInstance.load("typo-in-ui"))
+
+    state = cast(State[Any], uses_the_block(return_state=True))
+    with pytest.raises(InstanceNotFound) as info:
+        state.result()
+    assert str(info.value) == expected
+    assert provider.requests == []

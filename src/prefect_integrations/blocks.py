@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from prefect.blocks.core import Block
@@ -26,7 +27,7 @@ from prefect_integrations.exceptions import InstanceNotFound
 from prefect_integrations.runtime import runtime
 from prefect_integrations.store.instances import get_instance
 
-__all__ = ["IntegrationInstance", "block_name"]
+__all__ = ["IntegrationInstance", "block_name", "naming_block"]
 
 
 def block_name(instance_id: str) -> str:
@@ -69,22 +70,35 @@ xero.call("list_contacts", {"page": 1})
     )
 
     def get_client(self) -> IntegrationClient:
-        """The process-wide pooled client of this instance."""
-        return runtime().client(self._visible_id())
+        """The process-wide pooled client of this instance.
+
+        `InstanceNotFound` naming the block when its instance does not exist.
+        """
+        with naming_block(self):
+            return runtime().client(self._existing_id())
 
     def get_async_client(self) -> AsyncIntegrationClient:
-        """A new asynchronous client of this instance; close it with ``aclose()``."""
-        return runtime().async_client(self._visible_id())
+        """A new asynchronous client of this instance; close it with ``aclose()``.
+
+        `InstanceNotFound` naming the block when its instance does not exist.
+        """
+        with naming_block(self):
+            return runtime().async_client(self._existing_id())
 
     def call(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
-        """Call a method of this instance and return its validated output."""
-        return self.get_client().call(method_id, inputs)
+        """Call a method of this instance and return its validated output.
+
+        `InstanceNotFound` naming the block when its instance does not exist.
+        """
+        with naming_block(self):
+            return runtime().client(self._visible_id()).call(method_id, inputs)
 
     async def acall(self, method_id: str, inputs: Mapping[str, Any] | None = None) -> Any:
         """Call a method of this instance asynchronously."""
-        instance_id = await asyncio.to_thread(self._visible_id)
-        async with runtime().async_client(instance_id) as client:
-            return await client.call(method_id, inputs)
+        with naming_block(self):
+            instance_id = await asyncio.to_thread(self._visible_id)
+            async with runtime().async_client(instance_id) as client:
+                return await client.call(method_id, inputs)
 
     def test(self) -> dict[str, Any]:
         """Check this instance's connection now with its health check; record the status.
@@ -95,9 +109,10 @@ xero.call("list_contacts", {"page": 1})
         from prefect_integrations.maintenance.connection_check import check_connection
 
         rt = runtime()
-        result = check_connection(
-            rt.db, rt.registry, rt.keyring, self._visible_id(), actor=rt.actor
-        )
+        with naming_block(self):
+            result = check_connection(
+                rt.db, rt.registry, rt.keyring, self._visible_id(), actor=rt.actor
+            )
         return {
             "passed": result.reason in ("ok", "not_applicable"),
             "reason": result.reason,
@@ -127,9 +142,36 @@ xero.call("list_contacts", {"page": 1})
                 raise
             return rt.resolve(stored, context, self.instance_id)
 
+    def _existing_id(self) -> str:
+        """`_visible_id`, checked to exist outside any context too (resolution checks inside)."""
+        context = current_context()
+        if context.client_id is None and context.user_id is None:
+            self._stored_integration()
+        return self._visible_id()
+
     def _stored_integration(self) -> str:
         with runtime().transaction(f"read instance '{self.instance_id}'") as session:
             found = get_instance(session, self.instance_id)
         if found is None:
             raise InstanceNotFound(self.instance_id)
         return found.integration_id
+
+
+@contextmanager
+def naming_block(block: object) -> Iterator[None]:
+    """Re-raise an `InstanceNotFound` about ``block``'s instance naming the block document.
+
+    A block saved in the Prefect UI (or with ``save``) may name an instance that does not
+    exist; the error then says which block to correct. Anything else, and a block that was
+    never saved (no document name), passes through unchanged.
+    """
+    try:
+        yield
+    except InstanceNotFound as exc:
+        name = getattr(block, "_block_document_name", None)
+        instance_id = getattr(block, "instance_id", None)
+        if not isinstance(name, str) or exc.instance_id != instance_id or exc.block is not None:
+            raise
+        slug = block.get_block_type_slug() if isinstance(block, Block) else None
+        reference = f"{slug}/{name}" if slug else name
+        raise InstanceNotFound(exc.instance_id, block=reference) from None

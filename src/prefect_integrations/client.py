@@ -8,13 +8,14 @@
 2. validate the inputs against the method's ``inputSchema`` (nothing is sent otherwise)
    and send the call through the pipeline (`prefect_integrations.pipeline`): the auth
    scheme applied (an expiring OAuth2 token refreshed first; refused credentials renewed
-   and the request sent again, once), connection failures, 429 and 502/503/504 (and read
-   timeouts and 500 for idempotent methods) retried with bounded exponential backoff and
-   full jitter, honouring ``Retry-After``; a response body larger than
+   and the request sent again, once), connection failures and 429 (and 5xx and read
+   timeouts for idempotent methods) retried with bounded exponential backoff and full
+   jitter, honouring ``Retry-After``, each retry logged; a response body larger than
    ``max_response_bytes`` (default 10 MiB) is never read whole: `ResponseTooLarge`;
 3. turn other non-2xx answers into a typed `ProviderError`, validate the output against
    ``outputSchema``, and record one audit row (outcome, status, duration, attempts,
-   Prefect flow-run and task-run ids) and ``last_used_at``.
+   Prefect flow-run and task-run ids) and ``last_used_at``. An error after which the
+   call must not be sent again (`Call.retry_safe`) says so: ``retry_safe`` is False.
 
 No message this module raises contains a credential: provider messages are redacted
 against the instance's secrets before they are raised.
@@ -207,6 +208,7 @@ class _ClientCore:
                 f"'{loaded.definition.id}.{method_id}' on instance '{self.instance_id}' "
                 f"failed: {type(exc).__name__}: {text}"
             )
+        exc.retry_safe = call is None or call.retry_safe
         self._record(loaded, method_id, call, exc)
         return redacted(exc, loaded.credentials)
 

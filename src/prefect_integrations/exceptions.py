@@ -115,9 +115,15 @@ def format_json_path(path: Sequence[str | int]) -> str:
 
 
 class IntegrationError(Exception):
-    """Base class of every error raised by prefect-integrations on purpose."""
+    """Base class of every error raised by prefect-integrations on purpose.
+
+    ``retry_safe`` is False when the error ends a method call whose request the provider
+    may have acted on (a 5xx, a read timeout) and the method is not idempotent: running
+    the call again could repeat a write, so the generated tasks' Prefect retries refuse to.
+    """
 
     code: str = "integration_error"
+    retry_safe: bool = True
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -257,13 +263,23 @@ class InstanceError(IntegrationError):
 
 
 class InstanceNotFound(InstanceError):
-    """No instance with that id exists, or it is not visible in the current context."""
+    """No instance with that id exists, or it is not visible in the current context.
+
+    ``block`` is the name of the Prefect block document that named the instance, if any.
+    """
 
     code = "instance_not_found"
 
-    def __init__(self, instance_id: str) -> None:
+    def __init__(self, instance_id: str, *, block: str | None = None) -> None:
         self.instance_id = instance_id
-        super().__init__(f"Instance {quote(instance_id)} not found")
+        self.block = block
+        message = f"Instance {quote(instance_id)} not found"
+        if block is not None:
+            message += (
+                f" (named by the Prefect block {quote(block)}: correct the block's "
+                "instance_id or create the instance)"
+            )
+        super().__init__(message)
 
 
 class InstanceExists(InstanceError):

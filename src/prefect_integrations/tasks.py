@@ -26,11 +26,13 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from prefect import Task, task
+from prefect import Task
 from prefect.cache_policies import NO_CACHE
 
+from prefect_integrations.blocks import naming_block
 from prefect_integrations.context import current_context
 from prefect_integrations.definitions import Definition, Method
+from prefect_integrations.integration_task import IntegrationTask, retry_condition
 from prefect_integrations.runtime import runtime
 
 __all__ = ["IntegrationTasks", "build_task", "call_method", "tasks_for"]
@@ -110,8 +112,9 @@ def call_method(
     explicit = getattr(instance, "instance_id", instance)
     if explicit is not None and not isinstance(explicit, str):
         raise TypeError("instance must be an instance id or an IntegrationInstance block")
-    chosen = rt.resolve(integration_id, current_context(), explicit)
-    return rt.client(chosen).call(method_id, inputs)
+    with naming_block(instance):  # a block naming a missing instance is named in the error
+        chosen = rt.resolve(integration_id, current_context(), explicit)
+        return rt.client(chosen).call(method_id, inputs)
 
 
 def _task_function(definition: Definition, method: Method) -> Callable[..., Any]:
@@ -146,15 +149,16 @@ def build_task(
     retry_delay_seconds: float = 10.0,
 ) -> Task[..., Any]:
     """Build the Prefect task of one method."""
-    decorate = task(
+    return IntegrationTask(
+        _task_function(definition, method),
         name=f"{definition.id}.{method.id}",
         description=method.description,
         tags={f"integration:{definition.id}"},
         cache_policy=NO_CACHE,
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
+        retry_condition_fn=retry_condition,
     )
-    return decorate(_task_function(definition, method))
 
 
 class IntegrationTasks(types.SimpleNamespace):

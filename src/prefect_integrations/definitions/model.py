@@ -209,6 +209,8 @@ class Method:
 
     ``raw`` is the method's object as written in the definition file. ``binding`` is its
     compiled HTTP binding (`http` or `handler`), used by `prefect_integrations.binding`.
+    ``idempotent`` is what the definition declares (None: the HTTP verb decides) and
+    ``idempotency_key_header`` the provider's idempotency key header, if any.
     """
 
     integration_id: str
@@ -220,6 +222,8 @@ class Method:
     required_scopes: tuple[str, ...]
     raw: dict[str, Any] = field(repr=False)
     binding: MethodBinding | None = field(default=None, repr=False, compare=False)
+    idempotent: bool | None = field(default=None, repr=False)
+    idempotency_key_header: str | None = field(default=None, repr=False)
     input_validator: Draft202012Validator = field(init=False, repr=False, compare=False)
     output_validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
@@ -288,6 +292,8 @@ class Method:
             required_scopes=tuple(raw.get("requiredScopes", ())),
             raw=raw,
             binding=binding,
+            idempotent=raw.get("idempotent"),
+            idempotency_key_header=raw.get("idempotencyKeyHeader"),
         )
 
 

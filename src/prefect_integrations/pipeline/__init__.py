@@ -4,8 +4,9 @@
    (a `Call`, which also counts its attempts);
 2. `InstanceAuth` (an `httpx.Auth`) applies the instance's credentials and renews
    refused ones once (`refreshed` first refreshes an OAuth2 token that is due);
-3. `RetryTransport` retries what `RetryPolicy` allows; `SizeLimitTransport` reads each
-   body, never more than the limit (`BodyTooLarge`);
+3. `RetryTransport` retries what `RetryPolicy` allows (a request that is not
+   idempotent only when it provably was not processed), logging each retry;
+   `SizeLimitTransport` reads each body, never more than the limit (`BodyTooLarge`);
 4. `Pipeline` / `AsyncPipeline` drive that over an httpx client and read the response
    into the validated output, or raise the typed `ProviderError` (`provider_error`,
    scrubbed of credentials; `redact` and `redacted` for what else is raised).
@@ -37,12 +38,21 @@ from prefect_integrations.pipeline._limit import (
 )
 from prefect_integrations.pipeline._request import (
     CALL_EXTENSION,
+    IDEMPOTENT_VERBS,
     Call,
     as_inputs,
     build_call,
+    idempotent_request,
     read_response,
 )
-from prefect_integrations.pipeline._retry import AsyncRetryTransport, RetryPolicy, RetryTransport
+from prefect_integrations.pipeline._retry import (
+    AsyncRetryTransport,
+    Retry,
+    RetryPolicy,
+    RetryTransport,
+    not_sent,
+    retry_logger,
+)
 from prefect_integrations.pipeline._send import (
     AsyncClientTransport,
     AsyncPipeline,
@@ -52,6 +62,7 @@ from prefect_integrations.pipeline._send import (
 
 __all__ = [
     "CALL_EXTENSION",
+    "IDEMPOTENT_VERBS",
     "MAX_RESPONSE_BYTES",
     "AsyncClientTransport",
     "AsyncPipeline",
@@ -64,18 +75,22 @@ __all__ = [
     "InstanceAuth",
     "Pipeline",
     "Renew",
+    "Retry",
     "RetryPolicy",
     "RetryTransport",
     "SizeLimitTransport",
     "as_inputs",
     "build_call",
     "failure_reason",
+    "idempotent_request",
+    "not_sent",
     "provider_error",
     "read_response",
     "redact",
     "redacted",
     "refresh_after",
     "refreshed",
+    "retry_logger",
     "too_large",
     "unavailable",
 ]

@@ -14,10 +14,37 @@ from prefect_integrations.definitions import Definition, Method, RequestContext
 from prefect_integrations.exceptions import ProviderAuthError
 from prefect_integrations.store.instances import Instance
 
-__all__ = ["CALL_EXTENSION", "Call", "as_inputs", "build_call", "read_response"]
+__all__ = [
+    "CALL_EXTENSION",
+    "IDEMPOTENT_VERBS",
+    "Call",
+    "as_inputs",
+    "build_call",
+    "idempotent_request",
+    "read_response",
+]
 
 #: The request extension holding the `Call` a request belongs to (see `Call.sending`).
 CALL_EXTENSION: Final = "prefect_integrations.call"
+#: HTTP verbs idempotent by their semantics (RFC 9110, section 9.2.2).
+IDEMPOTENT_VERBS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+def idempotent_request(request: httpx.Request) -> bool:
+    """True when sending ``request`` twice has the effect of sending it once.
+
+    A request carrying its method's idempotency key (``idempotencyKeyHeader``, non-empty)
+    is; otherwise the method's ``idempotent`` decides when the definition declares it,
+    and the HTTP verb when it does not (`IDEMPOTENT_VERBS`).
+    """
+    call = request.extensions.get(CALL_EXTENSION)
+    if isinstance(call, Call):
+        header = call.method.idempotency_key_header
+        if header is not None and request.headers.get(header, "").strip():
+            return True
+        if call.method.idempotent is not None:
+            return call.method.idempotent
+    return request.method.upper() in IDEMPOTENT_VERBS
 
 
 def as_inputs(inputs: object) -> Any:
@@ -37,7 +64,9 @@ class Call:
 
     ``attempts`` and ``started`` describe the request last sent: a request sent again
     with fresh credentials after a refusal starts them over. ``status`` is the status of
-    the response the call ended with (None without one).
+    the response the call ended with (None without one); ``unsent`` tells, for a call
+    that ended without a response, whether the request provably never reached the
+    provider (a connection failure) or may have (a read timeout, a dropped connection).
     """
 
     definition: Definition
@@ -47,12 +76,29 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     attempts: int = 0
     status: int | None = None
+    unsent: bool | None = None
     _sent: httpx.Request | None = None
 
     @property
     def instance_id(self) -> str | None:
         """The instance the call is made for."""
         return self.context.instance_id
+
+    @property
+    def retry_safe(self) -> bool:
+        """True when sending this call again cannot repeat a write the provider made.
+
+        So it is when the request is idempotent (`idempotent_request`), was never sent,
+        ended in a connection failure, or was answered with a 4xx (the provider refused
+        it; 429 included). After a 5xx, a read timeout, a dropped connection or a 2xx
+        whose body could not be read, the provider may have acted on a request that is
+        not idempotent: sending it again could do that twice.
+        """
+        if self.attempts == 0 or idempotent_request(self._sent or self.request):
+            return True
+        if self.unsent is not None:
+            return self.unsent
+        return self.status is not None and 400 <= self.status < 500
 
     def sending(self, request: httpx.Request) -> None:
         """Count one attempt at sending ``request`` (called by the retry transport)."""

@@ -27,7 +27,12 @@ from prefect_integrations.pipeline._limit import (
     SizeLimitTransport,
 )
 from prefect_integrations.pipeline._request import Call
-from prefect_integrations.pipeline._retry import AsyncRetryTransport, RetryPolicy, RetryTransport
+from prefect_integrations.pipeline._retry import (
+    AsyncRetryTransport,
+    RetryPolicy,
+    RetryTransport,
+    not_sent,
+)
 
 __all__ = ["AsyncClientTransport", "AsyncPipeline", "ClientTransport", "Pipeline"]
 
@@ -75,6 +80,7 @@ def _typed(call: Call) -> Iterator[None]:
             instance_id=call.instance_id,
         ) from None
     except httpx.TransportError as exc:
+        call.unsent = not_sent(exc)
         raise unavailable(
             exc, integration_id=integration_id, method_id=method_id, instance_id=call.instance_id
         ) from None
