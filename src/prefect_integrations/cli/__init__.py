@@ -24,6 +24,7 @@ from prefect_integrations.cli import (
     instances_commands,
     keys_commands,
     oauth_commands,
+    stubs_commands,
 )
 from prefect_integrations.cli._common import echo, emit_json, runtime
 from prefect_integrations.cli._output import safe_text
@@ -51,6 +52,7 @@ app.add_typer(call_commands.blocks_app, name="blocks")
 app.add_typer(oauth_commands.app, name="oauth")
 app.command("call")(call_commands.call)
 app.command("deploy")(deploy_commands.deploy)
+app.command("stubs")(stubs_commands.stubs)
 
 
 #: What `up` suggests when there is no instance yet: create one, connect it, test it.
