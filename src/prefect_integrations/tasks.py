@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from prefect_integrations.context import current_context
 from prefect_integrations.definitions import Definition, Method
+from prefect_integrations.method_docs import method_doc
 from prefect_integrations.runtime import runtime
 
 __all__ = ["IntegrationTasks", "build_task", "call_method", "tasks_for"]
@@ -133,7 +134,7 @@ def _task_function(definition: Definition, method: Method) -> Callable[..., Any]
     run.__name__ = qualified
     run.__qualname__ = qualified
     run.__module__ = f"{__name__}.{integration_id}"
-    run.__doc__ = method.description
+    run.__doc__ = method_doc(integration_id, method.raw)  # what help() shows
     run.__signature__ = signature  # type: ignore[attr-defined]
     return run
 

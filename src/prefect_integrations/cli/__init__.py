@@ -43,6 +43,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        echo(f"{PROG_NAME} {version('prefect-integrations')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the installed version and exit",
+    ),
+) -> None:
+    """Standardized, secure connections to external services for Prefect."""
+
+
 app.add_typer(db_commands.app, name="db")
 app.add_typer(definitions_commands.app, name="definitions")
 app.add_typer(instances_commands.app, name="instances")
