@@ -270,3 +270,52 @@ def test_wheel_carries_the_stubs_of_the_shipped_definitions(tmp_path: Path) -> N
         shipped = archive.read("prefect_integrations/tasks.pyi").decode("utf-8")
     assert shipped == render_stubs(documents)
     assert "xero: XeroTasks" in shipped
+
+
+def _parameters(function: ast.FunctionDef) -> list[tuple[str, str]]:
+    arguments = function.args
+    return [
+        *((a.arg, "POSITIONAL_OR_KEYWORD") for a in arguments.args),
+        *((a.arg, "KEYWORD_ONLY") for a in arguments.kwonlyargs),
+    ]
+
+
+def test_stub_declares_the_module_functions_as_they_are() -> None:
+    # the stub replaces tasks.py for type checkers: its own functions must match
+    functions: dict[str, list[ast.FunctionDef]] = {}
+    for node in ast.parse(render_stubs(d.raw for d in load_registry())).body:
+        if isinstance(node, ast.FunctionDef):
+            functions.setdefault(node.name, []).append(node)
+    checked = []
+    for name in [*tasks.__all__, "method_signature"]:
+        runtime_object = getattr(tasks, name)
+        if not inspect.isfunction(runtime_object):
+            continue
+        checked.append(name)
+        expected = [
+            (p.name, p.kind.name) for p in inspect.signature(runtime_object).parameters.values()
+        ]
+        for stub in functions[name]:  # each overload of tasks_for
+            assert _parameters(stub) == expected, name
+    assert {"build_task", "call_method", "method_signature", "tasks_for"} <= set(checked)
+
+
+def test_stubs_without_out_write_beside_an_installed_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect_integrations import stubs as stubs_module
+    from prefect_integrations.cli import stubs_commands
+
+    installed = tmp_path / "site-packages" / "prefect_integrations"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(stubs_commands, "editable_install", lambda: False)
+    monkeypatch.setattr(stubs_module, "__file__", str(installed / "stubs.py"))
+    monkeypatch.setenv("PREFECT_INTEGRATIONS_DEFINITIONS_PATH", "")
+    reset_runtime()
+    try:
+        assert run(["stubs"]) == 0
+    finally:
+        reset_runtime()
+    assert f"wrote {installed / 'tasks.pyi'}" in capsys.readouterr().out
+    assert (installed / "tasks.pyi").read_text() == render_stubs(d.raw for d in load_registry())
+    assert not (installed / "__init__.pyi").exists()  # the package's own __init__.py stays
