@@ -1,17 +1,27 @@
-"""The `IntegrationInstance` block type as Prefect shows it: logo, documentation, example."""
+"""The `IntegrationInstance` block type as Prefect shows it: logo, documentation, example.
+
+The last test opens a block's page in Prefect's UI in a real browser (the system package
+``chromium`` driven by playwright); it is skipped where chromium is not installed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+import socket
 from pathlib import Path
 
 import prefect
 import pytest
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prefect_integrations.blocks import IntegrationInstance
+from prefect_integrations.maintenance.service import local_prefect_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 #: The code block Prefect's UI shows and the substitution it makes on a block's page: the
 #: first BLOCK_NAME of the ```python fence becomes the document's name.
@@ -73,3 +83,34 @@ def test_a_saved_document_shows_its_own_name_in_the_example() -> None:
     assert code_example is not None and name == "xero-acme"
     assert 'IntegrationInstance.load("xero-acme")' in _as_the_ui_shows(code_example, name)
     assert logo == str(Secret._logo_url)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="the system package chromium is not installed")
+def test_the_block_page_in_prefect_ui_shows_an_example_that_loads_it(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM is not None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with local_prefect_server(tmp_path, port=port) as api_url:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            block_id = IntegrationInstance(instance_id="xero_acme", integration_id="xero").save(
+                "xero-acme"
+            )
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(f"{api_url.removesuffix('/api')}/blocks/block/{block_id}")
+                snippet = page.locator(".block-type-snippet").first
+                snippet.wait_for(timeout=120_000)
+                shown = snippet.inner_text()
+                links = [a.get_attribute("href") for a in page.locator("a").all()]
+                images = [i.get_attribute("src") for i in page.locator("img").all()]
+            finally:
+                browser.close()
+    assert 'block = IntegrationInstance.load("xero-acme")' in shown
+    assert "BLOCK_NAME" not in shown
+    assert str(IntegrationInstance._documentation_url) in links  # "View Docs"
+    assert str(IntegrationInstance._logo_url) in images

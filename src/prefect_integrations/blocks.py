@@ -58,7 +58,7 @@ class IntegrationInstance(Block):
     _description = (
         "A reference to an integration instance (one connected account) stored by "
         "prefect-integrations. Credentials stay encrypted in its PostgreSQL store. "
-        "Its methods: `prefect-integrations definitions show INTEGRATION`."
+        "Its methods and their inputs: prefect-integrations definitions show INTEGRATION."
     )
     # Prefect's UI puts the block document's name in place of BLOCK_NAME (once, in the
     # ```python fence), so the example on the page of `xero-acme` loads "xero-acme".
