@@ -24,8 +24,12 @@ class StubsBuildHook(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
-        """Render the stub into a temporary file and include it in the wheel."""
-        if self.target_name != "wheel":
+        """Render the stub into a temporary file and include it in the wheel.
+
+        Not in an editable wheel: there a tasks.pyi in site-packages would stand beside the
+        checkout's tasks.py (`prefect-integrations stubs --out DIR` serves a checkout).
+        """
+        if self.target_name != "wheel" or version == "editable":
             return
         root = Path(self.root)
         documents = [
