@@ -319,3 +319,21 @@ def test_stubs_without_out_write_beside_an_installed_package(
     assert f"wrote {installed / 'tasks.pyi'}" in capsys.readouterr().out
     assert (installed / "tasks.pyi").read_text() == render_stubs(d.raw for d in load_registry())
     assert not (installed / "__init__.pyi").exists()  # the package's own __init__.py stays
+
+
+def test_the_build_hook_needs_no_dependency_of_the_package() -> None:
+    # hatch_build.py imports prefect_integrations.stubs in the build environment, which
+    # holds hatchling only: the stub renderer must import nothing but the standard library
+    allowed = {"prefect_integrations", "prefect_integrations.method_docs"}
+    for module in ("__init__", "stubs", "method_docs"):
+        tree = ast.parse((SOURCE / "prefect_integrations" / f"{module}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert name in allowed or top in sys.stdlib_module_names, (module, name)
