@@ -47,20 +47,29 @@ class IntegrationInstance(Block):
 
     _block_type_name = "Integration Instance"
     _block_type_slug = "integration-instance"
+    # Prefect's own Secret block's logo, pinned to a commit of Prefect's repository: an
+    # image that exists (the block type's schema takes an https URL, not a data: URI).
     _logo_url = HttpUrl(
-        "https://cdn.jsdelivr.net/gh/PrefectHQ/prefect@main/docs/images/logos/prefect-logo-mark.png"
+        "https://raw.githubusercontent.com/PrefectHQ/prefect/"
+        "420d0d6a78bb6df1fc18bcf188fdad43c1d22ea9/assets/block-logos/secret.png"
     )
-    _documentation_url = HttpUrl("https://pypi.org/project/prefect-integrations/")
+    # The package has no documentation site: Prefect's page on blocks (loading, using and
+    # saving them), the link Prefect's own Secret block gives.
+    _documentation_url = HttpUrl("https://www.prefect.io/docs/latest/develop/blocks")
     _description = (
         "A reference to an integration instance (one connected account) stored by "
-        "prefect-integrations. Credentials stay encrypted in its PostgreSQL store."
+        "prefect-integrations. Credentials stay encrypted in its PostgreSQL store. "
+        "Its methods and their inputs: prefect-integrations definitions show INTEGRATION."
     )
+    # Prefect's UI puts the block document's name in place of BLOCK_NAME (once, in the
+    # ```python fence), so the example on the page of `xero-acme` loads "xero-acme".
     _code_example = """
 ```python
 from prefect_integrations.blocks import IntegrationInstance
 
-xero = IntegrationInstance.load("xero-main")
-xero.call("list_contacts", {"page": 1})
+block = IntegrationInstance.load("BLOCK_NAME")
+output = block.call("METHOD", {"input_name": "value"})  # or: await block.acall(...)
+# or pass it to a generated task: xero.create_invoice(..., instance=block)
 ```
 """
 

@@ -33,6 +33,7 @@ from prefect_integrations.blocks import naming_block
 from prefect_integrations.context import current_context
 from prefect_integrations.definitions import Definition, Method
 from prefect_integrations.integration_task import IntegrationTask, retry_condition
+from prefect_integrations.method_docs import method_doc
 from prefect_integrations.runtime import runtime
 
 __all__ = ["IntegrationTasks", "build_task", "call_method", "tasks_for"]
@@ -136,7 +137,7 @@ def _task_function(definition: Definition, method: Method) -> Callable[..., Any]
     run.__name__ = qualified
     run.__qualname__ = qualified
     run.__module__ = f"{__name__}.{integration_id}"
-    run.__doc__ = method.description
+    run.__doc__ = method_doc(integration_id, method.raw)  # what help() shows
     run.__signature__ = signature  # type: ignore[attr-defined]
     return run
 

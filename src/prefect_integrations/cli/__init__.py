@@ -24,6 +24,7 @@ from prefect_integrations.cli import (
     instances_commands,
     keys_commands,
     oauth_commands,
+    stubs_commands,
 )
 from prefect_integrations.cli._common import echo, emit_json, runtime
 from prefect_integrations.cli._output import safe_text
@@ -42,6 +43,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        echo(f"{PROG_NAME} {version('prefect-integrations')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the installed version and exit",
+    ),
+) -> None:
+    """Standardized, secure connections to external services for Prefect."""
+
+
 app.add_typer(db_commands.app, name="db")
 app.add_typer(definitions_commands.app, name="definitions")
 app.add_typer(instances_commands.app, name="instances")
@@ -51,6 +75,7 @@ app.add_typer(call_commands.blocks_app, name="blocks")
 app.add_typer(oauth_commands.app, name="oauth")
 app.command("call")(call_commands.call)
 app.command("deploy")(deploy_commands.deploy)
+app.command("stubs")(stubs_commands.stubs)
 
 
 #: What `up` suggests when there is no instance yet: create one, connect it, test it.

@@ -1,4 +1,4 @@
-"""`prefect-integrations definitions ...`: validate, list and sync definition files."""
+"""`prefect-integrations definitions ...`: validate, list, show and sync definition files."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 
 from prefect_integrations.cli._common import echo, echo_table, emit_json, runtime
 from prefect_integrations.definitions import collect, collect_layered
+from prefect_integrations.method_docs import describe_method, method_doc
 from prefect_integrations.store.definitions import list_definitions, sync_definitions
 
 app = typer.Typer(help="Integration definitions (JSON files).", no_args_is_help=True)
@@ -77,6 +78,49 @@ def list_(
             for d in definitions
         ],
     )
+
+
+@app.command()
+def show(
+    integration: Annotated[str, typer.Argument(help="Integration id, e.g. xero")],
+    method: Annotated[str | None, typer.Argument(help="Method id; default: all")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show an integration's methods: parameters (types, defaults, rules) and outputs.
+
+    The same text as the generated task's docstring (``help(xero.create_invoice)``).
+    """
+    definition = runtime().registry.get(integration)
+    methods = [definition.method(method)] if method is not None else definition.methods.values()
+    described = [describe_method(definition.id, m.raw) for m in methods]
+    if as_json:
+        if method is not None:
+            emit_json(described[0])
+            return
+        emit_json(
+            {
+                "integrationId": definition.id,
+                "name": definition.name,
+                "version": definition.version,
+                "authType": definition.auth_type,
+                "description": definition.description,
+                "documentationUrl": definition.documentation_url,
+                "source": definition.source,
+                "methods": described,
+            }
+        )
+        return
+    if method is None:
+        echo(f"{definition.id}: {definition.name} {definition.version} ({definition.auth_type})")
+        if definition.description:
+            echo(definition.description)
+        if definition.documentation_url:
+            echo(f"documentation: {definition.documentation_url}")
+    for m in methods:
+        if method is None:
+            echo("")
+            echo(f"== {m.qualified_name}{'' if m.callable else ' (not callable)'}")
+        echo(method_doc(definition.id, m.raw))
 
 
 @app.command()
