@@ -24,7 +24,7 @@ from prefect_integrations.audit_seals import Checkpoint, take_checkpoint
 from prefect_integrations.db import Database
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.keyring import Keyring
-from prefect_integrations.maintenance.deployments import require_api_url
+from prefect_integrations.prefect_api import require_api_url
 
 __all__ = [
     "ARTIFACT_KEY",

@@ -35,6 +35,7 @@ from prefect_integrations.exceptions import (
     ValidationError,
     quote,
 )
+from prefect_integrations.prefect_api import require_api_url
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -50,7 +51,6 @@ __all__ = [
     "job_env",
     "maintenance_flows",
     "pause_served",
-    "require_api_url",
     "served_deployments",
     "served_name",
     "unpooled_old_deployments",
@@ -237,29 +237,6 @@ def served_deployments(suffix: str | None = None) -> list[RunnerDeployment]:
         )
         for name, flow in maintenance_flows()
     ]
-
-
-def require_api_url(purpose: str = "deployments are registered on a Prefect server") -> str:
-    """The configured Prefect API; an error when none is set or it does not answer.
-
-    The error says ``purpose``: what needs the server.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if not url:
-        raise ConfigurationError(
-            f"PREFECT_API_URL is not set: {purpose} "
-            "(`export PREFECT_API_URL=http://HOST:4200/api`, or `prefect config set ...`)"
-        )
-    with get_client(sync_client=True) as client:
-        failure = client.api_healthcheck()
-    if failure is not None:
-        raise ConfigurationError(
-            f"The Prefect API at {url} (PREFECT_API_URL) does not answer: {type(failure).__name__}"
-        )
-    return str(url)
 
 
 def deploy(pool: str, *, env: Mapping[str, str] | None = None) -> list[Deployed]:
