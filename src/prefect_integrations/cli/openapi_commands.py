@@ -44,30 +44,42 @@ def import_openapi(
         typer.Option("--omit-parameter", help="A parameter that is not an input (e.g. a token)"),
     ] = None,
     max_depth: Annotated[
-        int, typer.Option("--max-depth", min=1, help="References inlined inside each other")
-    ] = 4,
+        int | None,
+        typer.Option("--max-depth", min=1, help="References inlined inside each other [4]"),
+    ] = None,
     cycle_depth: Annotated[
-        int, typer.Option("--cycle-depth", min=1, help="Times a cyclic reference is inlined")
-    ] = 1,
+        int | None,
+        typer.Option("--cycle-depth", min=1, help="Times a cyclic reference is inlined [1]"),
+    ] = None,
+    overlay: Annotated[
+        Path | None,
+        typer.Option("--overlay", help="Hand-written changes merged into the import (JSON)"),
+    ] = None,
 ) -> None:
     """Turn an OpenAPI description into a definition; report what could not be converted.
 
     The report (one line per note: JSON path in the description, what was lost) goes to
-    standard error. Exit code 0 with a valid definition, 1 when the description is
-    malformed or unsupported (the error names the JSON path).
+    standard error. ``--overlay`` merges hand-written changes (and import settings the
+    options do not give) so that a re-import keeps them. Exit code 0 with a valid
+    definition, 1 when the description is malformed or unsupported (the error names the
+    JSON path).
     """
+    from prefect_integrations.openapi import Overlay, load_overlay
     from prefect_integrations.openapi import import_openapi as run_import
 
+    extra = load_overlay(overlay) if overlay is not None else Overlay()
+    settings = extra.settings
     result = run_import(
         spec,
         integration_id=integration_id,
-        operations=_split(operations),
-        tags=_split(tags),
+        operations=_split(operations) or settings.get("operations"),
+        tags=_split(tags) or settings.get("tags"),
         version=version,
-        max_depth=max_depth,
-        cycle_depth=cycle_depth,
-        omit_headers=omit_header or (),
-        omit_parameters=omit_parameter or (),
+        max_depth=max_depth or settings.get("maxDepth", 4),
+        cycle_depth=cycle_depth or settings.get("cycleDepth", 1),
+        omit_headers=[*(omit_header or ()), *settings.get("omitHeaders", ())],
+        omit_parameters=[*(omit_parameter or ()), *settings.get("omitParameters", ())],
+        overlay=extra,
     )
     text = json.dumps(result.document, indent=2, ensure_ascii=False) + "\n"
     for note in result.report.notes:

@@ -27,6 +27,7 @@ from prefect_integrations.exceptions import DefinitionError, ValidationError, qu
 from prefect_integrations.openapi.convert import Report, SchemaConverter
 from prefect_integrations.openapi.methods import MethodBuilder, Skipped, snake_case
 from prefect_integrations.openapi.operations import Operation, read_operations
+from prefect_integrations.openapi.overlay import Overlay
 from prefect_integrations.openapi.source import Spec, load_spec
 
 __all__ = ["ImportResult", "import_openapi"]
@@ -62,13 +63,20 @@ def _select(
         raise ValidationError(
             spec.label, ["tags"], f"no operation has tag {', '.join(map(quote, missing_tags))}"
         )
-    return [
+    order = {name: index for index, name in enumerate(ids or ())}
+
+    def position(op: Operation) -> int:
+        name = op.operation_id or ""
+        return order.get(name, order.get(snake_case(name), len(order)))
+
+    chosen = [
         o
         for o in operations
         if o.operation_id in wanted
         or snake_case(o.operation_id or "") in wanted
         or set(o.tags) & set(tags or ())
     ]
+    return sorted(chosen, key=position)  # the listed operations in their order, then tags
 
 
 def _base_url(spec: Spec) -> str:
@@ -196,6 +204,7 @@ def import_openapi(
     cycle_depth: int = 1,
     omit_headers: Sequence[str] = (),
     omit_parameters: Sequence[str] = (),
+    overlay: Overlay | None = None,
 ) -> ImportResult:
     """Turn the description at ``path`` into a definition (see the module docstring).
 
@@ -204,10 +213,12 @@ def import_openapi(
     ``omit_headers`` (sent by the definition's ``headers``) and parameters named in
     ``omit_parameters`` (e.g. a token the auth placement sends) are not inputs. Raises
     `ValidationError` for a malformed or unsupported description, and `DefinitionError`
-    if the result is not a valid definition.
+    if the result is not a valid definition. An `Overlay` replaces imported fields and
+    methods (by operation id) before the result is checked.
     """
     spec = load_spec(path)
     report = Report()
+    overlay = overlay or Overlay()
     selected = _select(spec, read_operations(spec), operations, tags)
     if not selected:
         raise ValidationError(spec.label, ["paths"], "no operations to import")
@@ -237,10 +248,11 @@ def import_openapi(
                 f"operation {op.operation_id or op.path!r} not imported: {skipped.reason}",
             )
             continue
-        seen.add(method_id)
         if auth["authType"] == "oauth2" and scheme_name is not None:
             method["requiredScopes"] = _method_scopes(spec, op, scheme_name, report)
-            scopes += [s for s in method["requiredScopes"] if s not in scopes]
+        method = overlay.method(op.operation_id, method)
+        seen.add(method["id"])
+        scopes += [s for s in method.get("requiredScopes", []) if s not in scopes]
         methods.append(method)
     if not methods:
         raise ValidationError(
@@ -265,6 +277,7 @@ def import_openapi(
     if "auth" in auth:
         document["auth"] = auth["auth"]
     document["methods"] = methods
+    document = overlay.apply(document)
     problems = validate_document(document, source=f"import of {spec.label}")
     if problems:
         raise DefinitionError(problems)
