@@ -8,8 +8,9 @@ what differs between the OpenAPI dialects and draft 2020-12:
   ``anyOf: [..., {"type": "null"}]``;
 - boolean ``exclusiveMinimum``/``exclusiveMaximum`` become the numeric form;
 - ``example`` becomes ``examples``; a list-valued ``items`` (not allowed by 2.0 or 3.0)
-  becomes ``items: {"anyOf": [...]}``; a ``default`` of the wrong type (``"false"`` for a
-  boolean) is converted or dropped;
+  becomes ``items: {"anyOf": [...]}`` in an array schema, and ``anyOf: [...]`` in a schema
+  without ``type: array`` (how Slack's description says "one of these"); a ``default`` of
+  the wrong type (``"false"`` for a boolean) is converted or dropped;
 - ``readOnly`` properties leave input schemas and ``writeOnly`` ones leave output
   schemas; ``additionalProperties: false`` leaves output schemas (a provider adding a field
   must not break a flow);
@@ -17,9 +18,12 @@ what differs between the OpenAPI dialects and draft 2020-12:
   not constrain values); ``type: file`` and any other unknown keyword is reported.
 
 A reference is inlined again while it is being expanded (a cycle) only ``cycle_depth``
-times, and no schema is inlined deeper than ``max_depth`` references: past either limit
-the reference becomes ``{"type": <its type>, "description": "... not expanded ..."}``,
-which accepts any value of that type. Every change that loses information is added to
+times, and no schema is inlined deeper than ``max_depth`` references (a reference to a
+schema without subschemas, such as an enum, is always inlined): past either limit the
+reference becomes ``{"type": <its type>, "description": "... not expanded ..."}``, which
+accepts any value of that type; in an input schema an object past ``max_depth`` keeps its
+required fields (cut the same way below), so that what the provider requires stays
+required. Every change that loses information is added to
 the `Report`.
 """
 
@@ -176,8 +180,12 @@ class SchemaConverter:
         target, target_base, uri = self.spec.deref(node, base, where)
         assert uri is not None
         name = uri.rsplit("/", 1)[-1]
-        if stack.count(uri) >= self.cycle_depth or len(stack) >= self.max_depth:
-            why = "cyclic reference" if uri in stack else f"nesting deeper than {self.max_depth}"
+        cyclic = stack.count(uri) >= self.cycle_depth
+        deep = len(stack) >= self.max_depth and not _is_leaf(target)
+        if deep and not cyclic and mode == "input" and isinstance(target, dict):
+            return self._required_only(target, target_base, uri, name, stack)
+        if cyclic or deep:
+            why = "cyclic reference" if cyclic else f"nesting deeper than {self.max_depth}"
             cut: dict[str, Any] = {"description": f"{name}: not expanded ({why})"}
             if isinstance(target, dict) and isinstance(target.get("type"), str | list):
                 cut["type"] = target["type"]
@@ -189,6 +197,25 @@ class SchemaConverter:
             out = {"anyOf": [out, {"type": "null"}]}
         if isinstance(node.get("description"), str) and "description" not in out:
             out["description"] = node["description"]
+        return out
+
+    def _required_only(
+        self, target: dict[str, Any], base: str, uri: str, name: str, stack: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """An input object past ``max_depth``: only its required fields, so they stay required."""
+        found = target.get("properties")
+        properties: dict[str, Any] = found if isinstance(found, dict) else {}
+        required = [r for r in target.get("required", []) if r in properties]
+        shallow: dict[str, Any] = {
+            k: target[k] for k in ("type", "nullable", "x-nullable") if k in target
+        }
+        if required:
+            shallow["required"] = required
+            shallow["properties"] = {r: properties[r] for r in required}
+        out = self._convert(shallow, base, _pointer(uri), mode="input", stack=(*stack, uri))
+        out["description"] = (
+            f"{name}: its required fields only (nesting deeper than {self.max_depth})"
+        )
         return out
 
     def _keyword(
@@ -215,11 +242,15 @@ class SchemaConverter:
             out["properties"] = props
         elif key == "items":
             if isinstance(value, list):
-                self.report.add(where, "a list of schemas is not valid 'items'; read as anyOf")
                 items = [
                     sub(v, base, (*where, i), mode=mode, stack=stack) for i, v in enumerate(value)
                 ]
-                out["items"] = {"anyOf": items}
+                if node.get("type") == "array":
+                    self.report.add(where, "a list of schemas is not valid 'items'; items anyOf")
+                    out["items"] = {"anyOf": items}
+                else:  # Slack's way of saying "one of these" for a value of any type
+                    self.report.add(where, "a list of schemas is not valid 'items'; read as anyOf")
+                    out["anyOf"] = items
             else:
                 out["items"] = sub(value, base, where, mode=mode, stack=stack)
         elif key in _SCHEMA_LISTS and isinstance(value, list):
@@ -288,6 +319,13 @@ class SchemaConverter:
                 del out["required"]
         elif out.get("required") == []:
             del out["required"]
+
+
+def _is_leaf(schema: Any) -> bool:
+    """A schema with no subschemas (a string with an enum...): inlined at any depth."""
+    return isinstance(schema, dict) and not any(
+        key in schema for key in ("properties", "items", "additionalProperties", *_SCHEMA_LISTS)
+    )
 
 
 def _pointer(uri: str) -> JsonPath:
