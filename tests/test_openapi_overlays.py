@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from prefect_integrations.definitions import collect, shipped_definitions_dir
 from prefect_integrations.exceptions import ValidationError
-from prefect_integrations.openapi import Overlay, import_openapi, load_overlay
+from prefect_integrations.openapi import Overlay, load_overlay
 
-ROOT = Path(__file__).resolve().parent.parent
-OVERLAYS = ROOT / "definitions" / "overlays"
-SPECS = ROOT.parent / "shared" / "specs"
+from .openapi_support import SPECS, import_with_overlay
+
 needs_specs = pytest.mark.skipif(not SPECS.is_dir(), reason="the descriptions are in shared/specs")
 
 CASES = [
@@ -24,27 +22,12 @@ CASES = [
 ]  # fmt: skip
 
 
-def _import(integration: str, spec: str) -> dict[str, Any]:
-    overlay = load_overlay(OVERLAYS / f"{integration}.overlay.json")
-    settings = overlay.settings
-    result = import_openapi(
-        SPECS / spec,
-        integration_id=integration,
-        operations=settings["operations"],
-        omit_headers=settings.get("omitHeaders", ()),
-        omit_parameters=settings.get("omitParameters", ()),
-        max_depth=settings["maxDepth"],
-        overlay=overlay,
-    )
-    return result.document
-
-
 @needs_specs
 @pytest.mark.parametrize(("integration", "spec", "minimum", "hand_written"), CASES)
 def test_import_with_overlay_keeps_hand_written_methods_at_breadth(
     tmp_path: Path, integration: str, spec: str, minimum: int, hand_written: list[str]
 ) -> None:
-    document = _import(integration, spec)
+    document = import_with_overlay(integration, spec)
     shipped = json.loads((shipped_definitions_dir() / f"{integration}.json").read_text())
     ids = [m["id"] for m in document["methods"]]
     assert len(ids) >= minimum
@@ -67,7 +50,7 @@ def test_import_with_overlay_keeps_hand_written_methods_at_breadth(
 
 @needs_specs
 def test_slack_overlay_replaces_classic_scopes() -> None:
-    document = _import("slack", "slack_web_openapi_v2.json")
+    document = import_with_overlay("slack", "slack_web_openapi_v2.json")
     scopes = document["oauth2Config"]["scopes"]
     assert not {"none", "chat:write:bot", "chat:write:user", "files:write:user"} & set(scopes)
     update = next(m for m in document["methods"] if m["id"] == "chat_update")
