@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from prefect_integrations.definitions import collect, shipped_definitions_dir
+from prefect_integrations.definitions.diff import actual_bump, diff_documents, required_bump
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.openapi import Overlay, load_overlay
 
@@ -41,6 +42,9 @@ def test_import_with_overlay_keeps_hand_written_methods_at_breadth(
     assert scopes[: len(shipped["oauth2Config"]["scopes"])] == shipped["oauth2Config"]["scopes"]
     required = {s for m in document["methods"] for s in m.get("requiredScopes", [])}
     assert required <= set(scopes)
+    changes = diff_documents(shipped, document)  # a re-import only adds: a minor version
+    assert required_bump(changes) == "minor", [str(c) for c in changes if c.bump != "minor"]
+    assert actual_bump(shipped["version"], document["version"]) == "minor"
     path = tmp_path / f"{integration}.json"
     path.write_text(json.dumps(document), encoding="utf-8")
     definitions, problems = collect([path])
