@@ -24,6 +24,7 @@ from prefect_integrations.cli import (
     instances_commands,
     keys_commands,
     oauth_commands,
+    openapi_commands,
     stubs_commands,
 )
 from prefect_integrations.cli._common import echo, emit_json, runtime
@@ -68,6 +69,7 @@ def _options(
 
 app.add_typer(db_commands.app, name="db")
 app.add_typer(definitions_commands.app, name="definitions")
+openapi_commands.register(definitions_commands.app)
 app.add_typer(instances_commands.app, name="instances")
 app.add_typer(keys_commands.app, name="keys")
 app.add_typer(audit_commands.app, name="audit")
