@@ -336,7 +336,7 @@ def test_verify_reads_rows_through_a_server_side_cursor(
     _append(db, 5)
     monkeypatch.setattr(audit_verify, "PAGE", 2)
     with db.transaction() as s:
-        rows = audit_verify._rows(s)
+        rows = audit_verify._rows(s, None)
         next(rows)
         open_cursors = s.connection().exec_driver_sql("SELECT count(*) FROM pg_cursors").scalar()
         assert open_cursors == 1

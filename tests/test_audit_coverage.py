@@ -32,6 +32,7 @@ from fastapi.testclient import TestClient
 
 import prefect_integrations
 from prefect_integrations.audit_archive import archive
+from prefect_integrations.audit_seals import CHECKPOINT_PURPOSE, cut_is_authentic, sign_document
 from prefect_integrations.cli import run as cli_run
 from prefect_integrations.client import IntegrationClient
 from prefect_integrations.db import Database
@@ -597,10 +598,11 @@ def _last_id(db: Database) -> int:
         )
 
 
-def _rows_after(db: Database, last: int) -> list[dict[str, Any]]:
+def _rows_after(db: Database, last: int, keyring: Keyring) -> list[dict[str, Any]]:
     with db.transaction() as s:
         found = audit.tail(s, limit=1000)
-        assert audit.verify(s).ok
+        report = audit.verify(s, cut_check=lambda c, d: cut_is_authentic(keyring, c, d))
+        assert report.ok, report.problems
     return [e.as_dict() for e in found if e.id > last]
 
 
@@ -610,7 +612,7 @@ def test_each_operation_appends_exactly_its_audit_rows(world: World, kind: str) 
     op.setup(world)
     before = _last_id(world.db)
     op.run(world)
-    rows = _rows_after(world.db, before)
+    rows = _rows_after(world.db, before, world.keyring)
 
     got = [(r["action"], r["outcome"]) for r in rows]
     if op.ordered:
@@ -902,9 +904,19 @@ def test_cli_verify_finds_a_cut_tail_only_with_a_checkpoint(
     """Removing a chain's newest row leaves a valid shorter chain: a checkpoint tells."""
     checkpoint = tmp_path / "cp.json"
     written = cli.ok("audit", "checkpoint", "--out", str(checkpoint)).out
-    assert written.startswith("checkpoint of ") and checkpoint.exists()
+    assert written.startswith("checkpoint 1 of ") and checkpoint.exists()
+    kept = checkpoint.read_bytes()
+    again = cli("audit", "checkpoint", "--out", str(checkpoint))
+    assert again.code == 1 and "already exists" in again.err and checkpoint.read_bytes() == kept
+    # extending it: the next one is numbered after it and names its signature
+    second = tmp_path / "cp2.json"
+    cli.ok("audit", "checkpoint", "--out", str(second), "--previous", str(checkpoint))
+    assert json.loads(second.read_text())["sequence"] == 2
+    assert json.loads(second.read_text())["previous"] == json.loads(kept)["signature"]
+    cli.ok("audit", "checkpoint", "--out", str(second), "--force")
+    assert json.loads(second.read_text())["sequence"] == 1
     intact = cli.ok("audit", "verify", "--checkpoint", str(checkpoint)).out
-    assert intact.splitlines()[-1].startswith("checkpoint of ")
+    assert intact.splitlines()[-1].startswith("checkpoint 1 of ")
     assert intact.splitlines()[-1].endswith("rows are all here")
     last = _last_id(logged)
     chain, seq, _, _ = _place(logged, last)
@@ -922,7 +934,7 @@ def test_cli_verify_finds_a_cut_tail_only_with_a_checkpoint(
 
 
 def test_cli_checkpoint_printed_verifies_and_a_forged_one_is_refused(
-    cli: Cli, logged: Database, tmp_path: Path
+    cli: Cli, logged: Database, tmp_path: Path, keyring: Keyring
 ) -> None:
     document = json.loads(cli.ok("audit", "checkpoint").out)
     assert document["format"] == "prefect-integrations.audit-checkpoint"
@@ -936,6 +948,13 @@ def test_cli_checkpoint_printed_verifies_and_a_forged_one_is_refused(
     )
     missing = cli("audit", "verify", "--checkpoint", str(tmp_path / "none.json"))
     assert missing.code == 1 and "no such file" in missing.err
+    # a checkpoint of another database, correctly signed, is refused by name
+    body = {k: v for k, v in document.items() if k not in ("key_id", "signature")}
+    other = sign_document(keyring, CHECKPOINT_PURPOSE, body | {"database": "other@h:5432"})
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(other))
+    refused = cli("audit", "verify", "--checkpoint", str(elsewhere))
+    assert refused.code == 1 and "is a checkpoint of other@h:5432, not of" in refused.err
 
 
 def test_cli_archive_and_verify_archive(cli: Cli, logged: Database, tmp_path: Path) -> None:

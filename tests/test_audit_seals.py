@@ -23,6 +23,10 @@ from prefect_integrations.audit_archive import archive, verify_archive
 from prefect_integrations.audit_seals import (
     CHECKPOINT_PURPOSE,
     Checkpoint,
+    cut_is_authentic,
+    database_label,
+    loads_strict,
+    newest,
     parse_checkpoint,
     sign_document,
     take_checkpoint,
@@ -32,20 +36,29 @@ from prefect_integrations.exceptions import AuditChainBroken, PermissionDenied, 
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.store import audit
 from prefect_integrations.store.audit import AuditAction
+from prefect_integrations.store.audit_chain import CHAIN_SETTING, CHAINS, LOCK_CLASS
 
 from .test_audit_chains import _append, _tamper
 
 ACTOR = "archivist"
 
 
-def _checkpoint(db: Database, keyring: Keyring) -> Checkpoint:
+def _checkpoint(db: Database, keyring: Keyring, previous: Checkpoint | None = None) -> Checkpoint:
     with db.transaction() as s:
-        return take_checkpoint(s, keyring)
+        return take_checkpoint(s, keyring, database=database_label(db.url), previous=previous)
 
 
-def _verify(db: Database, checkpoint: Checkpoint | None = None) -> audit.VerifyReport:
+def _verify(
+    db: Database, checkpoint: Checkpoint | None = None, keyring: Keyring | None = None
+) -> audit.VerifyReport:
+    """Verify; with ``keyring``, cuts signed with it are accepted."""
+    ring = keyring
     with db.transaction() as s:
-        return audit.verify(s, checkpoint.chains if checkpoint else None)
+        return audit.verify(
+            s,
+            checkpoint.chains if checkpoint else None,
+            cut_check=(lambda c, d: cut_is_authentic(ring, c, d)) if ring else None,
+        )
 
 
 def _kinds(report: audit.VerifyReport) -> set[str]:
@@ -132,6 +145,9 @@ def test_a_signed_but_malformed_checkpoint_names_the_path(keyring: Keyring) -> N
             "version": 1,
             "created_at": "2026-01-01T00:00:00.000000Z",
             "rows": 1,
+            "sequence": 1,
+            "previous": None,
+            "database": "db@local:5432",
             "chains": [{"chain": 0, "first_seq": 1, "seq": 1, "head": "zz", "rows": 1}],
         },
     )
@@ -265,19 +281,20 @@ def test_archive_moves_old_rows_and_the_chains_stay_verifiable(
     result = _archive(db, keyring, tmp_path / "a.jsonl.gz", before=moment)
     assert result.rows == 8 and result.path.exists()
 
-    report = _verify(db)
+    report = _verify(db, keyring=keyring)
     assert report.ok, report.problems
     # the recent rows and one cut per chain archived
     assert report.rows == 2 + len(result.cuts)
     assert {c.chain for c in report.cuts} == {c.chain for c in result.cuts}
     assert all(c.details["file_sha256"] == result.file_sha256 for c in report.cuts)
     # a checkpoint from before the archive: its rows are here or archived by a cut
-    before = _verify(db, old_checkpoint)
+    before = _verify(db, old_checkpoint, keyring)
     assert before.ok, before.problems
     assert (before.covered_rows, before.archived_since) == (0, 8)
     # the next checkpoint covers the cut
-    after = _checkpoint(db, keyring)
-    assert after.rows == report.rows and _verify(db, after).ok
+    after = _checkpoint(db, keyring, old_checkpoint)
+    assert after.rows == report.rows and _verify(db, after, keyring).ok
+    assert (after.sequence, after.previous) == (2, old_checkpoint.signature)
 
     file = verify_archive(result.path, keyring)
     assert file.ok, file.problems
@@ -295,16 +312,20 @@ def test_archive_twice_and_the_cut_of_a_cut(db: Database, keyring: Keyring, tmp_
     second = _archive(db, keyring, tmp_path / "2.gz")
     assert first.rows == 3
     assert second.rows >= 2  # the new rows and the first archive's cut rows
-    assert _verify(db).ok, _verify(db).problems
+    assert _verify(db, keyring=keyring).ok, _verify(db, keyring=keyring).problems
     assert verify_archive(tmp_path / "2.gz", keyring).ok
-    # the second file continues the chains the first ended
-    assert min(s for s, _ in verify_archive(tmp_path / "2.gz", keyring).chains.values()) > 1
+    # the second file continues the chains the first ended, from their cut on
+    continued = verify_archive(tmp_path / "2.gz", keyring).chains
+    assert {c.chain for c in first.cuts} <= set(continued)
+    for cut in first.cuts:
+        assert continued[cut.chain][0] == cut.through_seq + 1
 
 
 def test_nothing_older_archives_nothing(db: Database, keyring: Keyring, tmp_path: Path) -> None:
     _append(db, 2)
     result = _archive(db, keyring, tmp_path / "a.gz", before=_now(db) - timedelta(days=1))
     assert result.rows == 0 and not (tmp_path / "a.gz").exists()
+    assert list(tmp_path.iterdir()) == []
     assert _verify(db).rows == 2
 
 
@@ -378,7 +399,7 @@ def test_writers_lose_no_row_while_an_archive_runs(
         stop.set()
         for thread in writers:
             thread.join()
-    report = _verify(db)
+    report = _verify(db, keyring=keyring)
     assert report.ok, report.problems
     file = verify_archive(tmp_path / "a.gz", keyring)
     assert file.ok
@@ -442,4 +463,202 @@ def test_an_archive_cut_short_or_resigned_is_refused(archived: Path, keyring: Ke
         verify_archive(archived, keyring)
     archived.write_bytes(b"not gzip")
     with pytest.raises(ValidationError, match="not a complete gzip file"):
+        verify_archive(archived, keyring)
+
+
+# --------------------------------------------------------------------------------------
+# What the database's owner cannot do without the keyring
+# --------------------------------------------------------------------------------------
+
+
+def _forge_cut(s: Any, chain: int, through_seq: int, through_hash: str) -> None:
+    """A cut appended as any writer can: the trigger hashes it, no key involved."""
+    s.execute(sa.text("SELECT set_config(:n, :c, true)"), {"n": CHAIN_SETTING, "c": str(chain)})
+    audit.record(
+        s,
+        action=AuditAction.AUDIT_ARCHIVE,
+        actor=ACTOR,
+        details={
+            "file": "audit.jsonl.gz",
+            "file_sha256": "0" * 64,
+            "through_seq": through_seq,
+            "through_hash": through_hash,
+            "rows": through_seq,
+            "key_id": "k1",
+            "mac": "AAAA",
+        },
+    )
+
+
+def test_a_forged_cut_hides_no_row(db: Database, keyring: Keyring) -> None:
+    """Triggers on, no keyring: the owner appends a cut and deletes what it covers."""
+    _one_chain(db, 6)
+    checkpoint = _checkpoint(db, keyring)
+    [head] = checkpoint.chains
+    with db.transaction() as s:
+        _forge_cut(s, head.chain, head.seq, str(head.head))
+        deleted = s.execute(
+            sa.text("DELETE FROM integration_audit_log WHERE action <> 'audit.archive'")
+        ).rowcount  # type: ignore[attr-defined]
+    assert deleted == 6  # the guard lets it through: a cut covers the rows
+    plain = _verify(db, keyring=keyring)
+    [problem] = plain.problems
+    assert problem.kind == "missing" and "is not signed with a key of the keyring" in problem.detail
+    assert not plain.cuts
+    assert not _verify(db, checkpoint, keyring).ok
+
+
+def test_a_checkpoint_is_not_signed_over_a_cut_tail(db: Database, keyring: Keyring) -> None:
+    _one_chain(db, 5)
+    first = _checkpoint(db, keyring)
+    _one_chain(db, 2)
+    second = _checkpoint(db, keyring, first)  # extends the first: only new rows read
+    assert (second.sequence, second.previous, second.rows) == (2, first.signature, 7)
+    last = _last(db)
+    _tamper(db, f"DELETE FROM integration_audit_log WHERE id = {last.id}")
+    with pytest.raises(AuditChainBroken, match="does not verify against checkpoint 2"):
+        _checkpoint(db, keyring, second)
+    # replaying an older checkpoint gains nothing: the highest sequence is chosen
+    assert newest([second, first]) == second == newest([first, second])
+
+
+def test_the_archive_waits_for_another_and_never_overwrites_its_file(
+    db: Database, keyring: Keyring, tmp_path: Path
+) -> None:
+    _one_chain(db, 4)
+    before = _now(db)
+    target = tmp_path / "a.gz"
+    blocker = db.engine.connect()  # another archive holds the lock
+    blocker.execute(sa.text("SELECT pg_advisory_lock(:a, 1000000)"), {"a": LOCK_CLASS})
+    blocker.commit()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            archive(db, keyring, before=before, to=target, actor=ACTOR)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    with db.transaction() as s:  # wait until it waits for the lock
+        for _ in range(600):
+            waiting = s.execute(
+                sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            ).scalar_one()
+            if waiting:
+                break
+            s.execute(sa.text("SELECT pg_sleep(0.05)"))
+    target.write_bytes(b"the other archive's file")
+    blocker.execute(sa.text("SELECT pg_advisory_unlock(:a, 1000000)"), {"a": LOCK_CLASS})
+    blocker.close()
+    thread.join()
+    assert len(errors) == 1 and "already exists" in str(errors[0])
+    assert target.read_bytes() == b"the other archive's file"
+    assert _verify(db).rows == 4 and [p.name for p in tmp_path.iterdir()] == ["a.gz"]
+
+
+def test_an_interrupt_after_the_cut_keeps_the_file(
+    db: Database, keyring: Keyring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prefect_integrations.audit_archive as archive_module
+
+    _one_chain(db, 4)
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:  # Ctrl-C once the chains are cut
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(archive_module, "ArchiveResult", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _archive(db, keyring, tmp_path / "a.gz")
+    assert verify_archive(tmp_path / "a.gz", keyring).rows == 4
+    assert _verify(db, keyring=keyring).ok
+
+
+def test_writers_append_while_chains_are_cut(
+    db: Database, keyring: Keyring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chain is cut in its own transaction: the others stay free for writers."""
+    import prefect_integrations.store.audit_archive as store_archive
+
+    for chain in range(CHAINS):  # a row in every chain
+        with db.transaction() as s:
+            s.execute(
+                sa.text("SELECT set_config(:n, :c, true)"), {"n": CHAIN_SETTING, "c": str(chain)}
+            )
+            audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t")
+    before = _now(db)
+    paused, release = threading.Event(), threading.Event()
+    real = store_archive.record_many  # type: ignore[attr-defined]
+
+    def pausing(session: Any, rows: Any) -> int:
+        written = real(session, rows)
+        if not paused.is_set():  # the first chain's cut is appended, not committed
+            paused.set()
+            release.wait(60)
+        return written
+
+    monkeypatch.setattr(store_archive, "record_many", pausing)
+    thread = threading.Thread(target=lambda: _archive(db, keyring, tmp_path / "a.gz", before))
+    thread.start()
+    try:
+        assert paused.wait(60)
+        with db.transaction() as s:  # would wait for every chain if they were all held
+            s.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+            audit.record(s, action=AuditAction.METHOD_CALL, actor="live")
+    finally:
+        release.set()
+        thread.join()
+    report = _verify(db, keyring=keyring)
+    assert report.ok, report.problems
+    assert len(report.cuts) == CHAINS
+
+
+def test_a_table_with_row_level_security_is_named(db: Database) -> None:
+    _append(db, 1)
+    with db.transaction() as s:
+        s.execute(sa.text("ALTER TABLE integration_audit_log ENABLE ROW LEVEL SECURITY"))
+        s.execute(
+            sa.text("CREATE POLICY hide ON integration_audit_log FOR SELECT USING (actor <> 'x')")
+        )
+    assert {(p.kind, p.detail) for p in _verify(db).problems} == {
+        ("table", "integration_audit_log has row-level security on"),
+        ("table", "integration_audit_log has 1 row-level policies"),
+    }
+
+
+def test_a_signature_with_extra_characters_is_refused(db: Database, keyring: Keyring) -> None:
+    _append(db, 1)
+    document = _checkpoint(db, keyring).as_dict()
+    signature = document["signature"]
+    changed = document | {"signature": signature[:4] + "!!!!" + signature[4:]}
+    with pytest.raises(ValidationError, match=r"\$\.signature"):
+        parse_checkpoint(changed, keyring, subject="cp")
+
+
+def test_duplicate_keys_in_a_signed_document_are_refused() -> None:
+    with pytest.raises(ValidationError, match="the key 'rows' appears twice"):
+        loads_strict('{"rows": 1, "rows": 2}', "checkpoint file 'cp.json'")
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('{"id": 1, "chain": []}', "line 2: not an audit row"),
+        ('{"id": true, "version": 2}', "line 2: not an audit row"),
+    ],
+)
+def test_a_malformed_archived_row_is_a_problem_not_a_crash(
+    archived: Path, keyring: Keyring, line: str, problem: str
+) -> None:
+    lines = _lines(archived)
+    _rewrite(archived, [lines[0], line.encode() + b"\n", *lines[1:]])
+    report = verify_archive(archived, keyring)
+    assert any(p.startswith(problem) for p in report.problems), report.problems
+
+
+def test_a_deeply_nested_archive_line_is_a_clear_error(archived: Path, keyring: Keyring) -> None:
+    lines = _lines(archived)
+    _rewrite(archived, [lines[0], b"[" * 100_000 + b"]" * 100_000 + b"\n", *lines[1:]])
+    with pytest.raises(ValidationError, match=r"line 2 is invalid at \$: not valid JSON"):
         verify_archive(archived, keyring)

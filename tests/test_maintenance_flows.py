@@ -84,40 +84,63 @@ def test_health_check_flow(
 def test_each_maintenance_run_publishes_a_signed_checkpoint(
     harness: Path, echo_db: Database, keyring: Keyring
 ) -> None:
-    """The artifact holds a checkpoint `audit verify --checkpoint artifact:...` reads back."""
-    from prefect_integrations.audit_seals import parse_checkpoint
-    from prefect_integrations.maintenance.checkpoints import ARTIFACT_KEY, read_artifact_document
+    """Each run's checkpoint extends the previous one; `audit verify` reads them back."""
+    from prefect_integrations.audit_seals import database_label
+    from prefect_integrations.maintenance.checkpoints import (
+        ARTIFACT_KEY,
+        read_artifact_checkpoint,
+    )
     from prefect_integrations.store import audit
 
+    label = database_label(echo_db.url)
     with echo_db.transaction() as s:
         audit.record(s, action=audit.AuditAction.HEALTH_CHECK, actor="t")
     refresh_tokens()
-    subject, document = read_artifact_document(f"artifact:{ARTIFACT_KEY}")
-    checkpoint = parse_checkpoint(document, keyring, subject=subject)
+    first = read_artifact_checkpoint(f"artifact:{ARTIFACT_KEY}", keyring, label)
     with echo_db.transaction() as s:
-        rows = audit.verify(s).rows
-        report = audit.verify(s, checkpoint.chains)
-    assert checkpoint.rows == rows >= 1  # the run's checkpoint covers the row above
-    assert report.ok and report.covered_rows == checkpoint.rows
+        audit.record(s, action=audit.AuditAction.HEALTH_CHECK, actor="t")
+    refresh_tokens()
+    second = read_artifact_checkpoint(f"artifact:{ARTIFACT_KEY}", keyring, label)
+    assert (first.sequence, second.sequence, second.previous) == (1, 2, first.signature)
+    assert first.database == label and second.rows == first.rows + 1
+    with echo_db.transaction() as s:
+        report = audit.verify(s, second.chains)
+    assert report.ok and report.covered_rows == second.rows
     # by id too, and a key that names no artifact is a clear error
     artifact_id = asyncio.run(_artifact_ids(ARTIFACT_KEY))[0]
-    assert read_artifact_document(f"artifact:{artifact_id}")[1] == document
-    with pytest.raises(ValidationError, match="no such artifact"):
-        read_artifact_document("artifact:no-such-key")
+    assert read_artifact_checkpoint(f"artifact:{artifact_id}", keyring, label) == second
+    with pytest.raises(ValidationError, match="no artifact of that key"):
+        read_artifact_checkpoint("artifact:no-such-key", keyring, label)
 
 
-def test_reading_a_checkpoint_artifact_needs_a_prefect_server() -> None:
-    """Not Prefect's ephemeral mode, whose own empty database would hold no artifact."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+@pytest.mark.usefixtures("env")
+def test_a_run_refuses_to_sign_over_a_cut_tail(
+    harness: Path, echo_db: Database, keyring: Keyring
+) -> None:
+    """Rows removed since the last checkpoint fail the next run; nothing is signed."""
+    import sqlalchemy as sa
 
-    from prefect_integrations.exceptions import ConfigurationError
-    from prefect_integrations.maintenance.checkpoints import read_artifact_document
+    from prefect_integrations.audit_seals import database_label
+    from prefect_integrations.exceptions import AuditChainBroken
+    from prefect_integrations.maintenance.checkpoints import ARTIFACT_KEY, stored_checkpoints
+    from prefect_integrations.store import audit
 
-    with (
-        temporary_settings(updates={PREFECT_API_URL: None}),
-        pytest.raises(ConfigurationError, match="PREFECT_API_URL is not set: checkpoint"),
-    ):
-        read_artifact_document("artifact:integration-audit-checkpoint")
+    with echo_db.transaction() as s:
+        for _ in range(3):
+            audit.record(s, action=audit.AuditAction.HEALTH_CHECK, actor="t")
+    refresh_tokens()
+    with echo_db.transaction() as s:
+        s.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        s.execute(
+            sa.text(
+                "DELETE FROM integration_audit_log WHERE id = "
+                "(SELECT max(id) FROM integration_audit_log)"
+            )
+        )
+    with pytest.raises(AuditChainBroken, match="does not verify against checkpoint 1"):
+        refresh_tokens()
+    stored = stored_checkpoints(keyring, database_label(echo_db.url), ARTIFACT_KEY)
+    assert [c.sequence for c in stored] == [1]
 
 
 async def _artifact_ids(key: str) -> list[str]:

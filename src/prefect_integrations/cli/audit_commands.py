@@ -13,8 +13,15 @@ import typer
 
 from prefect_integrations.audit_archive import archive as archive_rows
 from prefect_integrations.audit_archive import verify_archive as check_archive_file
-from prefect_integrations.audit_seals import Checkpoint, parse_checkpoint, take_checkpoint
-from prefect_integrations.cli._common import echo, echo_table, emit_json, read_json_file, runtime
+from prefect_integrations.audit_seals import (
+    Checkpoint,
+    cut_is_authentic,
+    database_label,
+    loads_strict,
+    parse_checkpoint,
+    take_checkpoint,
+)
+from prefect_integrations.cli._common import echo, echo_table, emit_json, runtime
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.store import audit
 
@@ -69,6 +76,7 @@ _HEADINGS = {
     "inserted": "inserted rows",
     "cut": "cut from the end of a chain (checkpoint)",
     "rewritten": "history rewritten (checkpoint)",
+    "table": "table",
     "trigger": "triggers",
     "function": "functions",
 }
@@ -91,20 +99,40 @@ def _describe(problem: audit.Problem) -> str:
     return problem.detail
 
 
+def _read_checkpoint_file(path: Path, subject: str) -> Any:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValidationError(subject, [], "no such file") from None
+    except OSError as exc:
+        raise ValidationError(subject, [], exc.strerror or "unreadable") from None
+    return loads_strict(data, subject)
+
+
 def _load_checkpoint(reference: str) -> Checkpoint:
     """A checkpoint from a file, or from a Prefect artifact (``artifact:KEY|ID``)."""
     from prefect_integrations.maintenance.checkpoints import (
         ARTIFACT_PREFIX,
-        read_artifact_document,
+        read_artifact_checkpoint,
     )
 
     rt = runtime()
+    database = database_label(rt.db.url)
     if reference.startswith(ARTIFACT_PREFIX):
-        subject, document = read_artifact_document(reference)
+        checkpoint = read_artifact_checkpoint(reference, rt.keyring, database)
+        subject = f"checkpoint artifact {reference!r}"
     else:
         subject = f"checkpoint file {reference!r}"
-        document = read_json_file(reference, what="checkpoint")
-    return parse_checkpoint(document, rt.keyring, subject=subject)
+        checkpoint = parse_checkpoint(
+            _read_checkpoint_file(Path(reference), subject), rt.keyring, subject=subject
+        )
+    if checkpoint.database != database:
+        raise ValidationError(
+            subject,
+            ["database"],
+            f"is a checkpoint of {checkpoint.database}, not of {database} (this database)",
+        )
+    return checkpoint
 
 
 @app.command()
@@ -130,7 +158,11 @@ def verify(
     covered = _load_checkpoint(checkpoint) if checkpoint is not None else None
     rt = runtime()
     with rt.transaction("verify the audit log") as session:
-        report = audit.verify(session, covered.chains if covered else None)
+        report = audit.verify(
+            session,
+            covered.chains if covered else None,
+            cut_check=lambda chain, details: cut_is_authentic(rt.keyring, chain, details),
+        )
     if as_json:
         emit_json(
             report.as_dict()
@@ -155,8 +187,8 @@ def verify(
         if covered is not None:
             archived = f", {report.archived_since} archived since" if report.archived_since else ""
             echo(
-                f"checkpoint of {covered.created_at} (key {covered.key_id}): its {covered.rows} "
-                f"rows are all here{archived}"
+                f"checkpoint {covered.sequence} of {covered.created_at} (key {covered.key_id}): "
+                f"its {covered.rows} rows are all here{archived}"
             )
     else:
         for kind, heading in _HEADINGS.items():
@@ -176,16 +208,36 @@ def checkpoint(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write it to this file (default: print it)")
     ] = None,
+    previous: Annotated[
+        str | None,
+        typer.Option(
+            "--previous",
+            metavar="FILE|artifact:KEY|artifact:ID",
+            help="Extend this checkpoint: verify only the rows since it, number the new one next",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
 ) -> None:
-    """Sign the chains' heads, row count and time with the primary key, as JSON.
+    """Verify the log, then sign the chains' heads, row count and time with the primary key.
 
-    Keep it outside the database; `audit verify --checkpoint FILE` proves later that the
-    log still holds what it covered. Each maintenance run also publishes one as the
-    Prefect artifact ``integration-audit-checkpoint``.
+    Signs nothing if the log does not verify (exit 1). Keep the result outside the
+    database; `audit verify --checkpoint FILE` proves later that the log still holds what
+    it covered. Each maintenance run also publishes one as the Prefect artifact
+    ``integration-audit-checkpoint``, extending the previous one.
     """
+    if out is not None and out.exists() and not force:
+        raise ValidationError(
+            f"checkpoint file {str(out)!r}",
+            [],
+            "already exists (an older checkpoint is "
+            "what shows later changes; use --force to replace it)",
+        )
+    before = _load_checkpoint(previous) if previous is not None else None
     rt = runtime()
     with rt.transaction("take an audit checkpoint") as session:
-        taken = take_checkpoint(session, rt.keyring)
+        taken = take_checkpoint(
+            session, rt.keyring, database=database_label(rt.db.url), previous=before
+        )
     if out is None:
         echo(taken.to_json().rstrip())
         return
@@ -198,7 +250,10 @@ def checkpoint(
         raise ValidationError(
             f"checkpoint file {str(out)!r}", [], exc.strerror or "cannot be written"
         ) from None
-    echo(f"checkpoint of {taken.rows} rows in {len(taken.chains)} chains written to {out}")
+    echo(
+        f"checkpoint {taken.sequence} of {taken.rows} rows in {len(taken.chains)} chains "
+        f"written to {out}"
+    )
 
 
 def _parse_before(text: str) -> datetime:
@@ -264,6 +319,7 @@ def verify_archive_command(
     else:
         for problem in report.problems[:50]:
             echo(problem, err=True)
-        echo(f"archive BROKEN ({len(report.problems)} problems)", err=True)
+        total = len(report.problems) + report.more_problems
+        echo(f"archive BROKEN ({total} problems)", err=True)
     if not report.ok:
         raise typer.Exit(1)

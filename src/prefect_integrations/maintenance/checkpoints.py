@@ -1,16 +1,21 @@
 """Audit checkpoints published as Prefect artifacts, and read back for `audit verify`.
 
-Every maintenance run ends by signing a checkpoint of the audit log's chains
-(`audit_seals.take_checkpoint`) and publishing it as a markdown artifact with the key
-`ARTIFACT_KEY`: a short summary and the checkpoint's JSON in a fenced block. The
-artifact lives in the Prefect server's database, outside the integrations database, so
-its owner cannot quietly rewrite both. ``audit verify --checkpoint artifact:KEY`` (the
-newest artifact of that key) or ``artifact:<id>`` reads one back.
+Every maintenance run ends by signing a checkpoint of the audit log's chains and
+publishing it as a markdown artifact with the key `ARTIFACT_KEY`: a short summary and
+the checkpoint's JSON in a fenced block. The artifact lives in the Prefect server's
+database, outside the integrations database, so its owner cannot quietly rewrite both.
+
+The checkpoints of a database form a chain (`audit_seals`): a run reads the stored ones
+(`stored_checkpoints`: the newest `ARTIFACTS_READ` artifacts of the key, those whose
+signature holds and that name this database), takes the one with the highest sequence
+as the previous and signs a new one only if the log still extends it; otherwise the run
+fails with `AuditChainBroken` and nothing is signed. ``audit verify --checkpoint
+artifact:KEY`` uses the same choice; ``artifact:<id>`` reads one artifact.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 import uuid
 from typing import Any
@@ -20,51 +25,129 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
-from prefect_integrations.audit_seals import Checkpoint, take_checkpoint
+from prefect_integrations.audit_seals import (
+    Checkpoint,
+    database_label,
+    loads_strict,
+    newest,
+    parse_checkpoint,
+    take_checkpoint,
+)
 from prefect_integrations.db import Database
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.prefect_api import require_api_url
 
 __all__ = [
+    "ARTIFACTS_READ",
     "ARTIFACT_KEY",
     "ARTIFACT_PREFIX",
     "apublish_checkpoint",
     "checkpoint_markdown",
     "publish_checkpoint",
-    "read_artifact_document",
+    "read_artifact_checkpoint",
+    "stored_checkpoints",
 ]
 
 #: The key of the checkpoint artifacts.
 ARTIFACT_KEY = "integration-audit-checkpoint"
 #: How `audit verify --checkpoint` names an artifact rather than a file.
 ARTIFACT_PREFIX = "artifact:"
+#: How many of the newest artifacts of the key are read to find the previous checkpoint.
+ARTIFACTS_READ = 200
 
 _FENCED = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
+_logger = logging.getLogger(__name__)
 
 
 def checkpoint_markdown(checkpoint: Checkpoint) -> str:
     """The artifact's markdown: a summary line and the signed JSON."""
     return (
-        f"Audit log checkpoint: {checkpoint.rows} rows in {len(checkpoint.chains)} chains, "
-        f"{checkpoint.created_at}, signed with key `{checkpoint.key_id}`. Verify with "
-        f"`prefect-integrations audit verify --checkpoint {ARTIFACT_PREFIX}<this artifact's "
-        f"id>`.\n\n```json\n{checkpoint.to_json().rstrip()}\n```\n"
+        f"Audit log checkpoint {checkpoint.sequence} of `{checkpoint.database}`: "
+        f"{checkpoint.rows} rows in {len(checkpoint.chains)} chains, {checkpoint.created_at}, "
+        f"signed with key `{checkpoint.key_id}`. Verify with `prefect-integrations audit "
+        f"verify --checkpoint {ARTIFACT_PREFIX}{ARTIFACT_KEY}`.\n\n"
+        f"```json\n{checkpoint.to_json().rstrip()}\n```\n"
     )
 
 
+def _document(data: Any, subject: str) -> Any:
+    match = _FENCED.search(data) if isinstance(data, str) else None
+    if match is None:
+        raise ValidationError(subject, [], "holds no checkpoint (no ```json block)")
+    return loads_strict(match.group(1), subject)
+
+
+def _read(artifact_filter: ArtifactFilter, limit: int) -> list[Any]:
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_artifacts(
+                artifact_filter=artifact_filter, sort=ArtifactSort.CREATED_DESC, limit=limit
+            )
+        )
+
+
+def stored_checkpoints(
+    keyring: Keyring, database: str, key: str = ARTIFACT_KEY
+) -> list[Checkpoint]:
+    """The checkpoints of ``database`` among the newest artifacts of ``key``.
+
+    Artifacts whose signature does not hold are left out (and logged).
+    """
+    found = []
+    for artifact in _read(ArtifactFilter(key=ArtifactFilterKey(any_=[key])), ARTIFACTS_READ):
+        subject = f"checkpoint artifact {artifact.id}"
+        try:
+            checkpoint = parse_checkpoint(
+                _document(artifact.data, subject), keyring, subject=subject
+            )
+        except ValidationError as exc:
+            _logger.warning("Ignoring %s", exc)
+            continue
+        if checkpoint.database == database:
+            found.append(checkpoint)
+    return found
+
+
+def read_artifact_checkpoint(reference: str, keyring: Keyring, database: str) -> Checkpoint:
+    """The checkpoint of ``artifact:ID``, or of ``artifact:KEY``: this database's highest."""
+    name = reference.removeprefix(ARTIFACT_PREFIX).strip()
+    subject = f"checkpoint artifact {name!r}"
+    # not Prefect's ephemeral mode: its own empty database would hold no artifact
+    require_api_url(
+        "checkpoint artifacts are read from the Prefect server the maintenance runs report "
+        "to (for `prefect-integrations serve`'s local server, its 'Prefect UI' address "
+        "followed by /api)"
+    )
+    try:
+        artifact_id = uuid.UUID(name)
+    except ValueError:
+        chosen = newest(stored_checkpoints(keyring, database, name))
+        if chosen is None:
+            raise ValidationError(
+                subject, [], f"no artifact of that key holds a valid checkpoint of {database}"
+            ) from None
+        return chosen
+    found = _read(ArtifactFilter(id=ArtifactFilterId(any_=[artifact_id])), 1)
+    if not found:
+        raise ValidationError(subject, [], "no such artifact on the Prefect server")
+    return parse_checkpoint(_document(found[0].data, subject), keyring, subject=subject)
+
+
 def _take(db: Database, keyring: Keyring) -> Checkpoint:
+    database = database_label(db.url)
+    previous = newest(stored_checkpoints(keyring, database))
     with db.transaction("take an audit checkpoint") as session:
-        return take_checkpoint(session, keyring)
+        return take_checkpoint(session, keyring, database=database, previous=previous)
 
 
 def publish_checkpoint(db: Database, keyring: Keyring) -> Checkpoint:
-    """Sign a checkpoint and publish it as an artifact of the current run."""
+    """Sign a checkpoint extending the previous one; publish it as an artifact of the run."""
     checkpoint = _take(db, keyring)
     create_markdown_artifact(
         markdown=checkpoint_markdown(checkpoint),
         key=ARTIFACT_KEY,
-        description=f"Audit checkpoint: {checkpoint.rows} rows",
+        description=f"Audit checkpoint {checkpoint.sequence}: {checkpoint.rows} rows",
     )
     return checkpoint
 
@@ -75,39 +158,6 @@ async def apublish_checkpoint(db: Database, keyring: Keyring) -> Checkpoint:
     await acreate_markdown_artifact(
         markdown=checkpoint_markdown(checkpoint),
         key=ARTIFACT_KEY,
-        description=f"Audit checkpoint: {checkpoint.rows} rows",
+        description=f"Audit checkpoint {checkpoint.sequence}: {checkpoint.rows} rows",
     )
     return checkpoint
-
-
-def read_artifact_document(reference: str) -> tuple[str, Any]:
-    """The checkpoint JSON of ``artifact:KEY`` (newest of the key) or ``artifact:ID``.
-
-    Returns a subject naming the artifact (for errors) and the parsed JSON.
-    """
-    name = reference.removeprefix(ARTIFACT_PREFIX).strip()
-    subject = f"checkpoint artifact {name!r}"
-    # not Prefect's ephemeral mode: its own empty database would hold no artifact
-    require_api_url(
-        "checkpoint artifacts are read from the Prefect server the maintenance runs report "
-        "to (for `prefect-integrations serve`'s local server, its 'Prefect UI' address "
-        "followed by /api)"
-    )
-    try:
-        artifact_filter = ArtifactFilter(id=ArtifactFilterId(any_=[uuid.UUID(name)]))
-    except ValueError:
-        artifact_filter = ArtifactFilter(key=ArtifactFilterKey(any_=[name]))
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=artifact_filter, sort=ArtifactSort.CREATED_DESC, limit=1
-        )
-    if not found:
-        raise ValidationError(subject, [], "no such artifact on the Prefect server")
-    data = found[0].data
-    match = _FENCED.search(data) if isinstance(data, str) else None
-    if match is None:
-        raise ValidationError(subject, [], "holds no checkpoint (no ```json block)")
-    try:
-        return subject, json.loads(match.group(1))
-    except ValueError:
-        raise ValidationError(subject, [], "its JSON block is not valid JSON") from None

@@ -2,15 +2,18 @@
 
 `plan_cuts` finds, per chain, the last seq before which every row is older than a time;
 `archived_rows` streams those rows in chain order (constant memory) for the archive
-file; `cut` appends a cut to each chain (an ``audit.archive`` row pinned to that chain,
-naming ``through_seq`` and the hash of the last row it removes) and then deletes the
-rows. The guard function lets a DELETE through only for rows a later cut of their chain
-covers (`audit_chain`), so the deletion is part of the chain and `audit verify` accepts
-a chain that starts after it. Archives run one at a time (an advisory lock).
+file; `cut_chain` appends a cut to one chain (an ``audit.archive`` row pinned to that
+chain, naming ``through_seq`` and the hash of the last row it removes, signed by the
+caller) and deletes the rows, in the caller's transaction: one chain per transaction,
+so writers append to the other chains meanwhile. The guard function lets a DELETE
+through only for rows a later cut of their chain covers (`audit_chain`). Archives run
+one at a time: `archive_lock` holds a session-level advisory lock on a connection of
+its own for the whole archive.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,12 +22,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from prefect_integrations.db import translate_errors
+from prefect_integrations.db import Database, translate_errors
 from prefect_integrations.models import audit_log
 from prefect_integrations.store.audit import AuditAction, AuditRow, record_many
 from prefect_integrations.store.audit_chain import CHAIN_SETTING, LOCK_CLASS
 
-__all__ = ["ARCHIVE_COLUMNS", "PlannedCut", "archived_rows", "cut", "lock_archives", "plan_cuts"]
+__all__ = [
+    "ARCHIVE_COLUMNS",
+    "PlannedCut",
+    "archive_lock",
+    "archived_rows",
+    "cut_chain",
+    "plan_cuts",
+]
 
 #: The second key of the advisory lock archives take (chains use 0 to CHAINS - 1).
 _ARCHIVE_LOCK = 1_000_000
@@ -69,12 +79,18 @@ class PlannedCut:
         }
 
 
-def lock_archives(session: Session) -> None:
-    """Wait until no other archive runs (until this transaction ends)."""
-    with translate_errors("archive the audit log"):
-        session.execute(
-            sa.text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": LOCK_CLASS, "b": _ARCHIVE_LOCK}
-        )
+@contextlib.contextmanager
+def archive_lock(db: Database) -> Iterator[None]:
+    """Wait until no other archive runs, and keep it so until the block ends."""
+    keys = {"a": LOCK_CLASS, "b": _ARCHIVE_LOCK}
+    with translate_errors("archive the audit log"), db.engine.connect() as connection:
+        connection.execute(sa.text("SELECT pg_advisory_lock(:a, :b)"), keys)
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(sa.text("SELECT pg_advisory_unlock(:a, :b)"), keys)
+            connection.commit()
 
 
 _PLAN = sa.text(
@@ -137,40 +153,23 @@ def archived_rows(session: Session, cuts: Sequence[PlannedCut]) -> Iterator[Any]
         yield from session.execute(_ROWS, _cuts_table(cuts), execution_options={"yield_per": 2000})
 
 
-_DELETE = sa.text(
-    f"""
-    DELETE FROM {audit_log.name} l
-     USING unnest(CAST(:chains AS int[]), CAST(:throughs AS bigint[])) AS c(chain, through)
-     WHERE l.chain = c.chain AND l.seq <= c.through
+_DELETE = sa.text(f"DELETE FROM {audit_log.name} WHERE chain = :chain AND seq <= :through")
+
+
+def cut_chain(session: Session, planned: PlannedCut, *, actor: str, details: dict[str, Any]) -> int:
+    """Append ``planned``'s cut (with ``details``) to its chain and delete its rows.
+
+    Returns the rows deleted. The chain stays held by this transaction until it ends.
     """
-)
-
-
-def cut(
-    session: Session, cuts: Sequence[PlannedCut], *, actor: str, details: dict[str, Any]
-) -> int:
-    """Append each chain's cut (with ``details``), then delete the rows; the rows deleted."""
     with translate_errors("archive the audit log"):
-        for planned in cuts:
-            session.execute(
-                sa.text("SELECT set_config(:name, :chain, true)"),
-                {"name": CHAIN_SETTING, "chain": str(planned.chain)},
-            )
-            record_many(
-                session,
-                [
-                    AuditRow(
-                        action=AuditAction.AUDIT_ARCHIVE,
-                        actor=actor,
-                        details={
-                            **details,
-                            "through_seq": planned.through_seq,
-                            "through_hash": planned.through_hash,
-                            "rows": planned.rows,
-                        },
-                    )
-                ],
-            )
+        session.execute(
+            sa.text("SELECT set_config(:name, :chain, true)"),
+            {"name": CHAIN_SETTING, "chain": str(planned.chain)},
+        )
+        record_many(
+            session, [AuditRow(action=AuditAction.AUDIT_ARCHIVE, actor=actor, details=details)]
+        )
         # later appends of this transaction take a chain as usual
         session.execute(sa.text("SELECT set_config(:name, '', true)"), {"name": CHAIN_SETTING})
-        return int(session.execute(_DELETE, _cuts_table(cuts)).rowcount)  # type: ignore[attr-defined]
+        result = session.execute(_DELETE, {"chain": planned.chain, "through": planned.through_seq})
+        return int(result.rowcount)  # type: ignore[attr-defined]

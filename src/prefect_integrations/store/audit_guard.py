@@ -3,7 +3,9 @@
 `check_guard` compares the database's catalog with `audit_chain`: each function's source,
 that it runs as its caller and changes no setting; each trigger present, enabled,
 unconditional, firing on its events and running its function; no other trigger or rule
-on the table. It reads only the catalog, never calls a function of the log.
+on the table; the table a plain one without row-level security (policies could show
+`verify` other rows than everyone else sees). It reads only the catalog, never calls a
+function of the log.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from prefect_integrations.store.audit_chain import (
 
 __all__ = ["GuardKind", "check_guard"]
 
-GuardKind = Literal["trigger", "function"]
+GuardKind = Literal["table", "trigger", "function"]
 
 
 _TABLE_SCHEMA = sa.text(
@@ -92,9 +94,29 @@ def _check_triggers(
         found.append(("trigger", f"rule {rule} rewrites statements on the log"))
 
 
+_TABLE = sa.text(
+    "SELECT relkind, relrowsecurity, "
+    "(SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies "
+    "FROM pg_class c WHERE c.oid = to_regclass(CAST(:t AS text))"
+)
+
+
+def _check_table(session: Session, found: list[tuple[GuardKind, str]]) -> None:
+    table = session.execute(_TABLE, {"t": audit_log.name}).first()
+    if table is None:
+        return
+    if table.relkind != "r":
+        found.append(("table", f"{audit_log.name} is not a plain table (kind {table.relkind})"))
+    if table.relrowsecurity:
+        found.append(("table", f"{audit_log.name} has row-level security on"))
+    if table.policies:
+        found.append(("table", f"{audit_log.name} has {table.policies} row-level policies"))
+
+
 def check_guard(session: Session) -> list[tuple[GuardKind, str]]:
-    """Each way the triggers and functions differ from the expected, as (kind, detail)."""
+    """Each way the table, triggers and functions differ from the expected, as (kind, detail)."""
     found: list[tuple[GuardKind, str]] = []
+    _check_table(session, found)
     schema = session.execute(_TABLE_SCHEMA, {"t": audit_log.name}).scalar()
     if schema is not None:
         oids = _check_functions(session, str(schema), found)

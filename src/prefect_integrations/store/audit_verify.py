@@ -11,20 +11,29 @@ or rule sits on the table, and that the functions have the expected source
 (`audit_guard`).
 
 A chain may start after seq 1 when its first rows were archived: a cut (a row with
-action ``audit.archive`` further on in the same chain, `audit_cuts`) must then name the
-seq before the first row and the hash that row links to; `VerifyReport.cuts` lists them.
+action ``audit.archive`` further on in the same chain, see `audit_archive`) must then
+cover the seq before the first row, name the hash that row links to when it ends right
+there, and carry a signature ``cut_check`` accepts (`audit_seals.cut_is_authentic`: a
+MAC under the keyring, so whoever owns the database cannot write one); `VerifyReport.cuts`
+lists them. Without ``cut_check`` no cut is accepted.
 
 What it cannot see alone: the newest rows of a chain removed (a cut tail), rows added
 at the end of a chain by someone who computes their hashes as the trigger would, or a
 chain rewritten entirely. Given the heads of a checkpoint kept outside the database
 (``covered``), it also checks that each chain still holds the row at the checkpoint's
-head with the same hash, and every row before it that no cut removed.
+head with the same hash, and every row before it that no cut removed. With
+``from_heads`` it reads only the rows from each covered head on (and every row of the
+chains the checkpoint did not have): what a new checkpoint needs to know that the log
+still extends the previous one, at the cost of the rows appended since.
+
+The module is over 450 lines because the streaming check of rows, cuts and checkpoint
+coverage shares one state per chain; splitting it would pass that state around.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,10 +49,21 @@ from prefect_integrations.store.audit_chain import (
 )
 from prefect_integrations.store.audit_guard import check_guard
 
-__all__ = ["ChainHead", "Cut", "Problem", "ProblemKind", "VerifyReport", "verify"]
+__all__ = ["ChainHead", "Cut", "CutCheck", "Problem", "ProblemKind", "VerifyReport", "verify"]
+
+#: Whether a cut's details (of the given chain) carry a valid signature.
+CutCheck = Callable[[int, Mapping[str, Any]], bool]
 
 ProblemKind = Literal[
-    "altered", "missing", "reordered", "inserted", "cut", "rewritten", "trigger", "function"
+    "altered",
+    "missing",
+    "reordered",
+    "inserted",
+    "cut",
+    "rewritten",
+    "table",
+    "trigger",
+    "function",
 ]
 
 #: Problems kept in a report; past this only their number grows (constant memory).
@@ -64,8 +84,8 @@ class Problem:
     exist, a seq taken twice). ``cut``: a chain ends before the head a checkpoint
     recorded (``seq`` is that head's, ``last_seq`` the chain's last). ``rewritten``: the
     row at a checkpoint's head has another hash, or rows it covered are gone without a
-    cut. ``trigger``/``function``: what the append and the guard rely on is missing or
-    changed.
+    cut. ``table``: the log is not a plain table, or has row-level security.
+    ``trigger``/``function``: what the append and the guard rely on is missing or changed.
     """
 
     kind: ProblemKind
@@ -210,6 +230,10 @@ class _Chain:
     start: tuple[int, int, bytes | None] | None = None
     at_head: bytes | None = None
     upto_head: int = 0
+    #: the seq reading starts at (1, or a covered head's with ``from_heads``)
+    origin: int = 1
+    #: a cut matched the start but its signature did not hold
+    forged_cut: int | None = None
 
 
 _ROWS = sa.text(
@@ -223,45 +247,83 @@ _ROWS = sa.text(
 )
 
 
-def _rows(session: Session) -> Iterator[Any]:
+# Rows from a seq on in each chain (a range scan of the (chain, seq) index per chain).
+_ROWS_FROM = sa.text(
+    f"""
+    SELECT l.id, l.version, l.chain, l.seq,
+           (l.occurred_at AT TIME ZONE 'UTC')::text AS occurred_at,
+           l.actor, l.db_role, l.action, l.instance_id, l.integration_id, l.outcome,
+           l.details::text AS details, l.prev_hash, l.hash
+      FROM generate_series(0, {CHAINS - 1}) AS g(chain)
+     CROSS JOIN LATERAL (
+       SELECT * FROM {audit_log.name} r
+        WHERE r.chain = g.chain AND r.seq >= (CAST(:froms AS bigint[]))[g.chain + 1]
+        ORDER BY r.seq
+     ) AS l
+     ORDER BY l.chain, l.seq
+    """
+)
+
+
+def _rows(session: Session, froms: list[int] | None) -> Iterator[Any]:
     # the text of timestamps, whatever the session's settings
     session.execute(sa.text("SELECT set_config('DateStyle', 'ISO, YMD', true)"))
-    result = session.execute(_ROWS, execution_options={"yield_per": PAGE})
+    if froms is None:
+        result = session.execute(_ROWS, execution_options={"yield_per": PAGE})
+    else:
+        result = session.execute(
+            _ROWS_FROM, {"froms": froms}, execution_options={"yield_per": PAGE}
+        )
     yield from result
 
 
-def _cut_of(row: Any, state: _Chain) -> Cut | None:
-    """The cut ``row`` records, if it is one and explains where its chain starts."""
+def _cut_of(row: Any, state: _Chain, cut_check: CutCheck | None) -> Cut | None:
+    """The cut ``row`` records, if it is one, explains where its chain starts, and holds.
+
+    It explains the start when it covers the seq before the chain's first row; when it
+    ends right there, the hash it names must be the one that row links to (a cut whose
+    deletion stopped short leaves rows it covers, which link among themselves).
+    """
     if row.action != CUT_ACTION or state.start is None:
         return None
     try:
         details = json.loads(row.details)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
     first_seq, _, prev_hash = state.start
     through = details.get("through_seq") if isinstance(details, dict) else None
     if (
         not isinstance(details, dict)
         or type(through) is not int
-        or through != first_seq - 1
-        or details.get("through_hash") != (prev_hash.hex() if prev_hash else None)
+        or through < first_seq - 1
+        or (
+            through == first_seq - 1
+            and details.get("through_hash") != (prev_hash.hex() if prev_hash else None)
+        )
     ):
         return None
-    return Cut(row.chain, first_seq - 1, row.id, row.occurred_at, details)
+    if cut_check is None or not cut_check(row.chain, details):
+        state.forged_cut = row.id
+        return None
+    return Cut(row.chain, through, row.id, row.occurred_at, details)
 
 
-def _check_row(row: Any, state: _Chain, found: _Found, cuts: list[Cut]) -> None:
+def _check_row(
+    row: Any, state: _Chain, found: _Found, cuts: list[Cut], cut_check: CutCheck | None
+) -> None:
     """Check one row against the state of its chain, then move the chain on."""
     where = {"id": row.id, "chain": row.chain, "seq": row.seq}
     if row.seq <= state.seq:
         found.add(Problem("inserted", f"seq {row.seq} of chain {row.chain} taken twice", **where))
         return
-    gap = row.seq > state.seq + 1
     if state.seq == 0:
         state.first_seq = row.seq
+        gap = row.seq > state.origin
         if gap:  # archived, if a cut further on says so
             state.start = (row.seq, row.id, row.prev_hash)
-    elif gap:
+        elif state.origin > 1:  # its link is covered by the checkpoint's head
+            state.hash = row.prev_hash
+    elif gap := row.seq > state.seq + 1:
         found.add(
             Problem(
                 "missing",
@@ -297,7 +359,7 @@ def _check_row(row: Any, state: _Chain, found: _Found, cuts: list[Cut]) -> None:
         found.add(Problem("altered", "does not link to the row before it", **where))
     if state.id is not None and row.id <= state.id:
         found.add(Problem("reordered", f"id below {state.id}, the row before it", **where))
-    elif expected == row.hash and (cut := _cut_of(row, state)) is not None:
+    elif expected == row.hash and (cut := _cut_of(row, state, cut_check)) is not None:
         cuts.append(cut)
         state.start = None
     state.seq, state.id, state.hash = row.seq, row.id, row.hash
@@ -308,14 +370,20 @@ def _end_chain(state: _Chain, found: _Found) -> ChainHead:
     """The chain's head, once a chain whose start no cut explains is reported."""
     if state.start is not None:
         first_seq, first_id, _ = state.start
+        why = (
+            f"the cut in row {state.forged_cut} is not signed with a key of the keyring"
+            if state.forged_cut is not None
+            else "no cut of them"
+        )
         found.add(
             Problem(
                 "missing",
-                f"chain {state.chain} has no seq 1"
-                + (f" to {first_seq - 1}" if first_seq > 2 else "")
-                + " and no cut of them",
+                f"chain {state.chain} has no seq {state.origin}"
+                + (f" to {first_seq - 1}" if first_seq > state.origin + 1 else "")
+                + f": {why}",
+                id=state.forged_cut,
                 chain=state.chain,
-                seq=1,
+                seq=state.origin,
                 last_seq=first_seq - 1,
                 next_id=first_id,
             )
@@ -340,6 +408,8 @@ class _Coverage:
     heads: dict[int, ChainHead]
     rows: int = 0
     archived: int = 0
+    #: only the rows from each head on are read (no count of the rows before)
+    from_heads: bool = False
 
     def see(self, row: Any, state: _Chain) -> None:
         head = self.heads.get(row.chain)
@@ -379,7 +449,7 @@ class _Coverage:
                     **where,
                 )
             )
-        elif upto + (archived if archived_ok else 0) != head.rows:
+        elif not self.from_heads and upto + (archived if archived_ok else 0) != head.rows:
             found.add(
                 Problem(
                     "rewritten",
@@ -393,7 +463,7 @@ class _Coverage:
 
 
 def _check_chains(
-    session: Session, found: _Found, coverage: _Coverage | None
+    session: Session, found: _Found, coverage: _Coverage | None, cut_check: CutCheck | None
 ) -> tuple[int, list[ChainHead], list[Cut]]:
     rows = 0
     chains: list[ChainHead] = []
@@ -407,7 +477,13 @@ def _check_chains(
         if coverage is not None:
             coverage.end(state, state.chain, found)
 
-    for row in _rows(session):
+    froms: list[int] | None = None
+    if coverage is not None and coverage.from_heads:
+        froms = [1] * CHAINS
+        for head in coverage.heads.values():
+            if 0 <= head.chain < CHAINS:
+                froms[head.chain] = max(head.seq, 1)
+    for row in _rows(session, froms):
         rows += 1
         if row.chain is None or row.seq is None:
             found.add(Problem("inserted", "row has no chain or seq", id=row.id))
@@ -416,9 +492,11 @@ def _check_chains(
             if state is not None:
                 end(state)
             state = _Chain(row.chain)
+            if froms is not None and 0 <= row.chain < CHAINS:
+                state.origin = froms[row.chain]
         if coverage is not None:
             coverage.see(row, state)
-        _check_row(row, state, found, cuts)
+        _check_row(row, state, found, cuts, cut_check)
     if state is not None:
         end(state)
     if coverage is not None:
@@ -427,17 +505,29 @@ def _check_chains(
     return rows, chains, cuts
 
 
-def verify(session: Session, covered: Sequence[ChainHead] | None = None) -> VerifyReport:
+def verify(
+    session: Session,
+    covered: Sequence[ChainHead] | None = None,
+    *,
+    cut_check: CutCheck | None = None,
+    from_heads: bool = False,
+) -> VerifyReport:
     """Check the triggers, functions and every row of the audit log (see the module).
 
     ``covered``: the chains of a checkpoint; each must still reach its head unchanged.
+    ``cut_check``: accepts a cut's signature (no cut is accepted without it).
+    ``from_heads``: read only from the covered heads on (see the module).
     """
     found = _Found()
-    coverage = _Coverage({c.chain: c for c in covered}) if covered is not None else None
+    coverage = (
+        _Coverage({c.chain: c for c in covered}, from_heads=from_heads)
+        if covered is not None
+        else None
+    )
     with translate_errors("verify the audit log"):
         for kind, detail in check_guard(session):
             found.add(Problem(kind, detail))
-        rows, chains, cuts = _check_chains(session, found, coverage)
+        rows, chains, cuts = _check_chains(session, found, coverage, cut_check)
     return VerifyReport(
         rows=rows,
         chains=tuple(chains),
