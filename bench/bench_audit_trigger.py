@@ -231,6 +231,50 @@ class _Writers:
             proc.join()
 
 
+_LOOP = """
+CREATE PROCEDURE {table}_loop(n int) LANGUAGE plpgsql AS $fn$
+BEGIN
+  FOR i IN 1..n LOOP
+    INSERT INTO {table} (actor, action, instance_id, integration_id, outcome, details)
+    VALUES ('worker-0', 'credentials.decrypt', 'xero_0', 'xero', 'success',
+            '{{"purpose": "bench", "key_id": "k1"}}'::jsonb);
+    COMMIT;
+  END LOOP;
+END
+$fn$
+"""
+
+
+def _loops(
+    conninfo: dict[str, Any], tables: dict[str, str], n: int, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Server time per single-row transaction (best of ``rounds``) and trigger time per
+    call, both in us, from a procedure that inserts and commits ``n`` times: no client,
+    no round trip, commits not waiting for the flush; what is left is the server's CPU."""
+    best: dict[str, float] = {}
+    before = _function_times(conninfo)
+    with psycopg.connect(autocommit=True, **conninfo) as conn:
+        conn.execute("SET synchronous_commit = off")
+        for table in tables.values():
+            conn.execute(_LOOP.format(table=table))
+            conn.execute(f"CALL {table}_loop(100)")  # warm up: plans, function caches
+        for _ in range(rounds):  # interleaved rounds: noise hits every variant alike
+            for name, table in tables.items():
+                start = time.perf_counter()
+                conn.execute(f"CALL {table}_loop({n})")
+                took = (time.perf_counter() - start) / n * 1e6
+                best[name] = min(best.get(name, took), took)
+    after = _function_times(conninfo)
+    trigger = {
+        name: (after[f][1] - before.get(f, (0, 0.0))[1])
+        / max(1, after[f][0] - before.get(f, (0, 0.0))[0])
+        * 1000
+        for name, table in tables.items()
+        if (f := f"{table}_append") in after
+    }
+    return best, trigger
+
+
 def _function_times(conninfo: dict[str, Any]) -> dict[str, tuple[int, float]]:
     """Calls and total milliseconds of each timed function, as the server counts them."""
     time.sleep(1.0)  # backends that just exited have flushed their counters by now
@@ -272,8 +316,11 @@ def main() -> None:
     parser.add_argument("--writers", default="1,16")
     parser.add_argument("--variants", default="", help="comma-separated (default: all)")
     parser.add_argument("--fast", action="store_true", help="fsync off (CPU only)")
+    parser.add_argument(
+        "--loop", type=int, default=3000, help="transactions per round of the server-side loop"
+    )
     args = parser.parse_args()
-    counts = [int(w) for w in args.writers.split(",")]
+    counts = [int(w) for w in args.writers.split(",") if w]
     with throwaway_database(durable=not args.fast) as (database, _scratch):
         with database.transaction() as s:
             schema = str(s.execute(sa.text("SELECT current_schema()")).scalar_one())
@@ -292,6 +339,9 @@ def main() -> None:
             for name in wanted:
                 body, unique, _ = variants[name]
                 tables[name] = _create(conn, name, body, unique)
+        loop: tuple[dict[str, float], dict[str, float]] | None = None
+        if args.loop > 0:
+            loop = _loops(conninfo, tables, args.loop, max(args.rounds, 3))
         results: dict[int, dict[str, float]] = {}
         trigger_us: dict[int, dict[str, float]] = {}
         for writers in counts:
@@ -320,6 +370,10 @@ def main() -> None:
                 if hasher is not None:
                     checks[name] = _check(conn, tables[name], hasher)
     mode = "fsync off" if args.fast else "durable (fsync on)"
+    if loop is not None:
+        _print_loop(*loop, args.loop, max(args.rounds, 3))
+    if not counts:
+        return
     print(f"cluster: {mode}; {args.rounds} rounds x {args.seconds:g} s per variant, medians")
     print("tps: transactions per second; trigger: us per call of the trigger function")
     print("(pg_stat_user_functions, all rounds); delta: 1/tps - 1/tps of full, us per txn")
@@ -342,6 +396,23 @@ def main() -> None:
             bad, rows = checks[name]
             line += f"  {'yes' if bad == 0 else 'NO'} ({rows - bad}/{rows} rows)"
         print(line)
+
+
+def _print_loop(best: dict[str, float], trigger: dict[str, float], n: int, rounds: int) -> None:
+    plain, full = best["plain"], best.get("full")
+    print(
+        f"server-side loop: {n} single-row transactions per round, best of {rounds}; "
+        "us per transaction (server CPU, commits not waiting for the flush)"
+    )
+    print(f"{'variant':<12}  {'us/txn':>7}  {'vs plain':>8}  {'vs full':>8}  {'trigger us':>10}")
+    for name, us in best.items():
+        vs_full = "" if full is None else f"{us - full:+.1f}"
+        calls = trigger.get(name)
+        print(
+            f"{name:<12}  {us:>7.1f}  {us - plain:>+8.1f}  {vs_full:>8}  "
+            f"{'-' if calls is None else f'{calls:.1f}':>10}"
+        )
+    print()
 
 
 if __name__ == "__main__":

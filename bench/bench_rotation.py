@@ -245,6 +245,8 @@ def main() -> None:
             f"  ({verify / rot:.0%} of the call)"
         )
         print(f"reference    one bare UPDATE of every row     {one:7.2f} s {one / base:5.2f}x")
+        rounds = [r / b for r, b in zip(runs["rotate"], runs["batched"], strict=True)]
+        print(f"rounds       rotate_keys / baseline {', '.join(f'{r:.2f}x' for r in rounds)}")
         print(f"verified     {report.verified} rows, {len(report.problems)} problems")
         print(f"after        {report.after}")
 
