@@ -3,12 +3,16 @@
 On a throwaway embedded cluster (durable unless --fast), each variant is a copy of
 ``integration_audit_log`` (``LIKE ... INCLUDING ALL``: columns, defaults, constraints,
 indexes) with a BEFORE INSERT trigger whose body is the package's own body
-(`audit_chain.function_bodies`) with one part changed; the same single-row INSERTs as
-`bench_audit_append.py` (one transaction each, psycopg, prepared) run against each from
-1 and 16 writer processes, rounds alternated, medians reported as transactions per
-second and as a ratio to the plain table (no trigger). The cost of a part is the
-difference between the full body and the variant without it, in microseconds per
-transaction at one writer (``1/tps``; on a fast cluster that is CPU and round trips).
+(`audit_chain.function_bodies`) with one part changed. Two measurements:
+
+1. The server's CPU per transaction: a procedure per copy inserts one row and commits,
+   --loop times (no client, no round trip; its session does not wait for the flush at
+   commit), best of the rounds. The cost of a part is the difference between the full
+   body and the variant without it; the trigger function's own time per call comes from
+   ``pg_stat_user_functions`` (``track_functions = 'pl'``).
+2. The same single-row INSERTs as `bench_audit_append.py` (one transaction each,
+   psycopg, prepared) from 1 and 16 writer processes (kept for the whole run), rounds
+   alternated, medians as transactions per second and as a ratio to the plain table.
 
   plain        no trigger, the audit log's columns, primary key and instance index
   plain+index  plain with a ``(chain, seq)`` index too (the chains' extra index)
@@ -28,7 +32,9 @@ Variants that stay verifiable are checked after the runs: every row's hash recom
 Python (`audit_chain.row_hash`, or `hash_v3`) must match the stored one.
 
     .venv/bin/python bench/bench_audit_trigger.py [--seconds S] [--rounds N]
-        [--writers 1,16] [--variants full,json,...] [--fast]
+        [--writers 1,16] [--variants full,json,...] [--loop N] [--fast]
+
+``--writers ""`` runs only the first measurement, ``--loop 0`` only the second.
 """
 
 from __future__ import annotations
