@@ -25,6 +25,10 @@ indexes) with a BEFORE INSERT trigger whose body is the package's own body
   no-try-loop  the chain by the backend's pid, locked waiting: no try-lock loop
   no-head      without reading the chain's last row (on a copy whose (chain, seq)
                index is not unique: every row is seq 1)
+  concat       the hash over a length-prefixed concatenation instead of a JSON array
+               (see `hash_concat`: verifiable, with another Python serializer)
+  hash-only    the hash over the previous hash and the actor only: what the array's
+               building and printing cost, apart from the hash function
   bare         a trigger that only sets id, time, role and constants: the cost of a
                PL/pgSQL row trigger by itself (non-unique (chain, seq) index)
 
@@ -40,6 +44,7 @@ Python (`audit_chain.row_hash`, or `hash_v3`) must match the stored one.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import statistics
 import time
@@ -57,6 +62,7 @@ from prefect_integrations.store.audit_chain import (
     LOCK_CLASS,
     function_bodies,
     row_hash,
+    timestamp_text,
 )
 
 _TO_CHAR = "to_char(NEW.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
@@ -86,6 +92,41 @@ def hash_v3(prev: bytes | None, row: Any) -> bytes:
     with the space replaced. `row_hash` keeps a timestamp it does not recognise as it is.
     """
     return _hash(prev, row, row.occurred_at.replace(" ", "T"))
+
+
+# A serialization without JSON: each text field as ``<length>:<text>`` (``:`` for NULL,
+# ``0:`` for an empty string), fields separated by ``,``, ``details`` (never NULL) last and
+# as it is, so every row has one reading; the timestamp as the package formats it.
+_CONCAT = """NEW.hash := sha256(coalesce(h, ''::bytea) || convert_to(concat(
+      '3,', NEW.id, ',', NEW.chain, ',', NEW.seq, ',',
+      {ts}, ',',
+      length(NEW.actor), ':', NEW.actor, ',', length(NEW.db_role), ':', NEW.db_role, ',',
+      length(NEW.action), ':', NEW.action, ',', length(NEW.instance_id), ':', NEW.instance_id,
+      ',', length(NEW.integration_id), ':', NEW.integration_id, ',',
+      length(NEW.outcome), ':', NEW.outcome, ',', NEW.details
+    ), 'UTF8'));"""
+
+
+def hash_concat(prev: bytes | None, row: Any) -> bytes:
+    """The hash of a row of the ``concat`` variant, in Python."""
+
+    def field(value: str | None) -> str:
+        return ":" if value is None else f"{len(value)}:{value}"
+
+    texts = (row.actor, row.db_role, row.action, row.instance_id, row.integration_id)
+    text = ",".join(
+        [
+            "3",
+            str(row.id),
+            str(row.chain),
+            str(row.seq),
+            timestamp_text(row.occurred_at),
+            *(field(t) for t in texts),
+            field(row.outcome),
+            row.details,
+        ]
+    )
+    return hashlib.sha256((prev or b"") + text.encode("utf-8")).digest()
 
 
 def _hash(prev: bytes | None, row: Any, occurred_at: str) -> bytes:
@@ -147,6 +188,18 @@ def _variants(schema: str) -> dict[str, tuple[str | None, bool, Callable[..., by
         "no-head": (
             _replace(full, _HEAD.format(table="{table}"), "s := 0; h := NULL;"),
             False,
+            None,
+        ),
+        "concat": (
+            full[:hash_start] + _CONCAT.format(ts=_TO_CHAR) + full[hash_end:],
+            True,
+            hash_concat,
+        ),
+        "hash-only": (
+            full[:hash_start]
+            + "NEW.hash := sha256(coalesce(h, ''::bytea) || convert_to(NEW.actor, 'UTF8'));"
+            + full[hash_end:],
+            True,
             None,
         ),
         "bare": (_BARE.format(schema=quoted, chains=CHAINS), False, None),
