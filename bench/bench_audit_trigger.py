@@ -317,8 +317,10 @@ def _loops(
         for table in tables.values():
             conn.execute(_LOOP.format(table=table))
             conn.execute(f"CALL {table}_loop(100)")  # warm up: plans, function caches
-        for _ in range(rounds):  # interleaved rounds: noise hits every variant alike
-            for name, table in tables.items():
+        names = list(tables)
+        for r in range(rounds):  # interleaved rounds, each starting at another variant
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                table = tables[name]
                 start = time.perf_counter()
                 conn.execute(f"CALL {table}_loop({n})")
                 took = (time.perf_counter() - start) / n * 1e6
@@ -408,8 +410,10 @@ def main() -> None:
             pool = _Writers(conninfo, writers)
             runs: dict[str, list[float]] = {name: [] for name in wanted}
             try:
-                for _ in range(args.rounds):  # interleaved rounds: noise hits all alike
-                    for name in wanted:
+                for r in range(args.rounds):  # interleaved rounds: noise hits all alike
+                    # each round starts at another variant: no variant always runs right
+                    # after a checkpoint or always last
+                    for name in wanted[r % len(wanted) :] + wanted[: r % len(wanted)]:
                         runs[name].append(pool.run(tables[name], args.seconds))
             finally:
                 pool.close()
