@@ -85,7 +85,7 @@ def _read(database: Database) -> int:
     """Stream the rows `verify` reads, as it reads them, and drop them."""
     rows = 0
     with database.transaction() as s:
-        for _row in audit_verify._rows(s):  # the same statement and cursor as verify
+        for _row in audit_verify._rows(s, None):  # the statement and cursor verify uses
             rows += 1
     return rows
 
