@@ -88,6 +88,7 @@ def test_each_maintenance_run_publishes_a_signed_checkpoint(
     from prefect_integrations.audit_seals import database_label
     from prefect_integrations.maintenance.checkpoints import (
         ARTIFACT_KEY,
+        artifact_key,
         read_artifact_checkpoint,
     )
     from prefect_integrations.store import audit
@@ -107,7 +108,7 @@ def test_each_maintenance_run_publishes_a_signed_checkpoint(
         report = audit.verify(s, second.chains)
     assert report.ok and report.covered_rows == second.rows
     # by id too, and a key that names no artifact is a clear error
-    artifact_id = asyncio.run(_artifact_ids(ARTIFACT_KEY))[0]
+    artifact_id = asyncio.run(_artifact_ids(artifact_key(label)))[0]
     assert read_artifact_checkpoint(f"artifact:{artifact_id}", keyring, label) == second
     with pytest.raises(ValidationError, match="no artifact of that key"):
         read_artifact_checkpoint("artifact:no-such-key", keyring, label)
@@ -122,7 +123,7 @@ def test_a_run_refuses_to_sign_over_a_cut_tail(
 
     from prefect_integrations.audit_seals import database_label
     from prefect_integrations.exceptions import AuditChainBroken
-    from prefect_integrations.maintenance.checkpoints import ARTIFACT_KEY, stored_checkpoints
+    from prefect_integrations.maintenance.checkpoints import stored_checkpoints
     from prefect_integrations.store import audit
 
     with echo_db.transaction() as s:
@@ -139,8 +140,26 @@ def test_a_run_refuses_to_sign_over_a_cut_tail(
         )
     with pytest.raises(AuditChainBroken, match="does not verify against checkpoint 1"):
         refresh_tokens()
-    stored = stored_checkpoints(keyring, database_label(echo_db.url), ARTIFACT_KEY)
+    stored = stored_checkpoints(keyring, database_label(echo_db.url))
     assert [c.sequence for c in stored] == [1]
+
+
+@pytest.mark.usefixtures("env")
+def test_artifacts_without_a_valid_checkpoint_stop_the_chain(
+    harness: Path, echo_db: Database, keyring: Keyring
+) -> None:
+    """Junk published under the key must not make a run start a new chain unnoticed."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from prefect_integrations.audit_seals import database_label
+    from prefect_integrations.exceptions import AuditChainBroken
+    from prefect_integrations.maintenance.checkpoints import artifact_key
+
+    create_markdown_artifact(
+        markdown="```json\n{}\n```", key=artifact_key(database_label(echo_db.url))
+    )
+    with pytest.raises(AuditChainBroken, match="holds a valid checkpoint"):
+        refresh_tokens()
 
 
 async def _artifact_ids(key: str) -> list[str]:

@@ -32,6 +32,7 @@ import gzip
 import hashlib
 import json
 import os
+import secrets
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -218,7 +219,7 @@ def archive(
         raise ValidationError(subject, [], "already exists; archives are never overwritten")
     if not target.parent.is_dir():
         raise ValidationError(subject, [], f"no such folder: {target.parent}")
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    partial = target.with_name(f".{target.name}.partial-{secrets.token_hex(8)}")
     with archive_lock(db):
         try:
             cuts, header, rows = _read_and_write(db, keyring, before, partial)

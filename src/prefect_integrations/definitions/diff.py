@@ -6,12 +6,17 @@
 A caller passes inputs and reads outputs, so the rules look at each side differently:
 
 - **major** (breaks callers): a method removed; a new required input; an input removed
-  (inputs refuse unknown names) or accepting less than before (type, enum, bounds,
-  ``pattern``, ``format``); an output field removed or no longer always present; an output
-  that may now hold values it could not before (a wider type or enum); a new required scope;
-  a new required config field or a config field removed; another ``authType``;
+  (the generated task loses that keyword, and closed schemas refuse unknown names) or
+  accepting less than before (type, enum, bounds, ``pattern``, ``format``, ``items`` added,
+  ``additionalProperties`` closed); any change to a keyword compared only as a whole
+  (``anyOf``, ``oneOf``, ``allOf``, ``not``, ``multipleOf``, ``uniqueItems``, ...: whether
+  it narrows is not worked out, so it counts as if it did); an output field removed or no
+  longer always present; an output that may now hold values it could not before (a wider
+  type or enum); a new required scope; a new required config field or a config field
+  removed; another ``authType``;
 - **minor** (adds): a method added; an optional input added; an input accepting more; an
-  output field added;
+  output field added; a method's retry behaviour changed (``idempotent``,
+  ``idempotencyKeyHeader``);
 - **patch**: anything else that differs (names, descriptions, bindings, base URL, outputs
   narrower than before).
 """
@@ -31,6 +36,28 @@ Bump = Literal["none", "patch", "minor", "major"]
 _ORDER: dict[str, int] = {"none": 0, "patch": 1, "minor": 2, "major": 3}
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+.*)?$")
 # keyword: True when a larger value accepts less (a lower bound)
+#: Keywords compared as a whole: any change counts as breaking (see the module).
+_WHOLE = (
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "multipleOf",
+    "uniqueItems",
+    "dependentRequired",
+    "dependentSchemas",
+    "prefixItems",
+    "contains",
+    "propertyNames",
+    "patternProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+)
+#: Method fields that change how a call is retried.
+_RETRY_FIELDS = ("idempotent", "idempotencyKeyHeader")
 _BOUNDS = {
     "minimum": True,
     "exclusiveMinimum": True,
@@ -123,9 +150,31 @@ class _SchemaDiff:
         for key in ("pattern", "format", "const"):
             if old.get(key) != new.get(key):
                 self._add(key in new, path, f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+        for key in _WHOLE:
+            if old.get(key) != new.get(key):
+                where = format_json_path((*path, key))
+                self.changes.append(Change("major", where, f"{key} changed (may accept less)"))
+        self._compare_additional(old, new, path)
         self._compare_properties(old, new, path)
         if "items" in old and "items" in new:
             self.compare(old["items"], new["items"], (*path, "items"))
+        elif "items" in old or "items" in new:
+            self._add("items" in new, path, f"items {'added' if 'items' in new else 'removed'}")
+
+    def _compare_additional(
+        self, old: dict[str, Any], new: dict[str, Any], path: tuple[str | int, ...]
+    ) -> None:
+        before = old.get("additionalProperties", True)
+        after = new.get("additionalProperties", True)
+        if before == after:
+            return
+        where = (*path, "additionalProperties")
+        if isinstance(before, dict) and isinstance(after, dict):
+            self.compare(before, after, where)
+        elif isinstance(before, bool) and isinstance(after, bool):
+            self._add(after is False, path, f"additionalProperties {before} -> {after}")
+        else:
+            self._add(True, path, "additionalProperties changed (may accept less)")
 
     def _compare_enum(
         self, old: dict[str, Any], new: dict[str, Any], path: tuple[str | int, ...]
@@ -151,7 +200,7 @@ class _SchemaDiff:
             where = format_json_path((*path, "properties", name))
             if self.side == "output":
                 self.changes.append(Change("major", where, "output field removed"))
-            elif closed:
+            elif closed or self.side == "input":
                 self.changes.append(Change("major", where, f"{self.side} removed"))
             else:
                 self.changes.append(Change("patch", where, f"{self.side} no longer described"))
@@ -254,7 +303,14 @@ def _diff_method(
     for scope in added:
         message = f"method {method_id!r} now requires scope {scope!r}"
         changes.append(Change("major", format_json_path((*base, "requiredScopes")), message))
-    compared = {"inputSchema", "outputSchema", "requiredScopes", "id"}
+    for key in _RETRY_FIELDS:
+        if old.get(key) != new.get(key):
+            message = (
+                f"method {method_id!r}: {key} {old.get(key)!r} -> {new.get(key)!r} "
+                "(which failures are retried)"
+            )
+            changes.append(Change("minor", format_json_path((*base, key)), message))
+    compared = {"inputSchema", "outputSchema", "requiredScopes", "id", *_RETRY_FIELDS}
     for key in sorted((old.keys() | new.keys()) - compared):
         if old.get(key) != new.get(key):
             changes.append(

@@ -1,20 +1,27 @@
 """Audit checkpoints published as Prefect artifacts, and read back for `audit verify`.
 
 Every maintenance run ends by signing a checkpoint of the audit log's chains and
-publishing it as a markdown artifact with the key `ARTIFACT_KEY`: a short summary and
-the checkpoint's JSON in a fenced block. The artifact lives in the Prefect server's
-database, outside the integrations database, so its owner cannot quietly rewrite both.
+publishing it as a markdown artifact: a short summary and the checkpoint's JSON in a
+fenced block. The artifact lives in the Prefect server's database, outside the
+integrations database, so its owner cannot quietly rewrite both. Each database has a key
+of its own (`artifact_key`: `ARTIFACT_KEY` and a digest of the database's label), so
+the checkpoints of several installations sharing a Prefect server never crowd each
+other out.
 
 The checkpoints of a database form a chain (`audit_seals`): a run reads the stored ones
-(`stored_checkpoints`: the newest `ARTIFACTS_READ` artifacts of the key, those whose
-signature holds and that name this database), takes the one with the highest sequence
-as the previous and signs a new one only if the log still extends it; otherwise the run
-fails with `AuditChainBroken` and nothing is signed. ``audit verify --checkpoint
-artifact:KEY`` uses the same choice; ``artifact:<id>`` reads one artifact.
+(`stored_checkpoints`: the newest `ARTIFACTS_READ` artifacts of its key, those whose
+signature holds), takes the one with the highest sequence as the previous and signs a
+new one only if the log still extends it; otherwise the run fails with
+`AuditChainBroken` and nothing is signed. When artifacts of the key exist but none
+holds a valid checkpoint (junk published over them, another keyring), the run fails
+too rather than start a new chain. ``audit verify --checkpoint artifact:KEY`` makes the
+same choice (``artifact:integration-audit-checkpoint`` stands for this database's key);
+``artifact:<id>`` reads one artifact.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import uuid
@@ -34,7 +41,7 @@ from prefect_integrations.audit_seals import (
     take_checkpoint,
 )
 from prefect_integrations.db import Database
-from prefect_integrations.exceptions import ValidationError
+from prefect_integrations.exceptions import AuditChainBroken, ValidationError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.prefect_api import require_api_url
 
@@ -43,6 +50,7 @@ __all__ = [
     "ARTIFACT_KEY",
     "ARTIFACT_PREFIX",
     "apublish_checkpoint",
+    "artifact_key",
     "checkpoint_markdown",
     "publish_checkpoint",
     "read_artifact_checkpoint",
@@ -87,15 +95,21 @@ def _read(artifact_filter: ArtifactFilter, limit: int) -> list[Any]:
         )
 
 
-def stored_checkpoints(
-    keyring: Keyring, database: str, key: str = ARTIFACT_KEY
-) -> list[Checkpoint]:
-    """The checkpoints of ``database`` among the newest artifacts of ``key``.
+def artifact_key(database: str) -> str:
+    """The artifact key of ``database``'s checkpoints (lowercase letters, digits, dashes)."""
+    return f"{ARTIFACT_KEY}-{hashlib.sha256(database.encode()).hexdigest()[:12]}"
 
-    Artifacts whose signature does not hold are left out (and logged).
+
+def stored_checkpoints(keyring: Keyring, database: str, key: str | None = None) -> list[Checkpoint]:
+    """The checkpoints of ``database`` among the newest artifacts of its key (or ``key``).
+
+    Artifacts whose signature does not hold are left out (and logged); when there are
+    artifacts but none holds a valid checkpoint, `AuditChainBroken`.
     """
+    key = key or artifact_key(database)
     found = []
-    for artifact in _read(ArtifactFilter(key=ArtifactFilterKey(any_=[key])), ARTIFACTS_READ):
+    artifacts = _read(ArtifactFilter(key=ArtifactFilterKey(any_=[key])), ARTIFACTS_READ)
+    for artifact in artifacts:
         subject = f"checkpoint artifact {artifact.id}"
         try:
             checkpoint = parse_checkpoint(
@@ -106,6 +120,13 @@ def stored_checkpoints(
             continue
         if checkpoint.database == database:
             found.append(checkpoint)
+    if artifacts and not found:
+        raise AuditChainBroken(
+            f"None of the newest {len(artifacts)} artifacts of the key {key!r} holds a valid "
+            f"checkpoint of {database}: a new checkpoint would not extend the earlier ones. "
+            "Check those artifacts (published by someone else, or signed with a key no longer "
+            "in the keyring?); delete them to start a new chain of checkpoints"
+        )
     return found
 
 
@@ -122,7 +143,8 @@ def read_artifact_checkpoint(reference: str, keyring: Keyring, database: str) ->
     try:
         artifact_id = uuid.UUID(name)
     except ValueError:
-        chosen = newest(stored_checkpoints(keyring, database, name))
+        key = artifact_key(database) if name == ARTIFACT_KEY else name
+        chosen = newest(stored_checkpoints(keyring, database, key))
         if chosen is None:
             raise ValidationError(
                 subject, [], f"no artifact of that key holds a valid checkpoint of {database}"
@@ -146,7 +168,7 @@ def publish_checkpoint(db: Database, keyring: Keyring) -> Checkpoint:
     checkpoint = _take(db, keyring)
     create_markdown_artifact(
         markdown=checkpoint_markdown(checkpoint),
-        key=ARTIFACT_KEY,
+        key=artifact_key(checkpoint.database),
         description=f"Audit checkpoint {checkpoint.sequence}: {checkpoint.rows} rows",
     )
     return checkpoint
@@ -157,7 +179,7 @@ async def apublish_checkpoint(db: Database, keyring: Keyring) -> Checkpoint:
     checkpoint = _take(db, keyring)
     await acreate_markdown_artifact(
         markdown=checkpoint_markdown(checkpoint),
-        key=ARTIFACT_KEY,
+        key=artifact_key(checkpoint.database),
         description=f"Audit checkpoint {checkpoint.sequence}: {checkpoint.rows} rows",
     )
     return checkpoint
