@@ -19,12 +19,12 @@ def _document(input_schema: dict[str, Any], **method: Any) -> dict[str, Any]:
     }
 
 
-BASE = {"type": "object", "properties": {"a": {"type": ["string", "integer"]}}}
+BASE: dict[str, Any] = {"type": "object", "properties": {"a": {"type": ["string", "integer"]}}}
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
     schema = copy.deepcopy(BASE)
-    target = schema
+    target: dict[str, Any] = schema
     *parents, last = path.split(".")
     for part in parents:
         target = target[part]
