@@ -3,18 +3,20 @@
 `load_spec` reads a file (JSON or YAML), tells the version (Swagger 2.0, OpenAPI 3.0 or
 3.1), validates the document against the official JSON Schema of that version with
 ``openapi-spec-validator`` and prepares a ``referencing`` registry for its ``$ref``s
-(references inside the document, or to local files next to it; nothing is fetched from
-the network). Every problem is a `ValidationError` naming the file and the JSON path.
+(references inside the document, or to regular files in its folder or below, at most
+`MAX_BYTES` each; nothing is fetched from the network). YAML aliases are refused. Every
+problem is a `ValidationError` naming the file and the JSON path.
 """
 
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 import yaml
 from jsonschema.exceptions import best_match
@@ -34,8 +36,24 @@ JsonPath = tuple[str | int, ...]
 SpecVersion = Literal["2.0", "3.0", "3.1"]
 
 
+#: The largest description (or file it refers to) read, in bytes.
+MAX_BYTES = 64 * 1024 * 1024
+
+
 class _TextLoader(yaml.SafeLoader):
-    """YAML's safe loader without the timestamp rule: ``2020-01-01`` stays a string."""
+    """YAML's safe loader, without the timestamp rule and without aliases.
+
+    ``2020-01-01`` stays a string; a few nested ``*name`` could expand a small file into
+    billions of nodes, and descriptions do not need them.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted in a description", event.start_mark
+            )
+        return super().compose_node(parent, index)
 
 
 _TextLoader.yaml_implicit_resolvers = {
@@ -70,6 +88,12 @@ def _parse(text: str, *, label: str, as_json: bool) -> Any:
 
 def _read(path: Path, *, label: str) -> Any:
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ValidationError(label, [], "not a regular file")
+        if info.st_size > MAX_BYTES:
+            reason = f"larger than {MAX_BYTES // (1024 * 1024)} MiB ({info.st_size} bytes)"
+            raise ValidationError(label, [], reason)
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ValidationError(label, [], f"not UTF-8 text (byte {exc.start})") from None
@@ -113,6 +137,8 @@ class Spec:
     version: SpecVersion
     base_uri: str
     registry: Registry[Any]
+    #: the folder references may read files from (the description's own)
+    root: Path
 
     def lookup(self, ref: str, base: str, where: JsonPath) -> tuple[Any, str]:
         """Resolve ``ref`` (relative to ``base``): the target and its own base URI.
@@ -121,8 +147,15 @@ class Spec:
         path of the ``$ref``).
         """
         target = urljoin(base, ref)
-        if urlsplit(target).scheme not in ("", "file"):
+        parts = urlsplit(target)
+        if parts.scheme not in ("", "file"):
             reason = f"reference {quote(ref)} points outside the local files; not fetched"
+            raise ValidationError(self.label, [*where, "$ref"], reason)
+        if not _inside(Path(unquote(parts.path)), self.root):
+            reason = (
+                f"reference {quote(ref)} points outside the description's folder "
+                f"{quote(str(self.root))}; not read"
+            )
             raise ValidationError(self.label, [*where, "$ref"], reason)
         try:
             resolved = self.registry.resolver(base).lookup(ref)
@@ -149,12 +182,20 @@ class Spec:
         return node, base, uri
 
 
-def _retrieve(uri: str) -> Resource[Any]:
-    parts = urlsplit(uri)
-    if parts.scheme != "file":
-        raise NoSuchResource(uri)
-    path = Path(parts.path)
-    return Resource.opaque(_read(path, label=f"OpenAPI description {quote(str(path))}"))
+def _inside(path: Path, root: Path) -> bool:
+    """True when ``path`` (links resolved) is ``root`` or inside it."""
+    return path.resolve().is_relative_to(root)
+
+
+def _retriever(root: Path) -> Any:
+    def retrieve(uri: str) -> Resource[Any]:
+        parts = urlsplit(uri)
+        path = Path(unquote(parts.path))
+        if parts.scheme != "file" or not _inside(path, root):
+            raise NoSuchResource(uri)
+        return Resource.opaque(_read(path, label=f"OpenAPI description {quote(str(path))}"))
+
+    return retrieve
 
 
 def load_spec(path: Path) -> Spec:
@@ -173,11 +214,17 @@ def load_spec(path: Path) -> Spec:
     if error is not None:
         raise ValidationError(label, list(error.absolute_path), error.message[:500])
     base_uri = path.resolve().as_uri()
-    registry: Registry[Any] = Registry(retrieve=_retrieve).with_resource(  # type: ignore[call-arg]
+    root = path.resolve().parent
+    registry: Registry[Any] = Registry(retrieve=_retriever(root)).with_resource(  # type: ignore[call-arg]
         base_uri, Resource.opaque(document)
     )
     return Spec(
-        label=label, document=document, version=version, base_uri=base_uri, registry=registry
+        label=label,
+        document=document,
+        version=version,
+        base_uri=base_uri,
+        registry=registry,
+        root=root,
     )
 
 

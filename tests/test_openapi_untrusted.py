@@ -1,0 +1,60 @@
+"""An OpenAPI description is untrusted input: what it may make the importer read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prefect_integrations.exceptions import ValidationError
+from prefect_integrations.openapi import import_openapi
+
+_SPEC = (
+    "openapi: 3.0.0\ninfo: {{title: t, version: '1'}}\nservers: [{{url: 'https://a.example'}}]\n"
+    "paths:\n  /a:\n    get:\n      operationId: getA\n      responses:\n"
+    "        '200':\n          description: ok\n          content:\n"
+    "            application/json:\n              schema: {{$ref: '{ref}'}}\n"
+)
+
+
+def test_a_reference_outside_the_descriptions_folder_is_not_read(tmp_path: Path) -> None:
+    (tmp_path / "secret.json").write_text(json.dumps({"type": "string", "default": "AKIA-X"}))
+    folder = tmp_path / "specs" / "sub"
+    folder.mkdir(parents=True)
+    spec = folder / "api.yaml"
+    for ref in ("../../secret.json", str(tmp_path / "secret.json"), "/dev/zero"):
+        spec.write_text(_SPEC.format(ref=ref), encoding="utf-8")
+        with pytest.raises(ValidationError, match="points outside the description's folder"):
+            import_openapi(spec, integration_id="x")
+
+
+def test_a_reference_to_a_file_beside_it_is_read(tmp_path: Path) -> None:
+    (tmp_path / "item.json").write_text(
+        json.dumps({"type": "object", "properties": {"name": {"type": "string"}}})
+    )
+    spec = tmp_path / "api.yaml"
+    spec.write_text(_SPEC.format(ref="item.json"), encoding="utf-8")
+    definition = import_openapi(spec, integration_id="x").document
+    [method] = definition["methods"]
+    assert "name" in json.dumps(method["outputSchema"])
+
+
+def test_yaml_aliases_are_refused(tmp_path: Path) -> None:
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
+        for i in range(1, 9)
+    )
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text("openapi: 3.0.0\n" + bomb, encoding="utf-8")
+    with pytest.raises(
+        ValidationError, match=r"aliases \(\*name\) are not accepted.* at line 3, column 10"
+    ):
+        import_openapi(spec, integration_id="x")
+
+
+def test_a_description_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="not a regular file"):
+        import_openapi(Path("/dev/zero"), integration_id="x")
+    with pytest.raises(ValidationError, match="not a regular file"):
+        import_openapi(tmp_path, integration_id="x")
