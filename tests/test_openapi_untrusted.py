@@ -58,3 +58,24 @@ def test_a_description_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> 
         import_openapi(Path("/dev/zero"), integration_id="x")
     with pytest.raises(ValidationError, match="not a regular file"):
         import_openapi(tmp_path, integration_id="x")
+
+
+def test_out_replaces_a_file_only_with_force_and_never_the_description(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect_integrations.cli import run
+
+    (tmp_path / "item.json").write_text(json.dumps({"type": "string"}))
+    spec = tmp_path / "api.yaml"
+    spec.write_text(_SPEC.format(ref="item.json"), encoding="utf-8")
+    out = tmp_path / "x.json"
+    out.write_text("keep")
+    args = ["definitions", "import-openapi", str(spec), "--integration-id", "x", "--out"]
+    assert run([*args, str(out)]) == 1
+    assert "already exists; use --force" in capsys.readouterr().err
+    assert out.read_text() == "keep"
+    assert run([*args, str(out), "--force"]) == 0
+    assert json.loads(out.read_text())["integrationId"] == "x"
+    assert run([*args, str(spec), "--force"]) == 1
+    assert "is the description being imported" in capsys.readouterr().err
+    assert spec.read_text(encoding="utf-8").startswith("openapi: 3.0.0")

@@ -6,6 +6,7 @@ Registered on the ``definitions`` command group by `register`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,6 +56,9 @@ def import_openapi(
         Path | None,
         typer.Option("--overlay", help="Hand-written changes merged into the import (JSON)"),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --out file (a re-import)")
+    ] = False,
 ) -> None:
     """Turn an OpenAPI description into a definition; report what could not be converted.
 
@@ -62,9 +66,18 @@ def import_openapi(
     standard error. ``--overlay`` merges hand-written changes (and import settings the
     options do not give) so that a re-import keeps them. Exit code 0 with a valid
     definition, 1 when the description is malformed or unsupported (the error names the
-    JSON path).
+    JSON path). An existing ``--out`` file is replaced only with ``--force``, and never
+    when it is the description itself.
     """
     from prefect_integrations.openapi import Overlay, load_overlay
+
+    if out is not None and out.exists():
+        if out.resolve() == spec.resolve():
+            raise ValidationError("--out", [], f"{out} is the description being imported")
+        if not force:
+            raise ValidationError(
+                "--out", [], f"{out} already exists; use --force to replace it (a re-import)"
+            )
     from prefect_integrations.openapi import import_openapi as run_import
 
     extra = load_overlay(overlay) if overlay is not None else Overlay()
@@ -92,9 +105,12 @@ def import_openapi(
         typer.echo(text, nl=False)
         echo(summary, err=True)
         return
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
-        out.write_text(text, encoding="utf-8")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(out)
     except OSError as exc:
+        partial.unlink(missing_ok=True)
         raise ValidationError("--out", [], f"cannot write {out}: {exc.strerror or exc}") from None
     echo(f"wrote {out}: {summary}", err=True)
 
