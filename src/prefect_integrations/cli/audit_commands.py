@@ -185,11 +185,14 @@ def verify(
                 f"({cut.details.get('file', '?')}, {cut.occurred_at})"
             )
         if covered is not None:
-            archived = f", {report.archived_since} archived since" if report.archived_since else ""
-            echo(
-                f"checkpoint {covered.sequence} of {covered.created_at} (key {covered.key_id}): "
-                f"its {covered.rows} rows are all here{archived}"
-            )
+            which = f"checkpoint {covered.sequence} of {covered.created_at} (key {covered.key_id})"
+            if report.archived_since:
+                echo(
+                    f"{which}: of its {covered.rows} rows, {report.covered_rows} are here and "
+                    f"{report.archived_since} were archived since (signed cuts)"
+                )
+            else:
+                echo(f"{which}: its {covered.rows} rows are all here")
     else:
         for kind, heading in _HEADINGS.items():
             found = [_describe(p) for p in report.problems if p.kind == kind]
@@ -256,6 +259,10 @@ def checkpoint(
     )
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _parse_before(text: str) -> datetime:
     """``--before``: an ISO date or time (UTC unless it says otherwise), in the past."""
     try:
@@ -295,7 +302,8 @@ def archive_command(
         echo(f"nothing to archive: no row older than {moment.isoformat()}")
     else:
         echo(
-            f"archived {result.rows} rows of {len(result.cuts)} chains to {result.path} "
+            f"archived {_count(result.rows, 'row')} of {_count(len(result.cuts), 'chain')} "
+            f"to {result.path} "
             f"(sha256 {result.file_sha256}); take a new checkpoint: "
             "prefect-integrations audit checkpoint --out FILE"
         )
@@ -313,8 +321,9 @@ def verify_archive_command(
         emit_json(report.as_dict())
     elif report.ok:
         echo(
-            f"archive intact: {report.rows} rows of {len(report.chains)} chains older than "
-            f"{report.before} (written {report.created_at})"
+            f"archive intact: {_count(report.rows, 'row')} of "
+            f"{_count(len(report.chains), 'chain')} older than {report.before} "
+            f"(written {report.created_at})"
         )
     else:
         for problem in report.problems[:50]:

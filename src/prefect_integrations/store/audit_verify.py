@@ -46,6 +46,7 @@ from prefect_integrations.store.audit_chain import (
     CHAINS,
     CUT_ACTION,
     row_hash,
+    timestamp_text,
 )
 from prefect_integrations.store.audit_guard import check_guard
 
@@ -305,7 +306,7 @@ def _cut_of(row: Any, state: _Chain, cut_check: CutCheck | None) -> Cut | None:
     if cut_check is None or not cut_check(row.chain, details):
         state.forged_cut = row.id
         return None
-    return Cut(row.chain, through, row.id, row.occurred_at, details)
+    return Cut(row.chain, through, row.id, timestamp_text(row.occurred_at), details)
 
 
 def _check_row(
