@@ -1621,9 +1621,13 @@ def argument_lists(draw: st.DrawFn) -> list[str]:
     return args
 
 
-def test_fuzzed_argument_lists_fail_clearly_and_write_nothing(cli_store: Cli, db: Database) -> None:
+def test_fuzzed_argument_lists_fail_clearly_and_write_nothing(
+    cli_store: Cli, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tally: Counter[str] = Counter()
     reset_runtime()
+    # commands that write files (`--out --`, `stubs --out x`) write them here, not in the checkout
+    monkeypatch.chdir(tmp_path)
 
     @settings(max_examples=int(os.environ.get("FUZZ_ARGS", "150")))
     @given(args=argument_lists())
