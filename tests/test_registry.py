@@ -16,15 +16,19 @@ from jsonschema import Draft202012Validator
 from prefect_integrations.definitions import (
     Definition,
     Registry,
+    bindings,
+    checked,
     collect,
     load_document,
     load_registry,
+    loader,
     model,
     rules,
     schemas,
     shipped_definitions_dir,
     validate_document,
 )
+from prefect_integrations.definitions.checked import forget_checked
 from prefect_integrations.exceptions import (
     DefinitionError,
     DefinitionProblem,
@@ -909,3 +913,97 @@ def test_an_unknown_field_with_a_line_break_stays_on_one_line() -> None:
     (problem,) = validate_document(document, source="demo.json")
     assert "\n" not in str(problem)
     assert str(problem).startswith("demo.json: $.methods[0]['\\n']: unknown field '\\n'")
+
+
+def _counting_validate(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the source of every document `collect` checks with validate_document."""
+    checked: list[str] = []
+    real = validate_document
+    forget_checked()  # other tests loaded documents like these
+
+    def counting(document: object, *, source: str) -> list[DefinitionProblem]:
+        checked.append(source)
+        return real(document, source=source)
+
+    monkeypatch.setattr(loader, "validate_document", counting)
+    return checked
+
+
+def test_a_file_that_passed_is_not_checked_again_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked = _counting_validate(monkeypatch)
+    folder = tmp_path / "checked"
+    path = write_json(tmp_path / "defs" / "demo.json", demo_document())
+    assert [d.id for d in collect([path], checked_folder=folder)[0]] == ["demo"]
+    assert checked == [str(path)]
+    assert len(list(folder.iterdir())) == 1  # one marker, named by the key
+    collect([path], checked_folder=folder)
+    assert checked == [str(path)]
+    forget_checked()  # another process: only the folder remembers
+    assert [d.id for d in collect([path], checked_folder=folder)[0]] == ["demo"]
+    assert checked == [str(path)]
+    forget_checked()
+    collect([path])  # no folder, nothing in memory: checked
+    assert checked == [str(path)] * 2
+    changed = demo_document()
+    changed["description"] = "Changed."
+    write_json(path, changed)
+    collect([path], checked_folder=folder)
+    assert checked == [str(path)] * 3
+
+
+def test_a_bad_file_is_checked_and_reported_at_every_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked = _counting_validate(monkeypatch)
+    folder = tmp_path / "checked"
+    bad = demo_document()
+    bad["methods"][1]["inputSchema"]["properties"]["x"]["type"] = "integr"
+    path = write_json(tmp_path / "defs" / "demo.json", bad)
+    for _ in range(2):
+        with pytest.raises(DefinitionError) as caught:
+            load_registry([path], include_shipped=False, checked_folder=folder)
+        (found,) = caught.value.problems
+        assert found.path == ("methods", 1, "inputSchema", "properties", "x", "type")
+        assert str(path) in str(caught.value)
+    assert checked == [str(path)] * 2
+    assert not folder.exists()
+
+
+def test_a_file_that_passed_still_reports_a_handler_no_longer_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = demo_document()
+    document["methods"][0] = {
+        **document["methods"][0],
+        "handler": "prefect_integrations.handlers.gmail:send_message",
+    }
+    del document["methods"][0]["http"]
+    path = write_json(tmp_path / "demo.json", document)
+    assert collect([path])[1] == []
+    monkeypatch.setattr(bindings, "resolve_handler", lambda name: None)
+    definitions, problems = collect([path])
+    assert definitions == []
+    assert [p.path for p in problems] == [("methods", 0, "handler")]
+
+
+def test_a_changed_checker_checks_every_file_again(tmp_path: Path) -> None:
+    path = write_json(tmp_path / "demo.json", demo_document())
+    data = path.read_bytes()
+    before = checked.checked_key(data)
+    assert checked.checked_key(data) == before
+    checked._checker_fingerprint.cache_clear()
+    real = Path.read_bytes
+
+    def edited(self: Path) -> bytes:
+        content = real(self)
+        return content + b"\n# edited" if self.name == "rules.py" else content
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Path, "read_bytes", edited)
+            assert checked.checked_key(data) != before
+    finally:
+        checked._checker_fingerprint.cache_clear()
+    assert checked.checked_key(data) == before

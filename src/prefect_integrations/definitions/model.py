@@ -389,7 +389,7 @@ def build_definition(document: dict[str, Any], *, source: str) -> Definition:
     """Build a `Definition` from a document that passed `validate_document`."""
     integration_id: str = document["integrationId"]
     binding, method_bindings, problems = compile_definition(document)
-    if problems:  # pragma: no cover - validate_document reported them already
+    if problems:  # a handler unregistered since the document passed validate_document
         raise DefinitionError([problem(source, path, message) for path, message in problems])
     methods = {
         m["id"]: Method.from_document(integration_id, m, binding=method_bindings.get(m["id"]))
