@@ -87,7 +87,30 @@ class _CodeGenerator(NativeCodeGenerator):
 
 
 class _Environment(ImmutableSandboxedEnvironment):
+    """The sandbox, reading a mapping's keys only.
+
+    Jinja falls back from ``inputs['items']`` to the attribute, and ``inputs.items`` reads
+    the attribute first: an input named like a ``dict`` method (Xero's ``items``), when
+    absent or always, would render the method. Templates read JSON data, so a mapping's
+    keys are all there is to read.
+    """
+
     code_generator_class = _CodeGenerator
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        """``obj[argument]``; for a mapping, its key or undefined (never an attribute)."""
+        if isinstance(obj, Mapping):
+            try:
+                return obj[argument]
+            except (TypeError, LookupError):
+                return self.undefined(obj=obj, name=argument)
+        return super().getitem(obj, argument)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``obj.attribute``; for a mapping, its key or undefined (never an attribute)."""
+        if isinstance(obj, Mapping):
+            return self.getitem(obj, attribute)
+        return super().getattr(obj, attribute)
 
 
 #: Kept as is in a path segment: unreserved characters and sub-delimiters but ``;``, which
