@@ -19,9 +19,12 @@ from prefect_integrations.openapi.convert import Report, SchemaConverter
 from prefect_integrations.openapi.operations import Body, Operation, Parameter
 from prefect_integrations.openapi.source import JsonPath
 
-__all__ = ["MethodBuilder", "Skipped", "snake_case"]
+__all__ = ["HEADER_VALUE_PATTERN", "MethodBuilder", "Skipped", "snake_case"]
 
 _BODY_PREFERENCE = ("json", "form", "text/plain")
+#: A header input's value: printable ASCII, no space first or last (RFC 9110 field-value;
+#: the binding refuses anything else before sending).
+HEADER_VALUE_PATTERN = "^[!-~]([ -~]*[!-~])?$"
 
 
 def snake_case(name: str) -> str:
@@ -69,6 +72,8 @@ class MethodBuilder:
             schema = self.converter.convert(param.schema, param.base, param.where, mode="input")
             if param.description and "description" not in schema:
                 schema["description"] = param.description
+            if param.location == "header" and schema.get("type") == "string":
+                schema.setdefault("pattern", HEADER_VALUE_PATTERN)
             properties[name] = schema
             if param.required or param.location == "path":
                 required.append(name)
