@@ -7,12 +7,14 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
 
+from prefect_integrations import binding
 from prefect_integrations.definitions import (
     Definition,
     Registry,
@@ -1142,3 +1144,20 @@ def test_a_changed_checker_checks_every_file_again(tmp_path: Path) -> None:
     finally:
         checked._checker_fingerprint.cache_clear()
     assert checked.checked_key(data) == before
+
+
+def test_a_file_that_passed_compiles_its_http_bindings_at_first_use(tmp_path: Path) -> None:
+    path = write_json(tmp_path / "demo.json", demo_document())
+    forget_checked()
+    (checked_first,), _ = collect([path])
+    echo = checked_first.method("echo").require_bound()
+    assert echo.http_source is None and echo.compiled_http is not None  # checked: compiled
+    (again,), _ = collect([path])
+    lazy = again.method("echo").require_bound()
+    assert lazy.compiled_http is None  # passed before: not compiled yet
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        compiled = list(pool.map(lambda _: lazy.http, range(32)))
+    assert compiled[0] is not None and all(c is compiled[0] for c in compiled)
+    assert compiled[0].verb == "POST"
+    request, _ = binding.prepare(again, again.method("echo"), {"x": 3}, {})
+    assert json.loads(request.content) == {"x": 3}

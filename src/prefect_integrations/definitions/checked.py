@@ -8,10 +8,12 @@ bytes passed before, checked by the same code, is not checked again: within the 
 (in memory), and across processes when `collect` is given a folder (the runtime gives
 ``<home>/cache/checked-definitions``: one empty file per pass, named by its key). Only
 passes are remembered: a bad file is checked, and its problems reported in full, at every
-load. A file that passed is still compiled at every load (templates, registered handlers).
+load. A file that passed still has its handlers resolved and its definition-level
+templates compiled at load; its methods' ``http`` templates compile at their first call.
 
 The key is the SHA-256 of the checker and of the file's bytes; the checker is the source
-of `prefect_integrations.definitions` and of `prefect_integrations.validation`, the
+of `prefect_integrations.definitions`, of `prefect_integrations.validation` and of the
+templates (whose methods' ``http`` bindings are then compiled at their first use), the
 definition meta-schema, and the versions of jsonschema and referencing, so a change to any
 of them checks every file again. Whoever can write to the folder can mark a file as
 checked; the folder lives in the home, beside the keyring and the cluster it protects.
@@ -40,7 +42,11 @@ def _checker_fingerprint() -> bytes:
     digest = hashlib.sha256()
     package = resources.files("prefect_integrations")
     here = Path(__file__).parent
-    sources = [*sorted(here.glob("*.py")), here.parent / "validation.py"]
+    package_dir = here.parent
+    sources = [
+        *sorted(here.glob("*.py")),
+        *(package_dir / n for n in ("validation.py", "_templates.py", "_template_filters.py")),
+    ]
     for path in sources:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     meta_schema = package.joinpath("schemas", "definition.schema.json").read_bytes()

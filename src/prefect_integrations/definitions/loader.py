@@ -163,7 +163,7 @@ def collect(
             problems.extend(file_problems)
             continue
         try:
-            definitions.append(build_definition(document, source=source))
+            definitions.append(build_definition(document, source=source, lazy=passed))
         except DefinitionError as exc:  # passed before; a handler since unregistered
             problems.extend(exc.problems)
     return definitions, problems

@@ -385,10 +385,14 @@ class Definition:
         return build_definition(cast("dict[str, Any]", document), source=source)
 
 
-def build_definition(document: dict[str, Any], *, source: str) -> Definition:
-    """Build a `Definition` from a document that passed `validate_document`."""
+def build_definition(document: dict[str, Any], *, source: str, lazy: bool = False) -> Definition:
+    """Build a `Definition` from a document that passed `validate_document`.
+
+    With ``lazy`` (a document that passed before, its templates compiled then), the
+    methods' ``http`` bindings are compiled at their first use.
+    """
     integration_id: str = document["integrationId"]
-    binding, method_bindings, problems = compile_definition(document)
+    binding, method_bindings, problems = compile_definition(document, lazy=lazy)
     if problems:  # a handler unregistered since the document passed validate_document
         raise DefinitionError([problem(source, path, message) for path, message in problems])
     methods = {
