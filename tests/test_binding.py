@@ -1428,6 +1428,23 @@ def test_render_failure_names_the_template() -> None:
     assert "demo.ping" in problem.message
 
 
+def test_an_input_named_like_a_dict_method_is_read_as_a_key() -> None:
+    """Xero's create_items has an input 'items': absent, it is left out, not dict.items."""
+    definition = collect_one_definition(
+        {},
+        method_http={
+            "method": "PUT",
+            "path": "/Items",
+            "body": {"json": {"Items": "{{ inputs['items'] }}", "Keys": "{{ inputs.keys }}"}},
+        },
+    )
+    ping = definition.method("ping")
+    request, _ = binding.prepare(definition, ping, {}, {})
+    assert json.loads(request.content) == {}
+    request, _ = binding.prepare(definition, ping, {"items": [1], "keys": "k"}, {})
+    assert json.loads(request.content) == {"Items": [1], "Keys": "k"}
+
+
 # --------------------------------------------------------------------------------------
 # Other bodies, auth placement and handlers in a demo definition
 # --------------------------------------------------------------------------------------

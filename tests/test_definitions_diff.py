@@ -44,7 +44,8 @@ def test_removed_method_is_major_added_method_minor() -> None:
     new["methods"].append({**copy.deepcopy(_method(old, "get_invoice")), "id": "get_invoice_v2"})
     changes = _changes(old, new)
     assert ("major", "$.methods[1]", "method 'get_invoice' removed") in changes
-    assert ("minor", "$.methods[3]", "method 'get_invoice_v2' added") in changes
+    added = f"$.methods[{len(new['methods']) - 1}]"
+    assert ("minor", added, "method 'get_invoice_v2' added") in changes
     assert required_bump(diff_documents(old, new)) == "major"
 
 
@@ -97,15 +98,19 @@ def test_output_changes() -> None:
 
 def test_scopes_config_and_bindings() -> None:
     old, new = _xero(), _xero()
-    _method(new, "get_invoice")["requiredScopes"].append("accounting.settings")
-    new["oauth2Config"]["scopes"].append("accounting.settings")
+    _method(new, "get_invoice")["requiredScopes"].append("accounting.journals.read")
+    new["oauth2Config"]["scopes"].append("accounting.journals.read")
     new["configSchema"]["properties"]["region"] = {"type": "string"}
     new["configSchema"]["required"].append("region")
     _method(new, "get_invoice")["http"]["path"] = "/Invoices/{{ inputs.invoice_id }}/"
     changes = _changes(old, new)
-    assert ("major", "$.methods[1].requiredScopes",
-            "method 'get_invoice' now requires scope 'accounting.settings'") in changes  # fmt: skip
-    assert ("minor", "$.oauth2Config.scopes", "scope 'accounting.settings' requested") in changes
+    required = "method 'get_invoice' now requires scope 'accounting.journals.read'"
+    assert ("major", "$.methods[1].requiredScopes", required) in changes
+    assert (
+        "minor",
+        "$.oauth2Config.scopes",
+        "scope 'accounting.journals.read' requested",
+    ) in changes
     assert ("major", "$.configSchema.properties.region", "new required config") in changes
     assert ("patch", "$.methods[1].http", "method 'get_invoice': http changed") in changes
 
@@ -130,7 +135,8 @@ def test_cli_exit_code_says_whether_the_version_bump_is_enough(
 ) -> None:
     old, new = _xero(), _xero()
     new["methods"] = [m for m in new["methods"] if m["id"] != "create_contact"]
-    new["version"] = "1.2.0"
+    major, minor, _ = (int(part) for part in old["version"].split("."))
+    new["version"] = f"{major}.{minor + 1}.0"
     old_path, new_path = tmp_path / "old.json", tmp_path / "new.json"
     old_path.write_text(json.dumps(old), encoding="utf-8")
     new_path.write_text(json.dumps(new), encoding="utf-8")
@@ -138,9 +144,9 @@ def test_cli_exit_code_says_whether_the_version_bump_is_enough(
     out = capsys.readouterr().out
     assert "major  $.methods[3]: method 'create_contact' removed" in out
     assert "minimum version bump: major" in out
-    assert "version 1.1.1 -> 1.2.0 (minor): NOT enough" in out
+    assert f"version {old['version']} -> {new['version']} (minor): NOT enough" in out
 
-    new["version"] = "2.0.0"
+    new["version"] = f"{major + 1}.0.0"
     new_path.write_text(json.dumps(new), encoding="utf-8")
     assert run(["definitions", "diff", "--json", str(old_path), str(new_path)]) == 0
     report = json.loads(capsys.readouterr().out)

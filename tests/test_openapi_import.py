@@ -100,6 +100,13 @@ def test_inputs_flattened_and_mapped_back(tmp_path: Path) -> None:
     assert json.loads(request.content) == {"Name": "Bolt"}  # absent inputs left out
     assert request.headers["Idempotency-Key"] == "k-1"
     assert update.output_schema["type"] == "object"  # a 204 has no body
+    # a header input takes only what a header can carry, refused before anything is sent
+    widget = {"widget_id": "0f8fad5b-d9cb-469f-a165-70867728950e", "name": "Bolt"}
+    for bad in ("", " k", "k ", "a\x1fb", "clé", "k" * 4097):
+        with pytest.raises(ValidationError) as caught:
+            update.validate_input({**widget, "idempotency_key": bad})
+        assert caught.value.path == ("idempotency_key",)
+    update.validate_input({**widget, "idempotency_key": "a b~!"})
 
 
 def test_output_schema_converted_with_cycles_cut() -> None:

@@ -19,7 +19,9 @@ the number 200). Templates are compiled once per distinct source and kept, so a 
 loaded again reuses them; nothing is compiled per call.
 
 Filters (beyond Jinja's built-ins) and how values read as text are in
-`prefect_integrations._template_filters`.
+`prefect_integrations._template_filters`. The module is over 450 lines because the sandbox,
+its code generator, the path segment finalizer and the compiled template share the rules
+above and are read together.
 """
 
 from __future__ import annotations
@@ -87,7 +89,33 @@ class _CodeGenerator(NativeCodeGenerator):
 
 
 class _Environment(ImmutableSandboxedEnvironment):
+    """The sandbox, reading a mapping's keys only.
+
+    Jinja falls back from ``inputs['items']`` to the attribute, and ``inputs.items`` reads
+    the attribute first: an input named like a ``dict`` method (Xero's ``items``), when
+    absent or always, would render the method. Templates read JSON data, so a mapping's
+    keys are all there is to read.
+    """
+
     code_generator_class = _CodeGenerator
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        """``obj[argument]``; for a mapping, its key or undefined (a mutating method: unsafe)."""
+        if not isinstance(obj, Mapping):
+            return super().getitem(obj, argument)
+        try:
+            return obj[argument]
+        except (TypeError, LookupError):
+            method = getattr(obj, argument, None) if isinstance(argument, str) else None
+            if method is not None and not self.is_safe_attribute(obj, argument, method):
+                return self.unsafe_undefined(obj, argument)  # SecurityError when used
+            return self.undefined(obj=obj, name=argument)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``obj.attribute``; for a mapping, its key or undefined (never an attribute)."""
+        if isinstance(obj, Mapping):
+            return self.getitem(obj, attribute)
+        return super().getattr(obj, attribute)
 
 
 #: Kept as is in a path segment: unreserved characters and sub-delimiters but ``;``, which

@@ -23,6 +23,7 @@ from prefect_integrations.client import AsyncIntegrationClient, IntegrationClien
 from prefect_integrations.client_factory import ClientFactory
 from prefect_integrations.db import Database
 from prefect_integrations.definitions import Registry, load_registry
+from prefect_integrations.definitions.checked import CHECKED_FOLDER
 from prefect_integrations.exceptions import ConfigurationError
 from prefect_integrations.keyring import Keyring, load_keyring
 from prefect_integrations.resolution_cache import (
@@ -73,7 +74,10 @@ class Runtime:
     @cached_property
     def registry(self) -> Registry:
         """Shipped plus configured extra definitions."""
-        return load_registry(self.settings.extra_definition_paths)
+        return load_registry(
+            self.settings.extra_definition_paths,
+            checked_folder=self.settings.home / CHECKED_FOLDER,
+        )
 
     @cached_property
     def keyring(self) -> Keyring:

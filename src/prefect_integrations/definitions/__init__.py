@@ -13,11 +13,12 @@
 - `bindings`: templates and handlers of a definition, compiled at load.
 - `handler_registry`: the handlers a definition may name (registered entry points).
 - `schemas`: the embedded JSON Schemas, checked and compiled into validators.
+- `checked`: the files that passed the checks, remembered by content hash.
 - `loader`: files to documents to definitions (`collect`, `load_registry`).
 - `registry`: the `Registry` of definitions by integration id.
 
 This package knows nothing of sending HTTP requests or of SQL; imports point down from
-``loader`` to ``registry``, ``model``, ``rules``, ``schemas`` and ``bindings``.
+``loader`` to ``checked``, ``registry``, ``model``, ``rules``, ``schemas`` and ``bindings``.
 """
 
 from prefect_integrations.definitions.bindings import (

@@ -11,6 +11,7 @@ definition is built; `prefect_integrations.binding` renders it per call (``prepa
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -27,7 +28,7 @@ from prefect_integrations.definitions.handler_registry import (
     resolve_handler,
     unregistered_handler_message,
 )
-from prefect_integrations.exceptions import DefinitionError
+from prefect_integrations.exceptions import DefinitionError, format_json_path
 
 if TYPE_CHECKING:
     import httpx
@@ -130,13 +131,40 @@ class HttpBinding:
     output_uses_headers: bool = False
 
 
+_COMPILE_LOCK = threading.Lock()
+
+
 @dataclass(frozen=True, slots=True)
 class MethodBinding:
-    """A method's binding: `HttpBinding` or a handler, plus its inputs' top-level defaults."""
+    """A method's binding: `HttpBinding` or a handler, plus its inputs' top-level defaults.
 
-    http: HttpBinding | None = None
+    ``http_source`` is the method's ``http`` object and its JSON path when the binding is
+    compiled on first use (`http`) rather than at load: for a file that passed its checks
+    before (`prefect_integrations.definitions.checked`), whose templates compiled then.
+    """
+
+    compiled_http: HttpBinding | None = None
     handler_path: str | None = None
     input_defaults: Mapping[str, Any] = field(default_factory=dict)
+    http_source: tuple[Mapping[str, Any], _JsonPath] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    @property
+    def http(self) -> HttpBinding | None:
+        """The compiled ``http`` binding (compiled at the first read if it was not at load)."""
+        if self.http_source is None or self.compiled_http is not None:
+            return self.compiled_http
+        with _COMPILE_LOCK:  # one thread compiles; the others read its result
+            if self.compiled_http is None:
+                raw, location = self.http_source
+                sink = Sink()
+                compiled = _compile_http(raw, location, sink)
+                if sink.problems:  # only if templates changed since the file passed
+                    where, message = sink.problems[0]
+                    raise DefinitionError(f"{format_json_path(where)}: {message}")
+                object.__setattr__(self, "compiled_http", compiled)
+        return self.compiled_http
 
     @property
     def handler(self) -> MethodHandler | None:
@@ -259,17 +287,26 @@ def _compile_http(raw: Mapping[str, Any], location: _JsonPath, sink: Sink) -> Ht
 
 
 def _compile_method(
-    raw: Mapping[str, Any], location: _JsonPath, sink: Sink, integration_id: object = None
+    raw: Mapping[str, Any],
+    location: _JsonPath,
+    sink: Sink,
+    integration_id: object = None,
+    *,
+    lazy: bool = False,
 ) -> MethodBinding | None:
     """Compile one method's binding; problems go to ``sink`` with their JSON paths.
 
-    None for a method with neither ``http`` nor ``handler`` (listed, not callable).
+    None for a method with neither ``http`` nor ``handler`` (listed, not callable). With
+    ``lazy``, ``http`` is compiled at its first use (`MethodBinding.http`).
     """
     if "http" not in raw and "handler" not in raw:
         return None
     http: HttpBinding | None = None
+    http_source: tuple[Mapping[str, Any], _JsonPath] | None = None
     handler_path: str | None = None
-    if isinstance(raw.get("http"), Mapping):
+    if isinstance(raw.get("http"), Mapping) and lazy:
+        http_source = (raw["http"], (*location, "http"))
+    elif isinstance(raw.get("http"), Mapping):
         http = _compile_http(raw["http"], (*location, "http"), sink)
     if isinstance(raw.get("handler"), str):
         # Only registered handlers: looked up by name, imported at the first call.
@@ -278,7 +315,8 @@ def _compile_method(
             message = unregistered_handler_message(raw["handler"], integration_id)
             sink.problems.append(((*location, "handler"), message))
     return MethodBinding(
-        http=http,
+        compiled_http=http,
+        http_source=http_source,
         handler_path=handler_path,
         input_defaults=_top_level_defaults(raw.get("inputSchema")),
     )
@@ -316,7 +354,7 @@ def _compile_errors(raw: object, sink: Sink) -> ErrorMapping | None:
 
 
 def compile_definition(
-    document: Mapping[str, Any],
+    document: Mapping[str, Any], *, lazy: bool = False
 ) -> tuple[DefinitionBinding, dict[str, MethodBinding], list[tuple[_JsonPath, str]]]:
     """Compile a definition document's bindings.
 
@@ -324,7 +362,9 @@ def compile_definition(
     found (template syntax errors, unknown template variables, unregistered handlers) as
     ``(json_path, message)``. Tolerates documents that break the meta-schema (what has the
     wrong type is skipped: the meta-schema reports it). Templates are compiled once per
-    distinct text in the process, so compiling a definition again is cheap.
+    distinct text in the process, so compiling a definition again is cheap. With ``lazy``
+    (a document whose templates compiled before), methods' ``http`` bindings are compiled
+    at their first use instead, and their problems are not reported here.
     """
     sink = Sink()
     headers = _entries(document.get("headers"), ("headers",), REQUEST_NAMES, sink)
@@ -335,7 +375,7 @@ def compile_definition(
         for index, raw in enumerate(raw_methods):
             if isinstance(raw, Mapping):
                 compiled = _compile_method(
-                    raw, ("methods", index), sink, document.get("integrationId")
+                    raw, ("methods", index), sink, document.get("integrationId"), lazy=lazy
                 )
                 if compiled is not None and isinstance(raw.get("id"), str):
                     methods.setdefault(raw["id"], compiled)

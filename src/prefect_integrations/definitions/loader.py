@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_integrations._resources import bundled_path
+from prefect_integrations.definitions.checked import checked_key, remember_checked, was_checked
 from prefect_integrations.definitions.model import Definition, build_definition
 from prefect_integrations.definitions.registry import Registry
 from prefect_integrations.definitions.rules import (
@@ -52,11 +53,18 @@ def load_document(path: Path) -> tuple[dict[str, Any] | None, list[DefinitionPro
     """
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        return None, [problem(source, (), f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+        data = path.read_bytes()
     except OSError as exc:
         return None, [problem(source, (), f"cannot read file: {exc.strerror or exc}")]
+    return _parse(data, source)
+
+
+def _parse(data: bytes, source: str) -> tuple[dict[str, Any] | None, list[DefinitionProblem]]:
+    """Parse a definition file's bytes (`load_document` without the reading)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [problem(source, (), f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
     try:
         document = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
@@ -95,12 +103,16 @@ def _expand(paths: Iterable[Path]) -> Iterator[tuple[Path, list[DefinitionProble
             yield file, []
 
 
-def collect(paths: Iterable[Path]) -> tuple[list[Definition], list[DefinitionProblem]]:
+def collect(
+    paths: Iterable[Path], *, checked_folder: Path | None = None
+) -> tuple[list[Definition], list[DefinitionProblem]]:
     """Load every definition in ``paths`` (files, or folders of ``*.json``, non-recursive).
 
     Returns the valid definitions and every problem found in any file; never raises for bad
     content. Beyond `validate_document`, each file's name must match its id and an id may
-    be defined only once (the later file gets the problem).
+    be defined only once (the later file gets the problem). A file whose exact content
+    passed `validate_document` before, in this process or (``checked_folder``) in another,
+    is not checked again (`prefect_integrations.definitions.checked`).
     """
     definitions: list[Definition] = []
     problems: list[DefinitionProblem] = []
@@ -110,11 +122,20 @@ def collect(paths: Iterable[Path]) -> tuple[list[Definition], list[DefinitionPro
             problems.extend(path_problems)
             continue
         source = str(path)
-        document, file_problems = load_document(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            problems.append(problem(source, (), f"cannot read file: {exc.strerror or exc}"))
+            continue
+        document, file_problems = _parse(data, source)
         if document is None:
             problems.extend(file_problems)
             continue
-        file_problems = validate_document(document, source=source)
+        key = checked_key(data)
+        passed = was_checked(key, checked_folder)
+        file_problems = [] if passed else validate_document(document, source=source)
+        if not passed and not file_problems:
+            remember_checked(key, checked_folder)
         integration_id = document.get("integrationId")
         if isinstance(integration_id, str) and _IDENTIFIER_RE.fullmatch(integration_id):
             if path.stem != integration_id:
@@ -141,7 +162,10 @@ def collect(paths: Iterable[Path]) -> tuple[list[Definition], list[DefinitionPro
             file_problems.sort(key=lambda p: (path_key(p.path), p.message))
             problems.extend(file_problems)
             continue
-        definitions.append(build_definition(document, source=source))
+        try:
+            definitions.append(build_definition(document, source=source, lazy=passed))
+        except DefinitionError as exc:  # passed before; a handler since unregistered
+            problems.extend(exc.problems)
     return definitions, problems
 
 
@@ -150,31 +174,44 @@ def shipped_definitions_dir() -> Path:
     return bundled_path("definitions")
 
 
-def load_registry(extra_paths: Sequence[Path] = (), *, include_shipped: bool = True) -> Registry:
+def load_registry(
+    extra_paths: Sequence[Path] = (),
+    *,
+    include_shipped: bool = True,
+    checked_folder: Path | None = None,
+) -> Registry:
     """Load the shipped definitions plus ``extra_paths`` into a `Registry`.
 
     A definition in ``extra_paths`` replaces the shipped one with the same integration id
     (so a team can bring its own ``xero.json``); an id defined twice within
     ``extra_paths`` is a problem. Raises `DefinitionError` listing every problem of every
-    file if any file is invalid.
+    file if any file is invalid. ``checked_folder`` remembers across processes which files
+    passed (see `collect`).
     """
-    definitions, problems = collect_layered(extra_paths, include_shipped=include_shipped)
+    definitions, problems = collect_layered(
+        extra_paths, include_shipped=include_shipped, checked_folder=checked_folder
+    )
     if problems:
         raise DefinitionError(problems)
     return Registry(definitions)
 
 
 def collect_layered(
-    extra_paths: Sequence[Path], *, include_shipped: bool = True
+    extra_paths: Sequence[Path],
+    *,
+    include_shipped: bool = True,
+    checked_folder: Path | None = None,
 ) -> tuple[list[Definition], list[DefinitionProblem]]:
     """`collect` the shipped definitions and ``extra_paths``, the latter replacing the former.
 
     What `load_registry` loads, without raising: the valid definitions (a configured one
     in place of the shipped one with its id) and every problem of every file.
     """
-    definitions, problems = collect([Path(p) for p in extra_paths])
+    definitions, problems = collect([Path(p) for p in extra_paths], checked_folder=checked_folder)
     if include_shipped:
-        shipped, shipped_problems = collect([shipped_definitions_dir()])
+        shipped, shipped_problems = collect(
+            [shipped_definitions_dir()], checked_folder=checked_folder
+        )
         problems = shipped_problems + problems
         replaced = {d.id for d in definitions}
         definitions = [d for d in shipped if d.id not in replaced] + definitions

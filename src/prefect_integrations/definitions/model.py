@@ -385,11 +385,15 @@ class Definition:
         return build_definition(cast("dict[str, Any]", document), source=source)
 
 
-def build_definition(document: dict[str, Any], *, source: str) -> Definition:
-    """Build a `Definition` from a document that passed `validate_document`."""
+def build_definition(document: dict[str, Any], *, source: str, lazy: bool = False) -> Definition:
+    """Build a `Definition` from a document that passed `validate_document`.
+
+    With ``lazy`` (a document that passed before, its templates compiled then), the
+    methods' ``http`` bindings are compiled at their first use.
+    """
     integration_id: str = document["integrationId"]
-    binding, method_bindings, problems = compile_definition(document)
-    if problems:  # pragma: no cover - validate_document reported them already
+    binding, method_bindings, problems = compile_definition(document, lazy=lazy)
+    if problems:  # a handler unregistered since the document passed validate_document
         raise DefinitionError([problem(source, path, message) for path, message in problems])
     methods = {
         m["id"]: Method.from_document(integration_id, m, binding=method_bindings.get(m["id"]))

@@ -19,9 +19,21 @@ from prefect_integrations.openapi.convert import Report, SchemaConverter
 from prefect_integrations.openapi.operations import Body, Operation, Parameter
 from prefect_integrations.openapi.source import JsonPath
 
-__all__ = ["MethodBuilder", "Skipped", "snake_case"]
+__all__ = [
+    "HEADER_VALUE_MAX_LENGTH",
+    "HEADER_VALUE_PATTERN",
+    "MethodBuilder",
+    "Skipped",
+    "snake_case",
+]
 
 _BODY_PREFERENCE = ("json", "form", "text/plain")
+#: A header input's value: printable ASCII, no space first or last (RFC 9110 field-value;
+#: the binding refuses anything else before sending).
+HEADER_VALUE_PATTERN = "^[!-~]([ -~]*[!-~])?$"
+#: A header input's longest value: well under the 8 KB one header line may take at most
+#: servers (nginx, Apache), which refuse the whole request beyond it.
+HEADER_VALUE_MAX_LENGTH = 4096
 
 
 def snake_case(name: str) -> str:
@@ -69,6 +81,9 @@ class MethodBuilder:
             schema = self.converter.convert(param.schema, param.base, param.where, mode="input")
             if param.description and "description" not in schema:
                 schema["description"] = param.description
+            if param.location == "header" and schema.get("type") == "string":
+                schema.setdefault("pattern", HEADER_VALUE_PATTERN)
+                schema.setdefault("maxLength", HEADER_VALUE_MAX_LENGTH)
             properties[name] = schema
             if param.required or param.location == "path":
                 required.append(name)
