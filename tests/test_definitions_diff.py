@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,11 @@ def _method(document: dict[str, Any], method_id: str) -> dict[str, Any]:
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {(c.bump, c.path, c.message) for c in diff_documents(old, new)}
+    """(bump, path, message), without the ``method 'id': `` every schema change starts with."""
+    return {
+        (c.bump, c.path, re.sub(r"^method '[a-z0-9_]+': ", "", c.message))
+        for c in diff_documents(old, new)
+    }
 
 
 def test_identical_documents_need_no_bump() -> None:
@@ -43,7 +48,7 @@ def test_removed_method_is_major_added_method_minor() -> None:
     new["methods"] = [m for m in new["methods"] if m["id"] != "get_invoice"]
     new["methods"].append({**copy.deepcopy(_method(old, "get_invoice")), "id": "get_invoice_v2"})
     changes = _changes(old, new)
-    assert ("major", "$.methods[1]", "method 'get_invoice' removed") in changes
+    assert ("major", "$.methods[1]", "method 'get_invoice' removed (the path is in OLD)") in changes
     added = f"$.methods[{len(new['methods']) - 1}]"
     assert ("minor", added, "method 'get_invoice_v2' added") in changes
     assert required_bump(diff_documents(old, new)) == "major"
@@ -63,6 +68,9 @@ def test_input_changes() -> None:
     assert ("major", f"{base}.page_size", "maximum 1000 -> 100") in changes
     assert ("minor", f"{base}.note", "optional input added") in changes
     assert ("major", f"{base}.search_term", "input removed") in changes
+    # each line names its method: the paths of OLD and NEW can point at different ones
+    messages = {c.message for c in diff_documents(old, new)}
+    assert "method 'list_contacts': new required input" in messages
 
 
 def test_input_widening_is_minor_and_narrowing_major() -> None:
@@ -112,7 +120,7 @@ def test_scopes_config_and_bindings() -> None:
         "scope 'accounting.journals.read' requested",
     ) in changes
     assert ("major", "$.configSchema.properties.region", "new required config") in changes
-    assert ("patch", "$.methods[1].http", "method 'get_invoice': http changed") in changes
+    assert ("patch", "$.methods[1].http", "http changed") in changes
 
 
 @pytest.mark.parametrize(

@@ -256,7 +256,9 @@ def diff_documents(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     for method_id in sorted(old_methods.keys() - new_methods.keys()):
         changes.append(
             Change(
-                "major", f"$.methods[{old_methods[method_id][0]}]", f"method {method_id!r} removed"
+                "major",
+                f"$.methods[{old_methods[method_id][0]}]",
+                f"method {method_id!r} removed (the path is in OLD)",
             )
         )
     for method_id in sorted(new_methods.keys() - old_methods.keys()):
@@ -296,7 +298,10 @@ def _diff_method(
     for side, key in (("input", "inputSchema"), ("output", "outputSchema")):
         schema_diff = _SchemaDiff(side)  # type: ignore[arg-type]
         schema_diff.compare(old.get(key), new.get(key), (*base, key))
-        changes += schema_diff.changes
+        changes += [
+            Change(c.bump, c.path, f"method {method_id!r}: {c.message}")
+            for c in schema_diff.changes
+        ]
     added = [
         s for s in new.get("requiredScopes") or [] if s not in (old.get("requiredScopes") or [])
     ]
