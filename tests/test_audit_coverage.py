@@ -915,6 +915,9 @@ def test_cli_verify_finds_a_cut_tail_only_with_a_checkpoint(
     assert json.loads(second.read_text())["previous"] == json.loads(kept)["signature"]
     cli.ok("audit", "checkpoint", "--out", str(second), "--force")
     assert json.loads(second.read_text())["sequence"] == 1
+    for folder in ("", str(tmp_path)):
+        refused = cli("audit", "checkpoint", "--out", folder, "--force")
+        assert refused.code == 1 and "is a folder, not a file" in refused.err
     intact = cli.ok("audit", "verify", "--checkpoint", str(checkpoint)).out
     assert intact.splitlines()[-1].startswith("checkpoint 1 of ")
     assert intact.splitlines()[-1].endswith("rows are all here")

@@ -78,4 +78,6 @@ def test_out_replaces_a_file_only_with_force_and_never_the_description(
     assert json.loads(out.read_text())["integrationId"] == "x"
     assert run([*args, str(spec), "--force"]) == 1
     assert "is the description being imported" in capsys.readouterr().err
+    assert run([*args, "", "--force"]) == 1
+    assert "is a folder, not a file" in capsys.readouterr().err
     assert spec.read_text(encoding="utf-8").startswith("openapi: 3.0.0")

@@ -228,6 +228,8 @@ def checkpoint(
     it covered. Each maintenance run also publishes one as the Prefect artifact
     ``integration-audit-checkpoint``, extending the previous one.
     """
+    if out is not None and (out.is_dir() or not out.name):
+        raise ValidationError(f"checkpoint file {str(out)!r}", [], "is a folder, not a file")
     if out is not None and out.exists() and not force:
         raise ValidationError(
             f"checkpoint file {str(out)!r}",

@@ -71,6 +71,8 @@ def import_openapi(
     """
     from prefect_integrations.openapi import Overlay, load_overlay
 
+    if out is not None and (out.is_dir() or not out.name):
+        raise ValidationError("--out", [], f"{str(out)!r} is a folder, not a file")
     if out is not None and out.exists():
         if out.resolve() == spec.resolve():
             raise ValidationError("--out", [], f"{out} is the description being imported")
