@@ -11,7 +11,7 @@ import pytest
 
 from prefect_integrations import binding
 from prefect_integrations.cli import run
-from prefect_integrations.definitions import collect, load_registry
+from prefect_integrations.definitions import collect, load_registry, shipped_definitions_dir
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.openapi import import_openapi, snake_case
 
@@ -296,3 +296,35 @@ def test_slack_chat_methods_import_and_load(tmp_path: Path) -> None:
     assert post.input_schema["required"] == ["channel"]
     assert definition.oauth2 is not None
     assert definition.oauth2.token_url == "https://slack.com/api/oauth.access"
+
+
+def test_an_idempotency_key_header_marks_the_method(tmp_path: Path) -> None:
+    """A write that takes an idempotency key is retried only when the call carries one."""
+    header = "[{name: Idempotency-Key, in: header, schema: {type: string}}]"
+    spec = tmp_path / "keys.yaml"
+    spec.write_text(
+        "openapi: 3.0.0\ninfo: {title: t, version: '1'}\nservers: [{url: 'https://a.example'}]\n"
+        "paths:\n  /things:\n"
+        f"    put:\n      operationId: createThing\n      parameters: {header}\n"
+        "      responses: {'200': {description: ok}}\n"
+        f"    post:\n      operationId: addThing\n      parameters: {header}\n"
+        "      responses: {'200': {description: ok}}\n"
+        "    get:\n      operationId: listThings\n      responses: {'200': {description: ok}}\n",
+        encoding="utf-8",
+    )
+    methods = {m["id"]: m for m in import_openapi(spec, integration_id="t").document["methods"]}
+    assert methods["create_thing"]["idempotent"] is False  # a PUT would count as idempotent
+    assert methods["create_thing"]["idempotencyKeyHeader"] == "Idempotency-Key"
+    assert "idempotent" not in methods["add_thing"]  # a POST is not idempotent anyway
+    assert methods["add_thing"]["idempotencyKeyHeader"] == "Idempotency-Key"
+    assert not {"idempotent", "idempotencyKeyHeader"} & methods["list_things"].keys()
+
+
+def test_every_shipped_xero_write_with_an_idempotency_key_is_not_retried_without_it() -> None:
+    document = json.loads((shipped_definitions_dir() / "xero.json").read_text(encoding="utf-8"))
+    keyed = [m for m in document["methods"] if "idempotency_key" in m["inputSchema"]["properties"]]
+    assert len(keyed) >= 10
+    for method in keyed:
+        assert method["idempotencyKeyHeader"] == "Idempotency-Key", method["id"]
+        verb = method["http"]["method"]
+        assert method.get("idempotent") is False or verb in ("POST", "PATCH"), method["id"]

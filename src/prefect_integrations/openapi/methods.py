@@ -107,7 +107,25 @@ class MethodBuilder:
         method["inputSchema"] = input_schema
         method["outputSchema"] = self._output(op, http)
         method["http"] = http
+        self._mark_idempotency(method, op, params)
         return method
+
+    @staticmethod
+    def _mark_idempotency(method: dict[str, Any], op: Operation, params: list[Parameter]) -> None:
+        """An operation taking an idempotency key says repeats are not safe without one.
+
+        So the method names the header (a request carrying it may be retried) and, where
+        its verb would count as idempotent (a PUT that creates, as Xero's do), says it is not.
+        """
+        key = next(
+            (p for p in params if p.location == "header" and p.name.lower() == "idempotency-key"),
+            None,
+        )
+        if key is None:
+            return
+        method["idempotencyKeyHeader"] = key.name
+        if op.verb in ("GET", "PUT", "DELETE"):
+            method["idempotent"] = False
 
     def _wanted(self, param: Parameter) -> bool:
         if param.name in self.omit_parameters:
