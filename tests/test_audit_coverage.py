@@ -918,6 +918,11 @@ def test_cli_verify_finds_a_cut_tail_only_with_a_checkpoint(
     for folder in ("", str(tmp_path)):
         refused = cli("audit", "checkpoint", "--out", folder, "--force")
         assert refused.code == 1 and "is a folder, not a file" in refused.err
+    long = str(tmp_path / ("u" * 300))
+    refused = cli("audit", "checkpoint", "--out", long, "--force")
+    assert refused.code == 1 and "File name too long" in refused.err
+    archived = cli("audit", "archive", "--before", "2020-01-01", "--to", long)
+    assert archived.code == 1 and "File name too long" in archived.err
     intact = cli.ok("audit", "verify", "--checkpoint", str(checkpoint)).out
     assert intact.splitlines()[-1].startswith("checkpoint 1 of ")
     assert intact.splitlines()[-1].endswith("rows are all here")

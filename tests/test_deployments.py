@@ -387,11 +387,27 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+class _Patient(httpx.HTTPTransport):
+    """Sends again after a 503, as Prefect's own client does.
+
+    A local Prefect server on SQLite answers 503 while a busy worker holds its database.
+    """
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(5):
+            response = super().handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.close()
+            time.sleep(0.5 * (attempt + 1))
+        return super().handle_request(request)
+
+
 class Api:
     """The Prefect REST API of the local server, as a test reads and drives it."""
 
     def __init__(self, url: str) -> None:
-        self.client = httpx.Client(base_url=url + "/", timeout=30)
+        self.client = httpx.Client(base_url=url + "/", timeout=30, transport=_Patient())
 
     def deployment(self, full_name: str) -> dict[str, Any]:
         response = self.client.get(f"deployments/name/{full_name}")

@@ -72,7 +72,7 @@ def test_out_replaces_a_file_only_with_force_and_never_the_description(
     out.write_text("keep")
     args = ["definitions", "import-openapi", str(spec), "--integration-id", "x", "--out"]
     assert run([*args, str(out)]) == 1
-    assert "already exists; use --force" in capsys.readouterr().err
+    assert "already exists (use --force to replace it)" in capsys.readouterr().err
     assert out.read_text() == "keep"
     assert run([*args, str(out), "--force"]) == 0
     assert json.loads(out.read_text())["integrationId"] == "x"
@@ -81,3 +81,19 @@ def test_out_replaces_a_file_only_with_force_and_never_the_description(
     assert run([*args, "", "--force"]) == 1
     assert "is a folder, not a file" in capsys.readouterr().err
     assert spec.read_text(encoding="utf-8").startswith("openapi: 3.0.0")
+
+
+def test_names_the_system_refuses_are_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect_integrations.cli import run
+
+    (tmp_path / "item.json").write_text(json.dumps({"type": "string"}))
+    spec = tmp_path / "api.yaml"
+    spec.write_text(_SPEC.format(ref="item.json"), encoding="utf-8")
+    long = str(tmp_path / ("u" * 300))
+    args = ["definitions", "import-openapi", str(spec), "--integration-id", "x", "--out", long]
+    assert run(args) == 1
+    assert "File name too long" in capsys.readouterr().err
+    assert run([*args[:-1], str(tmp_path / "missing" / "x.json")]) == 1
+    assert "no such folder" in capsys.readouterr().err

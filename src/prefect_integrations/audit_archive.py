@@ -28,6 +28,7 @@ rows. If the first chain's cut fails, the file is removed; after that the file i
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -150,6 +151,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _discard(path: Path) -> None:
+    """Remove a file if it is there (a name the system refuses was never created)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 def _place(partial: Path, target: Path, subject: str) -> None:
     """Give the written file its name, never over an existing one, durably."""
     try:
@@ -215,16 +222,22 @@ def archive(
     """
     target = to.expanduser().absolute()
     subject = f"archive file {quote(str(to), limit=1000)}"
-    if target.exists() or target.is_symlink():
-        raise ValidationError(subject, [], "already exists; archives are never overwritten")
-    if not target.parent.is_dir():
-        raise ValidationError(subject, [], f"no such folder: {target.parent}")
+    try:
+        if target.exists() or target.is_symlink():
+            raise ValidationError(subject, [], "already exists; archives are never overwritten")
+        if not target.parent.is_dir():
+            raise ValidationError(subject, [], f"no such folder: {target.parent}")
+    except OSError as exc:  # a name the system refuses (too long, ...)
+        raise ValidationError(subject, [], exc.strerror or "cannot be used") from None
     partial = target.with_name(f".{target.name}.partial-{secrets.token_hex(8)}")
     with archive_lock(db):
         try:
             cuts, header, rows = _read_and_write(db, keyring, before, partial)
+        except OSError as exc:
+            _discard(partial)
+            raise ValidationError(subject, [], exc.strerror or "cannot be written") from None
         except BaseException:
-            partial.unlink(missing_ok=True)
+            _discard(partial)
             raise
         if not cuts:
             return ArchiveResult(target, 0, (), "")

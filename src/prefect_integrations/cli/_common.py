@@ -16,6 +16,7 @@ from prefect_integrations.scope import Context, Scope, check_context_id, parse_s
 __all__ = [
     "Runtime",
     "caller_context",
+    "check_output_file",
     "echo",
     "echo_table",
     "emit_json",
@@ -73,6 +74,22 @@ def read_json_file(path: str, *, what: str) -> Any:
     except OSError as exc:
         raise ValidationError(f"{what} file {label}", [], exc.strerror or "unreadable") from None
     return _loads(text, f"{what} from {label}")
+
+
+def check_output_file(path: Path, *, subject: str, force: bool, hint: str = "") -> None:
+    """Refuse ``path`` as a file to write: a folder, or existing without ``force``.
+
+    A name the system refuses (too long, a missing folder) is a clear error too.
+    """
+    try:
+        if path.is_dir() or not path.name:
+            raise ValidationError(subject, [], "is a folder, not a file")
+        if not path.parent.is_dir():
+            raise ValidationError(subject, [], f"no such folder: {path.parent}")
+        if (path.exists() or path.is_symlink()) and not force:
+            raise ValidationError(subject, [], "already exists" + (f" ({hint})" if hint else ""))
+    except OSError as exc:
+        raise ValidationError(subject, [], exc.strerror or "cannot be used") from None
 
 
 def caller_context(client: str | None, user: str | None) -> Context:

@@ -21,7 +21,13 @@ from prefect_integrations.audit_seals import (
     parse_checkpoint,
     take_checkpoint,
 )
-from prefect_integrations.cli._common import echo, echo_table, emit_json, runtime
+from prefect_integrations.cli._common import (
+    check_output_file,
+    echo,
+    echo_table,
+    emit_json,
+    runtime,
+)
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.store import audit
 
@@ -228,14 +234,12 @@ def checkpoint(
     it covered. Each maintenance run also publishes one as the Prefect artifact
     ``integration-audit-checkpoint``, extending the previous one.
     """
-    if out is not None and (out.is_dir() or not out.name):
-        raise ValidationError(f"checkpoint file {str(out)!r}", [], "is a folder, not a file")
-    if out is not None and out.exists() and not force:
-        raise ValidationError(
-            f"checkpoint file {str(out)!r}",
-            [],
-            "already exists (an older checkpoint is "
-            "what shows later changes; use --force to replace it)",
+    if out is not None:
+        check_output_file(
+            out,
+            subject=f"checkpoint file {str(out)!r}",
+            force=force,
+            hint="an older checkpoint is what shows later changes; use --force to replace it",
         )
     before = _load_checkpoint(previous) if previous is not None else None
     rt = runtime()

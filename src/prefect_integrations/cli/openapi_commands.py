@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from prefect_integrations.cli._common import echo, emit_json, read_json_file
+from prefect_integrations.cli._common import check_output_file, echo, emit_json, read_json_file
 from prefect_integrations.definitions.diff import actual_bump, diff_documents, required_bump
 from prefect_integrations.exceptions import ValidationError, format_json_path
 
@@ -71,15 +71,12 @@ def import_openapi(
     """
     from prefect_integrations.openapi import Overlay, load_overlay
 
-    if out is not None and (out.is_dir() or not out.name):
-        raise ValidationError("--out", [], f"{str(out)!r} is a folder, not a file")
-    if out is not None and out.exists():
+    if out is not None:
         if out.resolve() == spec.resolve():
             raise ValidationError("--out", [], f"{out} is the description being imported")
-        if not force:
-            raise ValidationError(
-                "--out", [], f"{out} already exists; use --force to replace it (a re-import)"
-            )
+        check_output_file(
+            out, subject=f"--out {str(out)!r}", force=force, hint="use --force to replace it"
+        )
     from prefect_integrations.openapi import import_openapi as run_import
 
     extra = load_overlay(overlay) if overlay is not None else Overlay()
