@@ -1687,6 +1687,29 @@ def argument_lists(draw: st.DrawFn) -> list[str]:
     return args
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("audit", "verify", "--checkpoint", "a\x00b"),
+        ("audit", "checkpoint", "--out", "a\x00b"),
+        ("audit", "archive", "--before", "2020-01-01", "--to", "a\x00b"),
+        ("audit", "verify-archive", "a\x00b"),
+        ("definitions", "import-openapi", "a\x00b", "--integration-id", "x"),
+        ("definitions", "import-openapi", "a.yaml", "--integration-id", "x", "--out", "a\x00b"),
+        ("stubs", "--out", "a\x00b"),
+    ],
+)
+def test_file_names_with_a_nul_are_clear_errors(
+    cli_store: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yaml").write_text("openapi: 3.0.0\n")
+    result = cli_store(*args)
+    assert result.code in (1, 2), result
+    assert "Traceback" not in result.err and "error[unexpected]" not in result.err, result
+    assert next(line for line in result.err.splitlines() if line).startswith("error["), result
+
+
 def test_fuzzed_argument_lists_fail_clearly_and_write_nothing(
     cli_store: Cli, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -229,6 +229,8 @@ def archive(
             raise ValidationError(subject, [], f"no such folder: {target.parent}")
     except OSError as exc:  # a name the system refuses (too long, ...)
         raise ValidationError(subject, [], exc.strerror or "cannot be used") from None
+    except ValueError:  # a NUL character
+        raise ValidationError(subject, [], "not a usable file name") from None
     partial = target.with_name(f".{target.name}.partial-{secrets.token_hex(8)}")
     with archive_lock(db):
         try:
@@ -334,6 +336,8 @@ def _lines(path: Path, subject: str) -> Iterator[tuple[int, bytes]]:
         raise ValidationError(subject, [], "no such file") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise ValidationError(subject, [], f"not a complete gzip file ({exc})") from None
+    except ValueError:  # a NUL character in the name
+        raise ValidationError(subject, [], "not a usable file name") from None
 
 
 def _parse(line: bytes, subject: str, number: int) -> dict[str, Any]:

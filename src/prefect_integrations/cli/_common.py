@@ -90,6 +90,8 @@ def check_output_file(path: Path, *, subject: str, force: bool, hint: str = "") 
             raise ValidationError(subject, [], "already exists" + (f" ({hint})" if hint else ""))
     except OSError as exc:
         raise ValidationError(subject, [], exc.strerror or "cannot be used") from None
+    except ValueError:  # a NUL character
+        raise ValidationError(subject, [], "not a usable file name") from None
 
 
 def caller_context(client: str | None, user: str | None) -> Context:

@@ -112,6 +112,8 @@ def _read_checkpoint_file(path: Path, subject: str) -> Any:
         raise ValidationError(subject, [], "no such file") from None
     except OSError as exc:
         raise ValidationError(subject, [], exc.strerror or "unreadable") from None
+    except ValueError:  # a NUL character
+        raise ValidationError(subject, [], "not a usable file name") from None
     return loads_strict(data, subject)
 
 

@@ -99,6 +99,8 @@ def _read(path: Path, *, label: str) -> Any:
         raise ValidationError(label, [], f"not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ValidationError(label, [], f"cannot read file: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL character in the name
+        raise ValidationError(label, [], "not a usable file name") from None
     as_json = path.suffix.lower() == ".json" or text.lstrip().startswith("{")
     return _parse(text, label=label, as_json=as_json)
 
