@@ -149,15 +149,17 @@ def test_artifacts_without_a_valid_checkpoint_stop_the_chain(
     harness: Path, echo_db: Database, keyring: Keyring
 ) -> None:
     """Junk published under the key must not make a run start a new chain unnoticed."""
-    from prefect.artifacts import create_markdown_artifact
+    from prefect.client.schemas.actions import ArtifactCreate
 
     from prefect_integrations.audit_seals import database_label
     from prefect_integrations.exceptions import AuditChainBroken
     from prefect_integrations.maintenance.checkpoints import artifact_key
 
-    create_markdown_artifact(
-        markdown="```json\n{}\n```", key=artifact_key(database_label(echo_db.url))
+    junk = ArtifactCreate(
+        key=artifact_key(database_label(echo_db.url)), type="markdown", data="```json\n{}\n```"
     )
+    with get_client(sync_client=True) as client:  # published by anyone with the API
+        client.create_artifact(junk)
     with pytest.raises(AuditChainBroken, match="holds a valid checkpoint"):
         refresh_tokens()
 
