@@ -234,7 +234,7 @@ def checkpoint(
     Signs nothing if the log does not verify (exit 1). Keep the result outside the
     database; `audit verify --checkpoint FILE` proves later that the log still holds what
     it covered. Each maintenance run also publishes one as the Prefect artifact
-    ``integration-audit-checkpoint``, extending the previous one.
+    ``integration-audit-checkpoint-<digest of the database>``, extending the previous one.
     """
     if out is not None:
         check_output_file(
