@@ -97,3 +97,24 @@ def make_echo(
         config={"base_url": f"{provider_url}/{instance_id}"},
         credentials=api_key(f"key-of-{instance_id}"),
     )
+
+
+def echo_instance(
+    db: Database,
+    registry: Registry,
+    keyring: Keyring,
+    provider: Any,
+    instance_id: str,
+    credentials: Mapping[str, Any],
+) -> None:
+    """An instance of the test ``echo`` integration whose base URL is ``provider``'s, under
+    a path of its own (``/<instance_id>``)."""
+    make_instance(
+        db,
+        registry,
+        keyring,
+        instance_id,
+        "echo",
+        config={"base_url": f"{provider.url}/{instance_id}"},
+        credentials=credentials,
+    )

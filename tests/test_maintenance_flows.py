@@ -25,7 +25,7 @@ from prefect_integrations.maintenance.flows import (
 from prefect_integrations.runtime import reset_runtime
 from prefect_integrations.store import key_registry, vault
 
-from .factories import make_instance
+from .factories import echo_instance, make_instance
 from .oauth import OAuthServer, start_oauth_server
 from .provider import FakeProvider, Reply
 
@@ -251,15 +251,7 @@ def test_rotate_credentials_flow(
         config={"base_url": f"{provider.url}/rot"},
         credentials={"apikey": {"key": "old-key", "key_id": "key-1"}},
     )
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "plain",
-        "echo",
-        config={"base_url": f"{provider.url}/plain"},
-        credentials={"apikey": {"key": "k"}},
-    )
+    echo_instance(echo_db, echo_registry, keyring, provider, "plain", {"apikey": {"key": "k"}})
     provider.reply("POST", "/rot/keys", Reply(201, {"secret": "new-key", "id": "key-2"}))
     provider.reply("GET", "/rot/items/1", OK)
     provider.reply("DELETE", "/rot/keys/key-1", Reply(200, {}))

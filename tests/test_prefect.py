@@ -26,7 +26,7 @@ from prefect_integrations.keyring import Keyring
 from prefect_integrations.runtime import runtime
 from prefect_integrations.store import audit
 
-from .factories import api_key, make_instance
+from .factories import api_key, echo_instance, make_instance
 from .provider import FakeProvider, Reply
 
 CANARY = "canary-token-5d2e8a77"
@@ -88,15 +88,7 @@ def test_flow_calls_tasks_for_global_and_client_instances(
 ) -> None:
     from prefect_integrations.tasks import echo
 
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_global",
-        "echo",
-        config={"base_url": f"{provider.url}/echo_global"},
-        credentials=api_key(CANARY),
-    )
+    echo_instance(echo_db, echo_registry, keyring, provider, "echo_global", api_key(CANARY))
     make_instance(
         echo_db,
         echo_registry,
@@ -183,15 +175,7 @@ def test_canary_never_reaches_prefect_or_the_audit_log(
 ) -> None:
     from prefect_integrations.tasks import echo
 
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_main",
-        "echo",
-        config={"base_url": f"{provider.url}/echo_main"},
-        credentials=api_key(CANARY),
-    )
+    echo_instance(echo_db, echo_registry, keyring, provider, "echo_main", api_key(CANARY))
     provider.reply("POST", "/echo_main/items", Reply(201, {"id": 1, "name": "ok"}))
     provider.reply(
         "GET",
@@ -273,15 +257,7 @@ def test_block_registered_synced_and_callable(
 
     assert asyncio.run(block_type_slug()) == "integration-instance"  # no manual registration
 
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_main",
-        "echo",
-        config={"base_url": f"{provider.url}/echo_main"},
-        credentials=api_key(CANARY),
-    )
+    echo_instance(echo_db, echo_registry, keyring, provider, "echo_main", api_key(CANARY))
     make_instance(
         echo_db,
         echo_registry,
@@ -373,15 +349,7 @@ def test_a_block_is_one_instance_for_every_mapped_run(
     from prefect_integrations.blocks import IntegrationInstance
     from prefect_integrations.tasks import echo
 
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_mapped",
-        "echo",
-        config={"base_url": f"{provider.url}/echo_mapped"},
-        credentials=api_key("mapped-key"),
-    )
+    echo_instance(echo_db, echo_registry, keyring, provider, "echo_mapped", api_key("mapped-key"))
     IntegrationInstance(instance_id="echo_mapped", integration_id="echo").save(
         "echo-mapped", overwrite=True
     )

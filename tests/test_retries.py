@@ -37,7 +37,7 @@ from prefect_integrations.pipeline import (
 from prefect_integrations.scope import Scope
 from prefect_integrations.store.instances import Instance
 
-from .factories import api_key, make_instance
+from .factories import api_key, echo_instance
 from .provider import FakeProvider, Reply
 
 FAST = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002)
@@ -284,15 +284,7 @@ def test_prefect_retries_never_send_a_post_again_after_a_503(
 ) -> None:
     from prefect_integrations.tasks import tasks_for
 
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_writes",
-        "echo",
-        config={"base_url": f"{provider.url}/echo_writes"},
-        credentials=api_key(SECRET),
-    )
+    echo_instance(echo_db, echo_registry, keyring, provider, "echo_writes", api_key(SECRET))
     provider.reply("POST", "/echo_writes/items", Reply(503, {"error": {"code": "down"}}))
     echo = tasks_for("echo", retries=1, retry_delay_seconds=0)
 
@@ -326,15 +318,7 @@ def test_prefect_retries_a_read_after_the_client_gave_up_and_logs_each_attempt(
 ) -> None:
     from prefect_integrations.tasks import tasks_for
 
-    make_instance(
-        echo_db,
-        echo_registry,
-        keyring,
-        "echo_reads",
-        "echo",
-        config={"base_url": f"{provider.url}/echo_reads"},
-        credentials=api_key(SECRET),
-    )
+    echo_instance(echo_db, echo_registry, keyring, provider, "echo_reads", api_key(SECRET))
     down = Reply(503, {"error": {"code": "down"}})
     provider.reply(
         "GET", "/echo_reads/items/7", down, down, down, Reply(200, {"id": 7, "name": "s"})
