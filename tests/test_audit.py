@@ -9,12 +9,15 @@ import sqlalchemy as sa
 from prefect_integrations.db import Database
 from prefect_integrations.store import audit
 from prefect_integrations.store.audit import AuditAction
+from prefect_integrations.store.audit_seal import seal_pending
 
 
-def _append(db: Database, n: int, actor: str = "t") -> None:
+def _append(db: Database, n: int, actor: str = "t", *, sealed: bool = True) -> None:
     for i in range(n):
         with db.transaction() as s:
             audit.record(s, action=AuditAction.HEALTH_CHECK, actor=actor, details={"i": i})
+    if sealed:
+        seal_pending(db)
 
 
 def _tamper(db: Database, statement: str) -> None:
@@ -70,12 +73,15 @@ def test_chain_links_every_row(db: Database) -> None:
     assert {(c.chain, c.seq, c.head) for c in report.chains} == heads
 
 
-def test_one_transaction_appends_to_one_chain(db: Database) -> None:
-    with db.transaction() as s:
-        for i in range(4):
-            audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t", details={"i": i})
+def test_the_sealer_continues_the_chain_in_id_order(db: Database) -> None:
+    _append(db, 3, sealed=False)
+    assert {(r.chain, r.seq, r.hash) for r in _rows(db)} == {(None, None, None)}
+    assert seal_pending(db).rows == 3
+    _append(db, 2)
     rows = _rows(db)
-    assert len({r.chain for r in rows}) == 1 and [r.seq for r in rows] == [1, 2, 3, 4]
+    assert [(r.id, r.chain, r.seq) for r in rows] == [(i, 0, i) for i in range(1, 6)]
+    assert rows[3].prev_hash == rows[2].hash
+    assert seal_pending(db).rows == 0
 
 
 def test_verify_finds_an_altered_row(db: Database) -> None:
@@ -90,6 +96,7 @@ def test_verify_finds_a_rehashed_row_through_its_successor(db: Database) -> None
     with db.transaction() as s:
         for i in range(5):
             audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t", details={"i": i})
+    seal_pending(db)
     _tamper(
         db,
         "UPDATE integration_audit_log l SET hash = integration_audit_hash(l.prev_hash, "
@@ -107,6 +114,7 @@ def test_verify_finds_a_deleted_row(db: Database) -> None:
     with db.transaction() as s:
         for i in range(5):
             audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t", details={"i": i})
+    seal_pending(db)
     _tamper(db, "DELETE FROM integration_audit_log WHERE id = 2")
     with db.transaction() as s:
         report = audit.verify(s)
@@ -126,6 +134,7 @@ def test_concurrent_appends_keep_every_chain(db: Database) -> None:
         t.start()
     for t in threads:
         t.join()
+    seal_pending(db)
     with db.transaction() as s:
         report = audit.verify(s)
         actors = s.execute(
@@ -158,7 +167,7 @@ def test_tail_filters(db: Database) -> None:
 
 
 def test_rows_appended_inside_a_statement_join_the_chain(db: Database) -> None:
-    """`insert_rows` in a CTE appends rows with the bound action, chained like `record`'s."""
+    """`insert_rows` in a CTE appends rows with the bound action, sealed like `record`'s."""
     _append(db, 1)
     appended = audit.insert_rows(
         audit.select_row(
@@ -176,6 +185,7 @@ def test_rows_appended_inside_a_statement_join_the_chain(db: Database) -> None:
     assert "integration_audit_log" in appended
     with db.transaction() as s:
         s.execute(statement, {"actor": "cte"})
+    seal_pending(db)
     with db.transaction() as s:
         rows = [e for e in audit.tail(s) if e.actor == "cte"]
         assert [(e.action, e.instance_id, e.outcome, dict(e.details)) for e in rows] == [
@@ -194,3 +204,120 @@ def test_only_known_actions_are_recorded(db: Database) -> None:
             audit.record_many(s, [audit.AuditRow(action="made.up", actor="t")])  # type: ignore[arg-type]
         assert audit.tail(s) == []
     assert {a.value for a in audit.AuditAction} >= {"method.call", "credentials.decrypt"}
+
+
+# --------------------------------------------------------------------------------------
+# Appends are stamped, not chained; the sealer chains them
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["id", "occurred_at", "db_role", "seq", "hash"])
+@pytest.mark.parametrize("role_db", ["admin_db", "runtime_db"])
+def test_a_role_may_append_only_a_rows_content(
+    request: pytest.FixtureRequest, db: Database, role_db: str, column: str
+) -> None:
+    from prefect_integrations.exceptions import PermissionDenied
+
+    database: Database = request.getfixturevalue(role_db)
+    value = {"id": "999", "occurred_at": "'2000-01-01'", "db_role": "'x'"}.get(column, "NULL")
+    with pytest.raises(PermissionDenied), database.transaction("forge a row") as s:
+        s.execute(
+            sa.text(
+                f"INSERT INTO integration_audit_log (actor, action, outcome, details, {column}) "
+                f"VALUES ('mallory', 'health.check', 'success', '{{}}', {value})"
+            )
+        )
+    with database.transaction("append") as s:
+        audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t")
+    with db.transaction() as s:
+        row = s.execute(
+            sa.text(
+                "SELECT id, db_role <> current_user AS theirs, "
+                "occurred_at > now() - interval '1 hour' AS now, seq FROM integration_audit_log"
+            )
+        ).one()
+    assert (row.id, row.theirs, row.now, row.seq) == (1, True, True, None)
+
+
+def test_a_row_written_around_the_defaults_is_named(db: Database) -> None:
+    """The owner can write any column; a row it claims sealed is not in a chain."""
+    _append(db, 1)
+    with db.transaction() as s:
+        s.execute(
+            sa.text(
+                "INSERT INTO integration_audit_log (id, actor, action, outcome, details, "
+                "version, chain, seq, hash) "
+                "VALUES (999, 'mallory', 'health.check', 'success', '{}', 2, 0, 2, '\\x00')"
+            )
+        )
+    with db.transaction() as s:
+        assert audit.verify(s).ids("altered") == (999,)
+
+
+GUARDED = [
+    # an unsealed row's content
+    "UPDATE integration_audit_log SET actor = 'mallory' WHERE seq IS NULL",
+    # sealing that changes the content too
+    "UPDATE integration_audit_log SET version = 2, chain = 0, seq = 9, hash = '\\x00', "
+    "details = '{\"i\": 99}' WHERE seq IS NULL",
+    # the same jsonb written differently (the hash reads its text)
+    "UPDATE integration_audit_log SET version = 2, chain = 0, seq = 9, hash = '\\x00', "
+    "details = '{\"i\": 0.00}' WHERE seq IS NULL",
+    # a sealed row sealed again
+    "UPDATE integration_audit_log SET seq = 9 WHERE seq IS NOT NULL",
+    "DELETE FROM integration_audit_log WHERE seq IS NULL",
+]
+
+
+@pytest.mark.parametrize("statement", GUARDED)
+@pytest.mark.parametrize("role_db", ["db", "runtime_db"])
+def test_the_guard_lets_only_sealing_through(
+    request: pytest.FixtureRequest, db: Database, role_db: str, statement: str
+) -> None:
+    from prefect_integrations.exceptions import PermissionDenied
+
+    database: Database = request.getfixturevalue(role_db)
+    _append(db, 1)
+    with db.transaction() as s:
+        audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t", details={"i": 0.0})
+    before = _rows(db)
+    with pytest.raises(PermissionDenied), database.transaction("change the log") as s:
+        s.execute(sa.text(statement))
+    assert _rows(db) == before
+    assert seal_pending(database).rows == 1  # the role may seal
+    with db.transaction() as s:
+        assert audit.verify(s).ok
+
+
+def test_a_row_with_chain_columns_filled_in_part_is_altered(db: Database) -> None:
+    _append(db, 2)
+    _append(db, 1, sealed=False)
+    _tamper(db, "UPDATE integration_audit_log SET hash = '\\x01' WHERE id = 3")
+    with db.transaction() as s:
+        report = audit.verify(s)
+    assert report.ids("altered") == (3,) and report.unsealed == 0
+    assert report.of("altered")[0].detail == "chain columns filled in part"
+
+
+def test_the_sealer_waits_for_transactions_that_may_still_append_below(db: Database) -> None:
+    """A row numbered before a sealed one but committed after it would break the id order:
+    the sealer waits for open transactions, and gives up after ``wait`` seconds."""
+    from prefect_integrations.store.audit_seal import SealWaitTimeout
+
+    slow = db.sessions()
+    audit.record(slow, action=AuditAction.HEALTH_CHECK, actor="slow")  # id 1, open
+    _append(db, 1, "quick", sealed=False)  # id 2, committed
+    with pytest.raises(SealWaitTimeout, match=r"stayed open for more than 0\.2 s"):
+        seal_pending(db, wait=0.2)
+    assert {r.seq for r in _rows(db)} == {None}  # nothing sealed
+
+    done: list[int] = []
+    sealer = threading.Thread(target=lambda: done.append(seal_pending(db).rows))
+    sealer.start()
+    sealer.join(0.5)
+    assert sealer.is_alive()  # still waiting
+    slow.commit()
+    slow.close()
+    sealer.join(60)
+    assert done == [2]
+    assert [(r.id, r.seq) for r in _rows(db)] == [(1, 1), (2, 2)]

@@ -1,4 +1,5 @@
-"""The audit log's chains: parallel appends, the Python hash, and tampering `verify` sees.
+"""The audit log's chains: parallel appends and sealing, the Python hash, and tampering
+`verify` sees.
 
 The tampering is done as the test cluster's superuser, who can switch the guard triggers
 off (``session_replication_role = replica`` or ``DISABLE TRIGGER``) and replace
@@ -20,7 +21,8 @@ import sqlalchemy as sa
 from prefect_integrations.db import Database
 from prefect_integrations.store import audit
 from prefect_integrations.store.audit import AuditAction
-from prefect_integrations.store.audit_chain import CHAINS, json_string, timestamp_text
+from prefect_integrations.store.audit_chain import json_string, timestamp_text
+from prefect_integrations.store.audit_seal import seal_pending
 
 AWKWARD = [
     "",
@@ -39,6 +41,7 @@ def _append(db: Database, n: int, *, actor: str = "t") -> None:
     for i in range(n):
         with db.transaction() as s:
             audit.record(s, action=AuditAction.HEALTH_CHECK, actor=actor, details={"i": i})
+    seal_pending(db)
 
 
 def _tamper(db: Database, *statements: str) -> None:
@@ -59,6 +62,7 @@ def _two_in_one_chain(db: Database) -> tuple[Any, Any]:
     with db.transaction() as s:
         for i in range(3):
             audit.record(s, action=AuditAction.METHOD_CALL, actor="pair", details={"i": i})
+    seal_pending(db)
     with db.transaction() as s:
         rows = s.execute(
             sa.text(
@@ -119,9 +123,19 @@ def test_rows_with_awkward_text_verify(db: Database) -> None:
                 integration_id=text[:255] or None,
                 details={text: text, "n": [1.5, 1e-7, 10**20, True, None], "o": {"": text}},
             )
+    assert _verify(db).unsealed == len(AWKWARD)
+    assert seal_pending(db).rows == len(AWKWARD)
     report = _verify(db)
     assert report.ok, report.problems
-    assert report.rows == len(AWKWARD)
+    assert (report.rows, report.unsealed) == (len(AWKWARD), 0)
+    with db.transaction() as s:  # the sealer's Python hash is the SQL formula's
+        differ = s.execute(
+            sa.text(
+                "SELECT count(*) FROM integration_audit_log l "
+                "WHERE l.hash IS DISTINCT FROM integration_audit_hash(l.prev_hash, l)"
+            )
+        ).scalar_one()
+    assert differ == 0
 
 
 # --------------------------------------------------------------------------------------
@@ -220,16 +234,50 @@ def test_a_replaced_hash_function_is_named(db: Database) -> None:
     ]
 
 
-def test_a_disabled_append_trigger_is_named(db: Database) -> None:
-    _append(db, 2)
+@pytest.mark.parametrize(
+    ("statement", "detail"),
+    [
+        (
+            "ALTER TABLE integration_audit_log ALTER COLUMN id "
+            "SET DEFAULT nextval('integration_audit_log_id_seq')",
+            "the default of id is not the expected one",
+        ),
+        (
+            "ALTER TABLE integration_audit_log ALTER COLUMN db_role SET DEFAULT 'auditor'",
+            "the default of db_role is not the expected one",
+        ),
+        (
+            "ALTER TABLE integration_audit_log ALTER COLUMN occurred_at DROP DEFAULT",
+            "the default of occurred_at is not the expected one",
+        ),
+        (
+            "ALTER TABLE integration_audit_log ALTER COLUMN seq SET DEFAULT 1",
+            "seq has a default",
+        ),
+        (
+            "GRANT INSERT ON integration_audit_log TO prefect_integrations_runtime",
+            "prefect_integrations_runtime may INSERT every column",
+        ),
+        (
+            "GRANT INSERT (occurred_at), UPDATE (details) ON integration_audit_log TO PUBLIC",
+            "PUBLIC may INSERT occurred_at",
+        ),
+        (
+            "GRANT DELETE, TRUNCATE ON integration_audit_log TO prefect_integrations_admin",
+            "prefect_integrations_admin may DELETE the table",
+        ),
+    ],
+)
+def test_a_changed_default_or_a_wider_grant_is_named(
+    db: Database, runtime_db: Database, admin_db: Database, statement: str, detail: str
+) -> None:
+    """The defaults number and stamp rows; roles may write a row's content and seal it."""
+    _append(db, 1)
+    assert _verify(db).ok
     with db.transaction() as s:
-        s.execute(
-            sa.text("ALTER TABLE integration_audit_log DISABLE TRIGGER integration_audit_append")
-        )
-    report = _verify(db)
-    assert [(p.kind, p.detail) for p in report.problems] == [
-        ("trigger", "integration_audit_append is disabled")
-    ]
+        s.execute(sa.text(statement))
+    details = [p.detail for p in _verify(db).problems]
+    assert detail in details and {p.kind for p in _verify(db).problems} == {"table"}, details
 
 
 @pytest.mark.parametrize(
@@ -254,12 +302,17 @@ def test_a_disabled_append_trigger_is_named(db: Database) -> None:
             "rule forget rewrites statements on the log",
         ),
         (
-            "ALTER FUNCTION integration_audit_append() SECURITY DEFINER",
-            "integration_audit_append runs as its owner",
+            "ALTER FUNCTION integration_audit_refuse() SECURITY DEFINER",
+            "integration_audit_refuse runs as its owner",
         ),
         (
-            "ALTER FUNCTION integration_audit_append() SET search_path = mallory",
-            "integration_audit_append changes settings when it runs",
+            "ALTER FUNCTION integration_audit_refuse() SET search_path = mallory",
+            "integration_audit_refuse changes settings when it runs",
+        ),
+        (
+            "CREATE TRIGGER integration_audit_append BEFORE INSERT ON integration_audit_log "
+            "FOR EACH ROW EXECUTE FUNCTION integration_audit_refuse()",
+            "integration_audit_append is not one of the log's triggers",
         ),
     ],
 )
@@ -285,30 +338,46 @@ def _writer(url: str, name: str, start: Any) -> None:
         for i in range(PER_WRITER):
             with database.transaction() as s:
                 audit.record(s, action=AuditAction.METHOD_CALL, actor=name, details={"i": i})
-                if i % 3 == 0:  # several rows in one transaction stay in one chain
+                if i % 3 == 0:  # several rows in one transaction
                     audit.record(s, action=AuditAction.METHOD_CALL, actor=name, details={"i": -i})
     finally:
         database.dispose()
 
 
+def _sealer(url: str, start: Any, stop: Any) -> None:
+    database = Database.from_url(url)
+    try:
+        start.wait()
+        while not stop.is_set():
+            seal_pending(database, batch=50)
+    finally:
+        database.dispose()
+
+
 def test_writers_in_several_processes_lose_no_row_and_break_no_chain(db: Database) -> None:
+    """Writers append while two sealers chain their rows: every row is sealed once, in id
+    order, with no gap and no fork."""
     context = multiprocessing.get_context("spawn")
-    start = context.Event()
+    start, stop = context.Event(), context.Event()
     workers = [
         context.Process(target=_writer, args=(db.url, f"w{i}", start)) for i in range(WRITERS)
     ]
-    for worker in workers:
-        worker.start()
+    sealers = [context.Process(target=_sealer, args=(db.url, start, stop)) for _ in range(2)]
+    for process in workers + sealers:
+        process.start()
     start.set()
     for worker in workers:
         worker.join(timeout=300)
-    assert [w.exitcode for w in workers] == [0] * WRITERS
+    stop.set()
+    for sealer in sealers:
+        sealer.join(timeout=300)
+    assert [p.exitcode for p in workers + sealers] == [0] * (WRITERS + 2)
+    seal_pending(db)
     report = _verify(db)
     per_writer = PER_WRITER + len(range(0, PER_WRITER, 3))
     assert report.ok, report.problems[:10]
-    assert report.rows == WRITERS * per_writer
-    assert sum(c.rows for c in report.chains) == report.rows
-    assert 1 < len(report.chains) <= CHAINS
+    assert (report.rows, report.unsealed) == (WRITERS * per_writer, 0)
+    assert [(c.chain, c.rows, c.seq) for c in report.chains] == [(0, report.rows, report.rows)]
     with db.transaction() as s:
         actors: Counter[str] = Counter(
             dict(
@@ -317,14 +386,14 @@ def test_writers_in_several_processes_lose_no_row_and_break_no_chain(db: Databas
                 ).all()
             )
         )
-        split = s.execute(
+        in_id_order = s.execute(
             sa.text(
-                "SELECT count(*) FROM (SELECT actor, abs(CAST(details->>'i' AS int)) "
-                "FROM integration_audit_log GROUP BY 1, 2 HAVING count(DISTINCT chain) > 1) x"
+                "SELECT bool_and(seq = n) FROM (SELECT seq, row_number() OVER (ORDER BY id) "
+                "AS n FROM integration_audit_log) x"
             )
         ).scalar_one()
     assert actors == {f"w{i}": per_writer for i in range(WRITERS)}
-    assert split == 0  # rows of one transaction never span two chains
+    assert in_id_order
 
 
 def test_verify_reads_rows_through_a_server_side_cursor(

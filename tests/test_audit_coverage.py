@@ -55,6 +55,7 @@ from prefect_integrations.runtime import reset_runtime, runtime
 from prefect_integrations.scope import Scope
 from prefect_integrations.store import audit, instances, key_registry, vault
 from prefect_integrations.store.audit import AuditAction
+from prefect_integrations.store.audit_seal import seal_pending
 from prefect_integrations.store.definitions import sync_definitions
 from prefect_integrations.store.rekey import rotate_keys
 
@@ -412,6 +413,7 @@ def _with_rotating(w: World) -> None:
 
 
 def _archive(w: World) -> None:
+    seal_pending(w.db)
     with w.db.transaction() as s:
         chains = s.execute(
             sa.text("SELECT count(DISTINCT chain) FROM integration_audit_log")
@@ -726,14 +728,16 @@ def test_every_written_action_is_in_the_table() -> None:
 
 @pytest.fixture
 def logged(echo_db: Database, world: World) -> Database:
-    """A store with a few audit rows (a sync, a create, a decrypt)."""
+    """A store with a few audit rows (a sync, a create, a decrypt), sealed."""
     _with_instance(world)
     _decrypt(world)
+    seal_pending(echo_db)
     return echo_db
 
 
 CHANGES = (
     "UPDATE integration_audit_log SET details = '{}' WHERE id = 2",
+    "UPDATE integration_audit_log SET seq = seq + 100 WHERE id = 2",
     "UPDATE integration_audit_log SET hash = prev_hash "
     "WHERE id = (SELECT max(id) FROM integration_audit_log)",
     "DELETE FROM integration_audit_log WHERE id = (SELECT max(id) FROM integration_audit_log)",
@@ -741,6 +745,10 @@ CHANGES = (
 FORGED = (
     "INSERT INTO integration_audit_log (actor, action, outcome, details, hash) "
     "VALUES ('mallory', 'forged.row', 'success', '{}', '\\x00')"
+)
+APPENDED = (
+    "INSERT INTO integration_audit_log (actor, action, outcome, details) "
+    "VALUES ('mallory', 'forged.row', 'success', '{}')"
 )
 
 
@@ -755,12 +763,18 @@ def test_rows_cannot_be_changed_or_forged(
         with pytest.raises(PermissionDenied), database.transaction("alter the audit log") as s:
             s.execute(sa.text(statement))
         assert _chain(db) == before, f"{role_db} changed the log with {statement!r}"
-    # appending is allowed, but the trigger numbers and chains the row itself
+    # a role may append a row's content only: the defaults number and stamp it, the
+    # sealer hashes it (the owner could write any column; `verify` names what it finds)
+    if role_db != "db":
+        with pytest.raises(PermissionDenied), database.transaction("forge a row") as s:
+            s.execute(sa.text(FORGED))
     with database.transaction("append to the audit log") as s:
-        s.execute(sa.text(FORGED))
+        s.execute(sa.text(APPENDED))
     after = _chain(db)
     assert after[:-1] == before and after[-1][0] == before[-1][0] + 1
-    assert after[-1][4] != "00"
+    assert after[-1][4] is None
+    seal_pending(database)
+    assert _chain(db)[-1][4] not in (None, "00")
     with db.transaction() as s:
         assert audit.verify(s).ok
 
@@ -842,6 +856,33 @@ def test_cli_verify_passes_on_an_intact_log(cli: Cli, logged: Database) -> None:
         *(f"chain {c.chain}: seq {c.seq}, head {c.head}" for c in report.chains),
     ]
     assert cli.json("audit", "verify") == {**report.as_dict(), "ok": True}
+
+
+def test_cli_seal_chains_the_rows_verify_reports_waiting(
+    cli: Cli, logged: Database, world: World
+) -> None:
+    _decrypt(world)
+    _decrypt(world)
+    with logged.transaction() as s:
+        before = audit.verify(s)
+    assert before.unsealed == 2 and before.oldest_unsealed is not None
+    out = cli.ok("audit", "verify").out.splitlines()
+    assert out[-1] == (
+        f"2 rows not sealed yet, the oldest of {before.oldest_unsealed} "
+        "(checked once sealed: `audit seal`)"
+    )
+    [head] = before.chains
+    sealed = cli.json("audit", "seal")
+    assert {k: sealed[k] for k in ("rows", "chain", "seq")} == {
+        "rows": 2,
+        "chain": head.chain,
+        "seq": head.seq + 2,
+    }
+    with logged.transaction() as s:
+        after = audit.verify(s)
+    assert after.ok and (after.rows, after.unsealed) == (before.rows + 2, 0)
+    assert after.chains[0].head == sealed["head"]
+    assert cli.ok("audit", "seal").out.startswith(f"sealed 0 rows into chain {head.chain}:")
 
 
 @pytest.mark.parametrize(

@@ -35,8 +35,9 @@ from prefect_integrations.db import Database
 from prefect_integrations.exceptions import AuditChainBroken, PermissionDenied, ValidationError
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.store import audit
-from prefect_integrations.store.audit import AuditAction
-from prefect_integrations.store.audit_chain import CHAIN_SETTING, CHAINS, LOCK_CLASS
+from prefect_integrations.store.audit import AuditAction, AuditRow
+from prefect_integrations.store.audit_chain import CHAINS, LOCK_CLASS
+from prefect_integrations.store.audit_seal import seal, seal_pending
 
 from .test_audit_chains import _append, _tamper
 
@@ -44,6 +45,8 @@ ACTOR = "archivist"
 
 
 def _checkpoint(db: Database, keyring: Keyring, previous: Checkpoint | None = None) -> Checkpoint:
+    """Seal, then sign (as `audit checkpoint` and the maintenance runs do)."""
+    seal_pending(db)
     with db.transaction() as s:
         return take_checkpoint(s, keyring, database=database_label(db.url), previous=previous)
 
@@ -183,10 +186,18 @@ TAMPERING = {
 
 
 def _one_chain(db: Database, n: int) -> None:
-    """``n`` rows in one chain (one transaction holds one chain)."""
+    """``n`` rows appended in one transaction, then sealed."""
     with db.transaction() as s:
         for i in range(n):
             audit.record(s, action=AuditAction.METHOD_CALL, actor="one", details={"i": i})
+    seal_pending(db)
+
+
+def _in_chain(s: Any, chain: int, row: AuditRow) -> int:
+    """Append ``row`` and seal it into ``chain`` at once (as an archive seals its cut)."""
+    row_id = audit.record_one(s, row)
+    seal(s, chain=chain, ids=[row_id])
+    return row_id
 
 
 @pytest.mark.parametrize("tampering", sorted(TAMPERING))
@@ -218,17 +229,14 @@ def test_a_cut_tail_is_detected_only_with_a_checkpoint(db: Database, keyring: Ke
 
 
 def test_a_cut_tail_followed_by_new_rows_is_detected(db: Database, keyring: Keyring) -> None:
-    """The trigger numbers the next row where the cut chain ends: the head is another row."""
+    """The sealer numbers the next row where the cut chain ends: the head is another row."""
     _one_chain(db, 4)
     checkpoint = _checkpoint(db, keyring)
     last = _last(db)
     _tamper(db, f"DELETE FROM integration_audit_log WHERE id = {last.id}")
     with db.transaction() as s:
-        s.execute(
-            sa.text("SELECT set_config('prefect_integrations.audit_chain', :c, true)"),
-            {"c": str(last.chain)},
-        )
         audit.record(s, action=AuditAction.METHOD_CALL, actor="later")
+    seal_pending(db)
     assert _verify(db).ok
     assert _kinds(_verify(db, checkpoint)) == {"rewritten"}
 
@@ -364,11 +372,7 @@ def test_the_guard_still_refuses_deletes_no_cut_covers(db: Database) -> None:
     # a cut covering seq 1 only: seq 2 stays protected
     with db.transaction() as s:
         chain = s.execute(sa.text("SELECT chain FROM integration_audit_log LIMIT 1")).scalar_one()
-        s.execute(
-            sa.text("SELECT set_config('prefect_integrations.audit_chain', :c, true)"),
-            {"c": str(chain)},
-        )
-        audit.record(s, action=AuditAction.AUDIT_ARCHIVE, actor=ACTOR, details={"through_seq": 1})
+        _in_chain(s, chain, AuditRow(AuditAction.AUDIT_ARCHIVE, ACTOR, details={"through_seq": 1}))
         assert s.execute(sa.text("DELETE FROM integration_audit_log WHERE seq = 1")).rowcount == 1  # type: ignore[attr-defined]
     with pytest.raises(PermissionDenied), db.transaction() as s:
         s.execute(sa.text("DELETE FROM integration_audit_log WHERE seq = 2"))
@@ -472,22 +476,17 @@ def test_an_archive_cut_short_or_resigned_is_refused(archived: Path, keyring: Ke
 
 
 def _forge_cut(s: Any, chain: int, through_seq: int, through_hash: str) -> None:
-    """A cut appended as any writer can: the trigger hashes it, no key involved."""
-    s.execute(sa.text("SELECT set_config(:n, :c, true)"), {"n": CHAIN_SETTING, "c": str(chain)})
-    audit.record(
-        s,
-        action=AuditAction.AUDIT_ARCHIVE,
-        actor=ACTOR,
-        details={
-            "file": "audit.jsonl.gz",
-            "file_sha256": "0" * 64,
-            "through_seq": through_seq,
-            "through_hash": through_hash,
-            "rows": through_seq,
-            "key_id": "k1",
-            "mac": "AAAA",
-        },
-    )
+    """A cut appended and sealed as any writer can: no key involved."""
+    details = {
+        "file": "audit.jsonl.gz",
+        "file_sha256": "0" * 64,
+        "through_seq": through_seq,
+        "through_hash": through_hash,
+        "rows": through_seq,
+        "key_id": "k1",
+        "mac": "AAAA",
+    }
+    _in_chain(s, chain, AuditRow(AuditAction.AUDIT_ARCHIVE, ACTOR, details=details))
 
 
 def test_a_forged_cut_hides_no_row(db: Database, keyring: Keyring) -> None:
@@ -583,22 +582,19 @@ def test_writers_append_while_chains_are_cut(
 
     for chain in range(CHAINS):  # a row in every chain
         with db.transaction() as s:
-            s.execute(
-                sa.text("SELECT set_config(:n, :c, true)"), {"n": CHAIN_SETTING, "c": str(chain)}
-            )
-            audit.record(s, action=AuditAction.HEALTH_CHECK, actor="t")
+            _in_chain(s, chain, AuditRow(AuditAction.HEALTH_CHECK, "t"))
     before = _now(db)
     paused, release = threading.Event(), threading.Event()
-    real = store_archive.record_many  # type: ignore[attr-defined]
+    real = store_archive.record_one  # type: ignore[attr-defined]
 
-    def pausing(session: Any, rows: Any) -> int:
-        written = real(session, rows)
+    def pausing(session: Any, row: Any) -> int:
+        written = real(session, row)
         if not paused.is_set():  # the first chain's cut is appended, not committed
             paused.set()
             release.wait(60)
         return written
 
-    monkeypatch.setattr(store_archive, "record_many", pausing)
+    monkeypatch.setattr(store_archive, "record_one", pausing)
     thread = threading.Thread(target=lambda: _archive(db, keyring, tmp_path / "a.gz", before))
     thread.start()
     try:

@@ -443,6 +443,9 @@ def test_instance_lifecycle(cli: Cli, db: Database, xero_creds: str, tmp_path: P
     text = cli.ok("audit", "tail").out
     assert "instance.delete" in text and "xero_main" in text
 
+    assert re.fullmatch(
+        r"sealed 7 rows into chain 0: seq 7, head [0-9a-f]{64}\n", cli.ok("audit", "seal").out
+    )
     verified = cli.ok("audit", "verify")
     assert re.fullmatch(
         r"audit log intact: 7 rows in \d+ chains\n(chain \d+: seq \d+, head [0-9a-f]{64}\n)+",

@@ -10,6 +10,7 @@ from prefect_integrations import db as dbmod
 from prefect_integrations.db import Database
 from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.exceptions import PermissionDenied
+from prefect_integrations.store.audit_seal import seal_pending
 from prefect_integrations.store.grants import apply_grants
 
 from .spec import EXTRA_COLUMNS, SPEC_COLUMNS, SPEC_INDEXES
@@ -266,6 +267,55 @@ def test_audit_rows_survive_the_chains_both_ways(empty_db: Database) -> None:
 
     dbmod.upgrade(empty_db)
     _append_rows(empty_db, "again", 2)
+    seal_pending(empty_db)
     with empty_db.transaction() as s:
         report = audit.verify(s)
     assert report.ok and report.rows == 9, report.problems
+
+
+def test_rows_chained_by_the_trigger_and_by_the_sealer_verify_alike(empty_db: Database) -> None:
+    """Revision 0009: rows the chaining trigger of 0008 wrote, in several chains, stay
+    valid; new rows wait for the sealer; downgrading seals them and brings the chaining
+    trigger back."""
+    from prefect_integrations.store import audit
+
+    dbmod.upgrade(empty_db, "2026_11_30_0008")
+    for chain in (3, 7):
+        with empty_db.transaction() as s:
+            s.execute(
+                sa.text("SELECT set_config('prefect_integrations.audit_chain', :c, true)"),
+                {"c": str(chain)},
+            )
+            for i in range(2):
+                s.execute(
+                    sa.text(
+                        "INSERT INTO integration_audit_log (actor, action, outcome, details) "
+                        "VALUES ('chained', 'health.check', 'success', CAST(:d AS jsonb))"
+                    ),
+                    {"d": f'{{"i": {i}}}'},
+                )
+    dbmod.upgrade(empty_db)
+    _append_rows(empty_db, "stamped", 3)
+    with empty_db.transaction() as s:
+        report = audit.verify(s)
+    assert report.ok, report.problems
+    assert [(c.chain, c.rows) for c in report.chains] == [(3, 2), (7, 2)]
+    assert report.unsealed == 3
+    seal_pending(empty_db)
+    with empty_db.transaction() as s:
+        report = audit.verify(s)
+    assert report.ok and (report.rows, report.unsealed) == (7, 0)
+    assert [(c.chain, c.rows) for c in report.chains] == [(0, 3), (3, 2), (7, 2)]
+
+    _append_rows(empty_db, "unsealed", 2)
+    dbmod.downgrade(empty_db, "2026_11_30_0008")
+    with empty_db.transaction() as s:
+        empty = s.execute(
+            sa.text("SELECT count(*) FROM integration_audit_log WHERE seq IS NULL")
+        ).scalar_one()
+    assert empty == 0
+    _append_rows(empty_db, "chained again", 1)  # NOT NULL columns: the trigger chains it
+    dbmod.upgrade(empty_db)
+    with empty_db.transaction() as s:
+        report = audit.verify(s)
+    assert report.ok and report.rows == 10, report.problems

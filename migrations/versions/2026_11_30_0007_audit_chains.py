@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from prefect_integrations.store.audit_chain import CHAINS, functions_sql
+from prefect_integrations.store.audit_chain import CHAINS, chained_functions_sql
 
 revision: str = "2026_11_30_0007"
 down_revision: str | None = "2026_11_30_0006"
@@ -124,7 +124,7 @@ def upgrade() -> None:
         ["chain", "seq"],
         unique=True,
     )
-    op.execute(functions_sql(_schema()))
+    op.execute(chained_functions_sql(_schema()))
 
 
 def downgrade() -> None:

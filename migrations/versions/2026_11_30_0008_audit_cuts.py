@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from prefect_integrations.store.audit_chain import CUT_ACTION, CUT_INDEX, functions_sql
+from prefect_integrations.store.audit_chain import CUT_ACTION, CUT_INDEX, chained_functions_sql
 
 revision: str = "2026_11_30_0008"
 down_revision: str | None = "2026_11_30_0007"
@@ -48,7 +48,7 @@ def upgrade() -> None:
         ["chain", "seq"],
         postgresql_where=sa.text(f"action = '{CUT_ACTION}'"),
     )
-    op.execute(functions_sql(schema))
+    op.execute(chained_functions_sql(schema))
 
 
 def downgrade() -> None:

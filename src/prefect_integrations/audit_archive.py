@@ -17,13 +17,13 @@ links without a database. The trailer's signature (HMAC-SHA256 under a keyring s
 `audit_seals.sign_document`) covers the header's fields, the chains cut and the SHA-256
 of the row lines.
 
-`archive` runs one at a time (`store.audit_archive.archive_lock`). It verifies the log (it
-refuses to archive a broken one) and writes the file next to its destination in one
-read-only transaction, links it into place (never over an existing file) and flushes
-the folder; then, one transaction per chain so writers keep appending to the others,
-appends a cut signed with the keyring (`audit_seals.cut_mac`) and deletes the chain's
-rows. If the first chain's cut fails, the file is removed; after that the file is kept
-(it holds every row planned) and the error names the chains still uncut.
+`archive` runs one at a time (`store.audit_archive.archive_lock`). It seals the rows
+appended so far (`store.audit_seal`), verifies the log (it refuses to archive a broken
+one) and writes the file next to its destination in one read-only transaction, links it
+into place (never over an existing file) and flushes the folder; then, one transaction
+per chain, appends a cut signed with the keyring (`audit_seals.cut_mac`) and deletes the
+chain's rows. If the first chain's cut fails, the file is removed; after that the file
+is kept (it holds every row planned) and the error names the chains still uncut.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from prefect_integrations.store.audit_archive import (
     plan_cuts,
 )
 from prefect_integrations.store.audit_chain import row_hash
+from prefect_integrations.store.audit_seal import seal_pending
 from prefect_integrations.store.audit_verify import verify
 
 __all__ = ["ARCHIVE_FORMAT", "ArchiveReport", "ArchiveResult", "archive", "verify_archive"]
@@ -233,6 +234,7 @@ def archive(
         raise ValidationError(subject, [], "not a usable file name") from None
     partial = target.with_name(f".{target.name}.partial-{secrets.token_hex(8)}")
     with archive_lock(db):
+        seal_pending(db)  # the rows to archive are in a chain
         try:
             cuts, header, rows = _read_and_write(db, keyring, before, partial)
         except OSError as exc:

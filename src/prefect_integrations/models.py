@@ -9,6 +9,7 @@ __all__ = [
     "ADMIN_ROLE",
     "RUNTIME_ROLE",
     "RUNTIME_UPDATABLE_COLUMNS",
+    "SEAL_COLUMNS",
     "audit_log",
     "definitions",
     "instances",
@@ -22,6 +23,8 @@ metadata = sa.MetaData()
 
 ADMIN_ROLE = "prefect_integrations_admin"
 RUNTIME_ROLE = "prefect_integrations_runtime"
+#: The audit log's chain columns: empty when a row is appended, filled by the sealer.
+SEAL_COLUMNS = ("version", "chain", "seq", "prev_hash", "hash")
 #: The sequence the audit append trigger numbers rows from.
 AUDIT_ID_SEQUENCE = "integration_audit_log_id_seq"
 
@@ -91,7 +94,8 @@ instances = sa.Table(
 audit_log = sa.Table(
     "integration_audit_log",
     metadata,
-    # id, occurred_at, db_role, prev_hash and hash are set by the append trigger.
+    # id, occurred_at and db_role are set by the append trigger; the sealer fills
+    # version, chain, seq, prev_hash and hash later (`store/audit_seal.py`).
     sa.Column(
         "id", sa.BigInteger, primary_key=True, autoincrement=False, server_default=sa.FetchedValue()
     ),
@@ -106,11 +110,11 @@ audit_log = sa.Table(
     sa.Column("outcome", sa.String(20), nullable=False),
     sa.Column("details", JSONB, nullable=False),
     sa.Column("prev_hash", BYTEA),
-    sa.Column("hash", BYTEA, nullable=False, server_default=sa.FetchedValue()),
+    sa.Column("hash", BYTEA),
     # The hash formula, the chain and the place in it (`store/audit_chain.py`).
-    sa.Column("version", sa.SmallInteger, nullable=False, server_default=sa.FetchedValue()),
-    sa.Column("chain", sa.SmallInteger, nullable=False, server_default=sa.FetchedValue()),
-    sa.Column("seq", sa.BigInteger, nullable=False, server_default=sa.FetchedValue()),
+    sa.Column("version", sa.SmallInteger),
+    sa.Column("chain", sa.SmallInteger),
+    sa.Column("seq", sa.BigInteger),
     # 32: `prefect_integrations.store.audit_chain.CHAINS`
     sa.CheckConstraint("chain >= 0 AND chain < 32", name="ck_integration_audit_log_chain"),
     # Roles may only read and append (`prefect_integrations.store.grants.apply_grants`).

@@ -94,11 +94,12 @@ def up() -> None:
     """Bring the store up and print a summary of definitions and instances.
 
     Starts the embedded database when no URL is set, migrates, grants roles, syncs the
-    definitions.
+    definitions, seals the audit log.
     """
     from prefect_integrations import db as dbmod
     from prefect_integrations.cli._common import echo_table
     from prefect_integrations.store import audit
+    from prefect_integrations.store.audit_seal import SealWaitTimeout, seal_pending
     from prefect_integrations.store.definitions import list_definitions, sync_definitions
     from prefect_integrations.store.instances import list_instances
 
@@ -117,6 +118,10 @@ def up() -> None:
     echo(f"definitions: {report.counts()}")
     for warning in report.warnings():
         echo(f"warning: {warning}", err=True)
+    try:
+        seal_pending(database)
+    except SealWaitTimeout as exc:
+        echo(f"warning: {exc}", err=True)
     with rt.transaction("summarise the store") as session:
         stored = list_definitions(session)
         found = list_instances(session)
@@ -141,7 +146,8 @@ def up() -> None:
         by_state[inst.state] = by_state.get(inst.state, 0) + 1
     states = ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "none yet"
     echo(f"instances: {len(found)} ({states})")
-    echo(f"audit log: {chain.rows} rows, chain {'intact' if chain.ok else 'BROKEN'}")
+    waiting = f", {chain.unsealed} not sealed yet" if chain.unsealed else ""
+    echo(f"audit log: {chain.rows} rows, chain {'intact' if chain.ok else 'BROKEN'}{waiting}")
     if not found:
         echo("")
         for line in NEXT_STEPS:

@@ -1,4 +1,4 @@
-"""`prefect-integrations audit ...`: read, verify, checkpoint and archive the audit log."""
+"""`prefect-integrations audit ...`: read, seal, verify, checkpoint and archive the audit log."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from prefect_integrations.cli._common import (
 )
 from prefect_integrations.exceptions import ValidationError
 from prefect_integrations.store import audit
+from prefect_integrations.store.audit_seal import WAIT, seal_pending
 
 app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
 
@@ -144,6 +145,34 @@ def _load_checkpoint(reference: str) -> Checkpoint:
 
 
 @app.command()
+def seal(
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            min=0,
+            help="Seconds to wait for open transactions that may still append (then exit 1)",
+        ),
+    ] = WAIT,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Chain the rows appended since the last seal (every maintenance run also does).
+
+    Appends only number and stamp a row; sealing links the new rows, in id order, into
+    the hash chain that `audit verify` checks and `audit checkpoint` signs.
+    """
+    rt = runtime()
+    report = seal_pending(rt.db, wait=wait)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        echo(
+            f"sealed {report.rows} rows into chain {report.chain}: "
+            f"seq {report.seq}, head {report.head or '-'}"
+        )
+
+
+@app.command()
 def verify(
     checkpoint: Annotated[
         str | None,
@@ -157,7 +186,8 @@ def verify(
 ) -> None:
     """Recompute every hash; exit 1 if a row, trigger or function was changed or removed.
 
-    Prints each chain's last seq and hash. Without a checkpoint, the newest rows of a
+    Read-only. Prints each chain's last seq and hash, and how many rows await sealing
+    (`audit seal`: they are checked once sealed). Without a checkpoint, the newest rows of a
     chain removed (a cut tail) or rows appended by someone computing the hashes look
     like a shorter or longer intact chain; with ``--checkpoint`` (a file from `audit
     checkpoint`, or the artifact each maintenance run publishes) each chain must still
@@ -187,6 +217,11 @@ def verify(
                 f"seq {chain.first_seq}-{chain.seq}" if chain.first_seq > 1 else f"seq {chain.seq}"
             )
             echo(f"chain {chain.chain}: {start}, head {chain.head}")
+        if report.unsealed:
+            echo(
+                f"{_count(report.unsealed, 'row')} not sealed yet, the oldest of "
+                f"{report.oldest_unsealed} (checked once sealed: `audit seal`)"
+            )
         for cut in report.cuts:
             echo(
                 f"chain {cut.chain}: seq 1-{cut.through_seq} archived by row {cut.id} "
@@ -229,12 +264,13 @@ def checkpoint(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
 ) -> None:
-    """Verify the log, then sign the chains' heads, row count and time with the primary key.
+    """Seal and verify the log, then sign the chains' heads, row count and time.
 
-    Signs nothing if the log does not verify (exit 1). Keep the result outside the
-    database; `audit verify --checkpoint FILE` proves later that the log still holds what
-    it covered. Each maintenance run also publishes one as the Prefect artifact
-    ``integration-audit-checkpoint-<digest of the database>``, extending the previous one.
+    Signs with the keyring's primary key, and nothing if the log does not verify (exit 1).
+    Keep the result outside the database; `audit verify --checkpoint FILE` proves later that
+    the log still holds what it covered. Each maintenance run also publishes one as the
+    Prefect artifact ``integration-audit-checkpoint-<digest of the database>``, extending
+    the previous one.
     """
     if out is not None:
         check_output_file(
@@ -245,6 +281,7 @@ def checkpoint(
         )
     before = _load_checkpoint(previous) if previous is not None else None
     rt = runtime()
+    seal_pending(rt.db)
     with rt.transaction("take an audit checkpoint") as session:
         taken = take_checkpoint(
             session, rt.keyring, database=database_label(rt.db.url), previous=before

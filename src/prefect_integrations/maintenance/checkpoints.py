@@ -1,12 +1,13 @@
 """Audit checkpoints published as Prefect artifacts, and read back for `audit verify`.
 
-Every maintenance run ends by signing a checkpoint of the audit log's chains and
-publishing it as a markdown artifact: a short summary and the checkpoint's JSON in a
-fenced block. The artifact lives in the Prefect server's database, outside the
-integrations database, so its owner cannot quietly rewrite both. Each database has a key
-of its own (`artifact_key`: `ARTIFACT_KEY` and a digest of the database's label), so
-the checkpoints of several installations sharing a Prefect server never crowd each
-other out.
+Every maintenance run ends by sealing the rows appended since the last seal
+(`audit_seal`; a transaction left open too long only postpones them to the next run),
+signing a checkpoint of the audit log's chains and publishing it as a markdown artifact:
+a short summary and the checkpoint's JSON in a fenced block. The artifact lives in the
+Prefect server's database, outside the integrations database, so its owner cannot
+quietly rewrite both. Each database has a key of its own (`artifact_key`: `ARTIFACT_KEY`
+and a digest of the database's label), so the checkpoints of several installations
+sharing a Prefect server never crowd each other out.
 
 The checkpoints of a database form a chain (`audit_seals`): a run reads the stored ones
 (`stored_checkpoints`: the newest `ARTIFACTS_READ` artifacts of its key, those whose
@@ -44,6 +45,7 @@ from prefect_integrations.db import Database
 from prefect_integrations.exceptions import AuditChainBroken, ValidationError
 from prefect_integrations.keyring import Keyring
 from prefect_integrations.prefect_api import require_api_url
+from prefect_integrations.store.audit_seal import SealWaitTimeout, seal_pending
 
 __all__ = [
     "ARTIFACTS_READ",
@@ -157,6 +159,10 @@ def read_artifact_checkpoint(reference: str, keyring: Keyring, database: str) ->
 
 
 def _take(db: Database, keyring: Keyring) -> Checkpoint:
+    try:
+        seal_pending(db)
+    except SealWaitTimeout as exc:  # the checkpoint covers what is sealed; next run seals
+        _logger.warning("%s", exc)
     database = database_label(db.url)
     previous = newest(stored_checkpoints(keyring, database))
     with db.transaction("take an audit checkpoint") as session:

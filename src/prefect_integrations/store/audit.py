@@ -1,9 +1,9 @@
 """The append-only, hash-chained audit log: the one writer of its rows.
 
-A trigger numbers each row, stamps it and links it into one of several hash chains
-(``sha256(prev_hash || row)``, see `audit_chain`); UPDATE, DELETE and TRUNCATE are
-refused, except the DELETE of rows an archive's cut covers (`audit_archive`). `verify`
-(from `audit_verify`) recomputes every hash in Python. Details never
+Each row's defaults number and stamp it; the sealer (`audit_seal`) later links the rows
+into a hash chain (``sha256(prev_hash || row)``, see `audit_chain`). UPDATE, DELETE and
+TRUNCATE are refused, except sealing and the DELETE of rows an archive's cut covers
+(`audit_archive`). `verify` (from `audit_verify`) recomputes every hash in Python. Details never
 hold secrets: callers pass names and counts, not values.
 """
 
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from prefect_integrations.db import translate_errors
 from prefect_integrations.models import audit_log
-from prefect_integrations.store.audit_chain import CHAIN_SETTING
+from prefect_integrations.store.audit_chain import APPENDED_COLUMNS
 from prefect_integrations.store.audit_verify import Problem, VerifyReport, verify
 
 __all__ = [
@@ -33,10 +33,10 @@ __all__ = [
     "Problem",
     "VerifyReport",
     "bind_action",
-    "holds_audit_chain",
     "insert_rows",
     "record",
     "record_many",
+    "record_one",
     "record_outside",
     "select_row",
     "tail",
@@ -149,6 +149,14 @@ def record_many(session: Session | Connection, rows: Iterable[AuditRow]) -> int:
     return len(values)
 
 
+def record_one(session: Session | Connection, row: AuditRow) -> int:
+    """Append one row in the caller's transaction (see `record_many`); returns its id."""
+    values = _values(row)
+    with translate_errors(f"write the audit log ({values['action']})"):
+        inserted = session.execute(sa.insert(audit_log).values(**values).returning(audit_log.c.id))
+        return int(inserted.scalar_one())
+
+
 def record(
     session: Session | Connection,
     *,
@@ -167,12 +175,9 @@ def record(
 # Audit rows appended inside a larger statement
 # --------------------------------------------------------------------------------------
 
-#: The columns an appended row sets, in the order of `select_row`; the append trigger
-#: sets the others (id, time, database role, chain, seq, hashes).
-_APPENDED_COLUMNS = tuple(
-    audit_log.c[name].name
-    for name in ("actor", "action", "instance_id", "integration_id", "outcome", "details")
-)
+#: The columns an appended row sets, in the order of `select_row`; the defaults set the
+#: others (id, time, database role) and the sealer the chain columns.
+_APPENDED_COLUMNS = APPENDED_COLUMNS
 #: The bind parameter holding the action of the rows `insert_rows` appends.
 _ACTION_PARAM = "audit_action"
 
@@ -203,7 +208,7 @@ def insert_rows(*selects: str) -> str:
 
     For a data-modifying CTE of a statement that must append its audit rows itself (one
     round trip); the statement is then passed through `bind_action`. Rows are numbered,
-    stamped and chained by the append trigger, as those of `record`.
+    stamped and sealed as those of `record`.
     """
     if not selects:
         raise ValueError("insert_rows needs at least one select")
@@ -219,16 +224,6 @@ def bind_action(statement: sa.TextClause, action: AuditAction) -> sa.TextClause:
     )
 
 
-def holds_audit_chain(session: Session) -> bool:
-    """True when this session's transaction has appended to the audit log (holds a chain)."""
-    return bool(
-        session.execute(
-            sa.text("SELECT coalesce(current_setting(CAST(:name AS text), true), '') <> ''"),
-            {"name": CHAIN_SETTING},
-        ).scalar()
-    )
-
-
 def record_outside(
     session: Session,
     *,
@@ -241,14 +236,9 @@ def record_outside(
 ) -> None:
     """Record a failure so that it survives the caller's rollback.
 
-    Written in its own transaction on another connection, unless the caller's transaction
-    already holds an audit chain: then in the caller's (when every chain is busy the
-    other connection would wait for one, possibly the caller's, which waits for it).
+    Written in its own transaction on another connection (an append waits for nothing).
     """
     row = AuditRow(action, actor, outcome, instance_id, integration_id, details)
-    if holds_audit_chain(session):
-        record_many(session, [row])
-        return
     bind = session.get_bind()
     engine: Engine = bind.engine
     with engine.begin() as connection:

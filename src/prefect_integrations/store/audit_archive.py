@@ -2,10 +2,10 @@
 
 `plan_cuts` finds, per chain, the last seq before which every row is older than a time;
 `archived_rows` streams those rows in chain order (constant memory) for the archive
-file; `cut_chain` appends a cut to one chain (an ``audit.archive`` row pinned to that
-chain, naming ``through_seq`` and the hash of the last row it removes, signed by the
-caller) and deletes the rows, in the caller's transaction: one chain per transaction,
-so writers append to the other chains meanwhile. The guard function lets a DELETE
+file; `cut_chain` appends a cut to one chain (an ``audit.archive`` row sealed at once
+into that chain, naming ``through_seq`` and the hash of the last row it removes, signed
+by the caller) and deletes the rows, in the caller's transaction: one chain per
+transaction, so the sealer works on the other chains meanwhile. The guard function lets a DELETE
 through only for rows a later cut of their chain covers (`audit_chain`). Archives run
 one at a time: `archive_lock` holds a session-level advisory lock on a connection of
 its own for the whole archive.
@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session
 
 from prefect_integrations.db import Database, translate_errors
 from prefect_integrations.models import audit_log
-from prefect_integrations.store.audit import AuditAction, AuditRow, record_many
-from prefect_integrations.store.audit_chain import CHAIN_SETTING, LOCK_CLASS
+from prefect_integrations.store.audit import AuditAction, AuditRow, record_one
+from prefect_integrations.store.audit_chain import LOCK_CLASS, SEAL_CHAIN
+from prefect_integrations.store.audit_seal import seal
 
 __all__ = [
     "ARCHIVE_COLUMNS",
@@ -98,7 +99,7 @@ _PLAN = sa.text(
     WITH g AS (
       SELECT chain, min(seq) AS first_seq, max(seq) AS last_seq,
              min(seq) FILTER (WHERE occurred_at >= :before) AS keep_from
-        FROM {audit_log.name} GROUP BY chain
+        FROM {audit_log.name} WHERE chain IS NOT NULL AND seq IS NOT NULL GROUP BY chain
     ), p AS (
       SELECT chain, first_seq, coalesce(keep_from - 1, last_seq) AS through_seq FROM g
     )
@@ -162,14 +163,12 @@ def cut_chain(session: Session, planned: PlannedCut, *, actor: str, details: dic
     Returns the rows deleted. The chain stays held by this transaction until it ends.
     """
     with translate_errors("archive the audit log"):
-        session.execute(
-            sa.text("SELECT set_config(:name, :chain, true)"),
-            {"name": CHAIN_SETTING, "chain": str(planned.chain)},
+        cut = record_one(
+            session, AuditRow(action=AuditAction.AUDIT_ARCHIVE, actor=actor, details=details)
         )
-        record_many(
-            session, [AuditRow(action=AuditAction.AUDIT_ARCHIVE, actor=actor, details=details)]
-        )
-        # later appends of this transaction take a chain as usual
-        session.execute(sa.text("SELECT set_config(:name, '', true)"), {"name": CHAIN_SETTING})
+        if planned.chain == SEAL_CHAIN:  # after the rows appended before it
+            seal(session, chain=planned.chain)
+        else:
+            seal(session, chain=planned.chain, ids=[cut])
         result = session.execute(_DELETE, {"chain": planned.chain, "through": planned.through_seq})
         return int(result.rowcount)  # type: ignore[attr-defined]

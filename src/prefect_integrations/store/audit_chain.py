@@ -1,30 +1,33 @@
-"""The audit log's chains: the SQL that appends a row, and the same hash in Python.
+"""The audit log's chains: the SQL that stamps and guards rows, and the hash in Python.
 
-The log is `CHAINS` independent hash chains. The append trigger gives each audited
-transaction one chain for its lifetime: the first free one, trying transaction-level
-advisory locks without waiting (``pg_try_advisory_xact_lock``) from an offset taken from
-the backend's pid so writers spread, or, when every chain is busy, its own by pid,
-waiting for it. The lock is held until commit, so a chain's rows commit in ``seq`` order
-with no gap, while transactions on other chains append at the same time; the chain's
-last row (found through the unique ``(chain, seq)`` index) is its head. Each row is
-numbered from a sequence (gaps are allowed: a rolled back row leaves one), stamped, and
-linked to its chain's previous row::
+Appends do not chain. An appended row is a plain INSERT: the columns' defaults
+(`STAMP_DEFAULTS`) number it from a sequence and stamp it (time, database role), and
+its chain columns stay empty; roles may write only `APPENDED_COLUMNS` (`grants`). So
+audited transactions append in parallel at the cost of an INSERT into any table. The
+sealer (`audit_seal`) then chains
+the rows in id order, like a transparency log's sequencer: under the chain's
+transaction-level advisory lock it reads the chain's last row (its head), computes each
+new row's hash in Python and sets ``version``, ``chain``, ``seq``, ``prev_hash`` and
+``hash`` in one UPDATE per batch::
 
     hash = sha256(prev_hash || utf8(jsonb_build_array(2, id, chain, seq, occurred_at,
                   actor, db_role, action, instance_id, integration_id, outcome,
                   details)::text))
 
-The trigger reads a chain's last row with the statement's snapshot: under READ COMMITTED
-(the package's isolation) it sees every earlier commit on the chain; a REPEATABLE READ
-or SERIALIZABLE transaction whose snapshot is older than another commit on the chain
-fails on the unique ``(chain, seq)`` index instead of forking the chain (retry it).
+The guard function refuses every UPDATE, DELETE and TRUNCATE except two: sealing (an
+UPDATE that fills the empty chain columns of a row and changes nothing else) and the
+DELETE of rows a later cut of their chain covers (`audit archive`).
 
-Rows written before the chains (version 1) are chain 0's history, hashed without the
-version, chain and seq. `row_hash` computes both versions in Python from the row's
-values, so `audit_verify` never relies on a function of the database.
+The log is `CHAINS` chains. The sealer extends `SEAL_CHAIN`; an archive seals its cut
+into the chain it cuts. Rows chained by the append trigger of revisions 0007 and 0008
+(`chained_functions_sql`, which took a free chain per transaction) are the other chains'
+history, hashed with the same formula. Rows written before the chains (version 1) are
+chain 0's history, hashed without the version, chain and seq. `row_hash` computes both
+versions in Python from the row's values, so `audit_verify` never relies on a function
+of the database.
 
-The function bodies are kept here, and created by the migration that introduced the
-chains: `audit_verify` compares the database's definitions with them.
+The function bodies and defaults are kept here, and created by the migrations:
+`audit_guard` compares the database's definitions with them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "APPENDED_COLUMNS",
     "CHAINS",
     "CHAIN_SETTING",
     "CUT_ACTION",
@@ -41,8 +45,11 @@ __all__ = [
     "EXPECTED_FUNCTIONS",
     "EXPECTED_TRIGGERS",
     "LOCK_CLASS",
+    "SEAL_CHAIN",
+    "STAMP_DEFAULTS",
     "ExpectedFunction",
     "ExpectedTrigger",
+    "chained_functions_sql",
     "function_bodies",
     "functions_sql",
     "json_string",
@@ -50,9 +57,12 @@ __all__ = [
     "timestamp_text",
 ]
 
-#: How many chains the append trigger uses (at least the writers expected at once).
+#: How many chains the log may hold (``chain`` runs from 0 to CHAINS - 1).
 CHAINS = 32
-#: The transaction-local setting naming the chain a transaction appends to.
+#: The chain the sealer extends.
+SEAL_CHAIN = 0
+#: The transaction-local setting through which the append trigger of revisions 0007 and
+#: 0008 (`chained_functions_sql`) let a transaction name its chain.
 CHAIN_SETTING = "prefect_integrations.audit_chain"
 #: The action of a cut: the row `audit archive` appends to a chain before deleting the
 #: chain's rows up to ``details.through_seq`` (`AuditAction.AUDIT_ARCHIVE`).
@@ -69,14 +79,31 @@ _HASH_EXPRESSION = """sha256(coalesce(prev, ''::bytea) || convert_to(jsonb_build
       r.actor, r.db_role, r.action, r.instance_id, r.integration_id, r.outcome, r.details
     )::text, 'UTF8'))"""
 
-# For whoever wants the formula in SQL; the trigger computes it inline (no function call).
+# For whoever wants the formula in SQL (the sealer computes it in Python).
 _HASH_BODY = f"""
   SELECT {_HASH_EXPRESSION}
 """
 
-# Runs as the writer: db_role is the writer's role; tables are named with their schema,
-# so a writer's search_path cannot point the trigger at other tables.
-_APPEND_BODY = """
+#: The defaults that number and stamp an appended row (roles may not write these columns,
+#: `grants`). ``id`` is drawn once the transaction has its id, so a sealer that sees a
+#: later row knows this transaction is running (`audit_seal`); CASE evaluates its
+#: condition first.
+STAMP_DEFAULTS = {
+    "id": (
+        "CASE WHEN pg_current_xact_id() IS NOT NULL "
+        "THEN nextval('{schema}.integration_audit_log_id_seq'::regclass) END"
+    ),
+    "occurred_at": "clock_timestamp()",
+    "db_role": "CURRENT_USER",
+}
+#: The columns an appended row gives; the others are stamped or sealed.
+APPENDED_COLUMNS = ("actor", "action", "instance_id", "integration_id", "outcome", "details")
+
+# The append trigger of revisions 0007 and 0008, which chained each row as it was
+# inserted: a transaction took the first free chain (trying transaction-level advisory
+# locks from an offset taken from the backend's pid) until commit, read its last row and
+# hashed the new one.
+_CHAINED_APPEND_BODY = """
 DECLARE
   held text := current_setting('{setting}', true);
   start int;
@@ -115,10 +142,9 @@ END
 """
 
 # A row may be deleted only when a later row of its chain, a cut recorded by `audit
-# archive`, covers its seq: the deletion is then part of the chain. Everything else is
-# refused (the partial index on the cuts keeps the check one index probe per row).
-_REFUSE_BODY = """
-BEGIN
+# archive`, covers its seq: the deletion is then part of the chain (the partial index on
+# the cuts keeps the check one index probe per row).
+_DELETE_UNDER_CUT = """
   IF TG_OP = 'DELETE' AND EXISTS (
     SELECT 1 FROM {schema}.integration_audit_log c
      WHERE c.action = '{cut_action}' AND c.chain = OLD.chain AND c.seq > OLD.seq
@@ -131,6 +157,31 @@ BEGIN
     USING ERRCODE = 'insufficient_privilege';
 END
 """
+
+# The guard of revisions 0007 and 0008: only the DELETE of rows under a cut.
+_CHAINED_REFUSE_BODY = "\nBEGIN" + _DELETE_UNDER_CUT
+
+# The guard. Sealing is an UPDATE that fills a row's empty chain columns and leaves every
+# other column as it was (``details`` to the character, as the hash reads it). Then the
+# DELETE of rows under a cut; everything else is refused.
+_REFUSE_BODY = (
+    """
+BEGIN
+  IF TG_OP = 'UPDATE'
+     AND OLD.version IS NULL AND OLD.chain IS NULL AND OLD.seq IS NULL
+     AND OLD.prev_hash IS NULL AND OLD.hash IS NULL
+     AND NEW.version IS NOT NULL AND NEW.chain IS NOT NULL AND NEW.seq IS NOT NULL
+     AND NEW.hash IS NOT NULL
+     AND (NEW.id, NEW.occurred_at, NEW.actor, NEW.db_role, NEW.action, NEW.instance_id,
+          NEW.integration_id, NEW.outcome, NEW.details::text)
+         IS NOT DISTINCT FROM
+         (OLD.id, OLD.occurred_at, OLD.actor, OLD.db_role, OLD.action, OLD.instance_id,
+          OLD.integration_id, OLD.outcome, OLD.details::text)
+  THEN
+    RETURN NEW;
+  END IF;"""
+    + _DELETE_UNDER_CUT
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +204,16 @@ class ExpectedTrigger:
 #: The functions, by name (their bodies are templates of `function_bodies`).
 EXPECTED_FUNCTIONS = (
     ExpectedFunction("integration_audit_hash(bytea, integration_audit_log)", _HASH_BODY),
-    ExpectedFunction("integration_audit_append()", _APPEND_BODY),
     ExpectedFunction("integration_audit_refuse()", _REFUSE_BODY),
+)
+# The same functions as revisions 0007 and 0008 created them.
+_CHAINED_FUNCTIONS = (
+    ExpectedFunction("integration_audit_hash(bytea, integration_audit_log)", _HASH_BODY),
+    ExpectedFunction("integration_audit_append()", _CHAINED_APPEND_BODY),
+    ExpectedFunction("integration_audit_refuse()", _CHAINED_REFUSE_BODY),
 )
 # tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update, 32 truncate.
 EXPECTED_TRIGGERS = (
-    ExpectedTrigger("integration_audit_append", 1 | 2 | 4, "integration_audit_append"),
     ExpectedTrigger("integration_audit_refuse_change", 1 | 2 | 8 | 16, "integration_audit_refuse"),
     ExpectedTrigger("integration_audit_refuse_truncate", 2 | 32, "integration_audit_refuse"),
 )
@@ -168,8 +223,7 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def function_bodies(schema: str) -> dict[str, str]:
-    """Each function's source (``pg_proc.prosrc``) for tables in ``schema``."""
+def _bodies(schema: str, functions: tuple[ExpectedFunction, ...]) -> dict[str, str]:
     inline = _HASH_EXPRESSION.replace("prev, ''", "h, ''").replace("r.", "NEW.")
     values = {
         "schema": _quote_ident(schema),
@@ -179,12 +233,28 @@ def function_bodies(schema: str) -> dict[str, str]:
         "hash": inline,
         "cut_action": CUT_ACTION,
     }
-    return {f.signature: f.body.format(**values) for f in EXPECTED_FUNCTIONS}
+    return {f.signature: f.body.format(**values) for f in functions}
+
+
+def function_bodies(schema: str, *, chained: bool = False) -> dict[str, str]:
+    """Each function's source (``pg_proc.prosrc``) for tables in ``schema``.
+
+    ``chained``: as revisions 0007 and 0008 created them (the chaining append trigger).
+    """
+    return _bodies(schema, _CHAINED_FUNCTIONS if chained else EXPECTED_FUNCTIONS)
 
 
 def functions_sql(schema: str) -> str:
     """``CREATE OR REPLACE`` of the log's functions (for a migration)."""
-    bodies = function_bodies(schema)
+    return _create(function_bodies(schema))
+
+
+def chained_functions_sql(schema: str) -> str:
+    """``CREATE OR REPLACE`` of the functions as revisions 0007 and 0008 created them."""
+    return _create(function_bodies(schema, chained=True))
+
+
+def _create(bodies: dict[str, str]) -> str:
     declarations = {
         "integration_audit_hash(bytea, integration_audit_log)": (
             "integration_audit_hash(prev bytea, r integration_audit_log) "

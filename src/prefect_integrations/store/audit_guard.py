@@ -1,24 +1,29 @@
-"""What the audit log's integrity relies on: its triggers and functions, as expected.
+"""What the audit log's integrity relies on: its triggers, functions, defaults and grants.
 
 `check_guard` compares the database's catalog with `audit_chain`: each function's source,
 that it runs as its caller and changes no setting; each trigger present, enabled,
 unconditional, firing on its events and running its function; no other trigger or rule
 on the table; the table a plain one without row-level security (policies could show
-`verify` other rows than everyone else sees). It reads only the catalog, never calls a
+`verify` other rows than everyone else sees); the defaults that number and stamp rows;
+and that no role but the table's owner may write more than a row's content (INSERT) and
+its chain columns (UPDATE, for the sealer). It reads only the catalog, never calls a
 function of the log.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from prefect_integrations.models import audit_log
+from prefect_integrations.models import SEAL_COLUMNS, audit_log
 from prefect_integrations.store.audit_chain import (
+    APPENDED_COLUMNS,
     EXPECTED_FUNCTIONS,
     EXPECTED_TRIGGERS,
+    STAMP_DEFAULTS,
     function_bodies,
 )
 
@@ -113,12 +118,76 @@ def _check_table(session: Session, found: list[tuple[GuardKind, str]]) -> None:
         found.append(("table", f"{audit_log.name} has {table.policies} row-level policies"))
 
 
+_DEFAULTS = sa.text(
+    """
+    SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) AS expression
+      FROM pg_attribute a
+      LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+     WHERE a.attrelid = to_regclass(CAST(:t AS text)) AND a.attnum > 0 AND NOT a.attisdropped
+    """
+)
+_SEQUENCE = re.compile(r"'[^']*integration_audit_log_id_seq'")
+
+
+def _normal(expression: str) -> str:
+    """An expression as written or as PostgreSQL prints it, compared without layout."""
+    text = _SEQUENCE.sub("'integration_audit_log_id_seq'", expression)
+    text = re.sub(r"[\s()\"]", "", text).lower()
+    return text.replace("elsenull::bigint", "")
+
+
+def _check_defaults(session: Session, found: list[tuple[GuardKind, str]]) -> None:
+    defaults: dict[str, str | None] = dict(
+        session.execute(_DEFAULTS, {"t": audit_log.name}).tuples().all()
+    )
+    for column, expected in STAMP_DEFAULTS.items():
+        actual = defaults.get(column)
+        if actual is None or _normal(actual) != _normal(expected.format(schema="")):
+            found.append(("table", f"the default of {column} is not the expected one"))
+    for column in SEAL_COLUMNS:
+        if defaults.get(column) is not None:
+            found.append(("table", f"{column} has a default"))
+
+
+# Privileges granted on the table and on its columns to anyone but its owner.
+_GRANTS = sa.text(
+    """
+    SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE CAST(CAST(g.grantee AS regrole) AS text)
+           END AS role, g.privilege_type AS privilege, NULL AS column
+      FROM pg_class c, aclexplode(c.relacl) g
+     WHERE c.oid = to_regclass(CAST(:t AS text)) AND g.grantee <> c.relowner
+    UNION ALL
+    SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE CAST(CAST(g.grantee AS regrole) AS text)
+           END, g.privilege_type, a.attname
+      FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid, aclexplode(a.attacl) g
+     WHERE c.oid = to_regclass(CAST(:t AS text)) AND g.grantee <> c.relowner
+    """
+)
+#: What a role other than the owner may be granted: (privilege, columns; None: the table).
+_ALLOWED = {"SELECT": None, "INSERT": APPENDED_COLUMNS, "UPDATE": SEAL_COLUMNS}
+
+
+def _check_grants(session: Session, found: list[tuple[GuardKind, str]]) -> None:
+    wider: dict[tuple[str, str], list[str]] = {}
+    for role, privilege, column in session.execute(_GRANTS, {"t": audit_log.name}).tuples():
+        if privilege not in _ALLOWED:
+            wider.setdefault((role, privilege), []).append(column or "the table")
+            continue
+        allowed = _ALLOWED[privilege]
+        if allowed is not None and (column is None or column not in allowed):
+            wider.setdefault((role, privilege), []).append(column or "every column")
+    for (role, privilege), what in sorted(wider.items()):
+        found.append(("table", f"{role} may {privilege} {', '.join(sorted(what))}"))
+
+
 def check_guard(session: Session) -> list[tuple[GuardKind, str]]:
     """Each way the table, triggers and functions differ from the expected, as (kind, detail)."""
     found: list[tuple[GuardKind, str]] = []
     _check_table(session, found)
     schema = session.execute(_TABLE_SCHEMA, {"t": audit_log.name}).scalar()
     if schema is not None:
+        _check_defaults(session, found)
+        _check_grants(session, found)
         oids = _check_functions(session, str(schema), found)
         _check_triggers(session, str(schema), oids, found)
     return found

@@ -1,8 +1,9 @@
 """The heads of the audit log's chains as they are now, for a checkpoint.
 
 One statement (one snapshot): per chain, its number of rows, its first and last seq and
-the last row's hash, read through the ``(chain, seq)`` index. A transaction appending
-to a chain holds the chain until it commits, so a snapshot never sees half of one.
+the last row's hash, read through the ``(chain, seq)`` index. A sealer holds its chain
+until it commits, so a snapshot never sees half of a seal. Rows not sealed yet are not
+in a chain.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _HEADS = sa.text(
     f"""
     WITH g AS (
       SELECT chain, count(*) AS rows, min(seq) AS first_seq, max(seq) AS seq
-        FROM {audit_log.name} GROUP BY chain
+        FROM {audit_log.name} WHERE chain IS NOT NULL AND seq IS NOT NULL GROUP BY chain
     )
     SELECT g.chain, g.rows, g.first_seq, g.seq, l.hash
       FROM g JOIN {audit_log.name} l ON l.chain = g.chain AND l.seq = g.seq

@@ -4,7 +4,9 @@ Every row's hash is recomputed in Python (`audit_chain.row_hash`) from the row's
 read in one statement through a server-side cursor in chain order, so memory stays
 constant whatever the size of the log. Per chain it checks that ``seq`` runs 1, 2, 3...
 with no gap, that each row links to the stored hash of the one before (``prev_hash``),
-and that ids grow with ``seq`` (the trigger numbers a chain's rows in order). The last
+and that ids grow with ``seq`` (the sealer chains rows in id order). Rows not sealed yet
+are counted (`VerifyReport.unsealed`), not checked; one with its chain columns filled
+in part is reported altered. The last
 row of each chain is its head: `VerifyReport.chains` lists them. It also checks that the
 triggers the log relies on exist, are enabled and unconditional, that no other trigger
 or rule sits on the table, and that the functions have the expected source
@@ -18,7 +20,7 @@ MAC under the keyring, so whoever owns the database cannot write one); `VerifyRe
 lists them. Without ``cut_check`` no cut is accepted.
 
 What it cannot see alone: the newest rows of a chain removed (a cut tail), rows added
-at the end of a chain by someone who computes their hashes as the trigger would, or a
+at the end of a chain by someone who computes their hashes as the sealer would, or a
 chain rewritten entirely. Given the heads of a checkpoint kept outside the database
 (``covered``), it also checks that each chain still holds the row at the checkpoint's
 head with the same hash, and every row before it that no cut removed. With
@@ -41,7 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from prefect_integrations.db import translate_errors
-from prefect_integrations.models import audit_log
+from prefect_integrations.models import SEAL_COLUMNS, audit_log
 from prefect_integrations.store.audit_chain import (
     CHAINS,
     CUT_ACTION,
@@ -49,6 +51,7 @@ from prefect_integrations.store.audit_chain import (
     timestamp_text,
 )
 from prefect_integrations.store.audit_guard import check_guard
+from prefect_integrations.store.audit_seal import UNSEALED
 
 __all__ = ["ChainHead", "Cut", "CutCheck", "Problem", "ProblemKind", "VerifyReport", "verify"]
 
@@ -168,6 +171,10 @@ class VerifyReport:
     #: With a checkpoint: the rows it covered that are still here, and those archived since.
     covered_rows: int | None = None
     archived_since: int | None = None
+    #: Rows appended but not sealed yet (not in a chain, so not checked), and the time of
+    #: the oldest of them.
+    unsealed: int = 0
+    oldest_unsealed: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -191,6 +198,8 @@ class VerifyReport:
             "problems": [p.as_dict() for p in self.problems],
             "more_problems": self.more_problems,
             "cuts": [c.as_dict() for c in self.cuts],
+            "unsealed": self.unsealed,
+            "oldest_unsealed": self.oldest_unsealed,
             **(
                 {"covered_rows": self.covered_rows, "archived_since": self.archived_since}
                 if self.covered_rows is not None
@@ -243,10 +252,26 @@ _ROWS = sa.text(
            actor, db_role, action, instance_id, integration_id, outcome,
            details::text AS details, prev_hash, hash
       FROM {audit_log.name}
+     WHERE seq IS NOT NULL
      ORDER BY chain, seq
     """
 )
 
+
+# The rows not sealed yet, and the first rows outside the chains (no seq) that are not
+# empty either.
+_UNSEALED = sa.text(
+    f"""
+    SELECT count(*) AS rows, (min(occurred_at) AT TIME ZONE 'UTC')::text AS oldest
+      FROM {audit_log.name} WHERE {UNSEALED}
+    """
+)
+_IN_PART = sa.text(
+    f"""
+    SELECT id FROM {audit_log.name} WHERE seq IS NULL AND NOT ({UNSEALED})
+     ORDER BY id LIMIT {MAX_PROBLEMS}
+    """
+)
 
 # Rows from a seq on in each chain (a range scan of the (chain, seq) index per chain).
 _ROWS_FROM = sa.text(
@@ -485,10 +510,11 @@ def _check_chains(
             if 0 <= head.chain < CHAINS:
                 froms[head.chain] = max(head.seq, 1)
     for row in _rows(session, froms):
-        rows += 1
         if row.chain is None or row.seq is None:
-            found.add(Problem("inserted", "row has no chain or seq", id=row.id))
-            continue
+            if any(getattr(row, name) is not None for name in SEAL_COLUMNS):
+                found.add(Problem("altered", "chain columns filled in part", id=row.id))
+            continue  # not sealed yet (counted apart)
+        rows += 1
         if state is None or row.chain != state.chain:
             if state is not None:
                 end(state)
@@ -529,6 +555,9 @@ def verify(
         for kind, detail in check_guard(session):
             found.add(Problem(kind, detail))
         rows, chains, cuts = _check_chains(session, found, coverage, cut_check)
+        for row_id in session.execute(_IN_PART).scalars():
+            found.add(Problem("altered", "chain columns filled in part", id=row_id))
+        waiting = session.execute(_UNSEALED).one()
     return VerifyReport(
         rows=rows,
         chains=tuple(chains),
@@ -537,4 +566,6 @@ def verify(
         cuts=tuple(cuts),
         covered_rows=coverage.rows if coverage else None,
         archived_since=coverage.archived if coverage else None,
+        unsealed=int(waiting.rows),
+        oldest_unsealed=None if waiting.oldest is None else timestamp_text(waiting.oldest),
     )

@@ -1,7 +1,7 @@
 """Database roles and their privileges: the admin and runtime roles of the package.
 
 `apply_grants` creates the roles when missing and grants each what it may do; nobody may
-change or delete audit rows.
+change or delete audit rows (both may seal them).
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from prefect_integrations.models import (
     AUDIT_ID_SEQUENCE,
     RUNTIME_ROLE,
     RUNTIME_UPDATABLE_COLUMNS,
+    SEAL_COLUMNS,
     audit_log,
     definitions,
     instances,
     keys,
     metadata,
 )
+from prefect_integrations.store.audit_chain import APPENDED_COLUMNS
 
 __all__ = ["apply_grants", "missing_privileges"]
 
@@ -37,10 +39,6 @@ def _role_exists(connection: Connection, role: str) -> bool:
 
 #: The package's tables (definitions, instances, audit log, OAuth states, key registry).
 _OWNED_TABLES = tuple(metadata.tables)
-#: The tables roles may only read and append to (the audit log).
-_APPEND_ONLY = tuple(
-    name for name, table in metadata.tables.items() if table.info.get("append_only")
-)
 
 
 def _require_table_owner(connection: Connection) -> None:
@@ -80,7 +78,8 @@ def apply_grants(
     runtime: reads definitions and instances, updates only status, credentials, token and
     usage columns, appends audit; cannot create or delete instances. Both read the key
     registry and may register a key; only admin may change a registration.
-    Nobody gets UPDATE or DELETE on the audit log (a trigger refuses them too).
+    Nobody may change or delete audit rows: both roles may UPDATE only the chain columns
+    of the audit log, to seal it, and its guard trigger refuses any UPDATE but sealing.
     """
     quote = db.engine.dialect.identifier_preparer.quote
     admin, runtime = quote(admin_role), quote(runtime_role)
@@ -101,8 +100,15 @@ def apply_grants(
             f"integration_instances TO {admin}",
             f"GRANT SELECT ON integration_definitions, integration_instances TO {runtime}",
             f"GRANT UPDATE ({updatable}) ON integration_instances TO {runtime}",
-            f"GRANT SELECT, INSERT ON {', '.join(_APPEND_ONLY)} TO {admin}, {runtime}",
-            # the append trigger runs as the writer and numbers rows from this sequence
+            # the audit log: rows are appended with their content only (the defaults number
+            # and stamp them) and sealed by filling their empty chain columns (the guard
+            # refuses any other change)
+            f"REVOKE INSERT, UPDATE ON {audit_log.name} FROM {admin}, {runtime}",
+            f"GRANT SELECT ON {audit_log.name} TO {admin}, {runtime}",
+            f"GRANT INSERT ({', '.join(APPENDED_COLUMNS)}) ON {audit_log.name} "
+            f"TO {admin}, {runtime}",
+            f"GRANT UPDATE ({', '.join(SEAL_COLUMNS)}) ON {audit_log.name} TO {admin}, {runtime}",
+            # the id default runs as the writer and numbers rows from this sequence
             f"GRANT USAGE ON SEQUENCE {AUDIT_ID_SEQUENCE} TO {admin}, {runtime}",
             f"GRANT SELECT, INSERT, DELETE ON integration_oauth_states TO {admin}, {runtime}",
             # the key registry: workers read it and register keys on first use; only an
@@ -120,6 +126,7 @@ _MAINTENANCE_NEEDS = (
     ("SELECT", instances.name),
     ("UPDATE", instances.name),
     ("INSERT", audit_log.name),
+    ("UPDATE", audit_log.name),
     ("SELECT", keys.name),
 )
 
@@ -127,12 +134,14 @@ _MAINTENANCE_NEEDS = (
 def missing_privileges(connection: Session | Connection) -> list[str]:
     """The privileges a maintenance run needs that the connected role lacks.
 
-    Each as ``'UPDATE on integration_instances'``; UPDATE counts when granted on any
-    column (the runtime role has it on the status, credentials and lease columns).
+    Each as ``'UPDATE on integration_instances'``; INSERT and UPDATE count when granted
+    on any column (the runtime role has it on the status, credentials and lease columns, and on
+    the audit log's chain columns, to seal it).
     """
     missing = []
     for privilege, table in _MAINTENANCE_NEEDS:
-        check = "has_any_column_privilege" if privilege == "UPDATE" else "has_table_privilege"
+        by_column = privilege in ("INSERT", "UPDATE")
+        check = "has_any_column_privilege" if by_column else "has_table_privilege"
         allowed = connection.execute(
             sa.text(f"SELECT {check}(CAST(:t AS text), CAST(:p AS text))"),
             {"t": table, "p": privilege},

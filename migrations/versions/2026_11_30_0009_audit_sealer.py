@@ -1,0 +1,87 @@
+"""Appends are plain INSERTs and the sealer chains the rows: audited transactions in parallel.
+
+The append trigger of revision 0007 chained each row as it was inserted: a chain lock, a
+read of the chain's head and a SHA-256 per row, inside every audited transaction. Now
+there is no append trigger: the columns' defaults number (``id``, from the sequence,
+once the transaction has its id; see `prefect_integrations.store.audit_seal`) and stamp
+(``occurred_at``, ``db_role``) each row, and the chain columns (``version``, ``chain``,
+``seq``, ``prev_hash``, ``hash``) stay empty until the sealer fills them, in id order,
+with the same formula, so rows chained before and after this revision verify alike.
+`prefect-integrations db grant` grants the roles INSERT on the other columns only and
+UPDATE on the chain columns only; the guard lets one UPDATE through, the one that fills
+the empty chain columns and changes nothing else. The unique ``(chain, seq)`` index
+becomes partial: a row enters it when it is sealed.
+
+Downgrading seals every row first, then restores the chaining trigger of revision 0008,
+the NOT NULL constraints and the columns as 0008 had them.
+
+Revision ID: 2026_11_30_0009
+Revises: 2026_11_30_0008
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from prefect_integrations.store.audit_chain import (
+    STAMP_DEFAULTS,
+    chained_functions_sql,
+    functions_sql,
+)
+from prefect_integrations.store.audit_seal import seal
+
+revision: str = "2026_11_30_0009"
+down_revision: str | None = "2026_11_30_0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_NULLABLE = ("version", "chain", "seq", "hash")
+_CHAIN_SEQ = "integration_audit_log_chain_seq_idx"
+_APPEND_TRIGGER = (
+    "CREATE TRIGGER integration_audit_append BEFORE INSERT ON integration_audit_log "
+    "FOR EACH ROW EXECUTE FUNCTION integration_audit_append()"
+)
+
+
+def _schema() -> str:
+    return str(op.get_bind().execute(sa.text("SELECT current_schema()")).scalar_one())
+
+
+def upgrade() -> None:
+    schema = _schema()
+    quoted = '"' + schema.replace('"', '""') + '"'
+    op.execute("DROP TRIGGER integration_audit_append ON integration_audit_log")
+    op.execute("DROP FUNCTION integration_audit_append()")
+    for column in _NULLABLE:
+        op.alter_column("integration_audit_log", column, nullable=True)
+    for column, default in STAMP_DEFAULTS.items():
+        op.execute(
+            f"ALTER TABLE integration_audit_log ALTER COLUMN {column} "
+            f"SET DEFAULT {default.format(schema=quoted)}"
+        )
+    # rows not sealed yet stay out of the (chain, seq) index: no entry to write per append
+    op.drop_index(_CHAIN_SEQ, "integration_audit_log")
+    op.create_index(
+        _CHAIN_SEQ,
+        "integration_audit_log",
+        ["chain", "seq"],
+        unique=True,
+        postgresql_where=sa.text("seq IS NOT NULL"),
+    )
+    op.execute(functions_sql(schema))
+
+
+def downgrade() -> None:
+    seal(op.get_bind())
+    for column in STAMP_DEFAULTS:
+        op.execute(f"ALTER TABLE integration_audit_log ALTER COLUMN {column} DROP DEFAULT")
+    for column in _NULLABLE:
+        op.alter_column("integration_audit_log", column, nullable=False)
+    op.drop_index(_CHAIN_SEQ, "integration_audit_log")
+    op.create_index(_CHAIN_SEQ, "integration_audit_log", ["chain", "seq"], unique=True)
+    op.execute(chained_functions_sql(_schema()))
+    op.execute(_APPEND_TRIGGER)
