@@ -1,9 +1,11 @@
-"""Where the audit append trigger spends its time: variants of its body, side by side.
+"""Where the chaining append trigger of revision 0008 spent its time, and what replaced it.
 
 On a throwaway embedded cluster (durable unless --fast), each variant is a copy of
 ``integration_audit_log`` (``LIKE ... INCLUDING ALL``: columns, defaults, constraints,
-indexes) with a BEFORE INSERT trigger whose body is the package's own body
-(`audit_chain.function_bodies`) with one part changed. Two measurements:
+indexes) with a BEFORE INSERT trigger whose body is that trigger's
+(`audit_chain.function_bodies(..., chained=True)`) with one part changed; ``defaults``
+is the log as it is now (its defaults number and stamp rows, no trigger; the sealer
+chains them later). Two measurements:
 
 1. The server's CPU per transaction: a procedure per copy inserts one row and commits,
    --loop times (no client, no round trip; its session does not wait for the flush at
@@ -16,7 +18,7 @@ indexes) with a BEFORE INSERT trigger whose body is the package's own body
 
   plain        no trigger, the audit log's columns, primary key and instance index
   plain+index  plain with a ``(chain, seq)`` index too (the chains' extra index)
-  full         the package's trigger, unchanged
+  full         revision 0008's trigger, unchanged
   no-hash      without the hash (``hash`` set to an empty bytea)
   no-to_char   the hash with ``occurred_at`` as jsonb writes a timestamp instead of
                ``to_char`` (see `hash_v3`: verifiable, with another Python formatter)
@@ -31,6 +33,8 @@ indexes) with a BEFORE INSERT trigger whose body is the package's own body
                building and printing cost, apart from the hash function
   bare         a trigger that only sets id, time, role and constants: the cost of a
                PL/pgSQL row trigger by itself (non-unique (chain, seq) index)
+  defaults     no trigger: the package's log, its id, time and role defaults and its
+               partial (chain, seq) index (rows enter it when sealed)
 
 Variants that stay verifiable are checked after the runs: every row's hash recomputed in
 Python (`audit_chain.row_hash`, or `hash_v3`) must match the stored one.
@@ -160,7 +164,7 @@ def _replace(body: str, old: str, new: str) -> str:
 def _variants(schema: str) -> dict[str, tuple[str | None, bool, Callable[..., bytes] | None]]:
     """Per variant: its trigger body (None: no trigger), whether (chain, seq) is unique,
     and the Python hash its rows must match (None: not verifiable)."""
-    real = function_bodies(schema)["integration_audit_append()"]
+    real = function_bodies(schema, chained=True)["integration_audit_append()"]
     quoted = '"' + schema.replace('"', '""') + '"'
     full = _replace(real, f"{quoted}.integration_audit_log l", "{table} l")
     hash_start = full.index("NEW.hash := ")
@@ -203,6 +207,7 @@ def _variants(schema: str) -> dict[str, tuple[str | None, bool, Callable[..., by
             None,
         ),
         "bare": (_BARE.format(schema=quoted, chains=CHAINS), False, None),
+        "defaults": (None, True, None),
     }
 
 
@@ -215,19 +220,26 @@ def _create(conn: psycopg.Connection[Any], name: str, body: str | None, unique: 
     if name == "plain":
         conn.execute(PLAIN_TABLE)
         return table
+    if name == "defaults":  # the package's log: its defaults, indexes, no trigger
+        conn.execute(f"CREATE TABLE {table} (LIKE integration_audit_log INCLUDING ALL)")
+        return table
     if body is None:  # plain+index
         conn.execute(PLAIN_TABLE.replace("bench_plain", table))
         conn.execute(f"CREATE INDEX {table}_chain ON {table} (chain, seq)")
         return table
     conn.execute(f"CREATE TABLE {table} (LIKE integration_audit_log INCLUDING ALL)")
-    if not unique:
-        index = conn.execute(
-            "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-            "WHERE x.indrelid = %s::regclass AND x.indisunique AND NOT x.indisprimary",
-            (table,),
-        ).fetchall()
-        for (relname,) in index:
-            conn.execute(f'DROP INDEX "{relname}"')
+    # the chaining trigger read a chain's head through the full (chain, seq) index of
+    # revision 0008 (the log's is partial now: rows enter it when sealed)
+    partial = conn.execute(
+        "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "WHERE x.indrelid = %s::regclass AND x.indisunique AND NOT x.indisprimary",
+        (table,),
+    ).fetchall()
+    for (relname,) in partial:
+        conn.execute(f'DROP INDEX "{relname}"')
+    if unique:
+        conn.execute(f"CREATE UNIQUE INDEX {table}_chain ON {table} (chain, seq)")
+    else:
         conn.execute(f"CREATE INDEX {table}_chain ON {table} (chain, seq)")
     function = f"{table}_append"
     source = body.replace("{table}", table)
