@@ -33,7 +33,7 @@ from prefect_integrations.embedded import EmbeddedCluster
 from prefect_integrations.exceptions import DatabaseError, DatabaseUnavailable, IntegrationError
 from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.scope import Scope
-from prefect_integrations.store import audit, instances, key_checks, rekey, vault
+from prefect_integrations.store import audit, instances, key_checks, rekey, rekey_sql, vault
 
 from .factories import make_instance
 from .legacy import write_old_shape
@@ -328,6 +328,117 @@ def test_cli_rotate_exits_1_naming_failed_instances_never_keys(
     report = json.loads(capsys.readouterr().out)
     assert report["rotated"] == 0 and report["ok"] is False
     assert sorted((f["instance_id"], f["reason"]) for f in report["failed"]) == sorted(bad.items())
+
+
+@contextmanager
+def _statements(db: Database) -> Iterator[list[str]]:
+    """The SQL of every statement run on ``db`` meanwhile."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+
+
+def _safe(statements: list[str]) -> list[str]:
+    """The statements that decrypted with a subtransaction per row."""
+    return [sql for sql in statements if "integration_try_decrypt" in sql]
+
+
+def test_batches_that_decrypt_run_without_a_subtransaction_per_row(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    """Also with a row under a key id the keyring lacks: no key decrypts to NULL."""
+    ids = _make(synced, test_registry, keyring, 7)
+    unknown = ids[3]
+    with synced.transaction() as s:
+        s.execute(
+            sa.text(
+                "UPDATE integration_instances SET key_id = 'k9', credentials = "
+                "jsonb_set(credentials, '{kid}', '\"k9\"') WHERE instance_id = :i"
+            ),
+            {"i": unknown},
+        )
+    new, only_k2 = _rotated_ring(keyring)
+    with _statements(synced) as seen:
+        report = rekey.rotate_keys(synced, new, actor="rotator", batch_size=3)
+    assert (report.rotated, report.batches, report.verified) == (6, 3, 6)
+    assert report.failed == report.problems == [(unknown, rekey.UNKNOWN_KEY_ID)]
+    assert any("pgp_sym_decrypt" in sql and "FOR UPDATE" in sql for sql in seen)
+    assert _safe(seen) == []  # neither the batches nor the verification needed the safe form
+    good = [i for i in ids if i != unknown]
+    assert _fetch_all(synced, only_k2, good) == {
+        iid: ("k2", _secret(ids.index(iid))) for iid in good
+    }
+
+
+def test_a_wrong_key_fails_the_plain_batch_and_the_safe_one_reports_the_row(
+    synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    """The row is undecryptable, left untouched and audited; the rest of its batch rotates."""
+    ids = _make(synced, test_registry, keyring, 6)
+    wrong = ids[2]
+    with synced.transaction() as s:  # the same key id, another key: decrypting fails
+        s.execute(
+            sa.text(
+                "UPDATE integration_instances SET credentials = jsonb_set(credentials, '{ct}', "
+                "to_jsonb(encode(pgp_sym_encrypt(:pt, :k, :o), 'base64'))) "
+                "WHERE instance_id = :i"
+            ),
+            {
+                "pt": json.dumps({"instance_id": wrong, "credentials": {"apikey": {"key": "x"}}}),
+                "k": generate_key(),
+                "o": vault.PGP_OPTIONS,
+                "i": wrong,
+            },
+        )
+    before = _rows(synced)[wrong]
+    new, only_k2 = _rotated_ring(keyring)
+    with _statements(synced) as seen:
+        report = rekey.rotate_keys(synced, new, actor="rotator", batch_size=10)
+    assert report.failed == [(wrong, rekey.UNDECRYPTABLE)]
+    assert report.problems == [(wrong, rekey.UNDECRYPTABLE)]
+    assert (report.rotated, report.verified) == (5, 5)
+    assert report.batches == 1  # one safe statement for the batch, not one per row
+    assert len(_safe(seen)) == 2  # that batch, and the verification batch that holds it
+    after = _rows(synced)[wrong]
+    assert (after.credentials, after.key_id) == (before.credentials, before.key_id)
+    good = [i for i in ids if i != wrong]
+    assert _fetch_all(synced, only_k2, good) == {
+        iid: ("k2", _secret(ids.index(iid))) for iid in good
+    }
+    rows = _rotate_audit(synced)
+    assert [(r.instance_id, r.outcome, r.details["reason"]) for r in rows if r.instance_id] == [
+        (wrong, "failure", rekey.UNDECRYPTABLE)
+    ]
+    (batch,) = [r for r in rows if r.instance_id is None]
+    assert (batch.outcome, batch.details["count"], batch.details["failed"]) == ("success", 5, 1)
+
+
+def test_pgcrypto_errors_are_one_rows_data_and_read_as_undecryptable(synced: Database) -> None:
+    """What pgp_sym_decrypt raises on a wrong key sends a batch to the safe form."""
+
+    def error_of(sql: str) -> sa.exc.DBAPIError:
+        with synced.engine.connect() as conn, pytest.raises(sa.exc.DBAPIError) as caught:
+            conn.execute(sa.text(sql))
+        return caught.value
+
+    wrong_key = error_of("SELECT pgp_sym_decrypt(pgp_sym_encrypt('x', 'one'), 'other')")
+    assert "Wrong key or corrupt data" in str(wrong_key)
+    corrupt = error_of("SELECT pgp_sym_decrypt(decode('AAAAAAAA', 'base64'), 'one')")
+    not_base64 = error_of("SELECT decode('!!!', 'base64')")
+    not_json = error_of("SELECT CAST('not json' AS jsonb)")
+    for exc in (wrong_key, corrupt, not_base64):
+        assert rekey_sql.is_data_error(exc)
+        assert rekey_sql.data_error_reason(exc) == rekey.UNDECRYPTABLE
+    assert rekey_sql.is_data_error(not_json)
+    assert rekey_sql.data_error_reason(not_json) == rekey.MALFORMED
+    assert not rekey_sql.is_data_error(error_of("SELECT no_such_column FROM integration_instances"))
 
 
 # --------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 `count_keys` counts the rows per key id (the ``key_id`` column) and those whose key is
 not in the keyring. `verify_keys` decrypts every row in the database, in batches, and
 reports the rows that do not decrypt under their key id, do not parse as reads parse
-them, or are not bound to their row.
+them, or are not bound to their row: with plain ``pgp_sym_decrypt`` while every row of a
+batch decrypts, with the subtransaction-per-row ``integration_try_decrypt`` only for a
+batch where one does not.
 `upgrade_shapes` rewrites rows still in envelope version 1 in the specification's
 credentials shape, each through the vault with a compare-and-swap on
 ``credentials_version``, so a concurrent OAuth refresh is never overwritten. Key
@@ -288,16 +290,25 @@ def verify_keys(db: Database, keyring: Keyring) -> tuple[int, list[tuple[str, st
 def _verify_batch(
     conn: Connection, params: dict[str, Any], after: uuid.UUID | None
 ) -> tuple[int, uuid.UUID | None, list[tuple[str, str]]]:
-    """Verify the batch after ``after``: (rows fine, last id or None when done, problems)."""
-    statement = rekey_sql.VERIFY_FIRST if after is None else rekey_sql.VERIFY_NEXT
-    try:
-        with conn.begin():
-            row = conn.execute(statement, {**params, "after": after}).one()
+    """Verify the batch after ``after``: (rows fine, last id or None when done, problems).
+
+    Plain decrypt first (a wrong key or corrupt data fails the statement), then the safe
+    form (such rows reported, a subtransaction per row), then row by row.
+    """
+    if after is None:
+        statements = (rekey_sql.VERIFY_FIRST, rekey_sql.VERIFY_FIRST_SAFE)
+    else:
+        statements = (rekey_sql.VERIFY_NEXT, rekey_sql.VERIFY_NEXT_SAFE)
+    for statement in statements:
+        try:
+            with conn.begin():
+                row = conn.execute(statement, {**params, "after": after}).one()
+        except sa_exc.DBAPIError as exc:
+            if not rekey_sql.is_data_error(exc):
+                raise
+            continue
         found = list(zip(row.problem_instances, row.problem_reasons, strict=True))
         return int(row.ok), row.last_id, found
-    except sa_exc.DBAPIError as exc:
-        if not rekey_sql.is_data_error(exc):
-            raise
     # A ciphertext that is not base64 or a plaintext that is not JSON failed the batch:
     # check it row by row.
     with conn.begin():

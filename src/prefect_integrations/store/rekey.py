@@ -7,7 +7,7 @@ that
 1. claims the batch with ``FOR UPDATE SKIP LOCKED`` (a concurrent call, refresh or second
    rotation run is never waited for and no row is processed twice),
 2. decrypts each row with the key its envelope names (keys arrive only as bind-parameter
-   arrays, as in `vault`; ``integration_try_decrypt`` yields NULL instead of aborting),
+   arrays, as in `vault`),
 3. checks that the plaintext is a credentials document bound to the row's own
    ``instance_id``,
 4. re-encrypts the unchanged plaintext under the primary key and writes the envelope's
@@ -19,6 +19,11 @@ that
 
 Rows that fail (``unknown_key_id``, ``undecryptable``, ``malformed``,
 ``binding_mismatch``) are left untouched, reported, and not picked again in the same run.
+The statement decrypts with plain ``pgp_sym_decrypt``, so a wrong key or corrupt data
+fails it as a whole (nothing written); the batch is then run again with
+``integration_try_decrypt``, which yields NULL for such a row (a subtransaction per row,
+which the plain form saves every batch without one), and a batch that still fails (a
+ciphertext that is not base64, a plaintext that is not JSON) is redone row by row.
 A batch is committed on its own, so a crash or a lost connection loses at most the batch
 in flight, which the next run redoes.
 
@@ -161,16 +166,26 @@ def _batch_result(row: sa.Row[Any]) -> _Batch:
 def _rotate_batch(
     conn: Connection, params: dict[str, Any], after: uuid.UUID | None, actor: str
 ) -> _Batch:
-    statement = rekey_sql.ROTATE_FIRST if after is None else rekey_sql.ROTATE_NEXT
-    try:
-        rows = _run_statement(conn, statement, {**params, "after": after}, "rotate a batch")
-    except sa_exc.DBAPIError as exc:
-        if not rekey_sql.is_data_error(exc):
-            raise
-        # A row whose ciphertext is not base64 or whose plaintext is not JSON made the
-        # whole statement fail: redo this batch one row at a time to single it out.
-        return _isolate(conn, params, after, actor)
-    return _batch_result(rows[0])
+    """Rotate the batch after ``after``: plain decrypt, else safe decrypt, else row by row.
+
+    The plain statement fails as a whole on one row's wrong key or corrupt ciphertext;
+    the safe one then fails such rows and rotates the others, paying a subtransaction per
+    row. A ciphertext that is not base64 or a plaintext that is not JSON fails both: the
+    batch is then redone one row at a time to single the row out (`_isolate`).
+    """
+    if after is None:
+        statements = (rekey_sql.ROTATE_FIRST, rekey_sql.ROTATE_FIRST_SAFE)
+    else:
+        statements = (rekey_sql.ROTATE_NEXT, rekey_sql.ROTATE_NEXT_SAFE)
+    for statement in statements:
+        try:
+            rows = _run_statement(conn, statement, {**params, "after": after}, "rotate a batch")
+        except sa_exc.DBAPIError as exc:
+            if not rekey_sql.is_data_error(exc):
+                raise
+            continue  # nothing of the batch was written: its transaction rolled back
+        return _batch_result(rows[0])
+    return _isolate(conn, params, after, actor)
 
 
 def _isolate(

@@ -1,10 +1,15 @@
 """The SQL of key re-encryption and verification (see `prefect_integrations.store.rekey`).
 
-Keys arrive only as bind-parameter arrays (``:kids``, ``:keys``), as in `vault`;
-``integration_try_decrypt`` yields NULL instead of aborting on a wrong key. The rotate
-statement claims, decrypts, checks, re-encrypts and audits one batch in one round trip;
-its audit rows come from `audit.insert_rows`. The reasons a row fails are the constants
-below; `data_error_reason` names the reason of a statement that failed on one row.
+Keys arrive only as bind-parameter arrays (``:kids``, ``:keys``), as in `vault`. The
+rotate statement claims, decrypts, checks, re-encrypts and audits one batch in one round
+trip; its audit rows come from `audit.insert_rows`. Each batch statement comes in two
+forms: the plain one decrypts with ``pgp_sym_decrypt``, which fails the whole statement
+on a wrong key or corrupt data, and the ``_SAFE`` one with ``integration_try_decrypt``,
+which yields NULL instead but opens a subtransaction per row (its EXCEPTION block), a
+cost every row would pay for the rare row that fails. The caller runs the plain form and,
+when one row's data failed it (`is_data_error`), the batch again in the safe form, then
+row by row. The reasons a row fails are the constants below; `data_error_reason` names
+the reason of a statement that failed on one row.
 """
 
 from __future__ import annotations
@@ -29,17 +34,22 @@ __all__ = [
     "PENDING_AFTER",
     "PENDING_COUNT",
     "PENDING_ROWS",
+    "PGCRYPTO_SQLSTATE",
     "RETRY_SQLSTATES",
     "ROTATE_FIRST",
+    "ROTATE_FIRST_SAFE",
     "ROTATE_NEXT",
+    "ROTATE_NEXT_SAFE",
     "ROTATE_ONE",
     "STILL_OLD",
     "UNDECRYPTABLE",
     "UNKNOWN_KEY_ID",
     "UPGRADE_FAILED",
     "VERIFY_FIRST",
+    "VERIFY_FIRST_SAFE",
     "VERIFY_IDS",
     "VERIFY_NEXT",
+    "VERIFY_NEXT_SAFE",
     "VERIFY_ONE",
     "data_error_reason",
     "is_data_error",
@@ -65,21 +75,29 @@ UPGRADE_FAILED = "upgrade_failed"
 
 #: Transient failures after which a batch is simply retried.
 RETRY_SQLSTATES = frozenset({"40P01", "40001", "55P03"})  # deadlock, serialization, lock
+#: pgcrypto's errors ("Wrong key or corrupt data", "Not text data", ...): external
+#: routine invocation exception.
+PGCRYPTO_SQLSTATE = "39000"
 
 # Each row passes through two fenced (``OFFSET 0``) subqueries, so that every expression
 # below is computed once per row:
-#   e  the envelope, detoasted once (``- ''`` returns an in-memory copy): reading its key
-#      id and ciphertext and writing it back then do not fetch it three times;
+#   e  the envelope, detoasted once: reading its key id and ciphertext and writing it back
+#      then do not fetch it three times. ``|| '{}'`` returns the detoasted envelope itself
+#      (jsonb_concat with an empty object returns its other operand, an object, without
+#      rebuilding it), which ``- ''`` would rebuild key by key;
 #   b  the envelope's key id, whether the keyring holds it, and the plaintext decrypted
-#      with that key, looked up in the bind-parameter arrays as `vault` does (NULL for a
-#      wrong key, corrupt data or an unknown key id). A ciphertext that is not base64 makes
-#      decode() fail the whole statement: the caller then redoes that batch row by row to
-#      single the row out (see `_isolate`).
-_DETOASTED = "- ''"
+#      with that key, looked up in the bind-parameter arrays as `vault` does (NULL for an
+#      unknown key id: the decrypt functions are STRICT). A wrong key or corrupt data fails
+#      the plain form of the statement and yields NULL in the safe one; a ciphertext that
+#      is not base64 makes decode() fail either: the caller then redoes that batch in the
+#      safe form, then row by row to single the row out (see `rekey._isolate`).
+_DETOASTED = "|| '{}'"
+_DECRYPT = "pgp_sym_decrypt"
+_TRY_DECRYPT = "integration_try_decrypt"
 _DECRYPTED = """
        e.envelope->>'kid' AS kid,
        array_position(CAST(:kids AS text[]), e.envelope->>'kid') IS NOT NULL AS key_known,
-       integration_try_decrypt(
+       {decrypt}(
          decode(e.envelope->>'ct', 'base64'),
          (CAST(:keys AS text[]))[array_position(CAST(:kids AS text[]), e.envelope->>'kid')]
        ) AS pt
@@ -195,20 +213,26 @@ SELECT (SELECT count(*) FROM upd) AS rotated,
 """
 
 
-def _rotate(where: str) -> sa.TextClause:
-    return audit.bind_action(
-        sa.text(_ROTATE_TEMPLATE.replace("{where}", where)), AuditAction.KEYS_ROTATE
-    )
+def _rotate(where: str, decrypt: str) -> sa.TextClause:
+    sql = _ROTATE_TEMPLATE.replace("{where}", where).replace("{decrypt}", decrypt)
+    return audit.bind_action(sa.text(sql), AuditAction.KEYS_ROTATE)
 
+
+_AFTER = "AND i.id > CAST(:after AS uuid)"
+_ONLY = "AND i.id = CAST(:only AS uuid)"
 
 # First pass from the start of the id order; later batches continue after the last id
 # seen (keyset); the isolation of a poison row works on one id.
-#: Rotate the first batch in id order.
-ROTATE_FIRST = _rotate("")
-#: Rotate the batch after ``:after`` (keyset).
-ROTATE_NEXT = _rotate("AND i.id > CAST(:after AS uuid)")
+#: Rotate the first batch in id order (fails on a wrong key or corrupt data).
+ROTATE_FIRST = _rotate("", _DECRYPT)
+#: Rotate the batch after ``:after`` (keyset; fails on a wrong key or corrupt data).
+ROTATE_NEXT = _rotate(_AFTER, _DECRYPT)
+#: `ROTATE_FIRST` with such rows failed instead (one subtransaction per row).
+ROTATE_FIRST_SAFE = _rotate("", _TRY_DECRYPT)
+#: `ROTATE_NEXT` with such rows failed instead (one subtransaction per row).
+ROTATE_NEXT_SAFE = _rotate(_AFTER, _TRY_DECRYPT)
 #: Rotate the one row ``:only`` (isolating a row that fails the whole batch).
-ROTATE_ONE = _rotate("AND i.id = CAST(:only AS uuid)")
+ROTATE_ONE = _rotate(_ONLY, _TRY_DECRYPT)
 
 _PENDING_WHERE = """
    WHERE key_id IS DISTINCT FROM CAST(:primary AS text)
@@ -315,11 +339,20 @@ SELECT count(*) FILTER (WHERE v.reason IS NULL) AS ok,
                 '{{}}') AS problem_reasons
   FROM ({_VERIFY_ROWS} OFFSET 0) v
 """
-#: Verify the first batch in id order; `VERIFY_NEXT` the batch after ``:after``.
-VERIFY_FIRST = sa.text(_VERIFY_TEMPLATE.replace("{where}", ""))
-VERIFY_NEXT = sa.text(_VERIFY_TEMPLATE.replace("{where}", "AND i.id > CAST(:after AS uuid)"))
+
+
+def _verify(template: str, where: str, decrypt: str) -> sa.TextClause:
+    return sa.text(template.replace("{where}", where).replace("{decrypt}", decrypt))
+
+
+#: Verify the first batch in id order; `VERIFY_NEXT` the batch after ``:after``. Both
+#: fail on a wrong key or corrupt data; the ``_SAFE`` forms report such rows instead.
+VERIFY_FIRST = _verify(_VERIFY_TEMPLATE, "", _DECRYPT)
+VERIFY_NEXT = _verify(_VERIFY_TEMPLATE, _AFTER, _DECRYPT)
+VERIFY_FIRST_SAFE = _verify(_VERIFY_TEMPLATE, "", _TRY_DECRYPT)
+VERIFY_NEXT_SAFE = _verify(_VERIFY_TEMPLATE, _AFTER, _TRY_DECRYPT)
 #: Verify the one row ``:only`` (isolating a row that fails the whole batch).
-VERIFY_ONE = sa.text(_VERIFY_ROWS.replace("{where}", "AND i.id = CAST(:only AS uuid)"))
+VERIFY_ONE = _verify(_VERIFY_ROWS, _ONLY, _TRY_DECRYPT)
 
 
 # --------------------------------------------------------------------------------------
@@ -378,11 +411,18 @@ def sqlstate(exc: sa_exc.DBAPIError) -> str:
 
 
 def is_data_error(exc: sa_exc.DBAPIError) -> bool:
-    """True when one row's data failed the statement (SQLSTATE class 22)."""
-    return sqlstate(exc).startswith("22")
+    """True when one row's data failed the statement.
+
+    SQLSTATE class 22 (a ciphertext that is not base64, a plaintext that is not JSON or
+    not UTF-8), or pgcrypto's error of ``pgp_sym_decrypt`` on a wrong key or corrupt
+    data (`PGCRYPTO_SQLSTATE`).
+    """
+    state = sqlstate(exc)
+    return state.startswith("22") or state == PGCRYPTO_SQLSTATE
 
 
 def data_error_reason(exc: sa_exc.DBAPIError) -> str:
     """The failure reason of a row whose data failed the statement (see `is_data_error`)."""
-    # 22023: decode() refused the base64; otherwise (22P02) the plaintext is not JSON
-    return UNDECRYPTABLE if sqlstate(exc) == "22023" else MALFORMED
+    # 22023: decode() refused the base64; 39000: wrong key or corrupt data; otherwise
+    # (22P02) the plaintext is not JSON
+    return UNDECRYPTABLE if sqlstate(exc) in {"22023", PGCRYPTO_SQLSTATE} else MALFORMED
