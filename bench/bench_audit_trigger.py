@@ -53,6 +53,7 @@ import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -65,7 +66,7 @@ from prefect_integrations.store.audit_chain import (
     CHAINS,
     LOCK_CLASS,
     function_bodies,
-    row_hash,
+    hash_of,
     timestamp_text,
 )
 
@@ -134,21 +135,7 @@ def hash_concat(prev: bytes | None, row: Any) -> bytes:
 
 
 def _hash(prev: bytes | None, row: Any, occurred_at: str) -> bytes:
-    return row_hash(
-        prev,
-        version=row.version,
-        row_id=row.id,
-        chain=row.chain,
-        seq=row.seq,
-        occurred_at=occurred_at,
-        actor=row.actor,
-        db_role=row.db_role,
-        action=row.action,
-        instance_id=row.instance_id,
-        integration_id=row.integration_id,
-        outcome=row.outcome,
-        details=row.details,
-    )
+    return hash_of(prev, SimpleNamespace(**(row._asdict() | {"occurred_at": occurred_at})))
 
 
 def _hash_v2(prev: bytes | None, row: Any) -> bytes:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "APPENDED_COLUMNS",
@@ -52,6 +53,7 @@ __all__ = [
     "chained_functions_sql",
     "function_bodies",
     "functions_sql",
+    "hash_of",
     "json_string",
     "row_hash",
     "timestamp_text",
@@ -348,3 +350,26 @@ def row_hash(
         return b""
     text = "[" + ", ".join([*head, *fields]) + "]"
     return hashlib.sha256((prev or b"") + text.encode("utf-8")).digest()
+
+
+def hash_of(prev: bytes | None, row: Any) -> bytes:
+    """`row_hash` of a row read from the log.
+
+    Its attributes are named as the log's columns, ``occurred_at`` is its UTC text and
+    ``details`` jsonb's text output.
+    """
+    return row_hash(
+        prev,
+        version=row.version,
+        row_id=row.id,
+        chain=row.chain,
+        seq=row.seq,
+        occurred_at=row.occurred_at,
+        actor=row.actor,
+        db_role=row.db_role,
+        action=row.action,
+        instance_id=row.instance_id,
+        integration_id=row.integration_id,
+        outcome=row.outcome,
+        details=row.details,
+    )

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from prefect_integrations.db import Database, translate_errors
 from prefect_integrations.exceptions import AuditError
 from prefect_integrations.models import audit_log
-from prefect_integrations.store.audit_chain import LOCK_CLASS, SEAL_CHAIN, row_hash
+from prefect_integrations.store.audit_chain import LOCK_CLASS, SEAL_CHAIN, hash_of
 
 __all__ = [
     "PAGE",
@@ -64,33 +64,34 @@ _HEAD = sa.text(
 )
 #: The rows not sealed yet, as a SQL condition: every chain column empty (a row with some
 #: of them set is not the sealer's; `audit_verify` reports it).
-_COLUMNS = """id, (occurred_at AT TIME ZONE 'UTC')::text AS occurred_at, actor, db_role,
-       action, instance_id, integration_id, outcome, details::text AS details"""
 UNSEALED = """seq IS NULL AND chain IS NULL AND version IS NULL AND hash IS NULL
    AND prev_hash IS NULL"""
-_PENDING = sa.text(
-    f"""
-    SELECT {_COLUMNS}
-      FROM {audit_log.name}
-     WHERE {UNSEALED} AND id > :after AND id <= :upto
-     ORDER BY id
-     LIMIT :limit
-    """
-)
-_PENDING_IDS = sa.text(
-    f"""
-    SELECT {_COLUMNS}
-      FROM {audit_log.name}
-     WHERE {UNSEALED} AND id = ANY(CAST(:ids AS bigint[]))
-     ORDER BY id
-    """
-)
+# A page of rows to seal, in id order, with the version, chain and seq they get.
+_PAGE = f"""
+    SELECT p.*, {_VERSION} AS version, CAST(:chain AS smallint) AS chain,
+           CAST(:seq AS bigint) + row_number() OVER (ORDER BY p.id) AS seq
+      FROM (SELECT id, (occurred_at AT TIME ZONE 'UTC')::text AS occurred_at, actor,
+                   db_role, action, instance_id, integration_id, outcome,
+                   details::text AS details
+              FROM {audit_log.name}
+             WHERE {UNSEALED} AND {{which}}
+             ORDER BY id
+             LIMIT :limit) p
+     ORDER BY p.id
+"""
+_PENDING = sa.text(_PAGE.format(which="id > :after AND id <= :upto"))
+_PENDING_IDS = sa.text(_PAGE.format(which="id = ANY(CAST(:ids AS bigint[]))"))
+# The page's hashes arrive as one string of 32-byte digests in its order; each row's
+# previous hash is the digest before its own (the chain's head for the first).
 _SEAL = sa.text(
     f"""
     UPDATE {audit_log.name} l
-       SET version = {_VERSION}, chain = :chain, seq = u.seq, prev_hash = u.prev, hash = u.hash
-      FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[]), CAST(:prevs AS bytea[]),
-                  CAST(:hashes AS bytea[])) AS u(id, seq, prev, hash)
+       SET version = {_VERSION}, chain = :chain, seq = CAST(:seq AS bigint) + u.n,
+           hash = substring(CAST(:hashes AS bytea) FROM u.at FOR 32),
+           prev_hash = CASE WHEN u.n = 1 THEN CAST(:prev AS bytea)
+                            ELSE substring(CAST(:hashes AS bytea) FROM u.at - 32 FOR 32) END
+      FROM (SELECT id, n, CAST(n AS int) * 32 - 31 AS at
+              FROM unnest(CAST(:ids AS bigint[])) WITH ORDINALITY AS o(id, n)) u
      WHERE l.id = u.id AND l.seq IS NULL
     """
 )
@@ -150,33 +151,23 @@ class SealReport:
 def _seal_page(
     conn: Session | Connection, chain: int, rows: Sequence[Any], seq: int, prev: bytes | None
 ) -> tuple[int, bytes | None]:
-    ids, seqs, prevs, hashes = [], [], [], []
+    """Hash a page (numbered from ``seq`` + 1 by `_PAGE`) and fill its chain columns."""
+    first = prev
+    digests = []
     for row in rows:
-        seq += 1
-        digest = row_hash(
-            prev,
-            version=_VERSION,
-            row_id=int(row.id),
-            chain=chain,
-            seq=seq,
-            occurred_at=row.occurred_at,
-            actor=row.actor,
-            db_role=row.db_role,
-            action=row.action,
-            instance_id=row.instance_id,
-            integration_id=row.integration_id,
-            outcome=row.outcome,
-            details=row.details,
-        )
-        ids.append(int(row.id))
-        seqs.append(seq)
-        prevs.append(prev)
-        hashes.append(digest)
-        prev = digest
+        prev = hash_of(prev, row)
+        digests.append(prev)
     conn.execute(
-        _SEAL, {"chain": chain, "ids": ids, "seqs": seqs, "prevs": prevs, "hashes": hashes}
+        _SEAL,
+        {
+            "chain": chain,
+            "seq": seq,
+            "prev": first,
+            "hashes": b"".join(digests),
+            "ids": [row.id for row in rows],
+        },
     )
-    return seq, prev
+    return seq + len(rows), prev
 
 
 def seal(
@@ -205,17 +196,28 @@ def seal(
         after = 0 if head is None else int(head.id)
         sealed = 0
         if ids is not None:
-            rows = conn.execute(_PENDING_IDS, {"ids": list(ids)}).all()
-            for start in range(0, len(rows), PAGE):
-                seq, prev = _seal_page(conn, chain, rows[start : start + PAGE], seq, prev)
-            sealed = len(rows)
+            for start in range(0, len(ids), PAGE):
+                rows = conn.execute(
+                    _PENDING_IDS,
+                    {
+                        "ids": list(ids[start : start + PAGE]),
+                        "chain": chain,
+                        "seq": seq,
+                        "limit": PAGE,
+                    },
+                ).all()
+                seq, prev = _seal_page(conn, chain, rows, seq, prev)
+                sealed += len(rows)
         else:
             if upto is None:
                 upto = newest_id(conn)
             _wait_for_running(conn, wait)
             while limit is None or sealed < limit:
                 page = PAGE if limit is None else min(PAGE, limit - sealed)
-                rows = conn.execute(_PENDING, {"after": after, "upto": upto, "limit": page}).all()
+                rows = conn.execute(
+                    _PENDING,
+                    {"after": after, "upto": upto, "limit": page, "chain": chain, "seq": seq},
+                ).all()
                 if not rows:
                     break
                 seq, prev = _seal_page(conn, chain, rows, seq, prev)

@@ -47,7 +47,7 @@ from prefect_integrations.models import SEAL_COLUMNS, audit_log
 from prefect_integrations.store.audit_chain import (
     CHAINS,
     CUT_ACTION,
-    row_hash,
+    hash_of,
     timestamp_text,
 )
 from prefect_integrations.store.audit_guard import check_guard
@@ -364,21 +364,7 @@ def _check_row(
         )
     if not 0 <= row.chain < CHAINS:
         found.add(Problem("inserted", f"chain {row.chain} does not exist", **where))
-    expected = row_hash(
-        row.prev_hash,
-        version=row.version,
-        row_id=row.id,
-        chain=row.chain,
-        seq=row.seq,
-        occurred_at=row.occurred_at,
-        actor=row.actor,
-        db_role=row.db_role,
-        action=row.action,
-        instance_id=row.instance_id,
-        integration_id=row.integration_id,
-        outcome=row.outcome,
-        details=row.details,
-    )
+    expected = hash_of(row.prev_hash, row)
     if expected != row.hash:
         found.add(Problem("altered", "hash does not match the row", **where))
     elif not gap and row.prev_hash != state.hash:
