@@ -321,3 +321,85 @@ def test_the_sealer_waits_for_transactions_that_may_still_append_below(db: Datab
     sealer.join(60)
     assert done == [2]
     assert [(r.id, r.seq) for r in _rows(db)] == [(1, 1), (2, 2)]
+
+
+def test_the_sealer_waits_for_a_transaction_that_took_its_id_after_another(
+    db: Database, runtime_db: Database
+) -> None:
+    """Transaction ids above the snapshot's horizon count too: U takes an id, T a later
+    one and appends, U appends and commits; T's row, numbered first, is sealed first."""
+    from prefect_integrations.store.audit_seal import SealWaitTimeout
+
+    early, late = runtime_db.engine.connect(), runtime_db.engine.connect()
+    try:
+        early.execute(sa.text("SELECT pg_current_xact_id()"))
+        audit.record(late, action=AuditAction.HEALTH_CHECK, actor="late")  # id 1, open
+        audit.record(early, action=AuditAction.HEALTH_CHECK, actor="early")  # id 2
+        early.commit()
+        with pytest.raises(SealWaitTimeout):
+            seal_pending(runtime_db, wait=0.2)
+        late.commit()
+    finally:
+        early.close()
+        late.close()
+    assert seal_pending(runtime_db).rows == 2
+    assert [(r.id, r.seq) for r in _rows(db)] == [(1, 1), (2, 2)]
+
+
+def test_a_role_cannot_seal_by_hand(db: Database, runtime_db: Database) -> None:
+    """Only the sealer (which runs as the owner) fills chain columns: a role sealing its own
+    row first, with the right hash, would keep older rows out of the chain."""
+    from prefect_integrations.exceptions import PermissionDenied
+    from prefect_integrations.store.audit_chain import hash_of
+
+    _append(db, 1)
+    _append(db, 2, "victim", sealed=False)
+    with runtime_db.transaction() as s:
+        audit.record(s, action=AuditAction.HEALTH_CHECK, actor="mallory")
+    with db.transaction() as s:
+        s.execute(sa.text("SELECT set_config('DateStyle', 'ISO, YMD', true)"))
+        head = s.execute(sa.text("SELECT seq, hash FROM integration_audit_log WHERE id = 1")).one()
+        row = s.execute(
+            sa.text(
+                "SELECT id, 2 AS version, 0 AS chain, CAST(:seq AS bigint) AS seq, "
+                "(occurred_at AT TIME ZONE 'UTC')::text AS occurred_at, actor, db_role, "
+                "action, instance_id, integration_id, outcome, details::text AS details "
+                "FROM integration_audit_log WHERE id = 4"
+            ),
+            {"seq": head.seq + 1},
+        ).one()
+    digest = hash_of(bytes(head.hash), row)
+    with pytest.raises(PermissionDenied), runtime_db.transaction("seal by hand") as s:
+        s.execute(
+            sa.text(
+                "UPDATE integration_audit_log SET version = 2, chain = 0, seq = :seq, "
+                "prev_hash = :prev, hash = :hash WHERE id = 4"
+            ),
+            {"seq": head.seq + 1, "prev": bytes(head.hash), "hash": digest},
+        )
+    assert seal_pending(runtime_db).rows == 3
+    with db.transaction() as s:
+        report = audit.verify(s)
+    assert report.ok and (report.rows, report.unsealed) == (4, 0)
+
+
+def test_the_sealer_is_the_owners_and_only_the_roles_may_call_it(
+    db: Database, runtime_db: Database
+) -> None:
+    with db.transaction() as s:
+        row = s.execute(
+            sa.text(
+                "SELECT p.prosecdef, p.proconfig, "
+                "has_function_privilege('public', p.oid, 'EXECUTE') AS anyone, "
+                "has_function_privilege('prefect_integrations_runtime', p.oid, 'EXECUTE') "
+                "AS runtime FROM pg_proc p "
+                "WHERE p.oid = to_regprocedure(:f)"
+            ),
+            {"f": "integration_audit_seal(bigint, integer, double precision)"},
+        ).one()
+    assert (row.prosecdef, row.proconfig, row.anyone, row.runtime) == (
+        True,
+        ["search_path=pg_catalog, pg_temp"],
+        False,
+        True,
+    )

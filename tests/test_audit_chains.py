@@ -255,6 +255,15 @@ def test_a_replaced_hash_function_is_named(db: Database) -> None:
             "seq has a default",
         ),
         (
+            "ALTER SEQUENCE integration_audit_log_id_seq CACHE 20",
+            "the id sequence caches, cycles or counts down",
+        ),
+        (
+            "ALTER TABLE integration_audit_log ALTER COLUMN id SET DEFAULT CASE WHEN "
+            "pg_current_xact_id() IS NOT NULL THEN nextval('prefect_integrations_id_seq') END",
+            "the default of id does not draw from the id column's sequence",
+        ),
+        (
             "GRANT INSERT ON integration_audit_log TO prefect_integrations_runtime",
             "prefect_integrations_runtime may INSERT every column",
         ),
@@ -275,6 +284,7 @@ def test_a_changed_default_or_a_wider_grant_is_named(
     _append(db, 1)
     assert _verify(db).ok
     with db.transaction() as s:
+        s.execute(sa.text("CREATE SEQUENCE prefect_integrations_id_seq"))
         s.execute(sa.text(statement))
     details = [p.detail for p in _verify(db).problems]
     assert detail in details and {p.kind for p in _verify(db).problems} == {"table"}, details

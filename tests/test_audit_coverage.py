@@ -852,7 +852,7 @@ def test_cli_verify_passes_on_an_intact_log(cli: Cli, logged: Database) -> None:
     with logged.transaction() as s:
         report = audit.verify(s)
     assert out.splitlines() == [
-        f"audit log intact: {report.rows} rows in {len(report.chains)} chains",
+        f"audit log intact: {report.rows} rows in {len(report.chains)} chain",
         *(f"chain {c.chain}: seq {c.seq}, head {c.head}" for c in report.chains),
     ]
     assert cli.json("audit", "verify") == {**report.as_dict(), "ok": True}
@@ -939,13 +939,36 @@ def test_cli_verify_names_a_deleted_row_by_its_place(cli: Cli, logged: Database)
     _verify_fails(cli, f"missing rows: {place}")
 
 
+def _now(db: Database) -> Any:
+    with db.transaction() as s:
+        return s.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+
+
+def test_cli_verify_names_each_archives_range(
+    cli: Cli, logged: Database, world: World, tmp_path: Path
+) -> None:
+    """Two archives: each cut names the seqs its own file holds."""
+    first = archive(logged, world.keyring, before=_now(logged), to=tmp_path / "a.gz", actor=ACTOR)
+    _decrypt(world)
+    _decrypt(world)
+    seal_pending(logged)
+    second = archive(logged, world.keyring, before=_now(logged), to=tmp_path / "b.gz", actor=ACTOR)
+    [cut_a], [cut_b] = first.cuts, second.cuts
+    out = cli.ok("audit", "verify").out.splitlines()
+    archived = [line for line in out if "archived by row" in line]
+    assert [line.split(" archived")[0] for line in archived] == [
+        f"chain 0: seq {cut_b.first_seq}-{cut_b.through_seq}"
+    ]
+    assert cut_b.first_seq == cut_a.through_seq + 1 > 1
+
+
 def test_cli_verify_finds_a_cut_tail_only_with_a_checkpoint(
     cli: Cli, logged: Database, tmp_path: Path
 ) -> None:
     """Removing a chain's newest row leaves a valid shorter chain: a checkpoint tells."""
     checkpoint = tmp_path / "cp.json"
     written = cli.ok("audit", "checkpoint", "--out", str(checkpoint)).out
-    assert written.startswith("checkpoint 1 of ") and checkpoint.exists()
+    assert written.startswith("checkpoint 1: ") and checkpoint.exists()
     kept = checkpoint.read_bytes()
     again = cli("audit", "checkpoint", "--out", str(checkpoint))
     assert again.code == 1 and "already exists" in again.err and checkpoint.read_bytes() == kept

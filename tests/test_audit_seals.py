@@ -37,7 +37,7 @@ from prefect_integrations.keyring import Keyring, generate_key, parse_keyring
 from prefect_integrations.store import audit
 from prefect_integrations.store.audit import AuditAction, AuditRow
 from prefect_integrations.store.audit_chain import CHAINS, LOCK_CLASS
-from prefect_integrations.store.audit_seal import seal, seal_pending
+from prefect_integrations.store.audit_seal import seal_pending, seal_rows
 
 from .test_audit_chains import _append, _tamper
 
@@ -196,7 +196,7 @@ def _one_chain(db: Database, n: int) -> None:
 def _in_chain(s: Any, chain: int, row: AuditRow) -> int:
     """Append ``row`` and seal it into ``chain`` at once (as an archive seals its cut)."""
     row_id = audit.record_one(s, row)
-    seal(s, chain=chain, ids=[row_id])
+    seal_rows(s, chain, [row_id])
     return row_id
 
 

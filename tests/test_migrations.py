@@ -319,3 +319,38 @@ def test_rows_chained_by_the_trigger_and_by_the_sealer_verify_alike(empty_db: Da
     with empty_db.transaction() as s:
         report = audit.verify(s)
     assert report.ok and report.rows == 10, report.problems
+
+
+def test_the_upgrade_narrows_what_roles_could_write_to_the_log(empty_db: Database) -> None:
+    """A role granted INSERT and UPDATE on the log before revision 0009 may afterwards
+    append a row's content and call the sealer, nothing more: no window in which it could
+    write an id, a time or a role that the sealer would then chain."""
+    from prefect_integrations.store import audit
+
+    dbmod.upgrade(empty_db, "2026_11_30_0008")
+    with empty_db.transaction() as s:
+        s.execute(
+            sa.text(
+                "DO $$ BEGIN CREATE ROLE pi_legacy_writer; "
+                "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            )
+        )
+        s.execute(sa.text("GRANT INSERT, UPDATE ON integration_audit_log TO pi_legacy_writer"))
+        s.execute(sa.text("GRANT INSERT ON integration_audit_log TO PUBLIC"))
+    dbmod.upgrade(empty_db)
+    with empty_db.transaction() as s:
+        may = s.execute(
+            sa.text(
+                "SELECT has_column_privilege('pi_legacy_writer', 'integration_audit_log', "
+                "'actor', 'INSERT') AS content, "
+                "has_column_privilege('pi_legacy_writer', 'integration_audit_log', 'id', "
+                "'INSERT') AS id, "
+                "has_any_column_privilege('pi_legacy_writer', 'integration_audit_log', "
+                "'UPDATE') AS updates, "
+                "has_function_privilege('pi_legacy_writer', "
+                "'integration_audit_seal(bigint, integer, double precision)', 'EXECUTE') AS seals"
+            )
+        ).one()
+        report = audit.verify(s)
+    assert (may.content, may.id, may.updates, may.seals) == (True, False, False, True)
+    assert report.ok, report.problems

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -919,3 +920,43 @@ def test_verification_parses_as_reads_do(
     with synced.transaction() as s:
         got = vault.fetch_many(s, new, ids, actor="t", purpose="check")
     assert sorted(i for i, c in got.items() if isinstance(c, Exception)) == sorted(spoiled)
+
+
+def test_a_wrong_key_row_puts_no_key_in_the_server_log(
+    cluster: EmbeddedCluster, synced: Database, test_registry: Registry, keyring: Keyring
+) -> None:
+    """A rotation or verification batch fails on a wrong-key row on purpose: even when the
+    database logs a failing statement's parameters (any role may ask for that), its keys
+    are not among them."""
+    ids = _make(synced, test_registry, keyring, 4)
+    with synced.transaction() as s:  # one row under k1's id, encrypted with another key
+        s.execute(
+            sa.text(
+                "UPDATE integration_instances SET credentials = jsonb_set(credentials, '{ct}', "
+                "to_jsonb(encode(pgp_sym_encrypt(:pt, :k, :o), 'base64'))) "
+                "WHERE instance_id = :i"
+            ),
+            {
+                "pt": json.dumps({"instance_id": ids[1], "credentials": {"apikey": {"key": "x"}}}),
+                "k": generate_key(),
+                "o": vault.PGP_OPTIONS,
+                "i": ids[1],
+            },
+        )
+        name = s.execute(sa.text("SELECT current_database()")).scalar_one()
+    with psycopg.connect(cluster.dsn(database="postgres"), autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} SET log_parameter_max_length_on_error = -1").format(
+                psycopg.sql.Identifier(name)
+            )
+        )
+    synced.dispose()
+    start = cluster.log_file.stat().st_size
+    new, _ = _rotated_ring(keyring)
+    report = rekey.rotate_keys(synced, new, actor="t", batch_size=10)
+    assert (report.rotated, report.failed) == (3, [(ids[1], rekey.UNDECRYPTABLE)])
+    with cluster.log_file.open() as handle:
+        handle.seek(start)
+        logged = handle.read()
+    assert "Wrong key or corrupt data" in logged  # the batch did fail, and was logged
+    assert not [key[:6] for key in _keys_of(new) if key in logged]

@@ -7,9 +7,10 @@ once the transaction has its id; see `prefect_integrations.store.audit_seal`) an
 (``occurred_at``, ``db_role``) each row, and the chain columns (``version``, ``chain``,
 ``seq``, ``prev_hash``, ``hash``) stay empty until the sealer fills them, in id order,
 with the same formula, so rows chained before and after this revision verify alike.
-`prefect-integrations db grant` grants the roles INSERT on the other columns only and
-UPDATE on the chain columns only; the guard lets one UPDATE through, the one that fills
-the empty chain columns and changes nothing else. The unique ``(chain, seq)`` index
+Roles that could write the log may now INSERT a row's content only and call the sealer,
+``integration_audit_seal``, which runs as the table's owner (`prefect-integrations db
+grant` grants the same); the guard lets one UPDATE through, the one that fills the empty
+chain columns and changes nothing else. The unique ``(chain, seq)`` index
 becomes partial: a row enters it when it is sealed.
 
 Downgrading seals every row first, then restores the chaining trigger of revision 0008,
@@ -28,6 +29,8 @@ import sqlalchemy as sa
 from alembic import op
 
 from prefect_integrations.store.audit_chain import (
+    APPENDED_COLUMNS,
+    SEAL_FUNCTION,
     STAMP_DEFAULTS,
     chained_functions_sql,
     functions_sql,
@@ -73,10 +76,38 @@ def upgrade() -> None:
         postgresql_where=sa.text("seq IS NOT NULL"),
     )
     op.execute(functions_sql(schema))
+    _narrow_grants()
+
+
+def _narrow_grants() -> None:
+    """Roles that could write the log may now append a row's content and seal, no more."""
+    writers = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                """
+            SELECT DISTINCT CASE WHEN g.grantee = 0 THEN 'PUBLIC'
+                                 ELSE CAST(CAST(g.grantee AS regrole) AS text) END
+              FROM pg_class c, aclexplode(c.relacl) g
+             WHERE c.oid = 'integration_audit_log'::regclass AND g.grantee <> c.relowner
+               AND g.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+            """
+            )
+        )
+        .scalars()
+    )
+    for role in writers:
+        op.execute(f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON integration_audit_log FROM {role}")
+        if role != "PUBLIC":
+            op.execute(
+                f"GRANT INSERT ({', '.join(APPENDED_COLUMNS)}) ON integration_audit_log TO {role}"
+            )
+            op.execute(f"GRANT EXECUTE ON FUNCTION {SEAL_FUNCTION} TO {role}")
 
 
 def downgrade() -> None:
     seal(op.get_bind())
+    op.execute(f"DROP FUNCTION {SEAL_FUNCTION}")
     for column in STAMP_DEFAULTS:
         op.execute(f"ALTER TABLE integration_audit_log ALTER COLUMN {column} DROP DEFAULT")
     for column in _NULLABLE:

@@ -97,6 +97,7 @@ def up() -> None:
     definitions, seals the audit log.
     """
     from prefect_integrations import db as dbmod
+    from prefect_integrations.audit_seals import cut_is_authentic
     from prefect_integrations.cli._common import echo_table
     from prefect_integrations.store import audit
     from prefect_integrations.store.audit_seal import SealWaitTimeout, seal_pending
@@ -125,7 +126,9 @@ def up() -> None:
     with rt.transaction("summarise the store") as session:
         stored = list_definitions(session)
         found = list_instances(session)
-        chain = audit.verify(session)
+        chain = audit.verify(
+            session, cut_check=lambda n, details: cut_is_authentic(keyring, n, details)
+        )
     echo("")
     echo_table(
         ["INTEGRATION", "VERSION", "AUTH", "METHODS", "INSTANCES"],
@@ -147,7 +150,8 @@ def up() -> None:
     states = ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "none yet"
     echo(f"instances: {len(found)} ({states})")
     waiting = f", {chain.unsealed} not sealed yet" if chain.unsealed else ""
-    echo(f"audit log: {chain.rows} rows, chain {'intact' if chain.ok else 'BROKEN'}{waiting}")
+    state = "intact" if chain.ok else "BROKEN (see `prefect-integrations audit verify`)"
+    echo(f"audit log: {chain.rows} rows, chain {state}{waiting}")
     if not found:
         echo("")
         for line in NEXT_STEPS:

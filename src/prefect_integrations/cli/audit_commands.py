@@ -167,7 +167,7 @@ def seal(
         emit_json(report.as_dict())
     else:
         echo(
-            f"sealed {report.rows} rows into chain {report.chain}: "
+            f"sealed {_count(report.rows, 'row')} into chain {report.chain}: "
             f"seq {report.seq}, head {report.head or '-'}"
         )
 
@@ -211,7 +211,10 @@ def verify(
             )
         )
     elif report.ok:
-        echo(f"audit log intact: {report.rows} rows in {len(report.chains)} chains")
+        echo(
+            f"audit log intact: {_count(report.rows, 'row')} in "
+            f"{_count(len(report.chains), 'chain')}"
+        )
         for chain in report.chains:
             start = (
                 f"seq {chain.first_seq}-{chain.seq}" if chain.first_seq > 1 else f"seq {chain.seq}"
@@ -224,7 +227,8 @@ def verify(
             )
         for cut in report.cuts:
             echo(
-                f"chain {cut.chain}: seq 1-{cut.through_seq} archived by row {cut.id} "
+                f"chain {cut.chain}: seq {cut.details.get('first_seq', 1)}-{cut.through_seq} "
+                f"archived by row {cut.id} "
                 f"({cut.details.get('file', '?')}, {cut.occurred_at})"
             )
         if covered is not None:
@@ -299,7 +303,8 @@ def checkpoint(
             f"checkpoint file {str(out)!r}", [], exc.strerror or "cannot be written"
         ) from None
     echo(
-        f"checkpoint {taken.sequence} of {taken.rows} rows in {len(taken.chains)} chains "
+        f"checkpoint {taken.sequence}: {_count(taken.rows, 'row')} in "
+        f"{_count(len(taken.chains), 'chain')} "
         f"written to {out}"
     )
 

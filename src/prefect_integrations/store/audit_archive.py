@@ -26,7 +26,7 @@ from prefect_integrations.db import Database, translate_errors
 from prefect_integrations.models import audit_log
 from prefect_integrations.store.audit import AuditAction, AuditRow, record_one
 from prefect_integrations.store.audit_chain import LOCK_CLASS, SEAL_CHAIN
-from prefect_integrations.store.audit_seal import seal
+from prefect_integrations.store.audit_seal import seal, seal_rows
 
 __all__ = [
     "ARCHIVE_COLUMNS",
@@ -163,12 +163,17 @@ def cut_chain(session: Session, planned: PlannedCut, *, actor: str, details: dic
     Returns the rows deleted. The chain stays held by this transaction until it ends.
     """
     with translate_errors("archive the audit log"):
+        # the chain first: a sealer holding it waits for transactions that hold an id
+        session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:cls, :chain)"),
+            {"cls": LOCK_CLASS, "chain": planned.chain},
+        )
         cut = record_one(
             session, AuditRow(action=AuditAction.AUDIT_ARCHIVE, actor=actor, details=details)
         )
         if planned.chain == SEAL_CHAIN:  # after the rows appended before it
-            seal(session, chain=planned.chain)
+            seal(session)
         else:
-            seal(session, chain=planned.chain, ids=[cut])
+            seal_rows(session, planned.chain, [cut])
         result = session.execute(_DELETE, {"chain": planned.chain, "through": planned.through_seq})
         return int(result.rowcount)  # type: ignore[attr-defined]

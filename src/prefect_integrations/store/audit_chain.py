@@ -28,6 +28,9 @@ of the database.
 
 The function bodies and defaults are kept here, and created by the migrations:
 `audit_guard` compares the database's definitions with them.
+
+The module is over 450 lines because it keeps the SQL of the log's functions, as they
+are and as earlier revisions created them, beside the Python hash they must agree with.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ __all__ = [
     "EXPECTED_TRIGGERS",
     "LOCK_CLASS",
     "SEAL_CHAIN",
+    "SEAL_FUNCTION",
+    "SEAL_SEARCH_PATH",
     "STAMP_DEFAULTS",
     "ExpectedFunction",
     "ExpectedTrigger",
@@ -186,12 +191,85 @@ BEGIN
 )
 
 
+# The sealer (`audit_seal`): runs as the table's owner, so that the roles, which may not
+# UPDATE the log, can seal it, and only as the sealer does. It extends SEAL_CHAIN: under
+# the chain's lock it reads the chain's last row, waits until every transaction of this
+# database holding a transaction id now (prepared ones too) has ended (each drew its row
+# ids after taking its transaction id, so every row up to ``upto`` is then committed or
+# never will be), then hashes the rows not sealed yet in id order after that last row, up
+# to ``upto`` and at most ``most`` of them, and fills their chain columns one by one (a
+# row changed meanwhile fails the call).
+_SEAL_BODY = """
+DECLARE
+  c constant int := {seal_chain};
+  head_id bigint;
+  s bigint;
+  h bytea;
+  xids xid[];
+  deadline timestamptz := clock_timestamp() + make_interval(secs => wait);
+  r {schema}.integration_audit_log%ROWTYPE;
+BEGIN
+  PERFORM pg_advisory_xact_lock({lock}, c);
+  SELECT l.id, l.seq, l.hash INTO head_id, s, h FROM {schema}.integration_audit_log l
+   WHERE l.chain = c AND l.seq IS NOT NULL ORDER BY l.seq DESC LIMIT 1;
+  SELECT coalesce(array_agg(l.transactionid), '{{}}') INTO xids
+    FROM pg_catalog.pg_locks l
+    LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+    LEFT JOIN pg_catalog.pg_prepared_xacts x ON x.transaction = l.transactionid
+   WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+     AND l.pid IS DISTINCT FROM pg_backend_pid()
+     AND coalesce(a.datname, x.database) = current_database();
+  WHILE EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                 WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
+                   AND l.granted AND l.transactionid = ANY (xids)) LOOP
+    IF clock_timestamp() > deadline THEN
+      RAISE EXCEPTION 'integration_audit_seal: transactions that may still append stayed open'
+        USING ERRCODE = 'lock_not_available', DETAIL = xids::text;
+    END IF;
+    PERFORM pg_sleep(0.005);
+  END LOOP;
+  sealed_rows := 0;
+  FOR r IN SELECT * FROM {schema}.integration_audit_log l
+            WHERE l.seq IS NULL AND l.chain IS NULL AND l.version IS NULL
+              AND l.hash IS NULL AND l.prev_hash IS NULL
+              AND l.id > coalesce(head_id, 0) AND l.id <= upto
+            ORDER BY l.id LIMIT most LOOP
+    s := coalesce(s, 0) + 1;
+    r.version := 2;
+    r.chain := c;
+    r.seq := s;
+    r.prev_hash := h;
+    h := {seal_hash};
+    UPDATE {schema}.integration_audit_log
+       SET version = 2, chain = c, seq = s, prev_hash = r.prev_hash, hash = h
+     WHERE id = r.id AND seq IS NULL;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'integration_audit_seal: row % changed while it was sealed', r.id
+        USING ERRCODE = 'serialization_failure';
+    END IF;
+    sealed_rows := sealed_rows + 1;
+  END LOOP;
+  head_seq := coalesce(s, 0);
+  head_hash := h;
+  RETURN NEXT;
+END
+"""
+#: The sealer's search path: only the catalog (tables and types are named with their schema).
+SEAL_SEARCH_PATH = "search_path=pg_catalog, pg_temp"
+
+
 @dataclass(frozen=True, slots=True)
 class ExpectedFunction:
-    """A function the log relies on: its signature and body (it runs as its caller)."""
+    """A function the log relies on: its signature, body, and settings.
+
+    ``definer``: it runs as its owner (the sealer), with ``config`` as its only settings;
+    the others run as their caller, with no settings of their own.
+    """
 
     signature: str
     body: str
+    definer: bool = False
+    config: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +282,12 @@ class ExpectedTrigger:
 
 
 #: The functions, by name (their bodies are templates of `function_bodies`).
+#: The sealer's signature (`audit_seal`; the roles may EXECUTE it).
+SEAL_FUNCTION = "integration_audit_seal(bigint, integer, double precision)"
 EXPECTED_FUNCTIONS = (
     ExpectedFunction("integration_audit_hash(bytea, integration_audit_log)", _HASH_BODY),
     ExpectedFunction("integration_audit_refuse()", _REFUSE_BODY),
+    ExpectedFunction(SEAL_FUNCTION, _SEAL_BODY, definer=True, config=(SEAL_SEARCH_PATH,)),
 )
 # The same functions as revisions 0007 and 0008 created them.
 _CHAINED_FUNCTIONS = (
@@ -234,6 +315,10 @@ def _bodies(schema: str, functions: tuple[ExpectedFunction, ...]) -> dict[str, s
         "lock": LOCK_CLASS,
         "hash": inline,
         "cut_action": CUT_ACTION,
+        "seal_chain": SEAL_CHAIN,
+        "seal_hash": _HASH_EXPRESSION.replace("prev, ''", "r.prev_hash, ''").replace(
+            "sha256(", "pg_catalog.sha256(", 1
+        ),
     }
     return {f.signature: f.body.format(**values) for f in functions}
 
@@ -264,11 +349,20 @@ def _create(bodies: dict[str, str]) -> str:
         ),
         "integration_audit_append()": "integration_audit_append() RETURNS trigger LANGUAGE plpgsql",
         "integration_audit_refuse()": "integration_audit_refuse() RETURNS trigger LANGUAGE plpgsql",
+        SEAL_FUNCTION: (
+            "integration_audit_seal(upto bigint, most integer, wait double precision, "
+            "OUT sealed_rows bigint, OUT head_seq bigint, OUT head_hash bytea) "
+            "RETURNS SETOF record "
+            f"LANGUAGE plpgsql SECURITY DEFINER SET {SEAL_SEARCH_PATH.replace('=', ' = ')}"
+        ),
     }
-    return "\n".join(
+    created = [
         f"CREATE OR REPLACE FUNCTION {declarations[signature]} AS $fn${body}$fn$;"
         for signature, body in bodies.items()
-    )
+    ]
+    if SEAL_FUNCTION in bodies:  # functions are anyone's to call unless revoked
+        created.append(f"REVOKE ALL ON FUNCTION {SEAL_FUNCTION} FROM PUBLIC;")
+    return "\n".join(created)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """What the audit log's integrity relies on: its triggers, functions, defaults and grants.
 
-`check_guard` compares the database's catalog with `audit_chain`: each function's source,
-that it runs as its caller and changes no setting; each trigger present, enabled,
-unconditional, firing on its events and running its function; no other trigger or rule
-on the table; the table a plain one without row-level security (policies could show
-`verify` other rows than everyone else sees); the defaults that number and stamp rows;
-and that no role but the table's owner may write more than a row's content (INSERT) and
-its chain columns (UPDATE, for the sealer). It reads only the catalog, never calls a
-function of the log.
+`check_guard` compares the database's catalog with `audit_chain`: each function's
+source, that it runs as its caller and changes no setting; each trigger present,
+enabled, unconditional, firing on its events and running its function; no other trigger
+or rule on the table; the table a plain one without row-level security (policies could
+show `verify` other rows than everyone else sees); the defaults that number and stamp
+rows; and that no role but the table's owner may write more than a row's content
+(INSERT; sealing goes through the sealer function, which runs as the owner). It reads
+only the catalog, never calls a function of the log.
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ def _check_functions(
         oids[name] = int(row.oid)
         if row.prosrc != bodies[function.signature]:
             found.append(("function", f"{name} differs from its expected source"))
-        if row.prosecdef:
-            found.append(("function", f"{name} runs as its owner"))
-        if row.proconfig:
+        if bool(row.prosecdef) != function.definer:
+            how = "its owner" if row.prosecdef else "its caller"
+            found.append(("function", f"{name} runs as {how}"))
+        if tuple(row.proconfig or ()) != function.config:
             found.append(("function", f"{name} changes settings when it runs"))
     return oids
 
@@ -126,7 +127,7 @@ _DEFAULTS = sa.text(
      WHERE a.attrelid = to_regclass(CAST(:t AS text)) AND a.attnum > 0 AND NOT a.attisdropped
     """
 )
-_SEQUENCE = re.compile(r"'[^']*integration_audit_log_id_seq'")
+_SEQUENCE = re.compile(r"""'(?:(?:"[^"]*"|[a-z_][a-z0-9_$]*)\.)?integration_audit_log_id_seq'""")
 
 
 def _normal(expression: str) -> str:
@@ -136,17 +137,38 @@ def _normal(expression: str) -> str:
     return text.replace("elsenull::bigint", "")
 
 
+# The sequence the id default draws from: the one owned by the id column (found through
+# the catalog, not its name), drawing one id at a time and upward, in every session.
+_ID_SEQUENCE = sa.text(
+    """
+    SELECT s.seqincrement > 0 AND s.seqcache = 1 AND NOT s.seqcycle AS ordered,
+           EXISTS (SELECT 1 FROM pg_depend d
+                    WHERE d.classid = 'pg_attrdef'::regclass AND d.refobjid = s.seqrelid
+                      AND d.objid = (SELECT oid FROM pg_attrdef
+                                      WHERE adrelid = to_regclass(CAST(:t AS text))
+                                        AND adnum = 1)) AS drawn
+      FROM pg_sequence s
+     WHERE s.seqrelid = to_regclass(pg_get_serial_sequence(CAST(:t AS text), 'id'))
+    """
+)
+
+
 def _check_defaults(session: Session, found: list[tuple[GuardKind, str]]) -> None:
     defaults: dict[str, str | None] = dict(
         session.execute(_DEFAULTS, {"t": audit_log.name}).tuples().all()
     )
     for column, expected in STAMP_DEFAULTS.items():
         actual = defaults.get(column)
-        if actual is None or _normal(actual) != _normal(expected.format(schema="")):
+        if actual is None or _normal(actual) != _normal(expected.replace("{schema}.", "")):
             found.append(("table", f"the default of {column} is not the expected one"))
     for column in SEAL_COLUMNS:
         if defaults.get(column) is not None:
             found.append(("table", f"{column} has a default"))
+    sequence = session.execute(_ID_SEQUENCE, {"t": audit_log.name}).first()
+    if sequence is None or not sequence.drawn:
+        found.append(("table", "the default of id does not draw from the id column's sequence"))
+    elif not sequence.ordered:
+        found.append(("table", "the id sequence caches, cycles or counts down"))
 
 
 # Privileges granted on the table and on its columns to anyone but its owner.
@@ -164,7 +186,7 @@ _GRANTS = sa.text(
     """
 )
 #: What a role other than the owner may be granted: (privilege, columns; None: the table).
-_ALLOWED = {"SELECT": None, "INSERT": APPENDED_COLUMNS, "UPDATE": SEAL_COLUMNS}
+_ALLOWED = {"SELECT": None, "INSERT": APPENDED_COLUMNS}
 
 
 def _check_grants(session: Session, found: list[tuple[GuardKind, str]]) -> None:

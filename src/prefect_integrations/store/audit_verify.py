@@ -442,7 +442,18 @@ class _Coverage:
         archived = max(0, min(first, head.seq + 1) - head.first_seq)
         archived_ok = state is not None and state.start is None
         where = {"chain": chain, "seq": head.seq}
-        if seq < head.seq:
+        if state is None:
+            found.add(
+                Problem(
+                    "cut",
+                    f"chain {chain} has no row at or after the checkpoint's head, seq {head.seq}"
+                    if self.from_heads
+                    else f"chain {chain} has no rows; the checkpoint's head was seq {head.seq}",
+                    last_seq=None if self.from_heads else 0,
+                    **where,
+                )
+            )
+        elif seq < head.seq:
             found.add(
                 Problem(
                     "cut",

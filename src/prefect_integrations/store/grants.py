@@ -1,7 +1,7 @@
 """Database roles and their privileges: the admin and runtime roles of the package.
 
 `apply_grants` creates the roles when missing and grants each what it may do; nobody may
-change or delete audit rows (both may seal them).
+change or delete audit rows (both may append and seal them).
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from prefect_integrations.models import (
     AUDIT_ID_SEQUENCE,
     RUNTIME_ROLE,
     RUNTIME_UPDATABLE_COLUMNS,
-    SEAL_COLUMNS,
     audit_log,
     definitions,
     instances,
     keys,
     metadata,
 )
-from prefect_integrations.store.audit_chain import APPENDED_COLUMNS
+from prefect_integrations.store.audit_chain import APPENDED_COLUMNS, SEAL_FUNCTION
 
 __all__ = ["apply_grants", "missing_privileges"]
 
@@ -78,8 +77,8 @@ def apply_grants(
     runtime: reads definitions and instances, updates only status, credentials, token and
     usage columns, appends audit; cannot create or delete instances. Both read the key
     registry and may register a key; only admin may change a registration.
-    Nobody may change or delete audit rows: both roles may UPDATE only the chain columns
-    of the audit log, to seal it, and its guard trigger refuses any UPDATE but sealing.
+    Nobody may change or delete audit rows: both roles may INSERT a row's content only,
+    and seal the log through its sealer function (they may not UPDATE it).
     """
     quote = db.engine.dialect.identifier_preparer.quote
     admin, runtime = quote(admin_role), quote(runtime_role)
@@ -101,13 +100,13 @@ def apply_grants(
             f"GRANT SELECT ON integration_definitions, integration_instances TO {runtime}",
             f"GRANT UPDATE ({updatable}) ON integration_instances TO {runtime}",
             # the audit log: rows are appended with their content only (the defaults number
-            # and stamp them) and sealed by filling their empty chain columns (the guard
-            # refuses any other change)
+            # and stamp them) and sealed by the sealer function, which runs as the owner
             f"REVOKE INSERT, UPDATE ON {audit_log.name} FROM {admin}, {runtime}",
             f"GRANT SELECT ON {audit_log.name} TO {admin}, {runtime}",
             f"GRANT INSERT ({', '.join(APPENDED_COLUMNS)}) ON {audit_log.name} "
             f"TO {admin}, {runtime}",
-            f"GRANT UPDATE ({', '.join(SEAL_COLUMNS)}) ON {audit_log.name} TO {admin}, {runtime}",
+            f"REVOKE ALL ON FUNCTION {SEAL_FUNCTION} FROM PUBLIC",
+            f"GRANT EXECUTE ON FUNCTION {SEAL_FUNCTION} TO {admin}, {runtime}",
             # the id default runs as the writer and numbers rows from this sequence
             f"GRANT USAGE ON SEQUENCE {AUDIT_ID_SEQUENCE} TO {admin}, {runtime}",
             f"GRANT SELECT, INSERT, DELETE ON integration_oauth_states TO {admin}, {runtime}",
@@ -126,7 +125,7 @@ _MAINTENANCE_NEEDS = (
     ("SELECT", instances.name),
     ("UPDATE", instances.name),
     ("INSERT", audit_log.name),
-    ("UPDATE", audit_log.name),
+    ("EXECUTE", SEAL_FUNCTION),
     ("SELECT", keys.name),
 )
 
@@ -142,6 +141,8 @@ def missing_privileges(connection: Session | Connection) -> list[str]:
     for privilege, table in _MAINTENANCE_NEEDS:
         by_column = privilege in ("INSERT", "UPDATE")
         check = "has_any_column_privilege" if by_column else "has_table_privilege"
+        if privilege == "EXECUTE":
+            check = "has_function_privilege"
         allowed = connection.execute(
             sa.text(f"SELECT {check}(CAST(:t AS text), CAST(:p AS text))"),
             {"t": table, "p": privilege},

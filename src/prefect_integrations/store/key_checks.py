@@ -301,7 +301,7 @@ def _verify_batch(
         statements = (rekey_sql.VERIFY_NEXT, rekey_sql.VERIFY_NEXT_SAFE)
     for statement in statements:
         try:
-            with conn.begin():
+            with rekey_sql.keyed_transaction(conn):
                 row = conn.execute(statement, {**params, "after": after}).one()
         except sa_exc.DBAPIError as exc:
             if not rekey_sql.is_data_error(exc):
@@ -311,13 +311,13 @@ def _verify_batch(
         return int(row.ok), row.last_id, found
     # A ciphertext that is not base64 or a plaintext that is not JSON failed the batch:
     # check it row by row.
-    with conn.begin():
+    with rekey_sql.keyed_transaction(conn):
         candidates = list(conn.execute(rekey_sql.VERIFY_IDS, {**params, "after": after}))
     ok = 0
     found = []
     for candidate in candidates:
         try:
-            with conn.begin():
+            with rekey_sql.keyed_transaction(conn):
                 one = conn.execute(
                     rekey_sql.VERIFY_ONE, {**params, "only": candidate.id}
                 ).one_or_none()

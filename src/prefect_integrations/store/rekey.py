@@ -140,7 +140,7 @@ def _run_statement(
     """Run one batch statement in its own transaction, retrying deadlocks; commit."""
     for attempt in range(1, _RETRIES + 1):
         try:
-            with conn.begin():
+            with rekey_sql.keyed_transaction(conn):
                 return list(conn.execute(statement, params))
         except sa_exc.DBAPIError as exc:
             if rekey_sql.sqlstate(exc) not in rekey_sql.RETRY_SQLSTATES:
@@ -193,7 +193,7 @@ def _isolate(
 ) -> _Batch:
     """Process the batch after ``after`` row by row; a row that still errors is failed."""
     select = rekey_sql.PENDING_ROWS if after is None else rekey_sql.PENDING_AFTER
-    with conn.begin():
+    with rekey_sql.keyed_transaction(conn):
         candidates = list(conn.execute(select, {**params, "after": after}))
     batch = _Batch()
     for candidate in candidates:
@@ -206,7 +206,7 @@ def _isolate(
             if not rekey_sql.is_data_error(exc):
                 raise
             reason = rekey_sql.data_error_reason(exc)
-            with conn.begin():
+            with rekey_sql.keyed_transaction(conn):
                 _record_failure(conn, actor, candidate, reason, params["primary"])
             batch.failed.append((candidate.id, candidate.instance_id, reason))
             continue
@@ -238,7 +238,7 @@ def _give_up_on_locked(
     after: uuid.UUID | None = None
     while True:
         select = rekey_sql.PENDING_ROWS if after is None else rekey_sql.PENDING_AFTER
-        with conn.begin():
+        with rekey_sql.keyed_transaction(conn):
             rows = list(conn.execute(select, {**params, "after": after}))
             for row in rows:
                 _record_failure(conn, actor, row, rekey_sql.LOCKED, params["primary"])
@@ -297,7 +297,7 @@ def rotate_keys(
         translate_errors("rotate encryption keys", url=db.url),
         db.engine.connect() as conn,
     ):
-        with conn.begin():
+        with rekey_sql.keyed_transaction(conn):
             report.before = key_counts(conn, keyring)
         after: uuid.UUID | None = None
         waiting_since: float | None = None
@@ -314,7 +314,7 @@ def rotate_keys(
                 if on_batch is not None:
                     on_batch(batch.rotated)
                 continue
-            with conn.begin():
+            with rekey_sql.keyed_transaction(conn):
                 pending = int(conn.execute(rekey_sql.PENDING_COUNT, params).scalar_one())
             if pending == 0:
                 break

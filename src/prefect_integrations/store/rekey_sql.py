@@ -14,8 +14,12 @@ the reason of a statement that failed on one row.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
 
 from prefect_integrations.models import integration_id_of
 from prefect_integrations.store import audit
@@ -53,6 +57,7 @@ __all__ = [
     "VERIFY_ONE",
     "data_error_reason",
     "is_data_error",
+    "keyed_transaction",
     "sqlstate",
 ]
 
@@ -426,3 +431,16 @@ def data_error_reason(exc: sa_exc.DBAPIError) -> str:
     # 22023: decode() refused the base64; 39000: wrong key or corrupt data; otherwise
     # (22P02) the plaintext is not JSON
     return UNDECRYPTABLE if sqlstate(exc) in {"22023", PGCRYPTO_SQLSTATE} else MALFORMED
+
+
+# A failing statement's bind values are logged unless this is 0, and any role may set it;
+# these statements carry the keyring and fail on purpose on a wrong key or corrupt data.
+_QUIET_ERRORS = sa.text("SET LOCAL log_parameter_max_length_on_error = 0")
+
+
+@contextmanager
+def keyed_transaction(conn: Connection) -> Iterator[None]:
+    """A transaction on ``conn`` whose failing statements log no bind values (keys)."""
+    with conn.begin():
+        conn.execute(_QUIET_ERRORS)
+        yield
