@@ -403,3 +403,62 @@ def test_the_sealer_is_the_owners_and_only_the_roles_may_call_it(
         False,
         True,
     )
+
+
+def test_the_sealer_caps_what_it_is_told_and_checks_its_arguments(
+    db: Database, runtime_db: Database
+) -> None:
+    """A caller cannot have it seal past rows that may still commit, or wait forever."""
+    from prefect_integrations.exceptions import DatabaseError
+
+    _append(db, 1)
+    call = sa.text(
+        "SELECT sealed_rows FROM integration_audit_seal("
+        "CAST(:u AS bigint), CAST(:m AS integer), CAST(:w AS double precision))"
+    )
+    for args in (
+        {"u": None, "m": 1, "w": 1},
+        {"u": 1, "m": -1, "w": 1},
+        {"u": 1, "m": 1, "w": None},
+    ):
+        with (
+            pytest.raises(DatabaseError, match="must be given, at least 0"),
+            runtime_db.transaction("seal") as s,
+        ):
+            s.execute(call, args)
+    slow = runtime_db.sessions()
+    audit.record(slow, action=AuditAction.HEALTH_CHECK, actor="slow")  # id 2, open
+    try:
+        _append(db, 1, "quick", sealed=False)  # id 3
+        with (  # an upto far beyond: capped, and it waits for the open row
+            pytest.raises(sa.exc.DBAPIError, match="stayed open"),
+            runtime_db.transaction("seal") as s,
+        ):
+            s.execute(call, {"u": 2**62, "m": 10, "w": 0.2})
+    finally:
+        slow.commit()
+        slow.close()
+    assert seal_pending(runtime_db).rows == 2
+    with db.transaction() as s:
+        assert audit.verify(s).ok
+
+
+def test_a_row_left_below_the_chain_is_missing(db: Database) -> None:
+    """Whatever kept a row out of the chain, rows after it sealed: verify says it."""
+    _append(db, 3)
+    _tamper(
+        db,
+        "UPDATE integration_audit_log SET version = NULL, chain = NULL, seq = NULL, "
+        "prev_hash = NULL, hash = NULL WHERE id = 2",
+    )
+    with db.transaction() as s:
+        report = audit.verify(s)
+    assert (2, "missing") in {(p.id, p.kind) for p in report.problems}
+
+
+def test_a_row_too_large_to_hash_is_refused(runtime_db: Database) -> None:
+    with (
+        pytest.raises(sa.exc.IntegrityError, match="ck_integration_audit_log_size"),
+        runtime_db.transaction("append") as s,
+    ):
+        audit.record(s, action=AuditAction.HEALTH_CHECK, actor="x" * 2000)

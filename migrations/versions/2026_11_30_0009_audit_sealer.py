@@ -44,6 +44,11 @@ depends_on: str | Sequence[str] | None = None
 
 _NULLABLE = ("version", "chain", "seq", "hash")
 _CHAIN_SEQ = "integration_audit_log_chain_seq_idx"
+_SIZE = "ck_integration_audit_log_size"
+_SIZE_RULE = (
+    "octet_length(actor) <= 1024 AND octet_length(action) <= 255 "
+    "AND octet_length(details::text) <= 1048576"
+)
 _APPEND_TRIGGER = (
     "CREATE TRIGGER integration_audit_append BEFORE INSERT ON integration_audit_log "
     "FOR EACH ROW EXECUTE FUNCTION integration_audit_append()"
@@ -76,6 +81,11 @@ def upgrade() -> None:
         postgresql_where=sa.text("seq IS NOT NULL"),
     )
     op.execute(functions_sql(schema))
+    # a row the hash cannot be computed over would stop the sealer at it for good (new
+    # rows only: rows already in the log were hashed)
+    op.execute(
+        f"ALTER TABLE integration_audit_log ADD CONSTRAINT {_SIZE} CHECK ({_SIZE_RULE}) NOT VALID"
+    )
     _narrow_grants()
 
 
@@ -108,6 +118,7 @@ def _narrow_grants() -> None:
 def downgrade() -> None:
     seal(op.get_bind())
     op.execute(f"DROP FUNCTION {SEAL_FUNCTION}")
+    op.execute(f"ALTER TABLE integration_audit_log DROP CONSTRAINT {_SIZE}")
     for column in STAMP_DEFAULTS:
         op.execute(f"ALTER TABLE integration_audit_log ALTER COLUMN {column} DROP DEFAULT")
     for column in _NULLABLE:

@@ -117,6 +117,12 @@ audit_log = sa.Table(
     sa.Column("seq", sa.BigInteger),
     # 32: `prefect_integrations.store.audit_chain.CHAINS`
     sa.CheckConstraint("chain >= 0 AND chain < 32", name="ck_integration_audit_log_chain"),
+    # What the sealer can hash: a row beyond it would stop sealing at it.
+    sa.CheckConstraint(
+        "octet_length(actor) <= 1024 AND octet_length(action) <= 255 "
+        "AND octet_length(details::text) <= 1048576",
+        name="ck_integration_audit_log_size",
+    ),
     # Roles may only read and append (`prefect_integrations.store.grants.apply_grants`).
     info={"append_only": True},
 )

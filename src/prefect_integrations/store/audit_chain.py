@@ -193,8 +193,9 @@ BEGIN
 
 # The sealer (`audit_seal`): runs as the table's owner, so that the roles, which may not
 # UPDATE the log, can seal it, and only as the sealer does. It extends SEAL_CHAIN: under
-# the chain's lock it reads the chain's last row, waits until every transaction of this
-# database holding a transaction id now (prepared ones too) has ended (each drew its row
+# the chain's lock it reads the chain's last row and the newest id (``upto`` is capped at
+# it), waits until every transaction of this database holding a transaction id now
+# (prepared ones too; one it cannot place is waited for) has ended (each drew its row
 # ids after taking its transaction id, so every row up to ``upto`` is then committed or
 # never will be), then hashes the rows not sealed yet in id order after that last row, up
 # to ``upto`` and at most ``most`` of them, and fills their chain columns one by one (a
@@ -209,16 +210,24 @@ DECLARE
   deadline timestamptz := clock_timestamp() + make_interval(secs => wait);
   r {schema}.integration_audit_log%ROWTYPE;
 BEGIN
+  IF upto IS NULL OR most IS NULL OR wait IS NULL OR most < 0 OR wait < 0 THEN
+    RAISE EXCEPTION 'integration_audit_seal: upto, most and wait must be given, at least 0'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
   PERFORM pg_advisory_xact_lock({lock}, c);
   SELECT l.id, l.seq, l.hash INTO head_id, s, h FROM {schema}.integration_audit_log l
    WHERE l.chain = c AND l.seq IS NOT NULL ORDER BY l.seq DESC LIMIT 1;
+  -- no further than the newest row now: a transaction that takes its id after the read
+  -- of the locks below draws its rows' ids above it
+  SELECT least(upto, coalesce(max(l.id), 0)) INTO upto FROM {schema}.integration_audit_log l;
+  PERFORM pg_catalog.pg_stat_clear_snapshot();  -- backends connected since count too
   SELECT coalesce(array_agg(l.transactionid), '{{}}') INTO xids
     FROM pg_catalog.pg_locks l
     LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
     LEFT JOIN pg_catalog.pg_prepared_xacts x ON x.transaction = l.transactionid
    WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
      AND l.pid IS DISTINCT FROM pg_backend_pid()
-     AND coalesce(a.datname, x.database) = current_database();
+     AND coalesce(a.datname, x.database, current_database()) = current_database();
   WHILE EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
                  WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock'
                    AND l.granted AND l.transactionid = ANY (xids)) LOOP

@@ -72,6 +72,11 @@ _SEAL = sa.text(
     "CAST(:wait AS double precision))"
 )
 _NEWEST = sa.text(f"SELECT coalesce(max(id), 0) FROM {audit_log.name}")
+# Sets the transaction's lock_timeout, returning the one before.
+_LOCK_TIMEOUT = sa.text(
+    "SELECT current_setting('lock_timeout') AS before, "
+    "set_config('lock_timeout', CAST(:ms AS text), true)"
+)
 #: SQLSTATE of the sealer's wait running out (``lock_not_available``).
 _WAITED_OUT = "55P03"
 
@@ -149,7 +154,11 @@ def seal(
     most = limit if limit is not None else 2**31 - 1
     try:
         with translate_errors("seal the audit log"):
+            # waiting for the chain's lock (another sealer, an archive) counts in ``wait``
+            ms = str(max(1, int(wait * 1000)))
+            before = conn.execute(_LOCK_TIMEOUT, {"ms": ms}).scalar_one()
             row = conn.execute(_SEAL, {"upto": upto, "most": most, "wait": wait}).one()
+            conn.execute(_LOCK_TIMEOUT, {"ms": before})
     except sa_exc.DBAPIError as exc:  # translate_errors re-raises what it does not know
         if _sqlstate(exc) != _WAITED_OUT:
             raise
@@ -160,8 +169,9 @@ def seal(
 
 def _waited_out(wait: float) -> str:
     return (
-        f"Cannot seal the audit log: a transaction that may still append to it stayed "
-        f"open for more than {wait:g} s; nothing was sealed, the next run tries again"
+        f"Cannot seal the audit log: a transaction that may still append to it, or another "
+        f"sealer, stayed open for more than {wait:g} s; nothing was sealed, the next run "
+        "tries again"
     )
 
 

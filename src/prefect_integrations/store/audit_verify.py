@@ -47,6 +47,7 @@ from prefect_integrations.models import SEAL_COLUMNS, audit_log
 from prefect_integrations.store.audit_chain import (
     CHAINS,
     CUT_ACTION,
+    SEAL_CHAIN,
     hash_of,
     timestamp_text,
 )
@@ -264,6 +265,17 @@ _UNSEALED = sa.text(
     f"""
     SELECT count(*) AS rows, (min(occurred_at) AT TIME ZONE 'UTC')::text AS oldest
       FROM {audit_log.name} WHERE {UNSEALED}
+    """
+)
+# Rows not sealed below the sealer's chain's last row: the sealer, which goes on from
+# that row's id, will never seal them.
+_LEFT_OUT = sa.text(
+    f"""
+    SELECT l.id, h.id AS head_id FROM {audit_log.name} l,
+           (SELECT id FROM {audit_log.name} WHERE chain = {SEAL_CHAIN} AND seq IS NOT NULL
+             ORDER BY seq DESC LIMIT 1) h
+     WHERE {UNSEALED} AND l.id < h.id
+     ORDER BY l.id LIMIT {MAX_PROBLEMS}
     """
 )
 _IN_PART = sa.text(
@@ -554,6 +566,15 @@ def verify(
         rows, chains, cuts = _check_chains(session, found, coverage, cut_check)
         for row_id in session.execute(_IN_PART).scalars():
             found.add(Problem("altered", "chain columns filled in part", id=row_id))
+        for row_id, head_id in session.execute(_LEFT_OUT).tuples():
+            found.add(
+                Problem(
+                    "missing",
+                    f"not sealed, though row {head_id} after it is: it can no longer be",
+                    id=row_id,
+                    chain=SEAL_CHAIN,
+                )
+            )
         waiting = session.execute(_UNSEALED).one()
     return VerifyReport(
         rows=rows,
