@@ -123,8 +123,6 @@ audit_log = sa.Table(
         "AND octet_length(details::text) <= 1048576",
         name="ck_integration_audit_log_size",
     ),
-    # Roles may only read and append (`prefect_integrations.store.grants.apply_grants`).
-    info={"append_only": True},
 )
 
 oauth_states = sa.Table(

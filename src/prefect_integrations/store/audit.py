@@ -175,9 +175,6 @@ def record(
 # Audit rows appended inside a larger statement
 # --------------------------------------------------------------------------------------
 
-#: The columns an appended row sets, in the order of `select_row`; the defaults set the
-#: others (id, time, database role) and the sealer the chain columns.
-_APPENDED_COLUMNS = APPENDED_COLUMNS
 #: The bind parameter holding the action of the rows `insert_rows` appends.
 _ACTION_PARAM = "audit_action"
 
@@ -212,7 +209,7 @@ def insert_rows(*selects: str) -> str:
     """
     if not selects:
         raise ValueError("insert_rows needs at least one select")
-    columns = ", ".join(_APPENDED_COLUMNS)
+    columns = ", ".join(APPENDED_COLUMNS)  # in the order of `select_row`
     body = "\nUNION ALL\n".join(selects)
     return f"INSERT INTO {audit_log.name} ({columns})\n{body}"
 
